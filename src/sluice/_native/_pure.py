@@ -1,0 +1,37 @@
+"""Pure-Python twins of the compiled helpers in ext/_speedups.pyx (same API, same results)."""
+
+from __future__ import annotations
+
+__all__ = ["RequestIds", "valid_request_id"]
+
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _splitmix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+class RequestIds:
+    """Generates unique request ids: RequestIds(seed).next() -> 32 hex chars."""
+
+    __slots__ = ("_prefix", "_state")
+
+    def __init__(self, seed: int) -> None:
+        if not 0 <= seed <= _MASK:
+            raise OverflowError("seed must fit in 64 unsigned bits")
+        self._prefix = f"{seed:016x}"
+        self._state = 0
+
+    def next(self) -> str:
+        self._state = (self._state + _GOLDEN) & _MASK
+        return f"{self._prefix}{_splitmix64(self._state):016x}"
+
+
+def valid_request_id(value: str) -> bool:
+    """True for 1..128 visible ASCII characters (0x21..0x7e)."""
+    if not 0 < len(value) <= 128 or not value.isascii():
+        return False
+    return all(0x21 <= ord(c) <= 0x7E for c in value)

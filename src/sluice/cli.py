@@ -1,0 +1,125 @@
+"""The ``sluice`` command: serve, mock-upstream, check-config, version."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import msgspec
+
+from . import __version__
+from .errors import ConfigError
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    result: int = args.run(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description="A high-throughput LLM/API gateway.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the gateway")
+    serve.add_argument("--config", required=True, help="the YAML config file")
+    serve.add_argument("--host", help="address to bind (default: server.host of the config)")
+    serve.add_argument("--port", type=int, help="port to bind (default: server.port of the config)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: server.workers of the config)")
+    serve.add_argument("--interface", choices=("rsgi", "asgi"), default="rsgi",
+                       help="Granian interface: rsgi (native, faster) or asgi")
+    serve.set_defaults(run=_serve)
+
+    mock = commands.add_parser("mock-upstream", help="serve a mock LLM provider (OpenAI wire format)")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=9000)
+    mock.add_argument("--workers", type=int, default=1)
+    mock.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer")
+    mock.add_argument("--chunk-ms", type=float, default=0.0, help="delay between stream events")
+    mock.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests that fail (0..1)")
+    mock.add_argument("--error-status", type=int, default=500, help="status of those failures")
+    mock.add_argument("--seed", type=int, help="seed for the error draw (reproducible faults)")
+    mock.set_defaults(run=_mock)
+
+    check = commands.add_parser("check-config", help="validate a config file without serving")
+    check.add_argument("config")
+    check.set_defaults(run=_check_config)
+
+    version = commands.add_parser("version", help="print the version and the hot path in use")
+    version.set_defaults(run=_version)
+    return parser
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    from .config import load_config
+
+    return load_config(path)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"sluice: invalid config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    from .runner import serve
+
+    server = config.server
+    workers = args.workers or server.workers
+    if workers < 1:
+        print("sluice: --workers must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    entry = "sluice.server.entry:rsgi_app" if args.interface == "rsgi" else "sluice.server.entry:asgi_app"
+    serve(entry, host=args.host or server.host, port=server.port if args.port is None else args.port,
+          workers=workers, interface=args.interface, grace_period_s=server.grace_period_s,
+          env={"SLUICE_CONFIG": os.path.abspath(args.config)})
+    return 0
+
+
+def _mock(args: argparse.Namespace) -> int:
+    from .mock import MockOptions
+    from .runner import serve
+
+    if not 0.0 <= args.error_rate <= 1.0:
+        print("sluice: --error-rate must be between 0 and 1", file=sys.stderr)
+        return EXIT_CONFIG
+    if not 100 <= args.error_status <= 599:
+        print("sluice: --error-status must be an HTTP status (100..599)", file=sys.stderr)
+        return EXIT_CONFIG
+    options = MockOptions(latency_ms=args.latency_ms, chunk_ms=args.chunk_ms, error_rate=args.error_rate,
+                          error_status=args.error_status, seed=args.seed)
+    serve("sluice.mock.entry:rsgi_app", host=args.host, port=args.port, workers=args.workers,
+          grace_period_s=5, env={"SLUICE_MOCK_OPTIONS": msgspec.json.encode(options).decode()},
+          log_level="warning")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"sluice: invalid config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.config}: ok ({len(config.providers)} providers, {len(config.models)} models)")
+    return 0
+
+
+def _version(args: argparse.Namespace) -> int:
+    from ._native import IMPLEMENTATION
+
+    print(f"sluice {__version__} (hot path: {IMPLEMENTATION})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

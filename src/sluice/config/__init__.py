@@ -1,0 +1,16 @@
+"""Typed, immutable configuration and its loader."""
+
+from .loader import interpolate, load_config, parse_config
+from .model import Config, ModelConfig, ProviderConfig, ServerConfig, TargetConfig, UpstreamConfig
+
+__all__ = [
+    "Config",
+    "ModelConfig",
+    "ProviderConfig",
+    "ServerConfig",
+    "TargetConfig",
+    "UpstreamConfig",
+    "interpolate",
+    "load_config",
+    "parse_config",
+]

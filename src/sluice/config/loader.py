@@ -1,0 +1,183 @@
+"""Loads a YAML config file into a validated, immutable Config.
+
+Every mistake raises ConfigError naming the path and the problem, e.g.
+``models.gpt-4o.targets[0].provider: unknown provider 'opneai'``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+import yaml
+
+from ..errors import ConfigError
+from .model import Config, ModelConfig, ProviderConfig, ServerConfig, UpstreamConfig
+
+__all__ = ["interpolate", "load_config", "parse_config"]
+
+T = TypeVar("T")
+
+# ${VAR} or ${VAR:-default}; $$ is a literal dollar.
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_AT = re.compile(r" - at `\$(.*)`$")
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Reads, interpolates and validates the file at ``path``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from exc
+    return parse_config(text, os.environ if env is None else env)
+
+
+def parse_config(text: str, env: Mapping[str, str]) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"invalid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("", "the config must be a mapping of sections")
+    raw = _interpolate_tree(raw, env, "")
+    config = _decode(raw)
+    _validate(config)
+    return config
+
+
+def interpolate(value: str, env: Mapping[str, str], path: str) -> str:
+    """Replaces ${VAR} and ${VAR:-default} from ``env``; $$ stands for $."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        found = env.get(name)
+        if found not in (None, ""):
+            return found  # type: ignore[return-value]
+        if default is not None:
+            return default
+        raise ConfigError(path, f"environment variable {name!r} is not set and has no default")
+
+    return _VAR.sub(substitute, value)
+
+
+def _interpolate_tree(node: Any, env: Mapping[str, str], path: str) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env, path)
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise ConfigError(path, f"keys must be strings, got {key!r}")
+            out[key] = _interpolate_tree(value, env, _join(path, key))
+        return out
+    if isinstance(node, list):
+        return [_interpolate_tree(item, env, f"{path}[{i}]") for i, item in enumerate(node)]
+    return node
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _convert(value: Any, typ: type[T], path: str) -> T:
+    """msgspec.convert, with its error rewritten to name the config path."""
+    try:
+        return msgspec.convert(value, typ, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _AT.search(message)
+        if match is None:
+            raise ConfigError(path, message) from None
+        sub = match.group(1).lstrip(".")
+        where = path + ("" if not sub else sub if sub.startswith("[") or not path else "." + sub)
+        problem = message[: match.start()]
+        raise ConfigError(where or path, problem[0].lower() + problem[1:]) from None
+
+
+def _named_sections(raw: Any, typ: type[T], path: str) -> dict[str, T]:
+    """A mapping of name → section, converted one by one so errors name the key."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, f"expected a mapping of names to sections, got {type(raw).__name__}")
+    return {name: _convert(value, typ, f"{path}.{name}") for name, value in raw.items()}
+
+
+def _decode(raw: dict[str, Any]) -> Config:
+    known = set(Config.__struct_fields__)
+    for key in raw:
+        if key not in known:
+            raise ConfigError(key, f"unknown section (known: {', '.join(sorted(known))})")
+    return Config(
+        server=_convert(raw.get("server") or {}, ServerConfig, "server"),
+        upstream=_convert(raw.get("upstream") or {}, UpstreamConfig, "upstream"),
+        providers=_named_sections(raw.get("providers"), ProviderConfig, "providers"),
+        models=_named_sections(raw.get("models"), ModelConfig, "models"),
+    )
+
+
+def _validate(config: Config) -> None:
+    from ..providers import provider_kinds  # the registry imports config types
+
+    _positive("server.port", config.server.port, maximum=65535, allow_zero=True)
+    _positive("server.workers", config.server.workers)
+    _positive("server.max_body_bytes", config.server.max_body_bytes)
+    _positive("server.max_response_bytes", config.server.max_response_bytes)
+    _positive("server.grace_period_s", config.server.grace_period_s, allow_zero=True)
+    for field in UpstreamConfig.__struct_fields__:
+        _positive(f"upstream.{field}", getattr(config.upstream, field))
+    kinds = provider_kinds()
+    for name, provider in config.providers.items():
+        path = f"providers.{name}"
+        if provider.kind not in kinds:
+            raise ConfigError(f"{path}.kind", f"unknown provider kind {provider.kind!r} "
+                                              f"(known: {', '.join(sorted(kinds))})")
+        _check_base_url(f"{path}.base_url", provider.base_url)
+        for i, key in enumerate(provider.api_keys):
+            if not key or any(c in key for c in "\r\n"):
+                raise ConfigError(f"{path}.api_keys[{i}]", "an API key must be a non-empty single line")
+    for model_name, model in config.models.items():
+        path = f"models.{model_name}"
+        if not model.targets:
+            raise ConfigError(f"{path}.targets", "a model needs at least one target")
+        for i, target in enumerate(model.targets):
+            tpath = f"{path}.targets[{i}]"
+            if target.provider not in config.providers:
+                raise ConfigError(f"{tpath}.provider", f"unknown provider {target.provider!r}")
+            if not target.model:
+                raise ConfigError(f"{tpath}.model", "the upstream model name is empty")
+            _positive(f"{tpath}.weight", target.weight)
+
+
+def _positive(path: str, value: float, *, maximum: float | None = None, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(path, f"must be {'zero or more' if allow_zero else 'more than zero'}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(path, f"must be at most {maximum}, got {value}")
+
+
+def _check_base_url(path: str, url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(path, f"invalid URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(path, f"the URL must start with http:// or https://, got {url!r}")
+    if not parts.hostname:
+        raise ConfigError(path, f"the URL has no host: {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(path, f"the URL must not have a query or fragment: {url!r}")
+    if port == 0:
+        raise ConfigError(path, f"the URL's port must not be 0: {url!r}")

@@ -1,0 +1,65 @@
+"""The typed, immutable config: frozen msgspec Structs that reject unknown keys.
+
+Later capabilities add their own sections here; the loader validates what the
+types cannot say (references between sections, URLs, ranges).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["Config", "ModelConfig", "ProviderConfig", "ServerConfig", "TargetConfig", "UpstreamConfig"]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    # A body over this is answered 413 without reading further.
+    max_body_bytes: int = 8 * 1024 * 1024
+    # A non-streamed upstream answer over this is answered 502 (it is buffered).
+    max_response_bytes: int = 64 * 1024 * 1024
+    # On SIGTERM, in-flight requests (streams included) get this long to finish.
+    grace_period_s: float = 30.0
+
+
+class UpstreamConfig(_Section):
+    connect_timeout_s: float = 5.0
+    # Longest silence while waiting for the response head or the next body chunk.
+    read_timeout_s: float = 120.0
+    # Bound on a whole non-streamed exchange (a stream is bounded by read_timeout_s between chunks).
+    total_timeout_s: float = 600.0
+    max_connections: int = 1024
+    max_connections_per_origin: int = 256
+    idle_timeout_s: float = 30.0
+
+
+class ProviderConfig(_Section):
+    kind: str
+    # Origin plus any path prefix that comes before /v1, e.g. https://api.groq.com/openai
+    base_url: str
+    api_keys: tuple[str, ...] = ()
+    headers: dict[str, str] = {}
+    verify_tls: bool = True
+    ca_file: str | None = None
+
+
+class TargetConfig(_Section):
+    provider: str
+    model: str
+    weight: int = 1
+
+
+class ModelConfig(_Section):
+    targets: tuple[TargetConfig, ...]
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, ModelConfig] = {}

@@ -1,0 +1,178 @@
+"""OpenAI wire format for the mock upstream: chat, completions, embeddings, models, SSE streams.
+
+Answers are deterministic functions of the request, so tests can predict them:
+the reply text is REPLY (cut to max_tokens words, then finish_reason "length"),
+one word is one completion token, a prompt token is four characters.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import xxhash
+
+__all__ = [
+    "REPLY",
+    "chat_chunks",
+    "chat_completion",
+    "completion",
+    "completion_chunks",
+    "embeddings",
+    "error_body",
+    "model_card",
+    "prompt_tokens",
+]
+
+REPLY = "Hello! This is the sluice mock upstream answering your request."
+_WORDS = REPLY.split(" ")
+_ids = itertools.count(1)
+DEFAULT_DIMENSIONS = 1536
+
+
+def prompt_tokens(value: Any) -> int:
+    """A stable token estimate: one per four characters of every string in the prompt."""
+    if isinstance(value, str):
+        return max(1, len(value) // 4)
+    if isinstance(value, list):
+        return sum(prompt_tokens(item) for item in value)
+    if isinstance(value, dict):
+        return sum(prompt_tokens(item) for item in value.values())
+    return 0
+
+
+def _reply_words(request: dict[str, Any]) -> tuple[list[str], str]:
+    limit = request.get("max_completion_tokens") or request.get("max_tokens")
+    if isinstance(limit, int) and 0 < limit < len(_WORDS):
+        return _WORDS[:limit], "length"
+    return _WORDS, "stop"
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _choices_count(request: dict[str, Any]) -> int:
+    n = request.get("n")
+    return n if isinstance(n, int) and 1 <= n <= 16 else 1
+
+
+def chat_completion(request: dict[str, Any]) -> bytes:
+    words, finish = _reply_words(request)
+    n = _choices_count(request)
+    prompt = prompt_tokens(request.get("messages", []))
+    return orjson.dumps({
+        "id": f"chatcmpl-mock{next(_ids)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request["model"],
+        "system_fingerprint": "fp_sluice_mock",
+        "choices": [
+            {"index": i, "message": {"role": "assistant", "content": " ".join(words), "refusal": None},
+             "logprobs": None, "finish_reason": finish}
+            for i in range(n)
+        ],
+        "usage": _usage(prompt, len(words) * n),
+    })
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def chat_chunks(request: dict[str, Any]) -> Iterator[bytes]:
+    """The SSE events of a streamed chat completion, [DONE] included."""
+    words, finish = _reply_words(request)
+    n = _choices_count(request)
+    include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+    base = {"id": f"chatcmpl-mock{next(_ids)}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": request["model"], "system_fingerprint": "fp_sluice_mock"}
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(choices: list[dict[str, Any]]) -> bytes:
+        return _event({**base, "choices": choices, **extra})
+
+    yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                  "finish_reason": None} for i in range(n)])
+    for position, word in enumerate(words):
+        text = word if position == 0 else " " + word
+        yield chunk([{"index": i, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+                     for i in range(n)])
+    yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish} for i in range(n)])
+    if include_usage:
+        prompt = prompt_tokens(request.get("messages", []))
+        yield _event({**base, "choices": [], "usage": _usage(prompt, len(words) * n)})
+    yield DONE
+
+
+def completion(request: dict[str, Any]) -> bytes:
+    words, finish = _reply_words(request)
+    n = _choices_count(request)
+    return orjson.dumps({
+        "id": f"cmpl-mock{next(_ids)}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": request["model"],
+        "choices": [{"index": i, "text": " ".join(words), "logprobs": None, "finish_reason": finish}
+                    for i in range(n)],
+        "usage": _usage(prompt_tokens(request.get("prompt", "")), len(words) * n),
+    })
+
+
+def completion_chunks(request: dict[str, Any]) -> Iterator[bytes]:
+    words, finish = _reply_words(request)
+    include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+    base = {"id": f"cmpl-mock{next(_ids)}", "object": "text_completion", "created": int(time.time()),
+            "model": request["model"]}
+    for position, word in enumerate(words):
+        text = word if position == 0 else " " + word
+        yield _event({**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]})
+    yield _event({**base, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": finish}]})
+    if include_usage:
+        yield _event({**base, "choices": [],
+                      "usage": _usage(prompt_tokens(request.get("prompt", "")), len(words))})
+    yield DONE
+
+
+def _vector(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit-free vector: the same text always embeds the same way."""
+    seed = xxhash.xxh64_intdigest(text)
+    return [((seed * (i + 1) * 0x9E3779B1) % 2001 - 1000) / 1000.0 for i in range(dimensions)]
+
+
+def embeddings(request: dict[str, Any]) -> bytes:
+    """Raises ValueError with a message for an input the real API would reject."""
+    items = request.get("input")
+    if isinstance(items, str) or (isinstance(items, list) and items and isinstance(items[0], int)):
+        items = [items]
+    if not isinstance(items, list) or not items:
+        raise ValueError("'input' must be a non-empty string or array")
+    dimensions = request.get("dimensions") or DEFAULT_DIMENSIONS
+    if not isinstance(dimensions, int) or not 1 <= dimensions <= 3072:
+        raise ValueError("'dimensions' must be an integer from 1 to 3072")
+    as_base64 = request.get("encoding_format") == "base64"
+    data = []
+    for index, item in enumerate(items):
+        vector = _vector(item if isinstance(item, str) else orjson.dumps(item).decode(), dimensions)
+        embedding: Any = (base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+                          if as_base64 else vector)
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = prompt_tokens(items)
+    return orjson.dumps({"object": "list", "data": data, "model": request["model"],
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 1700000000, "owned_by": "sluice-mock"}
+
+
+def error_body(message: str, kind: str, code: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})

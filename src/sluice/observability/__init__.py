@@ -1,0 +1,1 @@
+"""Logging now; metrics, traces and health join here."""

@@ -1,0 +1,34 @@
+"""Factories that Granian (or any ASGI server) imports in each worker process.
+
+The config path comes from SLUICE_CONFIG, so each worker loads the same file
+that ``sluice serve`` validated before starting them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..config import load_config
+from ..observability.logging import configure_logging
+from .app import Gateway
+from .asgi import ASGIApp
+from .rsgi import RSGIApp
+
+__all__ = ["asgi_app", "rsgi_app"]
+
+
+def _gateway() -> Gateway:
+    configure_logging()
+    path = os.environ.get("SLUICE_CONFIG")
+    if not path:
+        raise RuntimeError("SLUICE_CONFIG must name the config file")
+    return Gateway(load_config(path))
+
+
+def rsgi_app() -> RSGIApp:
+    return RSGIApp(_gateway().handle)
+
+
+def asgi_app() -> ASGIApp:
+    gateway = _gateway()
+    return ASGIApp(gateway.handle, on_shutdown=gateway.close)

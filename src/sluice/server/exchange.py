@@ -1,0 +1,57 @@
+"""The small request/response interface the gateway is written against.
+
+The gateway handles one ``Exchange`` per request and never sees the server's
+own protocol; ``rsgi.py`` (Granian's native interface, the fast one) and
+``asgi.py`` (any ASGI server) adapt to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from ..errors import InvalidRequest, PayloadTooLarge
+
+__all__ = ["ClientGone", "Exchange", "Headers", "check_declared_length"]
+
+Headers = list[tuple[str, str]]
+
+
+class ClientGone(Exception):
+    """The caller disconnected; nothing more can be sent to it."""
+
+
+class Exchange(Protocol):
+    method: str
+    path: str
+    query: str
+    client: str  # the peer address, "ip:port"
+    started: bool  # a response (or a stream) has begun
+
+    def header(self, name: str) -> str | None:
+        """The value of a request header; ``name`` in lower case."""
+
+    async def read_body(self, limit: int) -> bytes:
+        """The whole body; PayloadTooLarge as soon as it is known to exceed ``limit``."""
+
+    async def respond(self, status: int, headers: Headers, body: bytes) -> None:
+        """Sends a complete response."""
+
+    async def start_stream(self, status: int, headers: Headers) -> None:
+        """Starts a streamed response; ``write`` sends its pieces, ``end_stream`` ends it."""
+
+    async def write(self, chunk: bytes) -> None:
+        """Sends a piece of a streamed response, waiting while the client is slow (ClientGone if it left)."""
+
+    async def end_stream(self) -> None: ...
+
+    def on_disconnect(self, callback: Callable[[], object]) -> Callable[[], object]:
+        """Calls ``callback`` if the client disconnects; returns a function that cancels the watch."""
+
+
+def check_declared_length(value: str, limit: int) -> None:
+    """Rejects a Content-Length over ``limit`` before a byte of the body is read."""
+    if not value.isdigit():
+        raise InvalidRequest("Invalid Content-Length header.", code="invalid_content_length")
+    if int(value) > limit:
+        raise PayloadTooLarge.over(limit)

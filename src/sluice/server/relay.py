@@ -1,0 +1,83 @@
+"""Relaying an upstream answer to the caller: its headers, and SSE streams event by event."""
+
+from __future__ import annotations
+
+import orjson
+
+from ..upstream import Response, UpstreamError
+from .exchange import ClientGone, Exchange, Headers
+
+__all__ = ["relay_headers", "relay_stream", "split_events"]
+
+# Hop-by-hop headers, headers the server writes itself, and cookies the caller has no use for.
+_NOT_RELAYED = frozenset((
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"content-length", b"date", b"server", b"set-cookie",
+    b"x-request-id", b"alt-svc",
+))
+_MAX_PENDING = 1024 * 1024  # an "event" longer than this is passed on as it is
+
+
+def relay_headers(response: Response, request_id: str) -> Headers:
+    """The upstream's end-to-end headers, plus ours; its own request id as x-upstream-request-id."""
+    headers = [("x-request-id", request_id)]
+    for name, value in response.headers:
+        lname = name.lower()
+        if lname not in _NOT_RELAYED:
+            headers.append((lname.decode("latin-1"), value.decode("latin-1")))
+        elif lname == b"x-request-id":
+            headers.append(("x-upstream-request-id", value.decode("latin-1")))
+    return headers
+
+
+def split_events(pending: bytes) -> int:
+    """Where the last complete SSE event in ``pending`` ends (0 if none is complete)."""
+    lf = pending.rfind(b"\n\n")
+    crlf = pending.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _error_event(message: str, code: str) -> bytes:
+    body = orjson.dumps({"error": {"message": message, "type": "upstream_error", "param": None, "code": code}})
+    return b"data: " + body + b"\n\n"
+
+
+async def relay_stream(ex: Exchange, response: Response, request_id: str) -> None:
+    """Relays an SSE stream whole events at a time, as they arrive.
+
+    A slow caller slows the upstream read (``write`` waits, the client's buffer
+    fills, the socket read pauses); a caller that leaves closes the upstream
+    connection at once.  If the upstream fails mid-stream, the caller gets the
+    events that were complete and then an error event, never half a line.
+    """
+    headers = relay_headers(response, request_id)
+    await ex.start_stream(200, headers)
+    stop_watch = ex.on_disconnect(response.abort)
+    pending = b""
+    try:
+        while True:
+            try:
+                chunk = await response.next_chunk()
+            except UpstreamError as exc:
+                await ex.write(_error_event(f"The upstream stream failed: {exc}", "upstream_stream_error"))
+                break
+            if not chunk:
+                if pending:
+                    await ex.write(pending)
+                break
+            if pending:
+                chunk = pending + chunk
+            end = len(chunk) if chunk.endswith(b"\n\n") else split_events(chunk)
+            if end == 0 and len(chunk) < _MAX_PENDING:
+                pending = chunk
+                continue
+            if end == 0:
+                end = len(chunk)
+            pending = chunk[end:]
+            await ex.write(chunk[:end] if pending else chunk)
+        await ex.end_stream()
+    except ClientGone:
+        pass
+    finally:
+        stop_watch()
+        response.release()  # closes the connection unless the stream was read to its end

@@ -1,0 +1,85 @@
+"""The gateway over RSGI, Granian's native interface: the fast path ``sluice serve`` uses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from granian.rsgi import ProtocolClosed
+
+from ..errors import PayloadTooLarge
+from .exchange import ClientGone, Exchange, Headers, check_declared_length
+
+__all__ = ["RSGIApp", "RSGIExchange"]
+
+
+class RSGIExchange:
+    __slots__ = ("_headers", "_proto", "_stream", "client", "method", "path", "query", "started")
+
+    def __init__(self, scope: Any, proto: Any) -> None:
+        self._proto = proto
+        self._headers = scope.headers
+        self._stream: Any = None
+        self.method: str = scope.method
+        self.path: str = scope.path
+        self.query: str = scope.query_string
+        self.client: str = scope.client
+        self.started = False
+
+    def header(self, name: str) -> str | None:
+        value: str | None = self._headers.get(name)
+        return value
+
+    async def read_body(self, limit: int) -> bytes:
+        length = self._headers.get("content-length")
+        if length is not None:
+            check_declared_length(length, limit)
+            body: bytes = await self._proto()
+            return body
+        parts = bytearray()
+        async for chunk in self._proto:
+            parts += chunk
+            if len(parts) > limit:
+                raise PayloadTooLarge.over(limit)
+        return bytes(parts)
+
+    async def respond(self, status: int, headers: Headers, body: bytes) -> None:
+        self.started = True
+        self._proto.response_bytes(status, headers, body)
+
+    async def start_stream(self, status: int, headers: Headers) -> None:
+        self.started = True
+        self._stream = self._proto.response_stream(status, headers)
+
+    async def write(self, chunk: bytes) -> None:
+        try:
+            await self._stream.send_bytes(chunk)
+        except ProtocolClosed:
+            raise ClientGone from None
+
+    async def end_stream(self) -> None:
+        pass
+
+    def on_disconnect(self, callback: Callable[[], object]) -> Callable[[], object]:
+        watch = asyncio.ensure_future(self._proto.client_disconnect())
+        watch.add_done_callback(lambda fut: fut.cancelled() or callback())
+        return watch.cancel
+
+
+
+class RSGIApp:
+    """An RSGI application around a handler of Exchanges."""
+
+    def __init__(self, handler: Callable[[Exchange], Awaitable[None]]) -> None:
+        self._handler = handler
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto == "http":
+            await self._handler(RSGIExchange(scope, proto))
+
+    def __rsgi_init__(self, loop: Any) -> None:
+        pass
+
+    def __rsgi_del__(self, loop: Any) -> None:
+        pass
