@@ -144,7 +144,7 @@ def completion_chunks(request: dict[str, Any]) -> Iterator[bytes]:
 
 def _vector(text: str, dimensions: int) -> list[float]:
     """A deterministic unit-free vector: the same text always embeds the same way."""
-    seed = xxhash.xxh64_intdigest(text)
+    seed = xxhash.xxh64_intdigest(text.encode())
     return [((seed * (i + 1) * 0x9E3779B1) % 2001 - 1000) / 1000.0 for i in range(dimensions)]
 
 
