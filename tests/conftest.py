@@ -126,7 +126,7 @@ class RawServer:
             self.events.append(("open", time.monotonic()))
             try:
                 await self.handler(reader, writer)
-            except (ConnectionError, asyncio.IncompleteReadError):
+            except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
                 pass
             finally:
                 self.events.append(("closed", time.monotonic()))

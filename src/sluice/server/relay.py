@@ -62,8 +62,10 @@ async def relay_stream(ex: Exchange, response: Response, request_id: str) -> Non
                 await ex.write(_error_event(f"The upstream stream failed: {exc}", "upstream_stream_error"))
                 break
             if not chunk:
-                if pending:
-                    await ex.write(pending)
+                if pending.strip():
+                    # The stream ended inside an event: as broken as a cut connection.
+                    await ex.write(_error_event("The upstream stream ended in the middle of an event.",
+                                                "upstream_stream_error"))
                 break
             if pending:
                 chunk = pending + chunk
