@@ -97,12 +97,10 @@ def _convert(value: Any, typ: type[T], path: str) -> T:
     except msgspec.ValidationError as exc:
         message = str(exc)
         match = _AT.search(message)
-        if match is None:
-            raise ConfigError(path, message) from None
-        sub = match.group(1).lstrip(".")
+        sub = match.group(1).lstrip(".") if match else ""
         where = path + ("" if not sub else sub if sub.startswith("[") or not path else "." + sub)
-        problem = message[: match.start()]
-        raise ConfigError(where or path, problem[0].lower() + problem[1:]) from None
+        problem = message[: match.start()] if match else message
+        raise ConfigError(where, problem[0].lower() + problem[1:]) from None
 
 
 def _named_sections(raw: Any, typ: type[T], path: str) -> dict[str, T]:
