@@ -1,0 +1,110 @@
+"""Config: interpolation, typed decoding, and an error that names the path for each mistake."""
+
+from __future__ import annotations
+
+import pytest
+
+from sluice.config import load_config, parse_config
+from sluice.errors import ConfigError
+from tests.conftest import ROOT
+
+BASE = """
+providers:
+  mock: {kind: openai, base_url: "http://127.0.0.1:9000"}
+models:
+  gpt-4o-mini: {targets: [{provider: mock, model: gpt-4o-mini}]}
+"""
+
+
+def parse(text: str, **env: str):  # type: ignore[no-untyped-def]
+    return parse_config(text, env)
+
+
+def test_defaults_and_structure() -> None:
+    config = parse(BASE)
+    assert config.server.port == 8080 and config.server.workers == 1
+    assert config.models["gpt-4o-mini"].targets[0].provider == "mock"
+    assert config.upstream.read_timeout_s == 120.0
+
+
+def test_config_is_immutable() -> None:
+    config = parse(BASE)
+    with pytest.raises(AttributeError):
+        config.server.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("value", "env", "expected"), [
+    ("${HOST}", {"HOST": "h"}, "h"),
+    ("${HOST:-d}", {}, "d"),
+    ("${HOST:-d}", {"HOST": ""}, "d"),
+    ("${HOST:-}", {}, ""),
+    ("a-${X}-${Y:-y}", {"X": "x"}, "a-x-y"),
+    ("$$HOME", {}, "$HOME"),
+    ("${HOST:-http://a:1/b}", {}, "http://a:1/b"),
+])
+def test_interpolation(value: str, env: dict[str, str], expected: str) -> None:
+    from sluice.config import interpolate
+
+    assert interpolate(value, env, "p") == expected
+
+
+def test_interpolation_applies_to_numbers_and_nested_lists() -> None:
+    config = parse(BASE + "server: {port: '${PORT:-8123}'}\n", PORT="9999")
+    assert config.server.port == 9999
+    keyed = parse(BASE.replace('kind: openai,', 'kind: openai, api_keys: ["${K1}", "${K2:-k2}"],'), K1="k1")
+    assert keyed.providers["mock"].api_keys == ("k1", "k2")
+
+
+def test_missing_variable_names_the_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(BASE.replace('"http://127.0.0.1:9000"', '"${UPSTREAM}"'))
+    assert str(info.value) == "providers.mock.base_url: environment variable 'UPSTREAM' is not set and has no default"
+
+
+@pytest.mark.parametrize(("text", "path", "problem"), [
+    (BASE.replace("provider: mock", "provider: opneai"), "models.gpt-4o-mini.targets[0].provider",
+     "unknown provider 'opneai'"),
+    (BASE.replace("kind: openai", "kind: opneai"), "providers.mock.kind", "unknown provider kind 'opneai'"),
+    (BASE + "server: {port: 70000}", "server.port", "must be at most 65535"),
+    (BASE + "server: {workers: 0}", "server.workers", "must be more than zero"),
+    (BASE + "server: {max_body_bytes: -1}", "server.max_body_bytes", "must be more than zero"),
+    (BASE + "upstream: {read_timeout_s: 0}", "upstream.read_timeout_s", "must be more than zero"),
+    (BASE + "server: {port: [1]}", "server.port", "expected `int`, got `array`"),
+    (BASE + "server: {bogus: 1}", "server", "unknown field `bogus`"),
+    (BASE + "servers: {}", "servers", "unknown section"),
+    (BASE.replace("targets: [{provider: mock, model: gpt-4o-mini}]", "targets: []"),
+     "models.gpt-4o-mini.targets", "at least one target"),
+    (BASE.replace("model: gpt-4o-mini}", "model: gpt-4o-mini, weight: 0}"), "models.gpt-4o-mini.targets[0].weight",
+     "more than zero"),
+    (BASE.replace("model: gpt-4o-mini}", "weight: 1}"), "models.gpt-4o-mini.targets[0]",
+     "missing required field `model`"),
+    (BASE.replace('"http://127.0.0.1:9000"', '"ftp://x"'), "providers.mock.base_url", "http:// or https://"),
+    (BASE.replace('"http://127.0.0.1:9000"', '"http://"'), "providers.mock.base_url", "no host"),
+    (BASE.replace('"http://127.0.0.1:9000"', '"http://h:99999"'), "providers.mock.base_url", "invalid URL"),
+    (BASE.replace('"http://127.0.0.1:9000"', '"http://h/?q=1"'), "providers.mock.base_url", "query"),
+    (BASE.replace("kind: openai,", 'kind: openai, api_keys: ["a\\nb"],'), "providers.mock.api_keys[0]",
+     "single line"),
+    ("models: {m: {targets: 5}}", "models.m.targets", "expected `array`"),
+    ("models: [1]", "models", "expected a mapping"),
+    ("[1, 2]", "", "mapping of sections"),
+    ("server: {port: 1", "", "invalid YAML at line"),
+    ("{1: 2}", "", "keys must be strings"),
+])
+def test_each_mistake_names_its_path(text: str, path: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    assert info.value.path == path
+    assert problem in info.value.problem
+
+
+def test_empty_file_is_a_config_with_no_models() -> None:
+    assert parse("").models == {}
+
+
+def test_quickstart_example_loads_with_and_without_env() -> None:
+    path = ROOT / "examples" / "quickstart.yaml"
+    config = load_config(path, env={})
+    assert config.providers["mock"].base_url == "http://127.0.0.1:9000"
+    assert set(config.models) == {"gpt-4o-mini", "text-embedding-3-small"}
+    moved = load_config(path, env={"SLUICE_UPSTREAM": "http://10.1.2.3:1234"})
+    assert moved.providers["mock"].base_url == "http://10.1.2.3:1234"
