@@ -1,0 +1,8 @@
+-- wrk script: POST a small OpenAI chat request as JSON.
+-- The model name comes from BENCH_MODEL (default gpt-4o-mini), so the same
+-- script drives the upstreams directly and through sluice.
+local model = os.getenv("BENCH_MODEL") or "gpt-4o-mini"
+
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"hi"}]}'
