@@ -104,6 +104,7 @@ def start_gateway(tmp: Path, config: str, *extra: str, env: dict[str, str] | Non
                 tmp / f"gateway-{port}.log", env=env)
 
 
+SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
@@ -186,7 +187,7 @@ def raw_upstream() -> Iterator[RawServer]:
             elif b'"raw-truncated"' in request:
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\"")
             elif b'"raw-endless-stream"' in request:
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                writer.write(SSE_HEAD)
                 for i in range(200):
                     event = b'data: {"n": %d}\n\n' % i
                     writer.write(b"%x\r\n%s\r\n" % (len(event), event))

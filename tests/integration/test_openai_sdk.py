@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import struct
 
 import openai
@@ -170,4 +171,4 @@ def test_provider_keys_rotate(gateway, mock_upstream) -> None:
             for r in call(mock_upstream.url, "GET", "/_mock/requests").json()}
     keys = [seen[rid] for rid in ids]
     assert set(keys) == {"Bearer sk-upstream-1", "Bearer sk-upstream-2"}
-    assert all(a != b for a, b in zip(keys, keys[1:], strict=False))
+    assert all(a != b for a, b in itertools.pairwise(keys))

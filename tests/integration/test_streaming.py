@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import RawServer, read_request, start_gateway
+from tests.conftest import SSE_HEAD, RawServer, read_request, start_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def firehose(tmp_path) -> Iterator[tuple[RawServer, dict[str, int]]]:
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(SSE_HEAD)
         event = b"data: " + b"x" * 16000 + b"\n\n"
         frame = b"%x\r\n%s\r\n" % (len(event), event)
         for _ in range(3000):  # 48 MB in all

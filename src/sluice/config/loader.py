@@ -63,7 +63,7 @@ def interpolate(value: str, env: Mapping[str, str], path: str) -> str:
         name, default = match.group(1), match.group(2)
         found = env.get(name)
         if found not in (None, ""):
-            return found  # type: ignore[return-value]
+            return found
         if default is not None:
             return default
         raise ConfigError(path, f"environment variable {name!r} is not set and has no default")

@@ -15,7 +15,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class ServerConfig(_Section):
+class ServerConfig(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -27,7 +27,7 @@ class ServerConfig(_Section):
     grace_period_s: float = 30.0
 
 
-class UpstreamConfig(_Section):
+class UpstreamConfig(_Section, frozen=True):
     connect_timeout_s: float = 5.0
     # Longest silence while waiting for the response head or the next body chunk.
     read_timeout_s: float = 120.0
@@ -38,7 +38,7 @@ class UpstreamConfig(_Section):
     idle_timeout_s: float = 30.0
 
 
-class ProviderConfig(_Section):
+class ProviderConfig(_Section, frozen=True):
     kind: str
     # Origin plus any path prefix that comes before /v1, e.g. https://api.groq.com/openai
     base_url: str
@@ -48,17 +48,17 @@ class ProviderConfig(_Section):
     ca_file: str | None = None
 
 
-class TargetConfig(_Section):
+class TargetConfig(_Section, frozen=True):
     provider: str
     model: str
     weight: int = 1
 
 
-class ModelConfig(_Section):
+class ModelConfig(_Section, frozen=True):
     targets: tuple[TargetConfig, ...]
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     providers: dict[str, ProviderConfig] = {}

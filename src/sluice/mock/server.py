@@ -24,8 +24,8 @@ from typing import Any
 import msgspec
 import orjson
 
-from . import openai as wire
 from ..server.exchange import Exchange
+from . import openai as wire
 
 __all__ = ["MockOptions", "MockUpstream"]
 

@@ -72,7 +72,8 @@ def decode(body: bytes, kind: type[ModelRequest]) -> Any:
             "The body must be a JSON object.", code="invalid_json",
         ) from None
     if kind is ChatRequest and not request.messages:
-        raise InvalidRequest("'messages' must be a non-empty array.", param="messages", code="missing_required_parameter")
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages",
+                             code="missing_required_parameter")
     if not request.model:
         raise InvalidRequest("'model' must not be empty.", param="model", code="invalid_value")
     return request

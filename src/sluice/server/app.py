@@ -6,6 +6,7 @@ state.  Every error it makes reaches the caller in the OpenAI shape.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -18,7 +19,14 @@ import orjson
 from .._native import RequestIds, valid_request_id
 from ..config import Config
 from ..errors import BadGateway, GatewayError, GatewayTimeout, MethodNotAllowed, NotFound
-from ..pipeline.validate import ChatRequest, CompletionRequest, EmbeddingRequest, ModelRequest, decode, rename_model
+from ..pipeline.validate import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelRequest,
+    decode,
+    rename_model,
+)
 from ..providers import Call
 from ..routing import Router
 from ..upstream import ResponseTooLarge, UpstreamClient, UpstreamError, UpstreamTimeout
@@ -91,10 +99,8 @@ class Gateway:
         if ex.started:
             return  # the head went out already; a stream ends itself with an error event
         headers = [("content-type", JSON), ("x-request-id", request_id), *exc.headers]
-        try:
+        with contextlib.suppress(ClientGone):
             await ex.respond(exc.status, headers, exc.openai_body())
-        except ClientGone:
-            pass
 
     # -- models ------------------------------------------------------------------------
 

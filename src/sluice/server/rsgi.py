@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from granian.rsgi import ProtocolClosed
+from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported, not in __all__
 
 from ..errors import PayloadTooLarge
 from .exchange import ClientGone, Exchange, Headers, check_declared_length
@@ -62,7 +62,7 @@ class RSGIExchange:
         pass
 
     def on_disconnect(self, callback: Callable[[], object]) -> Callable[[], object]:
-        watch = asyncio.ensure_future(self._proto.client_disconnect())
+        watch: asyncio.Future[None] = asyncio.ensure_future(self._proto.client_disconnect())
         watch.add_done_callback(lambda fut: fut.cancelled() or callback())
         return watch.cancel
 

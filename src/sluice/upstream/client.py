@@ -24,6 +24,7 @@ What it does:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections import deque
@@ -553,10 +554,8 @@ class UpstreamClient:
         finally:
             if not waiter.future.done():
                 waiter.future.cancel()
-            try:
+            with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
-            except ValueError:
-                pass
 
     def wake_waiter(self) -> None:
         for waiter in self._waiters:
