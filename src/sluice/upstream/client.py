@@ -53,6 +53,7 @@ Body = bytes | AsyncIterable[bytes] | None
 HIGH_WATER = 256 * 1024  # pause reading the socket past this many unread body bytes
 LOW_WATER = 64 * 1024  # ... and resume below this
 _BIG_BODY = 64 * 1024  # bodies above this are written beside the head, not copied into it
+MAX_HEAD_BYTES = 64 * 1024  # a response head larger than this is refused
 
 
 class _Connection(asyncio.Protocol):
@@ -62,11 +63,14 @@ class _Connection(asyncio.Protocol):
         "_buffered",
         "_chunks",
         "_drain_waiter",
+        "_head_bytes",
+        "_is_head_request",
         "_loop",
         "_parser",
         "_reading_paused",
         "_timer",
         "_until_close",
+        "_upload_unfinished",
         "_waiter",
         "_write_paused",
         "closed",
@@ -93,11 +97,17 @@ class _Connection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._chunks: deque[bytes] = deque()
+        self._reading_paused = False
+        self._is_head_request = False
         self.closed = False
         self.idle_since = 0.0
         self._reset()
 
     def _reset(self) -> None:
+        self._resume_reading()
+        self._head_bytes = 0
+        self._is_head_request = False
+        self._upload_unfinished = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
@@ -108,7 +118,6 @@ class _Connection(asyncio.Protocol):
         self.in_exchange = False
         self._chunks.clear()
         self._buffered = 0
-        self._reading_paused = False
         self._until_close = False
 
     # -- asyncio.Protocol --------------------------------------------------------------
@@ -122,18 +131,26 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.received_any = True
+        if not self.head_done:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES and b"\r\n\r\n" not in data:
+                self._fail(MalformedResponse(f"the upstream's response head is over {MAX_HEAD_BYTES} bytes"))
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(MalformedResponse("the upstream switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(MalformedResponse(f"malformed HTTP response from upstream: {exc}"))
+        else:
+            if not self.head_done:
+                self._wake()  # bytes of the head count as activity for the read timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.in_exchange and not self.complete:
-            if self._until_close and self.head_done:
-                self.complete = True  # a body delimited by the end of the connection
+            if self._until_close and self.head_done and exc is None:
+                self.complete = True  # a body delimited by the (clean) end of the connection
             elif self.head_done:
                 self._set_error(TruncatedBody("the upstream closed the connection before the body was complete"))
             else:
@@ -166,6 +183,12 @@ class _Connection(asyncio.Protocol):
             return
         self.head_done = True
         self.keep_alive = parser.should_keep_alive()
+        if self._is_head_request:
+            # No body follows, whatever the head announces.  The parser cannot be told so:
+            # it would wait for one, so the next exchange on this connection gets a new parser.
+            self.complete = True
+            self._wake()
+            return
         if self.status not in (204, 304):
             framed = False
             for name, value in self.headers:
@@ -222,8 +245,11 @@ class _Connection(asyncio.Protocol):
             timer.cancel()
             self._waiter = None
 
-    def begin(self) -> None:
+    def begin(self, head_request: bool = False) -> None:
+        if self._is_head_request:
+            self._parser = httptools.HttpResponseParser(self)
         self._reset()
+        self._is_head_request = head_request
         self.in_exchange = True
 
     async def send(self, head: bytes, body: Body) -> None:
@@ -238,7 +264,10 @@ class _Connection(asyncio.Protocol):
         transport.write(head)
         async for chunk in body:
             if self.closed or self.complete:
-                return  # the upstream answered (or left) early; stop uploading
+                # The upstream answered (or left) early: stop uploading; the peer still
+                # expects the rest of the body, so the connection cannot be reused.
+                self._upload_unfinished = True
+                return
             if chunk:
                 transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
                 if self._write_paused:
@@ -266,9 +295,8 @@ class _Connection(asyncio.Protocol):
             if self._chunks:
                 chunk = self._chunks.popleft()
                 self._buffered -= len(chunk)
-                if self._reading_paused and self._buffered < LOW_WATER and self.transport is not None:
-                    self._reading_paused = False
-                    self.transport.resume_reading()
+                if self._buffered < LOW_WATER:
+                    self._resume_reading()
                 return chunk
             if self.complete:
                 return b""
@@ -281,10 +309,18 @@ class _Connection(asyncio.Protocol):
         data = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
         self._chunks.clear()
         self._buffered = 0
+        self._resume_reading()
         return data
 
+    def _resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.closed and self.error is None
+        return (self.complete and self.keep_alive and not self.closed and self.error is None
+                and not self._upload_unfinished)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -372,6 +408,9 @@ class _Pool:
         self.in_use = 0  # connections lent out or being opened
         self._sweep: asyncio.TimerHandle | None = None
 
+    def live_idle(self) -> int:
+        return sum(1 for conn in self.idle if not conn.closed)
+
     def has_room(self) -> bool:
         client = self.client
         return self.in_use < client.max_per_origin and client.in_use < client.max_connections
@@ -428,7 +467,7 @@ class _Pool:
 
     def put_back(self, conn: _Connection) -> None:
         conn.in_exchange = False
-        if conn.reusable():
+        if conn.reusable() and not self.client.closed:
             conn.idle_since = time.monotonic()
             self.idle.append(conn)
             if self._sweep is None:
@@ -485,6 +524,7 @@ class UpstreamClient:
         self.max_per_origin = max_connections_per_origin
         self.idle_timeout = idle_timeout
         self.in_use = 0
+        self.closed = False
         self._pools: dict[str, _Pool] = {}
         self._waiters: deque[_Waiter] = deque()
 
@@ -492,9 +532,9 @@ class UpstreamClient:
         """Connections in use and idle, in total and per origin."""
         return {
             "in_use": self.in_use,
-            "idle": sum(len(p.idle) for p in self._pools.values()),
+            "idle": sum(p.live_idle() for p in self._pools.values()),
             "waiting": len(self._waiters),
-            "origins": {key: {"in_use": p.in_use, "idle": len(p.idle)} for key, p in self._pools.items()},
+            "origins": {key: {"in_use": p.in_use, "idle": p.live_idle()} for key, p in self._pools.items()},
         }
 
     async def request(
@@ -531,11 +571,18 @@ class UpstreamClient:
         return await self._exchange(conn, head, body, deadline)
 
     async def _exchange(self, conn: _Connection, head: bytes, body: Body, deadline: float) -> Response:
-        conn.begin()
+        conn.begin(head.startswith(b"HEAD "))
         try:
             if conn.closed:
                 raise ConnectionClosed("the upstream closed the connection without answering")
-            await conn.send(head, body)
+            if body is None or isinstance(body, bytes):
+                await conn.send(head, body)
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await conn.send(head, body)
+                except TimeoutError:
+                    raise ReadTimeout("sending the request body did not finish in time") from None
             await conn.read_head(self.read_timeout, deadline)
         except BaseException:
             conn.close()
@@ -549,13 +596,21 @@ class UpstreamClient:
         try:
             async with asyncio.timeout_at(deadline):
                 await waiter.future
-        except TimeoutError:
-            raise PoolTimeout(f"no connection to {pool.origin.key} became free in time") from None
-        finally:
-            if not waiter.future.done():
-                waiter.future.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
+        except BaseException as exc:
+            # Woken, but leaving anyway (cancelled, or the deadline passed just then): pass the turn on.
+            woken = waiter.future.done() and not waiter.future.cancelled()
+            waiter.future.cancel()
+            self._remove_waiter(waiter)
+            if woken:
+                self.wake_waiter()
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeout(f"no connection to {pool.origin.key} became free in time") from None
+            raise
+        self._remove_waiter(waiter)
+
+    def _remove_waiter(self, waiter: _Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
 
     def wake_waiter(self) -> None:
         for waiter in self._waiters:
@@ -564,6 +619,8 @@ class UpstreamClient:
                 return
 
     async def close(self) -> None:
+        """Closes idle connections now, and the ones in use when they come back."""
+        self.closed = True
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
