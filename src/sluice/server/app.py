@@ -7,6 +7,7 @@ state.  Every error it makes reaches the caller in the OpenAI shape.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -71,7 +72,9 @@ class Gateway:
         if request_id is None or not valid_request_id(request_id):
             request_id = self.ids.next()
         try:
-            await self._dispatch(ex, request_id)
+            methods = self.routes.get(ex.path)
+            handler = methods.get(ex.method) if methods is not None else None
+            await (handler or self._no_route)(ex, request_id)
         except GatewayError as exc:
             await self._send_error(ex, request_id, exc)
         except ClientGone:
@@ -80,7 +83,8 @@ class Gateway:
             log.exception("unhandled error", extra={"request_id": request_id})
             await self._send_error(ex, request_id, GatewayError("The gateway failed to handle the request."))
 
-    async def _dispatch(self, ex: Exchange, request_id: str) -> None:
+    async def _no_route(self, ex: Exchange, request_id: str) -> None:
+        """Paths outside the exact table (/v1/models/{id}), unknown paths and wrong methods."""
         path = ex.path
         methods = self.routes.get(path)
         if methods is None:
@@ -117,10 +121,7 @@ class Gateway:
     # -- proxy -------------------------------------------------------------------------
 
     def _proxy_for(self, kind: type[ModelRequest], endpoint: str) -> Handler:
-        async def proxy(ex: Exchange, request_id: str) -> None:
-            await self._proxy(ex, request_id, kind, endpoint)
-
-        return proxy
+        return functools.partial(self._proxy, kind=kind, endpoint=endpoint)
 
     def client(self) -> UpstreamClient:
         """The upstream client of this worker, made on first use inside the running loop."""
@@ -133,7 +134,7 @@ class Gateway:
             )
         return self._client
 
-    async def _proxy(self, ex: Exchange, request_id: str, kind: type[ModelRequest], endpoint: str) -> None:
+    async def _proxy(self, ex: Exchange, request_id: str, *, kind: type[ModelRequest], endpoint: str) -> None:
         body = await ex.read_body(self.max_body)
         request: Any = decode(body, kind)
         route = self.router.get(request.model)
@@ -151,7 +152,9 @@ class Gateway:
             if stream and response.status == 200:
                 await relay_stream(ex, response, request_id)
                 return
-            data = await response.read(self.max_response)
+            data = response.read_arrived(self.max_response)
+            if data is None:
+                data = await response.read(self.max_response)
         except UpstreamError as exc:
             raise _gateway_error(exc, target.provider.name, request_id) from None
         await ex.respond(response.status, relay_headers(response, request_id), data)

@@ -24,9 +24,15 @@ class ClientGone(Exception):
 class Exchange(Protocol):
     method: str
     path: str
-    query: str
-    client: str  # the peer address, "ip:port"
     started: bool  # a response (or a stream) has begun
+
+    @property
+    def query(self) -> str:
+        """The query string, without the "?"."""
+
+    @property
+    def client(self) -> str:
+        """The peer address, "ip:port"."""
 
     def header(self, name: str) -> str | None:
         """The value of a request header; ``name`` in lower case."""

@@ -15,17 +15,26 @@ __all__ = ["RSGIApp", "RSGIExchange"]
 
 
 class RSGIExchange:
-    __slots__ = ("_headers", "_proto", "_stream", "client", "method", "path", "query", "started")
+    __slots__ = ("_headers", "_proto", "_scope", "_stream", "method", "path", "started")
 
     def __init__(self, scope: Any, proto: Any) -> None:
+        self._scope = scope
         self._proto = proto
         self._headers = scope.headers
         self._stream: Any = None
         self.method: str = scope.method
         self.path: str = scope.path
-        self.query: str = scope.query_string
-        self.client: str = scope.client
         self.started = False
+
+    @property
+    def query(self) -> str:
+        query: str = self._scope.query_string
+        return query
+
+    @property
+    def client(self) -> str:
+        client: str = self._scope.client
+        return client
 
     def header(self, name: str) -> str | None:
         value: str | None = self._headers.get(name)

@@ -234,7 +234,7 @@ class _Connection(asyncio.Protocol):
     def _on_timeout(self) -> None:
         self._fail(ReadTimeout("the upstream did not answer in time"))
 
-    async def _wait(self, deadline: float) -> None:
+    async def wait(self, deadline: float) -> None:
         """Waits for the parser to make progress, at most until ``deadline`` (loop time)."""
         waiter = self._loop.create_future()
         self._waiter = waiter
@@ -252,15 +252,18 @@ class _Connection(asyncio.Protocol):
         self._is_head_request = head_request
         self.in_exchange = True
 
-    async def send(self, head: bytes, body: Body) -> None:
+    def send_bytes(self, head: bytes, body: bytes | None) -> None:
         transport = self.transport
         assert transport is not None
-        if body is None or isinstance(body, bytes):
-            if body and len(body) > _BIG_BODY:
-                transport.writelines((head, body))
-            else:
-                transport.write(head + body if body else head)
-            return
+        if body and len(body) > _BIG_BODY:
+            transport.writelines((head, body))
+        else:
+            transport.write(head + body if body else head)
+
+    async def send_stream(self, head: bytes, body: AsyncIterable[bytes]) -> None:
+        """Sends ``body`` chunked, waiting while the peer reads slowly."""
+        transport = self.transport
+        assert transport is not None
         transport.write(head)
         async for chunk in body:
             if self.closed or self.complete:
@@ -281,11 +284,8 @@ class _Connection(asyncio.Protocol):
         finally:
             self._drain_waiter = None
 
-    async def read_head(self, read_timeout: float, deadline: float) -> None:
-        while not self.head_done:
-            if self.error is not None:
-                raise self.error
-            await self._wait(min(self._loop.time() + read_timeout, deadline))
+    def check_head(self) -> None:
+        """Raises the error that came with a head, unless there is still a body to read."""
         if self.error is not None and not self._chunks and not self.complete:
             raise self.error
 
@@ -302,7 +302,7 @@ class _Connection(asyncio.Protocol):
                 return b""
             if self.error is not None:
                 raise self.error
-            await self._wait(min(self._loop.time() + read_timeout, deadline))
+            await self.wait(min(self._loop.time() + read_timeout, deadline))
 
     def take_buffered(self) -> bytes:
         """All body bytes received so far (fast path for a response that arrived whole)."""
@@ -347,6 +347,18 @@ class Response:
             if key.lower() == name:
                 return value
         return None
+
+    def read_arrived(self, limit: int) -> bytes | None:
+        """The whole body if it has all arrived (no await: the hot path), else None."""
+        conn = self._conn
+        if not conn.complete or conn.error is not None:
+            return None
+        data = conn.take_buffered()
+        if len(data) > limit:
+            self.abort()
+            raise ResponseTooLarge(f"the upstream response is larger than {limit} bytes")
+        self.release()
+        return data
 
     async def read(self, limit: int) -> bytes:
         """The whole body, at most ``limit`` bytes (ResponseTooLarge past that)."""
@@ -415,15 +427,21 @@ class _Pool:
         client = self.client
         return self.in_use < client.max_per_origin and client.in_use < client.max_connections
 
+    def take_idle(self) -> _Connection | None:
+        """A live idle connection, lent out at once (the hot path: no await)."""
+        conn = self._pop_idle()
+        if conn is not None:
+            self.in_use += 1
+            self.client.in_use += 1
+        return conn
+
     async def acquire(self, deadline: float, fresh: bool = False) -> tuple[_Connection, bool]:
         """A connection for one exchange, and whether it was reused from the idle stack."""
         client = self.client
         while True:
             if not fresh:
-                conn = self._pop_idle()
+                conn = self.take_idle()
                 if conn is not None:
-                    self.in_use += 1
-                    client.in_use += 1
                     return conn, True
             if self.has_room():
                 break
@@ -559,7 +577,10 @@ class UpstreamClient:
         if pool is None:
             pool = self._pools[origin.key] = _Pool(self, origin)
         head = _head(method, target, origin, headers, body)
-        conn, reused = await pool.acquire(deadline)
+        conn = pool.take_idle()
+        reused = conn is not None
+        if conn is None:
+            conn, reused = await pool.acquire(deadline)
         try:
             return await self._exchange(conn, head, body, deadline)
         except ConnectionClosed as exc:
@@ -576,14 +597,18 @@ class UpstreamClient:
             if conn.closed:
                 raise ConnectionClosed("the upstream closed the connection without answering")
             if body is None or isinstance(body, bytes):
-                await conn.send(head, body)
+                conn.send_bytes(head, body)
             else:
                 try:
                     async with asyncio.timeout_at(deadline):
-                        await conn.send(head, body)
+                        await conn.send_stream(head, body)
                 except TimeoutError:
                     raise ReadTimeout("sending the request body did not finish in time") from None
-            await conn.read_head(self.read_timeout, deadline)
+            while not conn.head_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(min(self.loop.time() + self.read_timeout, deadline))
+            conn.check_head()
         except BaseException:
             conn.close()
             conn.pool.put_back(conn)

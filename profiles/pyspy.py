@@ -1,6 +1,6 @@
 """Profiles the gateway's worker under load with py-spy: nginx static upstream, one worker on CPU 0.
 
-    .venv/bin/python profiles/profile.py [--connections 4] [--duration 10] [--out profiles/NAME.txt]
+    .venv/bin/python profiles/pyspy.py [--connections 4] [--duration 10] [--out profiles/NAME.txt]
 
 Writes py-spy's collapsed stacks (--format raw) to profiles/*.raw (git-ignored) and a summary of
 the top functions by own time and by total time to the --out file, which is committed with the
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-import _harness as h  # noqa: E402
+import _harness as h
 
 ROOT = Path(__file__).resolve().parent.parent
 
