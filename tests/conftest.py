@@ -193,6 +193,10 @@ def raw_upstream() -> Iterator[RawServer]:
                     writer.write(b"%x\r\n%s\r\n" % (len(event), event))
                     await writer.drain()
                     await asyncio.sleep(0.05)
+            elif b'"raw-json-for-stream"' in request:
+                body = b'{"id": "x", "object": "chat.completion", "choices": []}'
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(body), body))
             elif b'"raw-hang"' in request:
                 await asyncio.sleep(30)
             await writer.drain()
@@ -237,6 +241,7 @@ models:
   truncated: {{targets: [{{provider: raw, model: raw-truncated}}]}}
   endless: {{targets: [{{provider: raw, model: raw-endless-stream}}]}}
   hang: {{targets: [{{provider: raw, model: raw-hang}}]}}
+  json-for-stream: {{targets: [{{provider: raw, model: raw-json-for-stream}}]}}
 """
 
 

@@ -188,3 +188,10 @@ def test_insane_request_ids_are_replaced(gateway, request_id: str) -> None:
 def test_sane_request_id_is_kept(gateway) -> None:
     rid = "A" * 128
     assert call(gateway.url, "POST", CHAT, GOOD, {"x-request-id": rid}).headers["x-request-id"] == rid
+
+
+def test_upstream_answering_json_to_a_stream_request_is_relayed_as_json(gateway) -> None:
+    reply = call(gateway.url, "POST", CHAT, {**GOOD, "model": "json-for-stream", "stream": True})
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json()["object"] == "chat.completion"

@@ -30,7 +30,7 @@ from ..pipeline.validate import (
 )
 from ..providers import Call
 from ..routing import Router
-from ..upstream import ResponseTooLarge, UpstreamClient, UpstreamError, UpstreamTimeout
+from ..upstream import Response, ResponseTooLarge, UpstreamClient, UpstreamError, UpstreamTimeout
 from .exchange import ClientGone, Exchange
 from .relay import relay_headers, relay_stream
 
@@ -149,7 +149,7 @@ class Gateway:
             response = await self.client().request(
                 upstream.origin, upstream.method, upstream.target, upstream.headers, upstream.body
             )
-            if stream and response.status == 200:
+            if stream and response.status == 200 and _is_event_stream(response):
                 await relay_stream(ex, response, request_id)
                 return
             data = response.read_arrived(self.max_response)
@@ -162,6 +162,12 @@ class Gateway:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
+
+
+def _is_event_stream(response: Response) -> bool:
+    """An upstream may answer a stream request with plain JSON; that is relayed as it is."""
+    content_type = response.header(b"content-type")
+    return content_type is not None and content_type.lower().startswith(b"text/event-stream")
 
 
 def _model_not_found(name: str) -> NotFound:
