@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -62,6 +62,18 @@ assert "'" not in CHAT_COMPLETION and "$" not in CHAT_COMPLETION
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Runs a benchmark's main: exit 1 with a message on BenchError, 130 on Ctrl-C."""
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        log(f"FAILED: {exc}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        log("interrupted")
+        sys.exit(130)
 
 
 class BenchError(Exception):

@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -48,6 +47,7 @@ from _harness import (
     nginx_argv,
     nginx_static_conf,
     package_version,
+    run_main,
     run_wrk,
     src_change_note,
     src_fingerprint,
@@ -192,11 +192,4 @@ def render(facts: list[tuple[str, str]], results: dict[str, list[WrkResult]], va
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        log(f"FAILED: {exc}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log("interrupted")
-        sys.exit(130)
+    run_main(main)

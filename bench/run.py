@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from _harness import (
     nginx_argv,
     nginx_proxy_conf,
     nginx_static_conf,
+    run_main,
     run_wrk,
     src_change_note,
     src_fingerprint,
@@ -353,11 +353,4 @@ def render(facts: list[tuple[str, str]], results: dict[tuple[str, int], list[Wrk
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        log(f"FAILED: {exc}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log("interrupted")
-        sys.exit(130)
+    run_main(main)

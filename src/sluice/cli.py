@@ -6,11 +6,15 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from . import __version__
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ["main"]
 
@@ -60,17 +64,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: str):  # type: ignore[no-untyped-def]
+def _load(path: str) -> Config | None:
+    """The config at ``path``, or None after saying what is wrong with it."""
     from .config import load_config
 
-    return load_config(path)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"sluice: invalid config: {exc}", file=sys.stderr)
+        return None
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        print(f"sluice: invalid config: {exc}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return EXIT_CONFIG
     from .runner import serve
 
@@ -105,10 +112,8 @@ def _mock(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        print(f"sluice: invalid config: {exc}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return EXIT_CONFIG
     print(f"{args.config}: ok ({len(config.providers)} providers, {len(config.models)} models)")
     return 0
