@@ -20,6 +20,7 @@ import orjson
 from .._native import RequestIds, valid_request_id
 from ..config import Config
 from ..errors import BadGateway, GatewayError, GatewayTimeout, MethodNotAllowed, NotFound
+from ..observability.health import Health
 from ..pipeline.validate import (
     ChatRequest,
     CompletionRequest,
@@ -58,6 +59,9 @@ class Gateway:
             "/v1/embeddings": {"POST": self._proxy_for(EmbeddingRequest, "/v1/embeddings")},
             "/v1/models": {"GET": self._list_models},
         }
+        self.health = Health(self.router)
+        for path, probe in self.health.probes().items():
+            self.routes[path] = {"GET": self._probe_for(probe)}
         created = int(time.time())
         self._model_cards = {
             name: {"id": name, "object": "model", "created": created, "owned_by": "sluice"}
@@ -106,7 +110,14 @@ class Gateway:
         with contextlib.suppress(ClientGone):
             await ex.respond(exc.status, headers, exc.openai_body())
 
-    # -- models ------------------------------------------------------------------------
+    # -- health and models -------------------------------------------------------------
+
+    def _probe_for(self, probe: Callable[[], tuple[int, bytes]]) -> Handler:
+        async def answer(ex: Exchange, request_id: str) -> None:
+            status, body = probe()
+            await ex.respond(status, self.health.headers(request_id), body)
+
+        return answer
 
     async def _list_models(self, ex: Exchange, request_id: str) -> None:
         await ex.respond(200, [("content-type", JSON), ("x-request-id", request_id)], self._model_list)
