@@ -66,15 +66,16 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeou
 class Proc:
     """A sluice process on an ephemeral port; stopped with SIGTERM, then killed."""
 
-    def __init__(self, args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], port: int, log: Path, env: dict[str, str] | None = None,
+                 stdout: int | None = None) -> None:
         self.port = port
         self.log = log
         self.url = f"http://127.0.0.1:{port}"
         full_env = {**os.environ, **(env or {})}
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "sluice", *args], stdout=out, stderr=subprocess.STDOUT,
-                env=full_env, start_new_session=True,
+                [sys.executable, "-m", "sluice", *args], stdout=out if stdout is None else stdout,
+                stderr=out, env=full_env, start_new_session=True,
             )
         wait_for_port(port, self.process, log)
 
@@ -96,12 +97,13 @@ def start_mock(tmp: Path, *extra: str) -> Proc:
     return Proc(["mock-upstream", "--port", str(port), *extra], port, tmp / f"mock-{port}.log")
 
 
-def start_gateway(tmp: Path, config: str, *extra: str, env: dict[str, str] | None = None) -> Proc:
+def start_gateway(tmp: Path, config: str, *extra: str, env: dict[str, str] | None = None,
+                  stdout: int | None = None) -> Proc:
     port = free_port()
     path = tmp / f"gateway-{port}.yaml"
     path.write_text(config)
     return Proc(["serve", "--config", str(path), "--port", str(port), *extra], port,
-                tmp / f"gateway-{port}.log", env=env)
+                tmp / f"gateway-{port}.log", env=env, stdout=stdout)
 
 
 SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"

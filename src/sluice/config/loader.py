@@ -17,7 +17,7 @@ import msgspec
 import yaml
 
 from ..errors import ConfigError
-from .model import Config, ModelConfig, ProviderConfig, ServerConfig, UpstreamConfig
+from .model import Config, ModelConfig, ObservabilityConfig, ProviderConfig, ServerConfig, UpstreamConfig
 
 __all__ = ["interpolate", "load_config", "parse_config"]
 
@@ -120,6 +120,7 @@ def _decode(raw: dict[str, Any]) -> Config:
     return Config(
         server=_convert(raw.get("server") or {}, ServerConfig, "server"),
         upstream=_convert(raw.get("upstream") or {}, UpstreamConfig, "upstream"),
+        observability=_convert(raw.get("observability") or {}, ObservabilityConfig, "observability"),
         providers=_named_sections(raw.get("providers"), ProviderConfig, "providers"),
         models=_named_sections(raw.get("models"), ModelConfig, "models"),
     )
@@ -135,6 +136,10 @@ def _validate(config: Config) -> None:
     _positive("server.grace_period_s", config.server.grace_period_s, allow_zero=True)
     for field in UpstreamConfig.__struct_fields__:
         _positive(f"upstream.{field}", getattr(config.upstream, field))
+    _positive("observability.access_log_queue", config.observability.access_log_queue)
+    if not 0.0 <= config.observability.sample_success <= 1.0:
+        raise ConfigError("observability.sample_success",
+                          f"must be between 0 and 1, got {config.observability.sample_success}")
     kinds = provider_kinds()
     for name, provider in config.providers.items():
         path = f"providers.{name}"

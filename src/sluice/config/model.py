@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["Config", "ModelConfig", "ProviderConfig", "ServerConfig", "TargetConfig", "UpstreamConfig"]
+__all__ = ["Config", "ModelConfig", "ObservabilityConfig", "ProviderConfig", "ServerConfig", "TargetConfig",
+           "UpstreamConfig"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -38,6 +39,14 @@ class UpstreamConfig(_Section, frozen=True):
     idle_timeout_s: float = 30.0
 
 
+class ObservabilityConfig(_Section, frozen=True):
+    # One JSON line per request, written by a background thread through a bounded queue.
+    access_log: bool = True
+    access_log_path: str | None = None  # None: standard output
+    access_log_queue: int = 10000  # records waiting for the sink; past this they are dropped and counted
+    sample_success: float = 1.0  # fraction of successful requests logged (errors always are)
+
+
 class ProviderConfig(_Section, frozen=True):
     kind: str
     # Origin plus any path prefix that comes before /v1, e.g. https://api.groq.com/openai
@@ -61,5 +70,6 @@ class ModelConfig(_Section, frozen=True):
 class Config(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, ModelConfig] = {}

@@ -36,8 +36,8 @@ class Health:
         return 200, orjson.dumps({"status": "ready", "checks": checks})
 
     @staticmethod
-    def headers(request_id: str) -> list[tuple[str, str]]:
-        return [*_HEADERS, ("x-request-id", request_id)]
+    def headers() -> list[tuple[str, str]]:
+        return _HEADERS
 
     def probes(self) -> dict[str, Callable[[], tuple[int, bytes]]]:
         """Path → probe."""

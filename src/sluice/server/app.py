@@ -18,8 +18,9 @@ from urllib.parse import unquote
 import orjson
 
 from .._native import RequestIds, valid_request_id
-from ..config import Config
+from ..config import Config, ObservabilityConfig
 from ..errors import BadGateway, GatewayError, GatewayTimeout, MethodNotAllowed, NotFound
+from ..observability.access_log import AccessLog
 from ..observability.health import Health
 from ..pipeline.validate import (
     ChatRequest,
@@ -39,8 +40,33 @@ __all__ = ["Gateway", "create_gateway"]
 
 log = logging.getLogger("sluice.gateway")
 
-Handler = Callable[[Exchange, str], Awaitable[None]]
 JSON = "application/json"
+
+
+class RequestContext:
+    """What the gateway learns about one request on its way, for headers and the access log."""
+
+    __slots__ = ("answer", "model", "overhead_s", "provider", "request_id", "started", "upstream_s",
+                 "upstream_status")
+
+    def __init__(self, request_id: str, started: float) -> None:
+        self.request_id = request_id
+        self.started = started  # perf_counter() at arrival
+        self.upstream_s = 0.0  # time spent waiting on the upstream
+        self.overhead_s = -1.0  # the gateway's own time, once the response head is ready
+        self.model: str | None = None
+        self.provider: str | None = None
+        self.upstream_status: int | None = None
+        self.answer: bytes | None = None  # for the access log's token counts
+
+    def headers(self, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+        """Our response headers: request id and the gateway's overhead so far (total minus upstream)."""
+        self.overhead_s = time.perf_counter() - self.started - self.upstream_s
+        return [("x-request-id", self.request_id), ("x-sluice-overhead-ms", f"{self.overhead_s * 1000:.3f}"),
+                *extra]
+
+
+Handler = Callable[[Exchange, RequestContext], Awaitable[None]]
 
 
 class Gateway:
@@ -60,6 +86,7 @@ class Gateway:
             "/v1/models": {"GET": self._list_models},
         }
         self.health = Health(self.router)
+        self.access_log = _open_access_log(config.observability)
         for path, probe in self.health.probes().items():
             self.routes[path] = {"GET": self._probe_for(probe)}
         created = int(time.time())
@@ -72,22 +99,31 @@ class Gateway:
     # -- dispatch ----------------------------------------------------------------------
 
     async def handle(self, ex: Exchange) -> None:
+        started = time.perf_counter()
         request_id = ex.header("x-request-id")
         if request_id is None or not valid_request_id(request_id):
             request_id = self.ids.next()
+        ctx = RequestContext(request_id, started)
         try:
             methods = self.routes.get(ex.path)
             handler = methods.get(ex.method) if methods is not None else None
-            await (handler or self._no_route)(ex, request_id)
+            await (handler or self._no_route)(ex, ctx)
         except GatewayError as exc:
-            await self._send_error(ex, request_id, exc)
+            await self._send_error(ex, ctx, exc)
         except ClientGone:
             pass
         except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
-            await self._send_error(ex, request_id, GatewayError("The gateway failed to handle the request."))
+            await self._send_error(ex, ctx, GatewayError("The gateway failed to handle the request."))
+        if self.access_log is not None:
+            total = time.perf_counter() - started
+            self.access_log.record((
+                time.time(), request_id, ex.method, ex.path, ex.status, total,
+                ctx.overhead_s if ctx.overhead_s >= 0 else total - ctx.upstream_s,
+                ctx.model, ctx.provider, ctx.upstream_status, ctx.answer,
+            ))
 
-    async def _no_route(self, ex: Exchange, request_id: str) -> None:
+    async def _no_route(self, ex: Exchange, ctx: RequestContext) -> None:
         """Paths outside the exact table (/v1/models/{id}), unknown paths and wrong methods."""
         path = ex.path
         methods = self.routes.get(path)
@@ -101,33 +137,33 @@ class Gateway:
             allowed = ", ".join(methods)
             raise MethodNotAllowed(f"Method {ex.method} is not allowed on {path}; use {allowed}.",
                                    code="method_not_allowed", headers=(("allow", allowed),))
-        await handler(ex, request_id)
+        await handler(ex, ctx)
 
-    async def _send_error(self, ex: Exchange, request_id: str, exc: GatewayError) -> None:
+    async def _send_error(self, ex: Exchange, ctx: RequestContext, exc: GatewayError) -> None:
         if ex.started:
             return  # the head went out already; a stream ends itself with an error event
-        headers = [("content-type", JSON), ("x-request-id", request_id), *exc.headers]
+        headers = ctx.headers(("content-type", JSON), *exc.headers)
         with contextlib.suppress(ClientGone):
             await ex.respond(exc.status, headers, exc.openai_body())
 
     # -- health and models -------------------------------------------------------------
 
     def _probe_for(self, probe: Callable[[], tuple[int, bytes]]) -> Handler:
-        async def answer(ex: Exchange, request_id: str) -> None:
+        async def answer(ex: Exchange, ctx: RequestContext) -> None:
             status, body = probe()
-            await ex.respond(status, self.health.headers(request_id), body)
+            await ex.respond(status, ctx.headers(*self.health.headers()), body)
 
         return answer
 
-    async def _list_models(self, ex: Exchange, request_id: str) -> None:
-        await ex.respond(200, [("content-type", JSON), ("x-request-id", request_id)], self._model_list)
+    async def _list_models(self, ex: Exchange, ctx: RequestContext) -> None:
+        await ex.respond(200, ctx.headers(("content-type", JSON)), self._model_list)
 
-    async def _get_model(self, ex: Exchange, request_id: str) -> None:
+    async def _get_model(self, ex: Exchange, ctx: RequestContext) -> None:
         name = unquote(ex.path[len("/v1/models/"):])
         card = self._model_cards.get(name)
         if card is None:
             raise _model_not_found(name)
-        await ex.respond(200, [("content-type", JSON), ("x-request-id", request_id)], orjson.dumps(card))
+        await ex.respond(200, ctx.headers(("content-type", JSON)), orjson.dumps(card))
 
     # -- proxy -------------------------------------------------------------------------
 
@@ -145,34 +181,52 @@ class Gateway:
             )
         return self._client
 
-    async def _proxy(self, ex: Exchange, request_id: str, *, kind: type[ModelRequest], endpoint: str) -> None:
+    async def _proxy(self, ex: Exchange, ctx: RequestContext, *, kind: type[ModelRequest], endpoint: str) -> None:
         body = await ex.read_body(self.max_body)
         request: Any = decode(body, kind)
+        ctx.model = request.model
         route = self.router.get(request.model)
         if route is None:
             raise _model_not_found(request.model)
         target = route.pick()
+        ctx.provider = target.provider.name
         if target.model != request.model:
             body = rename_model(body, target.model)
         stream = bool(request.stream)
-        upstream = target.provider.prepare(Call(endpoint, "POST", body, stream, request_id))
+        upstream = target.provider.prepare(Call(endpoint, "POST", body, stream, ctx.request_id))
+        sent = time.perf_counter()
         try:
             response = await self.client().request(
                 upstream.origin, upstream.method, upstream.target, upstream.headers, upstream.body
             )
+            ctx.upstream_status = response.status
             if stream and response.status == 200 and _is_event_stream(response):
-                await relay_stream(ex, response, request_id)
+                ctx.upstream_s = time.perf_counter() - sent
+                ctx.answer = await relay_stream(ex, response, ctx.headers(*relay_headers(response)))
                 return
             data = response.read_arrived(self.max_response)
             if data is None:
                 data = await response.read(self.max_response)
         except UpstreamError as exc:
-            raise _gateway_error(exc, target.provider.name, request_id) from None
-        await ex.respond(response.status, relay_headers(response, request_id), data)
+            ctx.upstream_s = time.perf_counter() - sent
+            raise _gateway_error(exc, target.provider.name, ctx.request_id) from None
+        ctx.upstream_s = time.perf_counter() - sent
+        ctx.answer = data
+        await ex.respond(response.status, ctx.headers(*relay_headers(response)), data)
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
+        if self.access_log is not None:
+            self.access_log.close()
+
+
+def _open_access_log(config: ObservabilityConfig) -> AccessLog | None:
+    if not config.access_log:
+        return None
+    # Line-buffered text would flush per line; the writer thread batches, so a plain binary file.
+    sink = open(config.access_log_path, "ab") if config.access_log_path else None  # noqa: SIM115
+    return AccessLog(sink, queue_size=config.access_log_queue, sample_success=config.sample_success)
 
 
 def _is_event_stream(response: Response) -> bool:

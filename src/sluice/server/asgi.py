@@ -18,7 +18,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 class ASGIExchange:
     __slots__ = ("_headers", "_receive", "_scope", "_send", "client", "gone", "method", "path", "query",
-                 "started")
+                 "started", "status")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._scope = scope
@@ -31,6 +31,7 @@ class ASGIExchange:
         client = scope.get("client")
         self.client = f"{client[0]}:{client[1]}" if client else ""
         self.started = False
+        self.status = 0
         self.gone = False
 
     def header(self, name: str) -> str | None:
@@ -58,11 +59,13 @@ class ASGIExchange:
 
     async def respond(self, status: int, headers: Headers, body: bytes) -> None:
         self.started = True
+        self.status = status
         await self._send({"type": "http.response.start", "status": status, "headers": _encode(headers)})
         await self._send({"type": "http.response.body", "body": body})
 
     async def start_stream(self, status: int, headers: Headers) -> None:
         self.started = True
+        self.status = status
         await self._send({"type": "http.response.start", "status": status, "headers": _encode(headers)})
 
     async def write(self, chunk: bytes) -> None:

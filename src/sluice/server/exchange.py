@@ -25,6 +25,7 @@ class Exchange(Protocol):
     method: str
     path: str
     started: bool  # a response (or a stream) has begun
+    status: int  # its status, once started (0 before)
 
     @property
     def query(self) -> str:

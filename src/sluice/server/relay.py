@@ -18,9 +18,9 @@ _NOT_RELAYED = frozenset((
 _MAX_PENDING = 1024 * 1024  # an "event" longer than this is passed on as it is
 
 
-def relay_headers(response: Response, request_id: str) -> Headers:
-    """The upstream's end-to-end headers, plus ours; its own request id as x-upstream-request-id."""
-    headers = [("x-request-id", request_id)]
+def relay_headers(response: Response) -> Headers:
+    """The upstream's end-to-end headers; its own request id as x-upstream-request-id."""
+    headers = []
     for name, value in response.headers:
         lname = name.lower()
         if lname not in _NOT_RELAYED:
@@ -42,18 +42,19 @@ def _error_event(message: str, code: str) -> bytes:
     return b"data: " + body + b"\n\n"
 
 
-async def relay_stream(ex: Exchange, response: Response, request_id: str) -> None:
+async def relay_stream(ex: Exchange, response: Response, headers: Headers) -> bytes | None:
     """Relays an SSE stream whole events at a time, as they arrive.
 
     A slow caller slows the upstream read (``write`` waits, the client's buffer
     fills, the socket read pauses); a caller that leaves closes the upstream
     connection at once.  If the upstream fails mid-stream, the caller gets the
     events that were complete and then an error event, never half a line.
+    Returns the last relayed events that mention usage, for the access log.
     """
-    headers = relay_headers(response, request_id)
     await ex.start_stream(200, headers)
     stop_watch = ex.on_disconnect(response.abort)
     pending = b""
+    usage = None
     try:
         while True:
             try:
@@ -76,10 +77,14 @@ async def relay_stream(ex: Exchange, response: Response, request_id: str) -> Non
             if end == 0:
                 end = len(chunk)
             pending = chunk[end:]
-            await ex.write(chunk[:end] if pending else chunk)
+            out = chunk[:end] if pending else chunk
+            if b'"usage"' in out:
+                usage = out
+            await ex.write(out)
         await ex.end_stream()
     except ClientGone:
         pass
     finally:
         stop_watch()
         response.release()  # closes the connection unless the stream was read to its end
+    return usage

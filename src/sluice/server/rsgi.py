@@ -15,7 +15,7 @@ __all__ = ["RSGIApp", "RSGIExchange"]
 
 
 class RSGIExchange:
-    __slots__ = ("_headers", "_proto", "_scope", "_stream", "method", "path", "started")
+    __slots__ = ("_headers", "_proto", "_scope", "_stream", "method", "path", "started", "status")
 
     def __init__(self, scope: Any, proto: Any) -> None:
         self._scope = scope
@@ -25,6 +25,7 @@ class RSGIExchange:
         self.method: str = scope.method
         self.path: str = scope.path
         self.started = False
+        self.status = 0
 
     @property
     def query(self) -> str:
@@ -55,10 +56,12 @@ class RSGIExchange:
 
     async def respond(self, status: int, headers: Headers, body: bytes) -> None:
         self.started = True
+        self.status = status
         self._proto.response_bytes(status, headers, body)
 
     async def start_stream(self, status: int, headers: Headers) -> None:
         self.started = True
+        self.status = status
         self._stream = self._proto.response_stream(status, headers)
 
     async def write(self, chunk: bytes) -> None:

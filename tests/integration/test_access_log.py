@@ -1,0 +1,112 @@
+"""The JSON access log and the overhead header, against real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import call, start_gateway
+
+pytestmark = pytest.mark.integration
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+FIELDS = {"time", "request_id", "method", "path", "status", "duration_ms", "overhead_ms", "model", "provider",
+          "upstream_status"}
+
+
+def config(mock_url: str, extra: str = "") -> str:
+    return f"""
+observability: {{{extra}}}
+providers: {{mock: {{kind: openai, base_url: "{mock_url}"}}}}
+models:
+  gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}
+  broken: {{targets: [{{provider: mock, model: mock-status-503}}]}}
+"""
+
+
+def read_lines(path: Path, count: int, timeout: float = 5.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.05)
+    raise AssertionError(f"expected {count} access-log lines, got {path.read_text() if path.exists() else None}")
+
+
+def test_one_json_line_per_request_with_its_fields(tmp_path, mock_upstream) -> None:
+    log = tmp_path / "access.jsonl"
+    gateway = start_gateway(tmp_path, config(mock_upstream.url, f'access_log_path: "{log}"'))
+    try:
+        api = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-sluice-demo", max_retries=0)
+        api.chat.completions.with_raw_response.create(**CHAT, extra_headers={"x-request-id": "plain-1"})
+        list(api.chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True},
+                                         extra_headers={"x-request-id": "stream-1"}))
+        call(gateway.url, "POST", "/v1/chat/completions", {**CHAT, "model": "broken"}, {"x-request-id": "bad-1"})
+        call(gateway.url, "GET", "/nowhere", headers={"x-request-id": "lost-1"})
+        entries = {e["request_id"]: e for e in read_lines(log, 4)}
+    finally:
+        gateway.stop()
+    assert set(entries) == {"plain-1", "stream-1", "bad-1", "lost-1"}
+    assert all(FIELDS <= set(entry) for entry in entries.values())
+    plain, stream, bad, lost = (entries[k] for k in ("plain-1", "stream-1", "bad-1", "lost-1"))
+    assert (plain["status"], plain["model"], plain["provider"], plain["upstream_status"]) == (200, "gpt-4o-mini",
+                                                                                                "mock", 200)
+    assert plain["tokens_in"] > 0 and plain["tokens_out"] == 10
+    assert stream["status"] == 200 and stream["tokens_out"] == 10  # from the stream's usage event
+    assert (bad["status"], bad["upstream_status"]) == (503, 503)
+    assert (lost["status"], lost["model"], lost["path"]) == (404, None, "/nowhere")
+    for entry in entries.values():
+        assert 0 <= entry["overhead_ms"] <= entry["duration_ms"]
+
+
+def test_sampling_keeps_every_error_and_drops_successes(tmp_path, mock_upstream) -> None:
+    log = tmp_path / "access.jsonl"
+    gateway = start_gateway(tmp_path, config(mock_upstream.url, f'access_log_path: "{log}", sample_success: 0'))
+    try:
+        for _ in range(5):
+            assert call(gateway.url, "POST", "/v1/chat/completions", CHAT).status == 200
+        assert call(gateway.url, "POST", "/v1/chat/completions", {**CHAT, "model": "broken"}).status == 503
+        entries = read_lines(log, 1)
+        time.sleep(0.3)  # a success line, had one been written, would be there by now
+        entries = [json.loads(line) for line in log.read_text().splitlines()]
+    finally:
+        gateway.stop()
+    assert [e["status"] for e in entries] == [503]
+
+
+def test_a_blocked_sink_does_not_block_requests(tmp_path, mock_upstream) -> None:
+    """stdout is a pipe nobody reads: once it is full the writer thread blocks, requests go on."""
+    gateway = start_gateway(tmp_path, config(mock_upstream.url, "access_log_queue: 100"),
+                            stdout=subprocess.PIPE)
+    try:
+        api = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-sluice-demo", max_retries=0,
+                            timeout=10)
+        # ~1,500 lines of ~300 bytes: far past a 64 KiB pipe buffer and the 100-record queue.
+        for _ in range(1500):
+            assert api.chat.completions.create(**CHAT).choices[0].message.content
+        assert call(gateway.url, "GET", "/health/live").status == 200
+    finally:
+        gateway.stop()
+        assert gateway.process.stdout is not None
+        gateway.process.stdout.close()
+
+
+def test_every_response_carries_the_overhead(gateway) -> None:
+    replies = [
+        call(gateway.url, "POST", "/v1/chat/completions", CHAT),
+        call(gateway.url, "POST", "/v1/chat/completions", {**CHAT, "stream": True}),
+        call(gateway.url, "POST", "/v1/chat/completions", b"{"),
+        call(gateway.url, "POST", "/v1/chat/completions", {**CHAT, "model": "unreachable"}),
+        call(gateway.url, "GET", "/v1/models"),
+        call(gateway.url, "GET", "/health/ready"),
+        call(gateway.url, "GET", "/nowhere"),
+    ]
+    for reply in replies:
+        overhead = float(reply.headers["x-sluice-overhead-ms"])
+        assert 0 <= overhead < 10_000

@@ -1,0 +1,78 @@
+"""The access log's queue: bounded, never waiting on its sink; usage parsed off the hot path."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import pytest
+
+from sluice.observability.access_log import AccessLog, _usage
+
+
+class BlockedSink(io.RawIOBase):
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[no-untyped-def]
+        self.entered.set()
+        self.release.wait(10)
+        self.data += data
+        return len(data)
+
+
+def record(i: int, status: int = 200, answer: bytes | None = None):  # type: ignore[no-untyped-def]
+    return (1.0 + i, f"r{i}", "POST", "/v1/chat/completions", status, 0.002, 0.0005, "m", "p", status, answer)
+
+
+def test_records_are_dropped_not_waited_for_when_the_sink_blocks() -> None:
+    sink = BlockedSink()
+    log = AccessLog(sink, queue_size=10, flush_interval_s=0.01)
+    log.record(record(0))
+    assert sink.entered.wait(5)  # the writer thread is now stuck in write()
+    for i in range(1, 101):
+        log.record(record(i))  # returns at once: the test would hang here otherwise
+    assert log.dropped == 90  # 10 queued, the rest counted
+    sink.release.set()
+    log.close()
+    lines = [json.loads(line) for line in sink.data.splitlines()]
+    assert [entry["request_id"] for entry in lines] == [f"r{i}" for i in range(11)]
+    assert log.written == 11
+
+
+def test_line_fields_and_usage() -> None:
+    sink = io.BytesIO()
+    log = AccessLog(sink, flush_interval_s=0.01)
+    log.record(record(1, answer=b'{"usage": {"prompt_tokens": 7, "completion_tokens": 3}}'))
+    log.close()
+    (entry,) = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert entry["time"] == "1970-01-01T00:00:02.000Z"
+    assert (entry["duration_ms"], entry["overhead_ms"], entry["tokens_in"], entry["tokens_out"]) == (2.0, 0.5, 7, 3)
+
+
+def test_sampling_never_drops_errors() -> None:
+    sink = io.BytesIO()
+    log = AccessLog(sink, sample_success=0.0, flush_interval_s=0.01)
+    for i in range(20):
+        log.record(record(i, status=200 if i % 2 else 500))
+    log.close()
+    statuses = [json.loads(line)["status"] for line in sink.getvalue().splitlines()]
+    assert statuses == [500] * 10
+
+
+@pytest.mark.parametrize(("answer", "usage"), [
+    (b'{"usage": {"prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 1}}}',
+     {"prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 1}}),
+    (b'data: {"choices": [], "usage": {"completion_tokens": 2}}\n\n', {"completion_tokens": 2}),
+    (b'{"usage": null, "x": {"prompt_tokens": 9}}', None),
+    (b'{"usage": {"prompt_tokens": 1', None),
+    (b"not json at all", None),
+])
+def test_usage(answer: bytes, usage: dict | None) -> None:
+    assert _usage(answer) == usage
