@@ -25,6 +25,7 @@ __all__ = ["AccessLog", "Record"]
 Record = tuple[float, str, str, str, int, float, float, str | None, str | None, int | None, bytes | None]
 
 _USAGE_SCAN = 4096  # usage sits at the end of an OpenAI answer: parse at most this tail
+_BATCH = 64  # lines formatted between two hand-backs of the GIL
 
 
 class AccessLog:
@@ -39,6 +40,8 @@ class AccessLog:
         self._stop = threading.Event()
         self.dropped = 0
         self.written = 0
+        self._second = -1
+        self._second_text = ""
         self._thread = threading.Thread(target=self._run, name="sluice-access-log", daemon=True)
         self._thread.start()
 
@@ -62,7 +65,9 @@ class AccessLog:
             return
         lines = []
         while queue:
-            lines.append(_line(queue.popleft()))
+            lines.append(self._line(queue.popleft()))
+            if len(lines) % _BATCH == 0:
+                time.sleep(0)  # hand the GIL back to the event loop between batches
         try:
             self._sink.write(b"".join(lines))
             self._sink.flush()
@@ -76,10 +81,19 @@ class AccessLog:
         self._thread.join(timeout)
 
 
-def _line(record: Record) -> bytes:
-    at, request_id, method, path, status, duration, overhead, model, provider, upstream_status, answer = record
+    def _line(self, record: Record) -> bytes:
+        at = record[0]
+        second = int(at)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return _line(f"{self._second_text}.{int(at % 1 * 1000):03d}Z", record)
+
+
+def _line(stamp: str, record: Record) -> bytes:
+    _, request_id, method, path, status, duration, overhead, model, provider, upstream_status, answer = record
     entry = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z",
+        "time": stamp,
         "request_id": request_id,
         "method": method,
         "path": path,
@@ -105,6 +119,13 @@ def _usage(answer: bytes) -> dict[str, int] | None:
     brace = answer.find(b"{", start)
     if brace < 0 or answer[start + len(b'"usage"') : brace].strip(b" :\t\r\n"):
         return None  # no object right after "usage" (e.g. "usage": null)
+    # Usage is the last member of an OpenAI answer or event: up to the final brace but one.
+    last = answer.rfind(b"}")
+    try:
+        usage = orjson.loads(answer[brace:last])
+        return usage if isinstance(usage, dict) else None
+    except orjson.JSONDecodeError:
+        pass  # not last after all: find its end by counting braces
     depth, end = 0, -1
     for i in range(brace, len(answer)):  # usage nests objects (prompt_tokens_details) but no strings
         byte = answer[i]
