@@ -157,8 +157,8 @@ class Proc:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any process is still in process group ``pgid``."""
+def _proc_stats() -> Iterator[list[str]]:
+    """The fields after the command name of /proc/PID/stat, for every live process."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -166,10 +166,12 @@ def _group_alive(pgid: int) -> bool:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
+        yield stat[stat.rfind(")") + 2:].split()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process is still in process group ``pgid``."""
+    return any(len(f) > 2 and f[0] != "Z" and int(f[2]) == pgid for f in _proc_stats())
 
 
 def group_rss_kib(pgid: int) -> int:
@@ -265,14 +267,7 @@ def _cpu_busy() -> dict[int, int]:
 def _group_ticks(pgids: set[int]) -> dict[int, int]:
     """CPU ticks (user + system, waited-for children included) per process group in ``pgids``."""
     ticks: dict[int, int] = dict.fromkeys(pgids, 0)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
+    for fields in _proc_stats():
         pgid = int(fields[2])
         if pgid in ticks:
             ticks[pgid] += sum(int(x) for x in fields[11:15])
