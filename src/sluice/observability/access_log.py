@@ -18,13 +18,13 @@ from typing import BinaryIO
 
 import orjson
 
-__all__ = ["AccessLog", "Record"]
+__all__ = ["USAGE_TAIL", "AccessLog", "Record"]
 
 # (time, request_id, method, path, status, duration_s, overhead_s, model, provider, upstream_status,
 #  answer) where answer is the non-streamed body or the last event of a stream, for token usage.
 Record = tuple[float, str, str, str, int, float, float, str | None, str | None, int | None, bytes | None]
 
-_USAGE_SCAN = 4096  # usage sits at the end of an OpenAI answer: parse at most this tail
+USAGE_TAIL = 4096  # usage sits at the end of an OpenAI answer: keep and parse at most this tail
 _BATCH = 64  # lines formatted between two hand-backs of the GIL
 
 
@@ -113,7 +113,7 @@ def _line(stamp: str, record: Record) -> bytes:
 
 def _usage(answer: bytes) -> dict[str, int] | None:
     """The "usage" object of an OpenAI answer or stream event, if there is one."""
-    start = answer.rfind(b'"usage"', max(0, len(answer) - _USAGE_SCAN))
+    start = answer.rfind(b'"usage"', max(0, len(answer) - USAGE_TAIL))
     if start < 0:
         return None
     brace = answer.find(b"{", start)

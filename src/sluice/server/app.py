@@ -20,7 +20,7 @@ import orjson
 from .._native import RequestIds, valid_request_id
 from ..config import Config, ObservabilityConfig
 from ..errors import BadGateway, GatewayError, GatewayTimeout, MethodNotAllowed, NotFound
-from ..observability.access_log import AccessLog
+from ..observability.access_log import USAGE_TAIL, AccessLog
 from ..observability.health import Health
 from ..pipeline.validate import (
     ChatRequest,
@@ -211,7 +211,8 @@ class Gateway:
             ctx.upstream_s = time.perf_counter() - sent
             raise _gateway_error(exc, target.provider.name, ctx.request_id) from None
         ctx.upstream_s = time.perf_counter() - sent
-        ctx.answer = data
+        if self.access_log is not None:
+            ctx.answer = data[-USAGE_TAIL:]  # where usage is; never hold a whole answer in the log queue
         await ex.respond(response.status, ctx.headers(*relay_headers(response)), data)
 
     async def close(self) -> None:
