@@ -3,7 +3,7 @@ Exchange, forwarding over the real upstream client to a real upstream (URL as ar
 nginx of bench/). Sequential requests on one connection, so it measures per-request work, not
 concurrency.
 
-    .venv/bin/python profiles/handler_cpu.py http://127.0.0.1:PORT [--requests N] [--cprofile]
+    .venv/bin/python profiles/handler_cpu.py http://127.0.0.1:PORT [--requests N] [--cprofile] [--config YAML]
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class FakeExchange:
         self.status = status
 
 
-async def run(url: str, requests: int, profile: bool) -> None:
-    gateway = Gateway(parse_config(f"""
+async def run(url: str, requests: int, profile: bool, snippet: str) -> None:
+    gateway = Gateway(parse_config(f"""{snippet}
 providers: {{u: {{kind: openai, base_url: "{url}"}}}}
 models: {{gpt-4o-mini: {{targets: [{{provider: u, model: gpt-4o-mini}}]}}}}
 """, {}))
@@ -72,8 +72,9 @@ def main() -> None:
     parser.add_argument("url")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--config", default="", help="a YAML snippet added to the config (a feature on or off)")
     args = parser.parse_args()
-    uvloop.run(run(args.url, args.requests, args.cprofile))
+    uvloop.run(run(args.url, args.requests, args.cprofile, args.config))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "profiles" / "latest.txt")
+    parser.add_argument("--config", default="", help="a YAML snippet added to the gateway's config")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sluice-profile-"))
     upstream_port, gateway_port = h.free_port(), h.free_port()
@@ -55,7 +56,7 @@ def main() -> int:
         conf = h.nginx_static_conf(tmp, "u1", upstream_port)
         procs.start("u1", h.nginx_argv(tmp, conf, "u1"), cpu=1)
         config = tmp / "gateway.yaml"
-        config.write_text(f"""
+        config.write_text(f"""{args.config}
 providers: {{u1: {{kind: openai, base_url: "http://127.0.0.1:{upstream_port}"}}}}
 models: {{gpt-4o-mini: {{targets: [{{provider: u1, model: gpt-4o-mini}}]}}}}
 """)

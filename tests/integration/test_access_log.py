@@ -111,3 +111,17 @@ def test_every_response_carries_the_overhead(gateway) -> None:
     for reply in replies:
         overhead = float(reply.headers["x-sluice-overhead-ms"])
         assert 0 <= overhead < 10_000
+
+
+@pytest.mark.parametrize("interface", ["rsgi", "asgi"])
+def test_lines_still_queued_at_shutdown_are_written(tmp_path, mock_upstream, interface: str) -> None:
+    log = tmp_path / "access.jsonl"
+    options = f'access_log: true, access_log_path: "{log}"'
+    gateway = start_gateway(tmp_path, config(mock_upstream.url, options), "--interface", interface)
+    try:
+        for i in range(20):
+            call(gateway.url, "POST", "/v1/chat/completions", CHAT, {"x-request-id": f"last-{i}"})
+    finally:
+        gateway.stop()  # SIGTERM right after the last answer: its line may still be queued
+    ids = [json.loads(line)["request_id"] for line in log.read_text().splitlines()]
+    assert ids == [f"last-{i}" for i in range(20)]

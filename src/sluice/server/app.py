@@ -218,6 +218,10 @@ class Gateway:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
+        self.close_logs()
+
+    def close_logs(self) -> None:
+        """Writes the access-log lines still queued (at shutdown)."""
         if self.access_log is not None:
             self.access_log.close()
 

@@ -26,7 +26,8 @@ def _gateway() -> Gateway:
 
 
 def rsgi_app() -> RSGIApp:
-    return RSGIApp(_gateway().handle)
+    gateway = _gateway()
+    return RSGIApp(gateway.handle, on_shutdown=gateway.close_logs)
 
 
 def asgi_app() -> ASGIApp:

@@ -83,8 +83,10 @@ class RSGIExchange:
 class RSGIApp:
     """An RSGI application around a handler of Exchanges."""
 
-    def __init__(self, handler: Callable[[Exchange], Awaitable[None]]) -> None:
+    def __init__(self, handler: Callable[[Exchange], Awaitable[None]],
+                 on_shutdown: Callable[[], None] | None = None) -> None:
         self._handler = handler
+        self._on_shutdown = on_shutdown
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto == "http":
@@ -94,4 +96,5 @@ class RSGIApp:
         pass
 
     def __rsgi_del__(self, loop: Any) -> None:
-        pass
+        if self._on_shutdown is not None:
+            self._on_shutdown()
