@@ -41,8 +41,8 @@ class UpstreamConfig(_Section, frozen=True):
 
 class ObservabilityConfig(_Section, frozen=True):
     # One JSON line per request, written by a background thread through a bounded queue.
-    # Off by default until it is cheap: on, it costs 25 % of one core's throughput today
-    # (bench/README.md, "Access log").
+    # Off by default until it is cheap: on, it costs 11 % of one core's throughput today
+    # (bench/README.md, "The access log").
     access_log: bool = False
     access_log_path: str | None = None  # None: standard output
     access_log_queue: int = 10000  # records waiting for the sink; past this they are dropped and counted
