@@ -45,9 +45,10 @@ def _error_event(message: str, code: str) -> bytes:
 async def relay_stream(ex: Exchange, response: Response, headers: Headers) -> bytes | None:
     """Relays an SSE stream whole events at a time, as they arrive.
 
-    A slow caller slows the upstream read (``write`` waits, the client's buffer
-    fills, the socket read pauses); a caller that leaves closes the upstream
-    connection at once.  If the upstream fails mid-stream, the caller gets the
+    A slow caller slows the upstream read where the server's ``write`` waits for
+    the client (ASGI; Granian 2.8's RSGI queues instead, see bench/README.md):
+    the client's buffer fills and the upstream socket read pauses.  A caller
+    that leaves closes the upstream connection at once.  If the upstream fails mid-stream, the caller gets the
     events that were complete and then an error event, never half a line.
     Returns the last relayed events that mention usage, for the access log.
     """
