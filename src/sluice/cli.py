@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -87,9 +89,14 @@ def _serve(args: argparse.Namespace) -> int:
         print("sluice: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
     entry = "sluice.server.entry:rsgi_app" if args.interface == "rsgi" else "sluice.server.entry:asgi_app"
-    serve(entry, host=args.host or server.host, port=server.port if args.port is None else args.port,
-          workers=workers, interface=args.interface, grace_period_s=server.grace_period_s,
-          env={"SLUICE_CONFIG": os.path.abspath(args.config)})
+    # The workers' metrics snapshots meet here: one directory per `sluice serve`, gone with it.
+    metrics_dir = tempfile.mkdtemp(prefix="sluice-metrics-")
+    try:
+        serve(entry, host=args.host or server.host, port=server.port if args.port is None else args.port,
+              workers=workers, interface=args.interface, grace_period_s=server.grace_period_s,
+              env={"SLUICE_CONFIG": os.path.abspath(args.config), "SLUICE_METRICS_DIR": metrics_dir})
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

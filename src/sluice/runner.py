@@ -33,6 +33,7 @@ def serve(target: str, *, host: str, port: int, workers: int, interface: Literal
         factory=True,
         backlog=2048,
         workers_kill_timeout=max(1, round(grace_period_s)),
+        respawn_failed_workers=True,  # a crashed worker is replaced; its metrics snapshot stays counted
         log_level=LogLevels(log_level),
         log_access=False,
     )

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from sluice.observability.access_log import AccessLog, _usage
+from sluice.observability.access_log import AccessLog
+from sluice.observability.usage import token_usage
 
 
 class BlockedSink(io.RawIOBase):
@@ -88,5 +89,5 @@ def test_sampling_never_drops_errors() -> None:
     (b"not json at all", None),
 ])
 def test_usage(answer: bytes, usage: tuple[int | None, int | None] | None) -> None:
-    found = _usage(answer)
+    found = token_usage(answer)
     assert (None if found is None else (found.prompt_tokens, found.completion_tokens)) == usage

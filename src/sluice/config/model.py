@@ -47,6 +47,7 @@ class ObservabilityConfig(_Section, frozen=True):
     access_log_path: str | None = None  # None: standard output
     access_log_queue: int = 10000  # records waiting for the sink; past this they are dropped and counted
     sample_success: float = 1.0  # fraction of successful requests logged (errors always are)
+    metrics: bool = True  # GET /metrics, summed over all workers
 
 
 class ProviderConfig(_Section, frozen=True):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import queue
 import random
-import re
 import sys
 import threading
 import time
@@ -27,19 +26,15 @@ from typing import BinaryIO
 
 import msgspec
 
-__all__ = ["USAGE_TAIL", "AccessLog", "Record"]
+from .usage import token_usage
+
+__all__ = ["AccessLog", "Record"]
 
 # (time, request_id, method, path, status, duration_s, overhead_s, model, provider, upstream_status,
 #  answer) where answer is the tail of the non-streamed body, or the stream events that carried usage.
 Record = tuple[float, str, str, str, int, float, float, str | None, str | None, int | None, bytes | None]
 
-USAGE_TAIL = 4096  # usage sits at the end of an OpenAI answer: keep and parse at most this tail
 _PENDING_WRITES = 64  # batches waiting for the sink; past this a batch is dropped and counted
-
-
-class Usage(msgspec.Struct):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
 
 
 class Line(msgspec.Struct, omit_defaults=True):
@@ -57,9 +52,6 @@ class Line(msgspec.Struct, omit_defaults=True):
     tokens_out: int | None = None
 
 
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _encoder = msgspec.json.Encoder()
 
 
@@ -111,7 +103,7 @@ class AccessLog:
         if second != self._second:
             self._second = second
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        usage = _usage(answer) if answer else None
+        usage = token_usage(answer) if answer else None
         return Line(f"{self._second_text}.{int(at % 1 * 1000):03d}Z", request_id, method, path, status,
                     round(duration * 1000, 3), round(overhead * 1000, 3), model, provider, upstream_status,
                     usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None)
@@ -135,20 +127,3 @@ class AccessLog:
         except queue.Full:
             return  # the sink is stuck; the daemon thread goes with the process
         self._thread.join(timeout)
-
-
-def _usage(answer: bytes) -> Usage | None:
-    """The token counts of the "usage" object of an OpenAI answer or stream event, if there is one."""
-    start = answer.rfind(b'"usage"', max(0, len(answer) - USAGE_TAIL))
-    if start < 0:
-        return None
-    opening = _USAGE_OBJECT.match(answer, start)
-    if opening is None:
-        return None  # no object right after "usage" (e.g. "usage": null)
-    # Only counts live in a usage object, and its two we want appear nowhere else in an answer:
-    # two C-speed searches from there, no JSON parse.
-    prompt = _PROMPT_TOKENS.search(answer, opening.end())
-    completion = _COMPLETION_TOKENS.search(answer, opening.end())
-    if prompt is None and completion is None:
-        return None
-    return Usage(int(prompt.group(1)) if prompt else None, int(completion.group(1)) if completion else None)

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,8 +21,11 @@ import orjson
 from .._native import RequestIds, valid_request_id
 from ..config import Config, ObservabilityConfig
 from ..errors import BadGateway, GatewayError, GatewayTimeout, MethodNotAllowed, NotFound
-from ..observability.access_log import USAGE_TAIL, AccessLog
+from ..observability.access_log import AccessLog
 from ..observability.health import Health
+from ..observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..observability.metrics import Metrics
+from ..observability.usage import USAGE_TAIL
 from ..pipeline.validate import (
     ChatRequest,
     CompletionRequest,
@@ -87,6 +91,9 @@ class Gateway:
         }
         self.health = Health(self.router)
         self.access_log = _open_access_log(config.observability)
+        self.metrics = _open_metrics(config)
+        if self.metrics is not None:
+            self.routes["/metrics"] = {"GET": self._scrape}
         for path, probe in self.health.probes().items():
             self.routes[path] = {"GET": self._probe_for(probe)}
         created = int(time.time())
@@ -104,6 +111,9 @@ class Gateway:
         if request_id is None or not valid_request_id(request_id):
             request_id = self.ids.next()
         ctx = RequestContext(request_id, started)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.in_flight += 1
         try:
             methods = self.routes.get(ex.path)
             handler = methods.get(ex.method) if methods is not None else None
@@ -115,6 +125,12 @@ class Gateway:
         except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
             await self._send_error(ex, ctx, GatewayError("The gateway failed to handle the request."))
+        if metrics is not None:
+            metrics.in_flight -= 1
+            total = time.perf_counter() - started
+            metrics.observe(ex.path if ex.path in self.routes else "other", ctx.model, ctx.provider, ex.status,
+                            total, ctx.overhead_s if ctx.overhead_s >= 0 else total - ctx.upstream_s,
+                            ctx.upstream_s, ctx.answer)
         if self.access_log is not None:
             total = time.perf_counter() - started
             self.access_log.record((
@@ -154,6 +170,11 @@ class Gateway:
             await ex.respond(status, ctx.headers(*self.health.headers()), body)
 
         return answer
+
+    async def _scrape(self, ex: Exchange, ctx: RequestContext) -> None:
+        assert self.metrics is not None
+        await ex.respond(200, ctx.headers(("content-type", METRICS_CONTENT_TYPE), ("cache-control", "no-store")),
+                         self.metrics.exposition())
 
     async def _list_models(self, ex: Exchange, ctx: RequestContext) -> None:
         await ex.respond(200, ctx.headers(("content-type", JSON)), self._model_list)
@@ -211,7 +232,7 @@ class Gateway:
             ctx.upstream_s = time.perf_counter() - sent
             raise _gateway_error(exc, target.provider.name, ctx.request_id) from None
         ctx.upstream_s = time.perf_counter() - sent
-        if self.access_log is not None:
+        if self.access_log is not None or self.metrics is not None:
             ctx.answer = data[-USAGE_TAIL:]  # where usage is; never hold a whole answer in the log queue
         await ex.respond(response.status, ctx.headers(*relay_headers(response)), data)
 
@@ -224,6 +245,14 @@ class Gateway:
         """Writes the access-log lines still queued (at shutdown)."""
         if self.access_log is not None:
             self.access_log.close()
+
+
+def _open_metrics(config: Config) -> Metrics | None:
+    if not config.observability.metrics:
+        return None
+    # `sluice serve` gives its workers one shared directory; another server gets one per process.
+    directory = os.environ.get("SLUICE_METRICS_DIR") or tempfile.mkdtemp(prefix="sluice-metrics-")
+    return Metrics(directory, set(config.models))
 
 
 def _open_access_log(config: ObservabilityConfig) -> AccessLog | None:

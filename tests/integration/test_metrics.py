@@ -1,0 +1,118 @@
+"""/metrics sums every worker: N requests show up as exactly N, whichever worker answers the scrape."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import call, start_gateway
+
+pytestmark = pytest.mark.integration
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    reply = call(url, "GET", "/metrics")
+    assert reply.status == 200
+    assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(reply.body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels: str) -> float:  # type: ignore[no-untyped-def]
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_two_workers_count_exactly(tmp_path, mock_upstream) -> None:
+    config = f"""
+providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}
+models:
+  gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}
+  broken: {{targets: [{{provider: mock, model: mock-status-503}}]}}
+"""
+    gateway = start_gateway(tmp_path, config, "--workers", "2")
+    try:
+        for _ in range(30):
+            assert call(gateway.url, "POST", "/v1/chat/completions", CHAT).status == 200
+        for _ in range(7):
+            assert call(gateway.url, "POST", "/v1/chat/completions", {**CHAT, "model": "broken"}).status == 503
+        for _ in range(5):
+            assert call(gateway.url, "POST", "/v1/chat/completions", {**CHAT, "model": "nope"}).status == 404
+        for _ in range(4):
+            assert call(gateway.url, "POST", "/v1/chat/completions", {**CHAT, "stream": True}).status == 200
+        assert call(gateway.url, "GET", "/v1/missing").status == 404
+        time.sleep(1.5)  # every worker has written its snapshot (flush interval 1 s)
+        scrapes = [scrape(gateway.url) for _ in range(6)]  # new connections: both workers answer some
+    finally:
+        gateway.stop()
+    first = scrapes[0]
+    for later in scrapes[1:]:  # whichever worker answered, the same sums (scrapes themselves aside)
+        assert {k: v for k, v in later.items() if "/metrics" not in str(k)} == \
+               {k: v for k, v in first.items() if "/metrics" not in str(k)}
+    route = "/v1/chat/completions"
+    ok = value(first, "sluice_requests_total", route=route, model="gpt-4o-mini", provider="mock", status="200")
+    assert ok == 34  # 30 plain + 4 streams
+    assert value(first, "sluice_requests_total", route=route, model="broken", provider="mock", status="503") == 7
+    assert value(first, "sluice_requests_total", route=route, model="unknown", provider="none", status="404") == 5
+    assert value(first, "sluice_requests_total", route="other", model="none", provider="none", status="404") == 1
+    assert value(first, "sluice_request_duration_seconds_count", route=route) == 46
+    assert value(first, "sluice_request_duration_seconds_bucket", route=route, le="+Inf") == 46
+    assert value(first, "sluice_gateway_overhead_seconds_count", route=route) == 46
+    assert value(first, "sluice_upstream_duration_seconds_count", provider="mock") == 41
+    # the mock answers 10 completion tokens per request, streams included (they asked for no usage)
+    assert value(first, "sluice_tokens_output_total", model="gpt-4o-mini") == 300
+    assert value(first, "sluice_tokens_input_total", model="gpt-4o-mini") > 0
+    assert value(first, "sluice_requests_in_flight") == 0  # nothing left in flight; scrapes do not count
+    assert value(first, "sluice_workers_reporting") == 2  # both workers served requests and were summed
+
+
+def test_metrics_can_be_turned_off(tmp_path, mock_upstream) -> None:
+    config = f"""
+observability: {{metrics: false}}
+providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}
+models: {{gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}}}
+"""
+    gateway = start_gateway(tmp_path, config)
+    try:
+        assert call(gateway.url, "GET", "/metrics").status == 404
+    finally:
+        gateway.stop()
+
+
+def test_counters_survive_a_worker_crash(tmp_path, mock_upstream) -> None:
+    config = f"""
+providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}
+models: {{gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}}}
+"""
+    gateway = start_gateway(tmp_path, config, "--workers", "2")
+    labels = {"route": "/v1/chat/completions", "model": "gpt-4o-mini", "provider": "mock", "status": "200"}
+    try:
+        for _ in range(20):
+            assert call(gateway.url, "POST", "/v1/chat/completions", CHAT).status == 200
+        time.sleep(1.5)
+        before = value(scrape(gateway.url), "sluice_requests_total", **labels)
+        workers = subprocess.run(["pgrep", "-P", str(gateway.process.pid)], capture_output=True, text=True)
+        os.kill(int(workers.stdout.split()[0]), signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # Granian respawns it
+            alive = subprocess.run(["pgrep", "-P", str(gateway.process.pid)], capture_output=True, text=True)
+            if len(alive.stdout.split()) == 2:
+                break
+            time.sleep(0.2)
+        for _ in range(5):
+            assert call(gateway.url, "POST", "/v1/chat/completions", CHAT).status == 200
+        time.sleep(1.5)
+        after = [value(scrape(gateway.url), "sluice_requests_total", **labels) for _ in range(4)]
+    finally:
+        gateway.stop()
+    assert before == 20
+    assert after == [25] * 4  # the dead worker's requests still count: nothing went backwards
