@@ -111,9 +111,8 @@ class Gateway:
         if request_id is None or not valid_request_id(request_id):
             request_id = self.ids.next()
         ctx = RequestContext(request_id, started)
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.in_flight += 1
+        if self.metrics is not None:
+            self.metrics.in_flight += 1
         try:
             methods = self.routes.get(ex.path)
             handler = methods.get(ex.method) if methods is not None else None
@@ -125,19 +124,23 @@ class Gateway:
         except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
             await self._send_error(ex, ctx, GatewayError("The gateway failed to handle the request."))
+        finally:
+            self._account(ex, ctx)
+
+    def _account(self, ex: Exchange, ctx: RequestContext) -> None:
+        """Metrics and access log of a finished request (in a finally: in-flight never leaks)."""
+        metrics, access_log = self.metrics, self.access_log
+        if metrics is None and access_log is None:
+            return
+        total = time.perf_counter() - ctx.started
+        overhead = ctx.overhead_s if ctx.overhead_s >= 0 else total - ctx.upstream_s
         if metrics is not None:
             metrics.in_flight -= 1
-            total = time.perf_counter() - started
             metrics.observe(ex.path if ex.path in self.routes else "other", ctx.model, ctx.provider, ex.status,
-                            total, ctx.overhead_s if ctx.overhead_s >= 0 else total - ctx.upstream_s,
-                            ctx.upstream_s, ctx.answer)
-        if self.access_log is not None:
-            total = time.perf_counter() - started
-            self.access_log.record((
-                time.time(), request_id, ex.method, ex.path, ex.status, total,
-                ctx.overhead_s if ctx.overhead_s >= 0 else total - ctx.upstream_s,
-                ctx.model, ctx.provider, ctx.upstream_status, ctx.answer,
-            ))
+                            total, overhead, ctx.upstream_s, ctx.answer)
+        if access_log is not None:
+            access_log.record((time.time(), ctx.request_id, ex.method, ex.path, ex.status, total, overhead,
+                               ctx.model, ctx.provider, ctx.upstream_status, ctx.answer))
 
     async def _no_route(self, ex: Exchange, ctx: RequestContext) -> None:
         """Paths outside the exact table (/v1/models/{id}), unknown paths and wrong methods."""
