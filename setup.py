@@ -13,7 +13,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-EXTENSIONS = ["_speedups"]
+EXTENSIONS = ["_speedups", "_stats", "_logline", "_limits"]
 
 
 def extensions():

@@ -395,12 +395,17 @@ http {{
 
 
 def nginx_static_conf(tmp: Path, name: str, port: int) -> Path:
-    """u1: nginx answering every chat POST with a fixed chat.completion (``return 200``)."""
+    """u1: nginx answering every chat POST with a fixed chat.completion (``return 200``), and
+    OTLP/HTTP trace exports with an empty (valid) ExportTraceServiceResponse."""
     return _nginx_conf(tmp, name, f"""    server {{
         listen 127.0.0.1:{port} backlog=4096;
         location {CHAT_PATH} {{
             default_type application/json;
             return 200 '{CHAT_COMPLETION}';
+        }}
+        location = /v1/traces {{
+            default_type application/x-protobuf;
+            return 200 '';
         }}
         location / {{
             return 404;

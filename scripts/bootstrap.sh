@@ -23,6 +23,11 @@ fi
 if ! command -v cc >/dev/null || [ ! -f "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; then
   apt_install gcc python3-dev || echo "bootstrap: no C toolchain; using the pure-Python twins" >&2
 fi
+# promtool and prometheus check monitoring/ in the tests (they skip without them, outside CI).
+if [[ ",$extras," == *,dev,* ]] && ! command -v promtool >/dev/null; then
+  apt_install --no-install-recommends prometheus \
+    || echo "bootstrap: no promtool; the monitoring tests will be skipped" >&2
+fi
 stamp=.venv/.installed-$extras
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
    || [ -n "$(find ext -newer "$stamp" -name '*.pyx' 2>/dev/null)" ]; then

@@ -199,6 +199,14 @@ def raw_upstream() -> Iterator[RawServer]:
                 body = b'{"id": "x", "object": "chat.completion", "choices": []}'
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                              % (len(body), body))
+            elif b'raw-html' in request:  # in the body (OpenAI, Anthropic) or the path (Gemini)
+                body = b"<html><body>Bad gateway at the provider's edge</body></html>"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(body), body))
+            elif b'raw-wrong-json' in request:
+                body = b'{"unexpected": ["shape"]}'
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(body), body))
             elif b'"raw-hang"' in request:
                 await asyncio.sleep(30)
             await writer.drain()

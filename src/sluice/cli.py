@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="Granian interface: rsgi (native, faster) or asgi")
     serve.set_defaults(run=_serve)
 
-    mock = commands.add_parser("mock-upstream", help="serve a mock LLM provider (OpenAI wire format)")
+    mock = commands.add_parser("mock-upstream",
+                               help="serve a mock LLM provider (OpenAI, Anthropic, Gemini and Azure wire formats)")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9000)
     mock.add_argument("--workers", type=int, default=1)

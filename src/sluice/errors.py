@@ -4,11 +4,15 @@
      ├── ConfigError                 a config mistake: path + problem, exit code 2 at start
      └── GatewayError                answered to the caller in its wire format
           ├── InvalidRequest         400 invalid_request_error (names the field in ``param``)
+          ├── Unauthorized           401 (missing or wrong credentials; carries WWW-Authenticate)
           ├── NotFound               404 (unknown path, unknown model)
           ├── MethodNotAllowed       405
           ├── PayloadTooLarge        413
           ├── BadGateway             502 upstream unreachable, reset or malformed
           └── GatewayTimeout         504 upstream too slow
+
+Each error renders in the caller's wire format: OpenAI's shape on OpenAI
+routes, Anthropic's on /v1/messages (``GatewayError.body``).
 
 Errors of the upstream client (sluice.upstream.errors) are mapped to
 BadGateway / GatewayTimeout by ``from_upstream``.  Upstream 4xx/5xx answers are
@@ -31,6 +35,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "SluiceError",
+    "Unauthorized",
 ]
 
 
@@ -67,9 +72,29 @@ class GatewayError(SluiceError):
             {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         )
 
+    def anthropic_body(self) -> bytes:
+        """The Anthropic error shape: {"type": "error", "error": {"type", "message"}}."""
+        kind = ANTHROPIC_ERROR_TYPES.get(self.status, "api_error")
+        return orjson.dumps({"type": "error", "error": {"type": kind, "message": self.message}})
+
+    def body(self, wire: str) -> bytes:
+        """The error in the caller's wire format."""
+        return self.anthropic_body() if wire == "anthropic" else self.openai_body()
+
+
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                         404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+                         429: "rate_limit_error", 500: "api_error", 502: "api_error", 503: "overloaded_error",
+                         504: "api_error", 529: "overloaded_error"}
+
 
 class InvalidRequest(GatewayError):
     status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(GatewayError):
+    status = 401
     type = "invalid_request_error"
 
 

@@ -10,13 +10,17 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import call, start_gateway
+from tests.conftest import call, free_port, start_gateway
 
 pytestmark = pytest.mark.integration
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
-FIELDS = {"time", "request_id", "method", "path", "status", "duration_ms", "overhead_ms", "model", "provider",
-          "upstream_status"}
+FIELDS = {"time", "request_id", "trace_id", "method", "path", "route", "status", "error", "duration_ms", "overhead_ms",
+          "ttfb_ms", "ttft_ms", "model", "provider", "upstream_status", "tokens_in", "tokens_out", "retries",
+          "key_prefix", "user", "cache"}
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def config(mock_url: str, extra: str = "") -> str:
@@ -46,7 +50,7 @@ def test_one_json_line_per_request_with_its_fields(tmp_path, mock_upstream) -> N
         api = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-sluice-demo", max_retries=0)
         api.chat.completions.with_raw_response.create(**CHAT, extra_headers={"x-request-id": "plain-1"})
         list(api.chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True},
-                                         extra_headers={"x-request-id": "stream-1"}))
+                                         extra_headers={"x-request-id": "stream-1", "traceparent": TRACEPARENT}))
         call(gateway.url, "POST", "/v1/chat/completions", {**CHAT, "model": "broken"}, {"x-request-id": "bad-1"})
         call(gateway.url, "GET", "/nowhere", headers={"x-request-id": "lost-1"})
         entries = {e["request_id"]: e for e in read_lines(log, 4)}
@@ -59,10 +63,15 @@ def test_one_json_line_per_request_with_its_fields(tmp_path, mock_upstream) -> N
                                                                                                 "mock", 200)
     assert plain["tokens_in"] > 0 and plain["tokens_out"] == 10
     assert stream["status"] == 200 and stream["tokens_out"] == 10  # from the stream's usage event
-    assert (bad["status"], bad["upstream_status"]) == (503, 503)
-    assert (lost["status"], lost["model"], lost["path"]) == (404, None, "/nowhere")
+    assert stream["trace_id"] == TRACEPARENT.split("-")[1] and plain["trace_id"] is None  # the caller's, if any
+    assert 0 < stream["ttft_ms"] <= stream["duration_ms"] and plain["ttft_ms"] is None
+    assert (bad["status"], bad["upstream_status"], bad["error"]) == (503, 503, "upstream_5xx")
+    assert (lost["status"], lost["model"], lost["path"], lost["route"]) == (404, None, "/nowhere", "other")
+    assert lost["error"] == "unknown_url" and plain["error"] is None
     for entry in entries.values():
-        assert 0 <= entry["overhead_ms"] <= entry["duration_ms"]
+        assert 0 <= entry["overhead_ms"] <= entry["ttfb_ms"] <= entry["duration_ms"]
+        # no retries, keys, users or cache yet: the fields are there, empty, for parsers to rely on
+        assert (entry["retries"], entry["key_prefix"], entry["user"], entry["cache"]) == (0, None, None, None)
 
 
 def test_sampling_keeps_every_error_and_drops_successes(tmp_path, mock_upstream) -> None:
@@ -125,3 +134,23 @@ def test_lines_still_queued_at_shutdown_are_written(tmp_path, mock_upstream, int
         gateway.stop()  # SIGTERM right after the last answer: its line may still be queued
     ids = [json.loads(line)["request_id"] for line in log.read_text().splitlines()]
     assert ids == [f"last-{i}" for i in range(20)]
+
+
+def test_application_logs_can_be_json_lines(tmp_path) -> None:
+    gateway = start_gateway(tmp_path, f"""
+observability: {{log_format: json, log_level: info}}
+providers: {{closed: {{kind: openai, base_url: "http://127.0.0.1:{free_port()}"}}}}
+models: {{unreachable: {{targets: [{{provider: closed, model: x}}]}}}}
+""")
+    try:
+        chat = {**CHAT, "model": "unreachable"}
+        assert call(gateway.url, "POST", "/v1/chat/completions", chat, {"x-request-id": "json-1"}).status == 502
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "json-1" not in gateway.log.read_text():
+            time.sleep(0.05)
+    finally:
+        gateway.stop()
+    lines = [json.loads(line) for line in gateway.log.read_text().splitlines() if line.startswith("{")]
+    (failure,) = [line for line in lines if line.get("request_id") == "json-1"]
+    assert (failure["level"], failure["logger"]) == ("warning", "sluice.gateway")
+    assert "closed" in failure["message"] and failure["time"].endswith("Z")

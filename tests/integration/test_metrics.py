@@ -55,9 +55,14 @@ models:
     finally:
         gateway.stop()
     first = scrapes[0]
-    for later in scrapes[1:]:  # whichever worker answered, the same sums (scrapes themselves aside)
-        assert {k: v for k, v in later.items() if "/metrics" not in str(k)} == \
-               {k: v for k, v in first.items() if "/metrics" not in str(k)}
+
+    def counted(samples):  # type: ignore[no-untyped-def]
+        """Request metrics: scrapes themselves and the workers' own gauges (memory, fds, pool) aside."""
+        return {k: v for k, v in samples.items() if "/metrics" not in str(k) and "_process_" not in k[0]
+                and "upstream_connections" not in k[0]}
+
+    for later in scrapes[1:]:  # whichever worker answered, the same sums
+        assert counted(later) == counted(first)
     route = "/v1/chat/completions"
     ok = value(first, "sluice_requests_total", route=route, model="gpt-4o-mini", provider="mock", status="200")
     assert ok == 34  # 30 plain + 4 streams
@@ -67,7 +72,24 @@ models:
     assert value(first, "sluice_request_duration_seconds_count", route=route) == 46
     assert value(first, "sluice_request_duration_seconds_bucket", route=route, le="+Inf") == 46
     assert value(first, "sluice_gateway_overhead_seconds_count", route=route) == 46
-    assert value(first, "sluice_upstream_duration_seconds_count", provider="mock") == 41
+    assert value(first, "sluice_upstream_duration_seconds_count", provider="mock", model="gpt-4o-mini") == 34
+    assert value(first, "sluice_upstream_duration_seconds_count", provider="mock", model="broken") == 7
+    assert value(first, "sluice_errors_total", route=route, **{"class": "upstream_5xx"}) == 7
+    assert value(first, "sluice_errors_total", route=route, **{"class": "model_not_found"}) == 5
+    assert value(first, "sluice_errors_total", route="other", **{"class": "unknown_url"}) == 1
+    assert value(first, "sluice_time_to_first_token_seconds_count", provider="mock", model="gpt-4o-mini") == 4
+    # the GenAI names: the same data, provider as its kind
+    gen_ai = {"gen_ai_provider_name": "openai", "gen_ai_request_model": "gpt-4o-mini"}
+    assert value(first, "gen_ai_server_time_to_first_token_seconds_count", **gen_ai) == 4
+    assert value(first, "gen_ai_client_operation_duration_seconds_count", **gen_ai) == 34
+    assert value(first, "gen_ai_client_token_usage_count", gen_ai_token_type="output", **gen_ai) == 30
+    assert value(first, "gen_ai_client_token_usage_sum", gen_ai_token_type="output", **gen_ai) == 300
+    # worker state: pooled connections back to idle, memory and descriptors of live workers, nothing dropped
+    assert value(first, "sluice_upstream_connections", state="active") == 0
+    assert value(first, "sluice_upstream_connections", state="idle") >= 2
+    assert value(first, "sluice_process_resident_memory_bytes") > 10 * 2**20
+    assert 0 < value(first, "sluice_process_open_fds") < value(first, "sluice_process_max_fds")
+    assert value(first, "sluice_access_log_dropped_total") == 0
     # the mock answers 10 completion tokens per request, streams included (they asked for no usage)
     assert value(first, "sluice_tokens_output_total", model="gpt-4o-mini") == 300
     assert value(first, "sluice_tokens_input_total", model="gpt-4o-mini") > 0

@@ -1,93 +1,147 @@
-"""The access log's queues: bounded, never waiting on their sink; usage parsed off the request path."""
+"""The access log: bounded queues that never wait on their sink, the fields of a line, redacted debug bodies."""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import threading
+import os
+import tempfile
 
 import pytest
 
 from sluice.observability.access_log import AccessLog
-from sluice.observability.usage import token_usage
+from sluice.server.app import RequestContext
 
 
-class BlockedSink(io.RawIOBase):
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.data = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:  # type: ignore[no-untyped-def]
-        self.entered.set()
-        self.release.wait(10)
-        self.data += data
-        return len(data)
+def record(i: int, status: int = 200, answer: bytes | None = None, **fields) -> RequestContext:  # type: ignore[no-untyped-def]
+    ctx = RequestContext(f"r{i}", 0.0)
+    ctx.at, ctx.method, ctx.status = 1.0 + i, "POST", status
+    ctx.path = ctx.route = "/v1/chat/completions"
+    ctx.total_s, ctx.overhead_s, ctx.model, ctx.provider, ctx.upstream_status = 0.002, 0.0005, "m", "p", status
+    ctx.answer = answer
+    for name, value in fields.items():
+        setattr(ctx, name, value)
+    return ctx
 
 
-def record(i: int, status: int = 200, answer: bytes | None = None):  # type: ignore[no-untyped-def]
-    return (1.0 + i, f"r{i}", "POST", "/v1/chat/completions", status, 0.002, 0.0005, "m", "p", status, answer)
+def read_all(fd: int) -> bytes:
+    data = b""
+    while chunk := os.read(fd, 1 << 20):
+        data += chunk
+    return data
 
 
-def test_records_are_dropped_not_waited_for_when_the_sink_blocks() -> None:
-    async def run() -> tuple[AccessLog, BlockedSink]:
-        sink = BlockedSink()
-        log = AccessLog(sink, queue_size=10, flush_interval_s=0.01)
-        log.record(record(0))
-        await asyncio.sleep(0.05)  # the flush hands it to the writer thread...
-        assert await asyncio.to_thread(sink.entered.wait, 5)  # ...which is now stuck in write()
-        for i in range(1, 101):
-            log.record(record(i))  # returns at once: the test would hang here otherwise
-        assert log.dropped == 90  # 10 queued, the rest counted
-        sink.release.set()
+def test_a_full_queue_drops_records_instead_of_waiting() -> None:
+    reader, writer = os.pipe()
+    sink = os.fdopen(writer, "wb")
+
+    async def run() -> AccessLog:
+        log = AccessLog(sink, queue_size=10, flush_interval_s=60)
+        for i in range(100):
+            log.record(record(i))  # no flush runs in between: the queue holds 10
+        assert log.dropped == 90
         log.close()
-        return log, sink
+        return log
 
-    log, sink = asyncio.run(run())
-    lines = [json.loads(line) for line in sink.data.splitlines()]
-    assert [entry["request_id"] for entry in lines] == [f"r{i}" for i in range(11)]
-    assert log.written == 11
+    log = asyncio.run(run())
+    sink.close()
+    lines = [json.loads(line) for line in read_all(reader).splitlines()]
+    os.close(reader)
+    assert [entry["request_id"] for entry in lines] == [f"r{i}" for i in range(10)]
+    assert log.written == 10
+
+
+def test_a_sink_nobody_reads_never_blocks_and_drops_what_it_cannot_hold() -> None:
+    reader, writer = os.pipe()  # a pipe holds 64 KiB; nobody reads it while requests are logged
+    total = 30_000
+    sink = os.fdopen(writer, "wb")
+
+    async def run() -> AccessLog:
+        log = AccessLog(sink, flush_interval_s=60, log_bodies=True)
+        body = b'{"model": "m", "messages": [{"role": "user", "content": "' + b"x" * 300 + b'"}]}'
+        for i in range(total):
+            log.record(record(i, request_body=body))  # returns at once, or the test hangs
+            if i % 1000 == 999:
+                log.flush()  # the sink is full: what it does not take waits, then is dropped
+        assert log.dropped > 0 and log.written < 1000
+        drained = asyncio.get_running_loop().run_in_executor(None, read_all, reader)
+        log.close(timeout=10)  # writes what is buffered as the reader drains the pipe
+        sink.close()
+        data = await drained
+        lines = [json.loads(line) for line in data.splitlines()]  # whole lines only, none cut
+        assert len(lines) == log.written
+        return log
+
+    log = asyncio.run(run())
+    os.close(reader)
+    assert log.written + log.dropped == total
+    assert log.written > 4 * 1024 * 1024 // 1000  # the 4 MiB buffer was written out at the end
 
 
 def run_log(records: list, **options) -> list[dict]:  # type: ignore[no-untyped-def, type-arg]
-    sink = io.BytesIO()
+    with tempfile.TemporaryFile() as sink:
 
-    async def run() -> None:
-        log = AccessLog(sink, flush_interval_s=0.01, **options)
-        for item in records:
-            log.record(item)
-        log.close()
+        async def run() -> None:
+            log = AccessLog(sink, flush_interval_s=0.01, **options)
+            for item in records:
+                log.record(item)
+            log.close()
 
-    asyncio.run(run())
-    return [json.loads(line) for line in sink.getvalue().splitlines()]
+        asyncio.run(run())
+        sink.seek(0)
+        return [json.loads(line) for line in sink.read().splitlines()]
 
 
-def test_line_fields_and_usage() -> None:
-    (entry,) = run_log([record(1, answer=b'{"usage": {"prompt_tokens": 7, "completion_tokens": 3}}')])
+def test_line_fields() -> None:
+    (entry,) = run_log([record(1, tokens_in=7, tokens_out=3, ttfb_s=0.0015, error="upstream_5xx")])
     assert entry["time"] == "1970-01-01T00:00:02.000Z"
-    assert (entry["duration_ms"], entry["overhead_ms"], entry["tokens_in"], entry["tokens_out"]) == (2.0, 0.5, 7, 3)
+    assert (entry["duration_ms"], entry["overhead_ms"], entry["ttfb_ms"]) == (2.0, 0.5, 1.5)
+    assert (entry["tokens_in"], entry["tokens_out"], entry["retries"], entry["error"]) == (7, 3, 0, "upstream_5xx")
     assert (entry["request_id"], entry["status"], entry["model"], entry["provider"]) == ("r1", 200, "m", "p")
+    assert (entry["method"], entry["path"], entry["route"]) == ("POST", "/v1/chat/completions", "/v1/chat/completions")
+    assert entry["ttft_ms"] is None and entry["trace_id"] is None  # not a stream, no trace
+    assert (entry["key_prefix"], entry["user"], entry["cache"]) == (None, None, None)  # no auth or cache yet
+    (later,) = run_log([record(2, key_prefix="sk-ab12", user="u-7", retries=2, cache="hit")])
+    assert (later["key_prefix"], later["user"], later["retries"], later["cache"]) == ("sk-ab12", "u-7", 2, "hit")
+    assert "request_body" not in entry and "response_body" not in entry  # bodies only with log_bodies
+
+
+@pytest.mark.parametrize(("traceparent", "trace_id"), [
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "4bf92f3577b34da6a3ce929d0e0e4736"),
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", "4bf92f3577b34da6a3ce929d0e0e4736"),
+    ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),  # all-zero trace id is invalid
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", None),
+    ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", None),  # upper case is invalid
+    ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", None),
+    ('00-4bf92f3577b34da6a3ce929d0e0e47"6-00f067aa0ba902b7-01', None),  # never echoed into the log
+    ("garbage", None),
+])
+def test_trace_id_from_the_callers_traceparent(traceparent: str, trace_id: str | None) -> None:
+    (entry,) = run_log([record(1, traceparent=traceparent)])
+    assert entry.get("trace_id") == trace_id
+
+
+def test_bodies_only_when_asked_and_redacted() -> None:
+    request = (b'{"model":"m","api_key":"abc123","messages":[{"role":"user","content":'
+               b'"mail jane.doe@example.com, card 4111 1111 1111 1111, key sk-proj-abcdefghijk, '
+               b'call +1 415-555-0134, from 10.1.2.3"}]}')
+    answer = b'{"choices":[{"message":{"content":"Bearer eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl"}}]}'
+    (plain,) = run_log([record(1, answer=answer, request_body=request)])
+    assert "request_body" not in plain and "response_body" not in plain
+    (entry,) = run_log([record(1, answer=answer, request_body=request)], log_bodies=True)
+    body = entry["request_body"]
+    for secret in ("abc123", "jane.doe", "4111", "sk-proj", "555-0134", "10.1.2.3"):
+        assert secret not in body
+    assert '"api_key":"[secret]"' in body and "[email]" in body and "[card]" in body and "[phone]" in body
+    assert "eyJ" not in entry["response_body"] and "[secret]" in entry["response_body"]
+
+
+def test_long_bodies_are_clipped() -> None:
+    (entry,) = run_log([record(1, request_body=b"x" * 100_000)], log_bodies=True)
+    assert entry["request_body"].endswith("[clipped]") and len(entry["request_body"]) < 4200
 
 
 def test_sampling_never_drops_errors() -> None:
     entries = run_log([record(i, status=200 if i % 2 else 500) for i in range(20)], sample_success=0.0)
     assert [entry["status"] for entry in entries] == [500] * 10
-
-
-@pytest.mark.parametrize(("answer", "usage"), [
-    (b'{"usage": {"prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 1}}}', (1, None)),
-    (b'data: {"choices": [], "usage": {"completion_tokens": 2}}\n\n', (None, 2)),
-    (b'{"usage": {"prompt_tokens": 4, "x": {"y": 1}}, "later": 1}', (4, None)),
-    (b'{"usage": null, "x": {"prompt_tokens": 9}}', None),
-    (b'{"usage": {"prompt_tokens": 1', (1, None)),
-    (b'{"usage": {"prompt_tokens": "many"}}', None),
-    (b'{"usage": {}}', None),
-    (b"not json at all", None),
-])
-def test_usage(answer: bytes, usage: tuple[int | None, int | None] | None) -> None:
-    found = token_usage(answer)
-    assert (None if found is None else (found.prompt_tokens, found.completion_tokens)) == usage

@@ -45,3 +45,39 @@ def test_each_window_honours_the_weights_exactly(weights: list[int], windows: in
     assert route is not None
     counts = Counter(route.pick().model for _ in range(sum(weights) * windows))
     assert counts == {f"m{i}": w * windows for i, w in enumerate(weights)}
+
+
+def mixed() -> Router:
+    return Router(parse_config("""
+providers:
+  oai: {kind: openai, base_url: "https://api.openai.com"}
+  ant: {kind: anthropic, base_url: "https://api.anthropic.com"}
+  text-only: {kind: openai, base_url: "https://llm.internal", capabilities: [chat, streaming]}
+models:
+  mixed:
+    targets:
+      - {provider: ant, model: claude, weight: 3}
+      - {provider: oai, model: gpt, weight: 1}
+  plain: {targets: [{provider: text-only, model: small}, {provider: oai, model: gpt, capabilities: [chat]}]}
+  openai-only: {targets: [{provider: oai, model: gpt}]}
+""", {}))
+
+
+def test_capabilities_come_from_the_kind_the_provider_or_the_target() -> None:
+    table = mixed()
+    assert table.get("openai-only").complete  # type: ignore[union-attr]
+    mixed_route, plain = table.get("mixed"), table.get("plain")
+    assert mixed_route is not None and plain is not None and not mixed_route.complete
+    assert {t.model: t.capabilities for t in plain.targets} == {"small": {"chat", "streaming"}, "gpt": {"chat"}}
+    assert "embeddings" not in mixed_route.targets[0].capabilities  # anthropic's kind has none
+
+
+def test_requests_go_to_targets_that_can_serve_them() -> None:
+    route = mixed().get("mixed")
+    assert route is not None
+    chats = Counter(route.pick_for(frozenset({"chat", "vision"})).model for _ in range(8))  # type: ignore[union-attr]
+    assert chats == {"claude": 6, "gpt": 2}  # both can: the weights hold
+    assert {route.pick_for(frozenset({"embeddings"})).model for _ in range(5)} == {"gpt"}  # type: ignore[union-attr]
+    plain = mixed().get("plain")
+    assert plain is not None and plain.pick_for(frozenset({"chat", "vision"})) is None
+    assert plain.missing(frozenset({"chat", "vision", "streaming"})) == {"vision"}

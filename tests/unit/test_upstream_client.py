@@ -1138,6 +1138,18 @@ def _piece(i: int) -> bytes:
     return struct.pack(">I", i) * (PIECE // 4)
 
 
+async def _stalled_at(progress: dict[str, int], settle_s: float, limit_s: float) -> int:
+    """What the server had sent once it made no progress for settle_s; fails after limit_s."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    last = -1
+    while asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(settle_s)
+        if progress["sent"] == last:
+            return last
+        last = progress["sent"]
+    raise AssertionError(f"the server never stalled: {progress['sent']} bytes sent and counting")
+
+
 @async_test
 async def test_flow_control_bounds_unread_bytes() -> None:
     """The server streams 5 MiB as fast as it can; its writes block while the client's consumer
@@ -1161,11 +1173,9 @@ async def test_flow_control_bounds_unread_bytes() -> None:
 
     async with serving(firehose) as server, upstream_client() as client:
         response = await client.request(origin_of(server), "GET", "/", [])
-        # The consumer reads nothing for a while: the server gets stuck far below 5 MiB.
-        await asyncio.sleep(0.25)
-        first = progress["sent"]
-        await asyncio.sleep(0.25)
-        assert progress["sent"] == first  # blocked, not merely slow
+        # The consumer reads nothing: the server gets stuck far below 5 MiB. The kernel may still
+        # grow its buffers for a moment on a loaded machine, so wait (bounded) for a stall.
+        first = await _stalled_at(progress, settle_s=0.25, limit_s=10.0)
         assert first < 2 * 1024 * 1024, first
         # A slow consumer for the first MiB, then a fast one; every byte arrives, in order.
         received = bytearray()

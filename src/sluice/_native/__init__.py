@@ -1,23 +1,34 @@
 """The one place that picks the compiled helpers or their pure-Python twins.
 
-The pure twin is bound first; the compiled module replaces it unless it is not
-built or ``SLUICE_NO_EXTENSIONS=1`` is set.  ``IMPLEMENTATION`` says which won.
+The pure twins are bound first; each compiled module replaces its twin unless
+it is not built or ``SLUICE_NO_EXTENSIONS=1`` is set.  ``IMPLEMENTATION`` says
+which won ("compiled" only when every compiled module loaded).
 """
 
 from __future__ import annotations
 
 import os
 
-from ._pure import RequestIds, valid_request_id
+from ._pure import USAGE_TAIL, RequestIds, token_counts, valid_request_id
+from ._pure_limits import LocalLimiter
+from ._pure_logline import LineFormatter
+from ._pure_stats import Histograms, RequestStats
 
-__all__ = ["IMPLEMENTATION", "RequestIds", "valid_request_id"]
+__all__ = ["IMPLEMENTATION", "USAGE_TAIL", "Histograms", "LineFormatter", "LocalLimiter", "RequestIds",
+           "RequestStats", "token_counts", "valid_request_id"]
 
 IMPLEMENTATION = "pure"
 
 if os.environ.get("SLUICE_NO_EXTENSIONS") != "1":
     try:
-        from ._speedups import RequestIds, valid_request_id  # type: ignore[assignment]
+        from ._limits import LocalLimiter  # type: ignore[assignment]
+        from ._logline import LineFormatter  # type: ignore[assignment]
+        from ._speedups import RequestIds, token_counts, valid_request_id  # type: ignore[assignment]
+        from ._stats import Histograms, RequestStats  # type: ignore[assignment]
     except ImportError:  # not built: the pure twins serve
-        pass
+        from ._pure import RequestIds, token_counts, valid_request_id
+        from ._pure_limits import LocalLimiter
+        from ._pure_logline import LineFormatter
+        from ._pure_stats import Histograms, RequestStats
     else:
         IMPLEMENTATION = "compiled"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["RequestIds", "valid_request_id"]
+import re
+
+__all__ = ["USAGE_TAIL", "RequestIds", "token_counts", "valid_request_id"]
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -35,3 +37,26 @@ def valid_request_id(value: str) -> bool:
     if not 0 < len(value) <= 128 or not value.isascii():
         return False
     return all(0x21 <= ord(c) <= 0x7E for c in value)
+
+
+# -- token counts --------------------------------------------------------------------------
+
+USAGE_TAIL = 4096  # usage sits at the end of an OpenAI answer: search at most this tail
+
+_USAGE_OBJECT = re.compile(rb'"usage"[ \t\n\r\f\v]*:[ \t\n\r\f\v]*\{')
+# At most 18 digits (fits in 63 bits); a longer number is no count.
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"[ \t\n\r\f\v]*:[ \t\n\r\f\v]*(\d{1,18})(?!\d)')
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"[ \t\n\r\f\v]*:[ \t\n\r\f\v]*(\d{1,18})(?!\d)')
+
+
+def token_counts(answer: bytes) -> tuple[int, int]:
+    """(prompt, completion) tokens of the last "usage" object in the answer's tail; -1 where absent."""
+    start = answer.rfind(b'"usage"', max(0, len(answer) - USAGE_TAIL))
+    if start < 0:
+        return -1, -1
+    opening = _USAGE_OBJECT.match(answer, start)
+    if opening is None:
+        return -1, -1  # "usage": null, or no object
+    prompt = _PROMPT_TOKENS.search(answer, opening.end())
+    completion = _COMPLETION_TOKENS.search(answer, opening.end())
+    return int(prompt.group(1)) if prompt else -1, int(completion.group(1)) if completion else -1

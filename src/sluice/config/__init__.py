@@ -1,15 +1,31 @@
 """Typed, immutable configuration and its loader."""
 
 from .loader import interpolate, load_config, parse_config
-from .model import Config, ModelConfig, ObservabilityConfig, ProviderConfig, ServerConfig, TargetConfig, UpstreamConfig
+from .model import (
+    Config,
+    ModelConfig,
+    ObservabilityConfig,
+    PassthroughConfig,
+    PolicyConfig,
+    ProviderConfig,
+    RateLimitConfig,
+    ServerConfig,
+    TargetConfig,
+    TracingConfig,
+    UpstreamConfig,
+)
 
 __all__ = [
     "Config",
     "ModelConfig",
     "ObservabilityConfig",
+    "PassthroughConfig",
+    "PolicyConfig",
     "ProviderConfig",
+    "RateLimitConfig",
     "ServerConfig",
     "TargetConfig",
+    "TracingConfig",
     "UpstreamConfig",
     "interpolate",
     "load_config",

@@ -17,7 +17,16 @@ import msgspec
 import yaml
 
 from ..errors import ConfigError
-from .model import Config, ModelConfig, ObservabilityConfig, ProviderConfig, ServerConfig, UpstreamConfig
+from .model import (
+    Config,
+    ModelConfig,
+    ObservabilityConfig,
+    PassthroughConfig,
+    ProviderConfig,
+    RateLimitConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
 
 __all__ = ["interpolate", "load_config", "parse_config"]
 
@@ -121,6 +130,8 @@ def _decode(raw: dict[str, Any]) -> Config:
         server=_convert(raw.get("server") or {}, ServerConfig, "server"),
         upstream=_convert(raw.get("upstream") or {}, UpstreamConfig, "upstream"),
         observability=_convert(raw.get("observability") or {}, ObservabilityConfig, "observability"),
+        passthrough=_convert(raw.get("passthrough") or {}, PassthroughConfig, "passthrough"),
+        ratelimit=_convert(raw.get("ratelimit") or {}, RateLimitConfig, "ratelimit"),
         providers=_named_sections(raw.get("providers"), ProviderConfig, "providers"),
         models=_named_sections(raw.get("models"), ModelConfig, "models"),
     )
@@ -137,9 +148,20 @@ def _validate(config: Config) -> None:
     for field in UpstreamConfig.__struct_fields__:
         _positive(f"upstream.{field}", getattr(config.upstream, field))
     _positive("observability.access_log_queue", config.observability.access_log_queue)
-    if not 0.0 <= config.observability.sample_success <= 1.0:
-        raise ConfigError("observability.sample_success",
-                          f"must be between 0 and 1, got {config.observability.sample_success}")
+    _ratio("observability.sample_success", config.observability.sample_success)
+    level = config.observability.log_level
+    if level is not None and level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError("observability.log_level", f"must be debug, info, warning, error or critical, got {level!r}")
+    tracing = config.observability.tracing
+    if tracing.enabled:
+        _check_base_url("observability.tracing.endpoint", tracing.endpoint)
+    _ratio("observability.tracing.sample_ratio", tracing.sample_ratio)
+    for field in ("queue_size", "batch_size", "flush_interval_s", "timeout_s"):
+        _positive(f"observability.tracing.{field}", getattr(tracing, field))
+    token = config.observability.health_details_token
+    if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
+        raise ConfigError("observability.health_details_token",
+                          "must be at least 16 printable characters without spaces")
     kinds = provider_kinds()
     for name, provider in config.providers.items():
         path = f"providers.{name}"
@@ -150,6 +172,17 @@ def _validate(config: Config) -> None:
         for i, key in enumerate(provider.api_keys):
             if not key or any(c in key for c in "\r\n"):
                 raise ConfigError(f"{path}.api_keys[{i}]", "an API key must be a non-empty single line")
+        _check_capabilities(f"{path}.capabilities", provider.capabilities)
+        for field, problem in kinds[provider.kind].check_config(provider):
+            raise ConfigError(f"{path}.{field}", problem)
+    _check_ratelimit(config)
+    passthrough = config.passthrough.provider
+    if passthrough is not None:
+        if passthrough not in config.providers:
+            raise ConfigError("passthrough.provider", f"unknown provider {passthrough!r}")
+        if config.providers[passthrough].kind != "openai":
+            raise ConfigError("passthrough.provider", f"must be an openai-kind provider, {passthrough!r} is "
+                                                      f"{config.providers[passthrough].kind}")
     for model_name, model in config.models.items():
         path = f"models.{model_name}"
         if not model.targets:
@@ -161,6 +194,7 @@ def _validate(config: Config) -> None:
             if not target.model:
                 raise ConfigError(f"{tpath}.model", "the upstream model name is empty")
             _positive(f"{tpath}.weight", target.weight)
+            _check_capabilities(f"{tpath}.capabilities", target.capabilities)
 
 
 def _positive(path: str, value: float, *, maximum: float | None = None, allow_zero: bool = False) -> None:
@@ -168,6 +202,54 @@ def _positive(path: str, value: float, *, maximum: float | None = None, allow_ze
         raise ConfigError(path, f"must be {'zero or more' if allow_zero else 'more than zero'}, got {value}")
     if maximum is not None and value > maximum:
         raise ConfigError(path, f"must be at most {maximum}, got {value}")
+
+
+def _check_ratelimit(config: Config) -> None:
+    import ipaddress
+
+    limits = config.ratelimit
+    if limits.redis is not None and not limits.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("ratelimit.redis", f"must be a redis://, rediss:// or unix:// URL, got {limits.redis!r}")
+    _positive("ratelimit.redis_timeout_s", limits.redis_timeout_s)
+    _positive("ratelimit.default_max_tokens", limits.default_max_tokens)
+    if limits.soft_limit is not None:
+        _ratio("ratelimit.soft_limit", limits.soft_limit)
+    for i, cidr in enumerate(limits.trusted_proxies):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"ratelimit.trusted_proxies[{i}]", f"not an IP network: {cidr!r}") from None
+    names: set[str] = set()
+    for i, policy in enumerate(limits.policies):
+        path = f"ratelimit.policies[{i}]"
+        if not policy.name or policy.name in names:
+            raise ConfigError(f"{path}.name", f"must be a unique, non-empty name, got {policy.name!r}")
+        names.add(policy.name)
+        _positive(f"{path}.rate", policy.rate)
+        _positive(f"{path}.period_s", policy.period_s)
+        if policy.burst is not None:
+            _positive(f"{path}.burst", policy.burst)
+        if policy.soft_limit is not None:
+            _ratio(f"{path}.soft_limit", policy.soft_limit)
+        if policy.mode is not None and policy.mode.value == "distributed" and limits.redis is None:
+            raise ConfigError(f"{path}.mode", "a distributed policy needs ratelimit.redis")
+        for j, model in enumerate(policy.match.models):
+            if model not in config.models:
+                raise ConfigError(f"{path}.match.models[{j}]", f"unknown model {model!r}")
+
+
+def _check_capabilities(path: str, capabilities: tuple[str, ...] | None) -> None:
+    from ..providers import CAPABILITIES
+
+    for i, capability in enumerate(capabilities or ()):
+        if capability not in CAPABILITIES:
+            raise ConfigError(f"{path}[{i}]", f"unknown capability {capability!r} "
+                                              f"(known: {', '.join(sorted(CAPABILITIES))})")
+
+
+def _ratio(path: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(path, f"must be between 0 and 1, got {value}")
 
 
 def _check_base_url(path: str, url: str) -> None:

@@ -6,10 +6,13 @@ types cannot say (references between sections, URLs, ranges).
 
 from __future__ import annotations
 
+import enum
+
 import msgspec
 
-__all__ = ["Config", "ModelConfig", "ObservabilityConfig", "ProviderConfig", "ServerConfig", "TargetConfig",
-           "UpstreamConfig"]
+__all__ = ["Algorithm", "Config", "LimitMode", "ModelConfig", "ObservabilityConfig", "PassthroughConfig",
+           "PolicyConfig", "PolicyMatch", "ProviderConfig", "RateLimitConfig", "Scope", "ServerConfig", "TargetConfig",
+           "TracingConfig", "Unit", "UpstreamConfig"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -39,15 +42,41 @@ class UpstreamConfig(_Section, frozen=True):
     idle_timeout_s: float = 30.0
 
 
+class TracingConfig(_Section, frozen=True):
+    # OpenTelemetry traces over OTLP/HTTP (protobuf).  Off: the request path pays nothing.
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    headers: dict[str, str] = {}  # e.g. an authorization header for the collector
+    service_name: str = "sluice"
+    # Root spans sampled at this ratio; a caller's traceparent decides for its own trace.
+    sample_ratio: float = 1.0
+    queue_size: int = 4096  # finished spans waiting for export; past this they are dropped and counted
+    batch_size: int = 512
+    flush_interval_s: float = 1.0
+    timeout_s: float = 5.0  # one export attempt, retries included
+
+
+class LogFormat(enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
 class ObservabilityConfig(_Section, frozen=True):
-    # One JSON line per request, written by a background thread through a bounded queue.
-    # Off by default until it is cheap: on, it costs 11 % of one core's throughput today
-    # (bench/README.md, "The access log").
+    # Application logs (start, stop, upstream failures) on standard error.
+    log_format: LogFormat = LogFormat.TEXT
+    log_level: str | None = None  # None: SLUICE_LOG_LEVEL, else INFO
+    # One JSON line per request, queued and written by the event loop, never waiting on the sink.
+    # Off by default: with metrics it still measures over the 5 % budget (bench/README.md).
     access_log: bool = False
     access_log_path: str | None = None  # None: standard output
     access_log_queue: int = 10000  # records waiting for the sink; past this they are dropped and counted
     sample_success: float = 1.0  # fraction of successful requests logged (errors always are)
+    # Debug only: request and response bodies in the access log (clipped, secrets and PII redacted).
+    log_bodies: bool = False
     metrics: bool = True  # GET /metrics, summed over all workers
+    tracing: TracingConfig = TracingConfig()
+    # Bearer token for /health/details; unset, that endpoint answers 404.
+    health_details_token: str | None = None
 
 
 class ProviderConfig(_Section, frozen=True):
@@ -58,21 +87,91 @@ class ProviderConfig(_Section, frozen=True):
     headers: dict[str, str] = {}
     verify_tls: bool = True
     ca_file: str | None = None
+    # Kind-specific settings: azure needs api_version; anthropic takes anthropic_version.
+    api_version: str | None = None
+    # What its targets can do (chat, completions, embeddings, vision, tools, json_mode,
+    # streaming); None: what the kind implies.
+    capabilities: tuple[str, ...] | None = None
 
 
 class TargetConfig(_Section, frozen=True):
     provider: str
     model: str
     weight: int = 1
+    capabilities: tuple[str, ...] | None = None  # None: the provider's
 
 
 class ModelConfig(_Section, frozen=True):
     targets: tuple[TargetConfig, ...]
 
 
+class Scope(enum.Enum):
+    KEY = "key"  # the caller's API key (Authorization: Bearer, or x-api-key)
+    USER = "user"  # with authentication (the key's user); until then policies of this scope never apply
+    TEAM = "team"
+    IP = "ip"  # the client address, X-Forwarded-For honoured from trusted proxies only
+    ROUTE = "route"  # the endpoint
+    MODEL = "model"
+    GLOBAL = "global"
+
+
+class Unit(enum.Enum):
+    REQUESTS = "requests"
+    TOKENS = "tokens"
+
+
+class Algorithm(enum.Enum):
+    TOKEN_BUCKET = "token_bucket"
+    SLIDING_WINDOW = "sliding_window"
+
+
+class LimitMode(enum.Enum):
+    LOCAL = "local"  # this instance's own buckets (compiled)
+    DISTRIBUTED = "distributed"  # exact across instances: one Redis round trip per request
+
+
+class PolicyMatch(_Section, frozen=True):
+    """Which requests a policy applies to; an empty list matches all."""
+
+    models: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # caller API keys (compared by hash, never logged)
+
+
+class PolicyConfig(_Section, frozen=True):
+    name: str
+    scope: Scope
+    rate: float  # units per period
+    unit: Unit = Unit.REQUESTS
+    period_s: float = 60.0
+    burst: float | None = None  # token bucket capacity; None: rate
+    algorithm: Algorithm = Algorithm.TOKEN_BUCKET
+    mode: LimitMode | None = None  # None: distributed when ratelimit.redis is set, else local
+    fail_open: bool = True  # Redis down: fall back to local buckets (True) or answer 503 (False)
+    soft_limit: float | None = None  # fraction of the limit past which a warning header is added
+    match: PolicyMatch = PolicyMatch()
+
+
+class RateLimitConfig(_Section, frozen=True):
+    policies: tuple[PolicyConfig, ...] = ()
+    redis: str | None = None  # redis://host:port/db for distributed limits
+    redis_timeout_s: float = 0.05  # the most a slow Redis adds to a request
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
+    default_max_tokens: int = 1024  # token reservation for a request that names no max_tokens
+    soft_limit: float | None = None  # default for every policy
+
+
+class PassthroughConfig(_Section, frozen=True):
+    # The other OpenAI endpoints (/v1/responses, /v1/files, /v1/audio/..., /v1/threads/...) go to
+    # the model's openai-kind target when the JSON body names a model, else to this provider.
+    provider: str | None = None
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+    passthrough: PassthroughConfig = PassthroughConfig()
+    ratelimit: RateLimitConfig = RateLimitConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, ModelConfig] = {}

@@ -2,7 +2,10 @@
 
 Answers are deterministic functions of the request, so tests can predict them:
 the reply text is REPLY (cut to max_tokens words, then finish_reason "length"),
-one word is one completion token, a prompt token is four characters.
+one word is one completion token, a prompt token is four characters.  With
+``tools``, a chat answers tool calls (``mock.tools``: forced by ``tool_choice``,
+or asked for by "use a tool" / "call <name>"; "parallel" makes two), and a
+last turn of tool results is answered with REPLY.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ import base64
 import itertools
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 import xxhash
+
+from .tools import choose_tools, sample_input
 
 __all__ = [
     "REPLY",
@@ -27,6 +32,7 @@ __all__ = [
     "error_body",
     "model_card",
     "prompt_tokens",
+    "tool_calls",
 ]
 
 REPLY = "Hello! This is the sluice mock upstream answering your request."
@@ -35,14 +41,20 @@ _ids = itertools.count(1)
 DEFAULT_DIMENSIONS = 1536
 
 
-def prompt_tokens(value: Any) -> int:
-    """A stable token estimate: one per four characters of every string in the prompt."""
+def prompt_tokens(value: Any, is_image: Callable[[dict[str, Any]], bool] | None = None,
+                  image_tokens: int = 0) -> int:
+    """A stable token estimate: one per four characters of every string in the prompt.
+
+    With ``is_image``, an object it recognises counts ``image_tokens`` instead, as providers bill images.
+    """
     if isinstance(value, str):
         return max(1, len(value) // 4)
     if isinstance(value, list):
-        return sum(prompt_tokens(item) for item in value)
+        return sum(prompt_tokens(item, is_image, image_tokens) for item in value)
     if isinstance(value, dict):
-        return sum(prompt_tokens(item) for item in value.values())
+        if is_image is not None and is_image(value):
+            return image_tokens
+        return sum(prompt_tokens(item, is_image, image_tokens) for item in value.values())
     return 0
 
 
@@ -62,7 +74,43 @@ def _choices_count(request: dict[str, Any]) -> int:
     return n if isinstance(n, int) and 1 <= n <= 16 else 1
 
 
+def tool_calls(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool calls a chat request is answered with; [] for a text answer."""
+    tools = [t["function"] for t in request.get("tools") or []
+             if isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name")]
+    messages = request.get("messages") or []
+    choice = request.get("tool_choice", "auto")
+    if not tools or not messages or messages[-1].get("role") != "user" or choice == "none":
+        return []
+    content = messages[-1].get("content")
+    text = content if isinstance(content, str) else " ".join(
+        part.get("text", "") for part in content or [] if isinstance(part, dict) and part.get("type") == "text")
+    named = isinstance(choice, dict) and isinstance(choice.get("function"), dict)
+    calls = choose_tools([t["name"] for t in tools], text, forced=choice == "required" or named,
+                         only=[choice["function"].get("name")] if named else None,
+                         parallel=request.get("parallel_tool_calls") is not False)
+    schemas = {t["name"]: t.get("parameters") for t in tools}
+    number = next(_ids)
+    return [{"id": f"call_mock_{number}_{i + 1}", "type": "function",
+             "function": {"name": name, "arguments": orjson.dumps(sample_input(schemas[name])).decode()}}
+            for i, name in enumerate(calls)]
+
+
+def _tool_tokens(calls: list[dict[str, Any]]) -> int:
+    return sum(prompt_tokens(c["function"]["name"]) + prompt_tokens(c["function"]["arguments"]) for c in calls)
+
+
 def chat_completion(request: dict[str, Any]) -> bytes:
+    calls = tool_calls(request)
+    if calls:
+        return orjson.dumps({
+            "id": f"chatcmpl-mock{next(_ids)}", "object": "chat.completion", "created": int(time.time()),
+            "model": request["model"], "system_fingerprint": "fp_sluice_mock",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "refusal": None,
+                                                 "tool_calls": calls},
+                         "logprobs": None, "finish_reason": "tool_calls"}],
+            "usage": _usage(prompt_tokens(request.get("messages", [])), _tool_tokens(calls)),
+        })
     words, finish = _reply_words(request)
     n = _choices_count(request)
     prompt = prompt_tokens(request.get("messages", []))
@@ -102,6 +150,14 @@ def chat_chunks(request: dict[str, Any]) -> Iterator[bytes]:
 
     yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                   "finish_reason": None} for i in range(n)])
+    calls = tool_calls(request)
+    if calls:
+        yield from _tool_call_chunks(calls, chunk)
+        if include_usage:
+            yield _event({**base, "choices": [],
+                          "usage": _usage(prompt_tokens(request.get("messages", [])), _tool_tokens(calls))})
+        yield DONE
+        return
     for position, word in enumerate(words):
         text = word if position == 0 else " " + word
         yield chunk([{"index": i, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
@@ -111,6 +167,20 @@ def chat_chunks(request: dict[str, Any]) -> Iterator[bytes]:
         prompt = prompt_tokens(request.get("messages", []))
         yield _event({**base, "choices": [], "usage": _usage(prompt, len(words) * n)})
     yield DONE
+
+
+def _tool_call_chunks(calls: list[dict[str, Any]], chunk: Any) -> Iterator[bytes]:
+    """Each call opens with its id and name, then its arguments in two pieces, as OpenAI streams them."""
+    for index, call in enumerate(calls):
+        head = {"index": index, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        yield chunk([{"index": 0, "delta": {"tool_calls": [head]}, "logprobs": None, "finish_reason": None}])
+        arguments = call["function"]["arguments"]
+        half = len(arguments) // 2
+        for piece in (arguments[:half], arguments[half:]):
+            delta = {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+            yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+    yield chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}])
 
 
 def completion(request: dict[str, Any]) -> bytes:

@@ -1,12 +1,21 @@
-"""Application logs: one line per event, each carrying the request id when there is one."""
+"""Application logs: one line per event, with its level and the request id when there is one.
+
+``observability.log_format`` picks plain text (for people) or JSON lines (for
+log pipelines); ``observability.log_level`` (or SLUICE_LOG_LEVEL) the level.
+Application logs are rare events (start, stop, upstream failures); the per-request
+record is the access log.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import time
 
-__all__ = ["configure_logging"]
+import msgspec
+
+__all__ = ["JsonFormatter", "configure_logging"]
 
 
 class _RequestIdDefault(logging.Filter):
@@ -16,15 +25,37 @@ class _RequestIdDefault(logging.Filter):
         return True
 
 
-def configure_logging(level: str | None = None) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, request_id, message (and the traceback)."""
+
+    _encoder = msgspec.json.Encoder()
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", None),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return self._encoder.encode(line).decode()
+
+
+def configure_logging(level: str | None = None, fmt: str = "text") -> None:
     """Sends sluice's logs to stderr; level from the argument or SLUICE_LOG_LEVEL (default INFO)."""
     logger = logging.getLogger("sluice")
     if logger.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s request_id=%(request_id)s %(message)s"
-    ))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s request_id=%(request_id)s %(message)s"
+        ))
     handler.addFilter(_RequestIdDefault())
     logger.addHandler(handler)
     logger.setLevel((level or os.environ.get("SLUICE_LOG_LEVEL", "INFO")).upper())

@@ -1,103 +1,125 @@
 """Prometheus metrics, correct across Granian workers.
 
-A request updates plain in-process aggregates (dict increments and a bucket
-index: no locks, no I/O).  Each worker writes a snapshot of its aggregates to
-``<dir>/<pid>.json`` every ``flush_interval_s`` and whenever it answers a
-scrape; the worker that answers ``GET /metrics`` sums the snapshots of every
-worker, dead ones included, so a scrape counts all workers' requests whichever
-worker answers, and a counter never goes backwards when a worker restarts (its
-old file stays, its successor starts a new one).  prometheus-client renders the
-exposition format from the summed families.
+A request updates in-process aggregates with one call (``RequestStats``,
+compiled: dict increments and bucket scans, no locks, no I/O).  Each worker
+writes a snapshot of its aggregates, and of its own state (in-flight requests,
+connection pool, memory, file descriptors, dropped log lines), to
+``<dir>/<pid>.json`` every ``flush_interval_s`` while it is busy and whenever it
+answers a scrape; the worker that answers ``GET /metrics`` sums the snapshots of
+every worker, dead ones included, so a scrape counts all workers' requests
+whichever worker answers, and a counter never goes backwards when a worker
+restarts (its old file stays, its successor starts a new one).  Gauges of the
+moment (in flight, pool, memory) come from live workers only.
+prometheus-client renders the exposition format from the summed families.
 
 Labels are bounded: route is one of the gateway's endpoints, model one of the
 configured names (anything else is "unknown"), provider a configured name,
-status the HTTP status code.
+status the HTTP status code, error class one of the gateway's error codes.
+Where the OpenTelemetry GenAI semantic conventions define a metric, the same
+data is exposed again under the mapped name (``gen_ai_*``), at scrape time only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .usage import token_usage
+from .._native import RequestStats
+from .process import process_usage
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+# The bounds the GenAI conventions advise for gen_ai.client.token.usage.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 
-RequestKey = tuple[str, str, str, int]  # route, model, provider, status
+WorkerState = Callable[[], dict[str, float]]
+CountsSource = Callable[[], dict[tuple[str, ...], int]]
 
 
-class _Histogram:
-    """Bucket counts (non-cumulative, last one +Inf) and the sum, per label value."""
+class Family(NamedTuple):
+    """A metric summed from the snapshots' rows of one field."""
 
-    __slots__ = ("bounds", "series")
+    name: str
+    doc: str
+    field: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] | None = None  # None: a counter
+    provider_label: int = -1  # the label holding a provider name, reported as the provider's kind
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.series: dict[str, list[float]] = {}
 
-    def observe(self, label: str, value: float) -> None:
-        counts = self.series.get(label)
-        if counts is None:
-            counts = self.series[label] = [0.0] * (len(self.bounds) + 2)
-        counts[bisect.bisect_left(self.bounds, value)] += 1
-        counts[-1] += value
+_GEN_AI_PROVIDER_MODEL = ("gen_ai_provider_name", "gen_ai_request_model")
+FAMILIES = (
+    Family("sluice_requests", "Requests answered, by route, model, provider and status.", "requests",
+           ("route", "model", "provider", "status")),
+    Family("sluice_errors", "Failed requests by route and error class (the error code, or upstream_4xx/5xx).",
+           "errors", ("route", "class")),
+    Family("sluice_tokens_input", "Prompt tokens reported by providers.", "tokens_in", ("model",)),
+    Family("sluice_tokens_output", "Completion tokens reported by providers.", "tokens_out", ("model",)),
+    Family("sluice_request_duration_seconds", "Time from arrival to the end of the response.", "duration",
+           ("route",), DURATION_BUCKETS),
+    Family("sluice_gateway_overhead_seconds", "The gateway's own time: total minus upstream.", "overhead",
+           ("route",), OVERHEAD_BUCKETS),
+    Family("sluice_upstream_duration_seconds", "Time waiting on the upstream (streams: until its head).",
+           "upstream", ("provider", "model"), DURATION_BUCKETS),
+    Family("sluice_time_to_first_token_seconds", "Streams: from sending the request to the first event.",
+           "ttft", ("provider", "model"), DURATION_BUCKETS),
+    Family("gen_ai_client_operation_duration_seconds", "GenAI semconv: gen_ai.client.operation.duration.",
+           "upstream", _GEN_AI_PROVIDER_MODEL, DURATION_BUCKETS, provider_label=0),
+    Family("gen_ai_server_time_to_first_token_seconds", "GenAI semconv: gen_ai.server.time_to_first_token.",
+           "ttft", _GEN_AI_PROVIDER_MODEL, DURATION_BUCKETS, provider_label=0),
+    Family("gen_ai_client_token_usage", "GenAI semconv: gen_ai.client.token.usage.", "token_usage",
+           ("gen_ai_token_type", "gen_ai_request_model", "gen_ai_provider_name"), TOKEN_BUCKETS, provider_label=2),
+)
+
+# Worker state: (name, doc, how live workers combine); counters sum over every snapshot.
+_GAUGES = (
+    ("sluice_requests_in_flight", "Requests being handled (scrapes aside), live workers only.", "in_flight", sum),
+    ("sluice_process_resident_memory_bytes", "Resident memory of the live workers, summed.", "rss_bytes", sum),
+    ("sluice_process_open_fds", "Open file descriptors of the fullest live worker.", "open_fds", max),
+    ("sluice_process_max_fds", "The file-descriptor limit of the live workers (the lowest).", "max_fds", min),
+)
+_COUNTERS = (
+    ("sluice_access_log_dropped", "Access-log lines dropped because the sink could not keep up.",
+     "access_log_dropped"),
+    ("sluice_trace_spans_dropped", "Spans dropped because the trace exporter could not keep up.", "spans_dropped"),
+)
 
 
 class Metrics:
-    def __init__(self, directory: str | os.PathLike[str], models: set[str], *,
-                 flush_interval_s: float = 1.0) -> None:
+    def __init__(self, directory: str | os.PathLike[str], models: Iterable[str], *,
+                 provider_kinds: dict[str, str] | None = None, flush_interval_s: float = 1.0) -> None:
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._file = self._dir / f"{os.getpid()}.json"
-        self._models = models
         self._interval = flush_interval_s
         self._timer: asyncio.TimerHandle | None = None
-        self.requests: dict[RequestKey, int] = {}
-        self.tokens_in: dict[str, int] = {}
-        self.tokens_out: dict[str, int] = {}
-        self.duration = _Histogram(DURATION_BUCKETS)
-        self.overhead = _Histogram(OVERHEAD_BUCKETS)
-        self.upstream = _Histogram(DURATION_BUCKETS)
+        self.stats = RequestStats(models, DURATION_BUCKETS, OVERHEAD_BUCKETS, TOKEN_BUCKETS)
         self.in_flight = 0
+        self.worker_state: WorkerState | None = None  # the gateway's pool and log counters
+        # Labelled counters of other capabilities (rate limits, ...): name -> (doc, labels, counts source),
+        # read at each snapshot, never per request.
+        self.counters: dict[str, tuple[str, tuple[str, ...], CountsSource]] = {}
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_Summed(self._dir))
+        self._registry.register(_Summed(self._dir, provider_kinds or {}, self.counters))
 
-    def model_label(self, model: str | None) -> str:
-        """A configured model's name; anything else collapses to one label value."""
-        if model is None:
-            return "none"
-        return model if model in self._models else "unknown"
-
-    def observe(self, route: str, model: str | None, provider: str | None, status: int, duration: float,
-                overhead: float, upstream: float, answer: bytes | None = None) -> None:
-        """One finished request (the hot path: dict updates, and a search of the answer's tail for usage)."""
-        label = self.model_label(model)
-        key = (route, label, provider or "none", status)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        self.duration.observe(route, duration)
-        self.overhead.observe(route, overhead)
-        if upstream > 0:
-            self.upstream.observe(provider or "none", upstream)
-        usage = token_usage(answer) if answer else None
-        if usage is not None:
-            if usage.prompt_tokens:
-                self.tokens_in[label] = self.tokens_in.get(label, 0) + usage.prompt_tokens
-            if usage.completion_tokens:
-                self.tokens_out[label] = self.tokens_out.get(label, 0) + usage.completion_tokens
+    def observe(self, route: str, model: str | None, provider: str | None, status: int, error: str | None,
+                duration: float, overhead: float, upstream: float, ttft: float, tokens_in: int,
+                tokens_out: int) -> None:
+        """One finished request (the hot path: one compiled call, and a timer armed while busy)."""
+        self.stats.observe(route, model, provider, status, error, duration, overhead, upstream, ttft, tokens_in,
+                           tokens_out)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
 
@@ -105,12 +127,12 @@ class Metrics:
         """Writes this worker's snapshot (atomically: readers never see half a file)."""
         if not in_scrape:
             self._timer = None
-        snapshot = {
-            "requests": [[*key, count] for key, count in self.requests.items()],
-            "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
-            "duration": self.duration.series, "overhead": self.overhead.series, "upstream": self.upstream.series,
-            "in_flight": self.in_flight - in_scrape, "pid": os.getpid(),  # a scrape does not count itself
-        }
+        worker = {"in_flight": self.in_flight - in_scrape, **process_usage()}  # a scrape does not count itself
+        if self.worker_state is not None:
+            worker.update(self.worker_state())
+        snapshot = {"pid": os.getpid(), "worker": worker, **self.stats.snapshot(),
+                    "counters": {name: [[*key, count] for key, count in source().items()]
+                                 for name, (_, _, source) in self.counters.items()}}
         partial = self._file.with_suffix(".tmp")
         partial.write_bytes(orjson.dumps(snapshot))
         partial.replace(self._file)
@@ -124,41 +146,64 @@ class Metrics:
 class _Summed(Collector):
     """Sums the workers' snapshot files into metric families."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, provider_kinds: dict[str, str],
+                 counters: dict[str, tuple[str, tuple[str, ...], CountsSource]]) -> None:
         self._dir = directory
+        self._kinds = provider_kinds
+        self._counters = counters
 
     def collect(self) -> Iterator[Metric]:
         snapshots = list(self._snapshots())
-        requests = CounterMetricFamily("sluice_requests", "Requests answered, by route, model, provider and status.",
-                                       labels=["route", "model", "provider", "status"])
-        totals: dict[tuple[str, str, str, str], float] = {}
-        for snap in snapshots:
-            for route, model, provider, status, count in snap["requests"]:
-                key = (str(route), str(model), str(provider), str(status))
-                totals[key] = totals.get(key, 0) + count
-        for key, count in sorted(totals.items()):
-            requests.add_metric(list(key), count)
-        yield requests
-        for name, field, doc in (("sluice_tokens_input", "tokens_in", "Prompt tokens reported by providers."),
-                                 ("sluice_tokens_output", "tokens_out", "Completion tokens reported by providers.")):
-            family = CounterMetricFamily(name, doc, labels=["model"])
-            for model, count in sorted(_sum_maps(s[field] for s in snapshots).items()):
-                family.add_metric([model], count)
-            yield family
-        yield _histogram("sluice_request_duration_seconds", "Time from arrival to the end of the response.",
-                         "route", DURATION_BUCKETS, (s["duration"] for s in snapshots))
-        yield _histogram("sluice_gateway_overhead_seconds", "The gateway's own time: total minus upstream.",
-                         "route", OVERHEAD_BUCKETS, (s["overhead"] for s in snapshots))
-        yield _histogram("sluice_upstream_duration_seconds", "Time waiting on the upstream provider.",
-                         "provider", DURATION_BUCKETS, (s["upstream"] for s in snapshots))
-        in_flight = GaugeMetricFamily("sluice_requests_in_flight",
-                                      "Requests being handled (scrapes aside), live workers only.")
-        live = [s for s in snapshots if _alive(s["pid"])]
-        in_flight.add_metric([], sum(s["in_flight"] for s in live))
-        yield in_flight
+        for family in FAMILIES:
+            yield self._family(family, snapshots)
+        live = [s["worker"] for s in snapshots if _alive(s["pid"])]
+        for name, doc, field, combine in _GAUGES:
+            gauge = GaugeMetricFamily(name, doc)
+            values = [w[field] for w in live if field in w]
+            if values:
+                gauge.add_metric([], combine(values))
+                yield gauge
+        connections = GaugeMetricFamily("sluice_upstream_connections",
+                                        "Upstream connections of the live workers, by state.", labels=["state"])
+        for state in ("active", "idle"):
+            connections.add_metric([state], sum(w.get(f"upstream_{state}", 0) for w in live))
+        yield connections
+        for name, doc, field in _COUNTERS:
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], sum(s["worker"].get(field, 0) for s in snapshots))
+            yield counter
+        for name, (doc, labels, _) in self._counters.items():
+            rows = [row for snap in snapshots for row in snap.get("counters", {}).get(name, ())]
+            yield self._family(Family(name, doc, "", labels), [{"": rows}])
         workers = GaugeMetricFamily("sluice_workers_reporting", "Live workers whose snapshot this scrape summed.")
         workers.add_metric([], len(live))
         yield workers
+
+    def _family(self, family: Family, snapshots: list[dict[str, Any]]) -> Metric:
+        """Sums one field's rows (label values, then a count or a histogram series) over all snapshots."""
+        width = len(family.labels)
+        totals: dict[tuple[str, ...], Any] = {}
+        for snap in snapshots:
+            for row in snap.get(family.field, ()):
+                key = tuple(str(v) for v in row[:width])
+                if family.provider_label >= 0:
+                    provider = key[family.provider_label]
+                    key = (*key[:family.provider_label], self._kinds.get(provider, provider),
+                           *key[family.provider_label + 1:])
+                totals[key] = _add(totals.get(key), row[width])
+        if family.buckets is None:
+            counter = CounterMetricFamily(family.name, family.doc, labels=family.labels)
+            for key, count in sorted(totals.items()):
+                counter.add_metric(list(key), count)
+            return counter
+        histogram = HistogramMetricFamily(family.name, family.doc, labels=family.labels)
+        for key, counts in sorted(totals.items()):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*family.buckets, float("inf")), counts[:-1], strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+            histogram.add_metric(list(key), buckets, sum_value=counts[-1])
+        return histogram
 
     def _snapshots(self) -> Iterator[dict[str, Any]]:
         for path in self._dir.glob("*.json"):
@@ -166,30 +211,13 @@ class _Summed(Collector):
                 yield orjson.loads(path.read_bytes())
 
 
-def _sum_maps(maps: Iterator[dict[str, int]]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for mapping in maps:
-        for key, value in mapping.items():
-            total[key] = total.get(key, 0) + value
-    return total
-
-
-def _histogram(name: str, doc: str, label: str, bounds: tuple[float, ...],
-               series: Iterator[dict[str, list[float]]]) -> HistogramMetricFamily:
-    summed: dict[str, list[float]] = {}
-    for per_label in series:
-        for value, counts in per_label.items():
-            total = summed.setdefault(value, [0.0] * (len(bounds) + 2))
-            for i, count in enumerate(counts):
-                total[i] += count
-    family = HistogramMetricFamily(name, doc, labels=[label])
-    for value, counts in sorted(summed.items()):
-        cumulative, buckets = 0.0, []
-        for bound, count in zip((*bounds, float("inf")), counts[:-1], strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        family.add_metric([value], buckets, sum_value=counts[-1])
-    return family
+def _add(total: Any, value: Any) -> Any:
+    """A count, or a histogram series summed element by element."""
+    if total is None:
+        return list(value) if isinstance(value, list) else value
+    if isinstance(value, list):
+        return [a + b for a, b in zip(total, value, strict=True)]
+    return total + value
 
 
 def _alive(pid: int) -> bool:

@@ -15,7 +15,8 @@ import orjson
 
 from ..errors import InvalidRequest
 
-__all__ = ["ChatRequest", "CompletionRequest", "EmbeddingRequest", "ModelRequest", "decode", "rename_model"]
+__all__ = ["ChatRequest", "CompletionRequest", "CountTokensRequest", "EmbeddingRequest", "MessagesRequest",
+           "ModelRequest", "decode", "rename_model"]
 
 
 class StreamOptions(msgspec.Struct):
@@ -40,6 +41,8 @@ class ChatRequest(ModelRequest):
     n: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
 
 
 class CompletionRequest(ModelRequest):
@@ -53,8 +56,28 @@ class EmbeddingRequest(ModelRequest):
     input: str | list[Any] = ""
 
 
+class AnthropicMessage(msgspec.Struct):
+    role: str
+    content: str | list[Any]
+
+
+class MessagesRequest(ModelRequest):
+    """An Anthropic Messages request (POST /v1/messages)."""
+
+    messages: list[AnthropicMessage] = msgspec.field(default_factory=list)
+    max_tokens: int | None = None
+    tools: list[Any] | None = None
+
+
+class CountTokensRequest(ModelRequest):
+    """POST /v1/messages/count_tokens."""
+
+    messages: list[AnthropicMessage] = msgspec.field(default_factory=list)
+
+
 _AT = re.compile(r" - at `\$\.?(.*)`$")
 _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+_NEED_MESSAGES = (ChatRequest, MessagesRequest, CountTokensRequest)
 
 
 def decode(body: bytes, kind: type[ModelRequest]) -> Any:
@@ -71,7 +94,7 @@ def decode(body: bytes, kind: type[ModelRequest]) -> Any:
             f"We could not parse the JSON body of your request ({exc}). "
             "The body must be a JSON object.", code="invalid_json",
         ) from None
-    if kind is ChatRequest and not request.messages:
+    if kind in _NEED_MESSAGES and not request.messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages",
                              code="missing_required_parameter")
     if not request.model:

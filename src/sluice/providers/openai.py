@@ -18,12 +18,5 @@ class OpenAIProvider(Provider):
         return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     def prepare(self, call: Call) -> UpstreamRequest:
-        headers = [
-            ("content-type", "application/json"),
-            ("accept", "text/event-stream" if call.stream else "application/json"),
-            ("x-request-id", call.request_id),
-            *self.next_auth(),
-            *self.extra_headers(),
-        ]
-        return UpstreamRequest(self.origin, call.method, self.prefix + call.endpoint, headers,
+        return UpstreamRequest(self.origin, call.method, self.prefix + call.endpoint, self.request_headers(call),
                                call.body if call.method == "POST" else None)

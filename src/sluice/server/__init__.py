@@ -1,8 +1,6 @@
-"""The HTTP side: the gateway and its RSGI and ASGI faces."""
+"""The gateway's server side: the gateway itself (app), its RSGI and ASGI faces, the exchange they share.
 
-from .app import Gateway, create_gateway
-from .asgi import ASGIApp
-from .exchange import ClientGone, Exchange
-from .rsgi import RSGIApp
-
-__all__ = ["ASGIApp", "ClientGone", "Exchange", "Gateway", "RSGIApp", "create_gateway"]
+Import from the modules (``sluice.server.app``, ``.rsgi``, ``.asgi``, ``.exchange``): this package
+imports nothing, so the mock upstream can use the exchange and the RSGI face without loading the
+gateway.
+"""

@@ -12,62 +12,133 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
-from urllib.parse import unquote
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 import orjson
 
-from .._native import RequestIds, valid_request_id
+from .._native import USAGE_TAIL, RequestIds, token_counts, valid_request_id
 from ..config import Config, ObservabilityConfig
-from ..errors import BadGateway, GatewayError, GatewayTimeout, MethodNotAllowed, NotFound
+from ..errors import BadGateway, GatewayError, GatewayTimeout, InvalidRequest, MethodNotAllowed, NotFound
 from ..observability.access_log import AccessLog
-from ..observability.health import Health
+from ..observability.health import Health, Probe
 from ..observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..observability.metrics import Metrics
-from ..observability.usage import USAGE_TAIL
+from ..pipeline.capabilities import needs_of
+from ..pipeline.ratelimit import Admission, RateLimits
 from ..pipeline.validate import (
     ChatRequest,
     CompletionRequest,
+    CountTokensRequest,
     EmbeddingRequest,
+    MessagesRequest,
     ModelRequest,
     decode,
     rename_model,
 )
-from ..providers import Call
-from ..routing import Router
+from ..providers import Call, InvalidAnswer, Provider
+from ..providers.translate.errors import UnsupportedContent
+from ..routing import Router, Target
 from ..upstream import Response, ResponseTooLarge, UpstreamClient, UpstreamError, UpstreamTimeout
 from .exchange import ClientGone, Exchange
-from .relay import relay_headers, relay_stream
+from .messages import Egress, chain, messages_call
+from .passthrough import FORWARDED_HEADERS, passthrough_route, relay_raw
+from .relay import relay_headers, relay_stream, relay_translated
+
+if TYPE_CHECKING:
+    from ..observability.tracing import Trace, Tracing
 
 __all__ = ["Gateway", "create_gateway"]
 
 log = logging.getLogger("sluice.gateway")
 
 JSON = "application/json"
+# gen_ai.operation.name of each endpoint (OpenTelemetry GenAI conventions).
+_OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion", "/v1/embeddings": "embeddings",
+               "/v1/messages": "chat"}
 
 
 class RequestContext:
-    """What the gateway learns about one request on its way, for headers and the access log."""
+    """What the gateway learns about one request on its way, for headers, metrics, traces and the access log.
 
-    __slots__ = ("answer", "model", "overhead_s", "provider", "request_id", "started", "upstream_s",
-                 "upstream_status")
+    The access log queues the context itself (no per-request copy); nothing
+    changes it after ``Gateway._account``.
+    """
+
+    __slots__ = (
+        "admission",
+        "answer",
+        "at",
+        "cache",
+        "error",
+        "key_prefix",
+        "method",
+        "model",
+        "overhead_s",
+        "path",
+        "provider",
+        "request_body",
+        "request_id",
+        "retries",
+        "route",
+        "started",
+        "status",
+        "tokens_in",
+        "tokens_out",
+        "total_s",
+        "trace",
+        "traceparent",
+        "ttfb_s",
+        "ttft_s",
+        "upstream_s",
+        "upstream_status",
+        "user",
+        "wire",
+    )
 
     def __init__(self, request_id: str, started: float) -> None:
         self.request_id = request_id
         self.started = started  # perf_counter() at arrival
+        self.wire = "openai"  # the caller's wire format, for errors
+        self.admission: Admission | None = None  # what the rate limits took
         self.upstream_s = 0.0  # time spent waiting on the upstream
         self.overhead_s = -1.0  # the gateway's own time, once the response head is ready
+        self.ttfb_s = -1.0  # arrival to the response head
+        self.ttft_s = -1.0  # streams: request sent upstream to its first event
         self.model: str | None = None
         self.provider: str | None = None
         self.upstream_status: int | None = None
-        self.answer: bytes | None = None  # for the access log's token counts
+        self.error: str | None = None  # the error class, for metrics and logs
+        self.answer: bytes | None = None  # the tail of the answer where usage is
+        self.request_body: bytes | None = None  # only with observability.log_bodies
+        self.trace: Trace | None = None
+        self.traceparent: str | None = None  # the caller's, for the access log when tracing is off
+        # Set by the stages that know them (authentication, retries, cache) once those land.
+        self.key_prefix: str | None = None
+        self.user: str | None = None
+        self.retries = 0
+        self.cache: str | None = None
+        # Filled by Gateway._account:
+        self.at = 0.0
+        self.method = self.path = self.route = ""
+        self.status = 0
+        self.total_s = 0.0
+        self.tokens_in = self.tokens_out = -1
+
+    @property
+    def trace_id(self) -> str | None:
+        return self.trace.trace_id if self.trace is not None else None
 
     def headers(self, *extra: tuple[str, str]) -> list[tuple[str, str]]:
         """Our response headers: request id and the gateway's overhead so far (total minus upstream)."""
-        self.overhead_s = time.perf_counter() - self.started - self.upstream_s
-        return [("x-request-id", self.request_id), ("x-sluice-overhead-ms", f"{self.overhead_s * 1000:.3f}"),
-                *extra]
+        self.ttfb_s = elapsed = time.perf_counter() - self.started
+        self.overhead_s = elapsed - self.upstream_s
+        headers = [("x-request-id", self.request_id), ("x-sluice-overhead-ms", f"{self.overhead_s * 1000:.3f}"),
+                   *extra]
+        if self.admission is not None:
+            headers += self.admission.headers
+        return headers
 
 
 Handler = Callable[[Exchange, RequestContext], Awaitable[None]]
@@ -88,11 +159,30 @@ class Gateway:
             "/v1/completions": {"POST": self._proxy_for(CompletionRequest, "/v1/completions")},
             "/v1/embeddings": {"POST": self._proxy_for(EmbeddingRequest, "/v1/embeddings")},
             "/v1/models": {"GET": self._list_models},
+            "/v1/messages": {"POST": self._messages},
+            "/v1/messages/count_tokens": {"POST": self._count_tokens},
         }
-        self.health = Health(self.router)
-        self.access_log = _open_access_log(config.observability)
+        observability = config.observability
+        self.health = Health(self.router, details_token=observability.health_details_token,
+                             worker_state=self.worker_state)
+        self.access_log = _open_access_log(observability)
         self.metrics = _open_metrics(config)
+        self.tracing: Tracing | None = None
+        if observability.tracing.enabled:
+            from ..observability.tracing import Tracing  # the SDK loads only when tracing is on
+
+            self.tracing = Tracing(observability.tracing)
+        self.log_bodies = observability.log_bodies
+        self.limits = _open_limits(config, self.metrics)
+        if self.limits is not None and self.limits.redis is not None and self.limits.fails_closed:
+            # Only a fail-closed policy stops serving without Redis; otherwise every replica would go
+            # unready at once while the fail-open ones could serve.
+            self.health.dependencies["redis"] = self.limits.redis.ping
+        passthrough = config.passthrough.provider
+        self.passthrough_provider = self.router.providers[passthrough] if passthrough is not None else None
+        self.keep_answer = self.access_log is not None or self.metrics is not None or self.tracing is not None
         if self.metrics is not None:
+            self.metrics.worker_state = self.worker_state
             self.routes["/metrics"] = {"GET": self._scrape}
         for path, probe in self.health.probes().items():
             self.routes[path] = {"GET": self._probe_for(probe)}
@@ -113,34 +203,55 @@ class Gateway:
         ctx = RequestContext(request_id, started)
         if self.metrics is not None:
             self.metrics.in_flight += 1
+        if self.tracing is not None:
+            ctx.trace = self.tracing.begin(ex, ex.path if ex.path in self.routes else "other")
         try:
             methods = self.routes.get(ex.path)
             handler = methods.get(ex.method) if methods is not None else None
             await (handler or self._no_route)(ex, ctx)
         except GatewayError as exc:
+            ctx.error = exc.code or exc.type
             await self._send_error(ex, ctx, exc)
         except ClientGone:
-            pass
+            ctx.error = "client_disconnected"
         except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
+            ctx.error = "internal_error"
             await self._send_error(ex, ctx, GatewayError("The gateway failed to handle the request."))
         finally:
             self._account(ex, ctx)
 
     def _account(self, ex: Exchange, ctx: RequestContext) -> None:
-        """Metrics and access log of a finished request (in a finally: in-flight never leaks)."""
-        metrics, access_log = self.metrics, self.access_log
-        if metrics is None and access_log is None:
+        """Metrics, trace and access log of a finished request (in a finally: in-flight never leaks)."""
+        metrics, access_log, trace = self.metrics, self.access_log, ctx.trace
+        if metrics is None and access_log is None and trace is None and ctx.admission is None:
             return
-        total = time.perf_counter() - ctx.started
-        overhead = ctx.overhead_s if ctx.overhead_s >= 0 else total - ctx.upstream_s
+        ctx.total_s = total = time.perf_counter() - ctx.started
+        if ctx.overhead_s < 0:
+            ctx.overhead_s = total - ctx.upstream_s
+        ctx.status = status = ex.status
+        ctx.route = route = ctx.route or (ex.path if ex.path in self.routes else "other")
+        if ctx.error is None and status >= 400:
+            ctx.error = "upstream_4xx" if status < 500 else "upstream_5xx"
+        _count_tokens(ctx)
+        if ctx.admission is not None and self.limits is not None:
+            used = ctx.tokens_in + ctx.tokens_out if ctx.tokens_in >= 0 and ctx.tokens_out >= 0 else -1
+            if used < 0 and (ctx.upstream_status is None or status >= 400):
+                used = 0  # nothing was generated: the whole token reservation goes back
+            self.limits.settle(ctx.admission, used)
         if metrics is not None:
             metrics.in_flight -= 1
-            metrics.observe(ex.path if ex.path in self.routes else "other", ctx.model, ctx.provider, ex.status,
-                            total, overhead, ctx.upstream_s, ctx.answer)
+            metrics.observe(route, ctx.model, ctx.provider, status, ctx.error, total, ctx.overhead_s,
+                            ctx.upstream_s if ctx.upstream_s > 0 else -1.0, ctx.ttft_s, ctx.tokens_in,
+                            ctx.tokens_out)
+        if trace is not None:
+            trace.finish(status, ctx.request_id, ctx.model, ctx.error, ctx.tokens_in, ctx.tokens_out)
         if access_log is not None:
-            access_log.record((time.time(), ctx.request_id, ex.method, ex.path, ex.status, total, overhead,
-                               ctx.model, ctx.provider, ctx.upstream_status, ctx.answer))
+            ctx.at = time.time()
+            ctx.method, ctx.path = ex.method, ex.path
+            if trace is None:
+                ctx.traceparent = ex.header("traceparent")
+            access_log.record(ctx)
 
     async def _no_route(self, ex: Exchange, ctx: RequestContext) -> None:
         """Paths outside the exact table (/v1/models/{id}), unknown paths and wrong methods."""
@@ -149,6 +260,10 @@ class Gateway:
         if methods is None:
             if path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
                 methods = {"GET": self._get_model}
+            elif (family := passthrough_route(path)) is not None:
+                ctx.route = family
+                await self._passthrough(ex, ctx)
+                return
             else:
                 raise NotFound(f"Unknown request URL: {ex.method} {path[:200]}.", code="unknown_url")
         handler = methods.get(ex.method)
@@ -163,16 +278,29 @@ class Gateway:
             return  # the head went out already; a stream ends itself with an error event
         headers = ctx.headers(("content-type", JSON), *exc.headers)
         with contextlib.suppress(ClientGone):
-            await ex.respond(exc.status, headers, exc.openai_body())
+            await ex.respond(exc.status, headers, exc.body(ctx.wire))
 
     # -- health and models -------------------------------------------------------------
 
-    def _probe_for(self, probe: Callable[[], tuple[int, bytes]]) -> Handler:
+    def _probe_for(self, probe: Probe) -> Handler:
         async def answer(ex: Exchange, ctx: RequestContext) -> None:
-            status, body = probe()
+            status, body = await probe(ex)
             await ex.respond(status, ctx.headers(*self.health.headers()), body)
 
         return answer
+
+    def worker_state(self) -> dict[str, float]:
+        """This worker's pool and queue counters, for the metrics snapshot and /health/details."""
+        state: dict[str, float] = {}
+        if self._client is not None:
+            stats = self._client.stats()
+            state["upstream_active"], state["upstream_idle"] = stats["in_use"], stats["idle"]
+            state["upstream_waiting"] = stats["waiting"]
+        if self.access_log is not None:
+            state["access_log_dropped"] = self.access_log.dropped
+        if self.tracing is not None:
+            state["spans_dropped"] = self.tracing.spans.dropped
+        return state
 
     async def _scrape(self, ex: Exchange, ctx: RequestContext) -> None:
         assert self.metrics is not None
@@ -207,37 +335,207 @@ class Gateway:
 
     async def _proxy(self, ex: Exchange, ctx: RequestContext, *, kind: type[ModelRequest], endpoint: str) -> None:
         body = await ex.read_body(self.max_body)
+        if self.log_bodies:
+            ctx.request_body = body
         request: Any = decode(body, kind)
         ctx.model = request.model
+        target = self._target(request, endpoint)  # an unknown model or capability is refused before any charge
+        limits = self.limits
+        if limits is not None:
+            ctx.admission = (await limits.admit(ex, endpoint, request.model, len(body), _max_tokens(request))
+                             if limits.remote else
+                             limits.admit_local(ex, endpoint, request.model, len(body), _max_tokens(request)))
+        call = Call(endpoint, "POST", body, bool(request.stream), ctx.request_id, target.model)
+        if target.model != request.model and not target.provider.translates(call):
+            call.body = rename_model(body, target.model)
+        await self._forward(ex, ctx, target, call)
+
+    def _target(self, request: Any, endpoint: str) -> Target:
+        """The model's target for this request: any when all can serve it, else one that has what it needs."""
         route = self.router.get(request.model)
         if route is None:
             raise _model_not_found(request.model)
-        target = route.pick()
-        ctx.provider = target.provider.name
-        if target.model != request.model:
-            body = rename_model(body, target.model)
-        stream = bool(request.stream)
-        upstream = target.provider.prepare(Call(endpoint, "POST", body, stream, ctx.request_id))
+        if route.complete:
+            return route.pick()
+        needs = needs_of(request, endpoint)
+        target = route.pick_for(needs)
+        if target is None:
+            missing = ", ".join(sorted(route.missing(needs)))
+            raise InvalidRequest(f"No target of model `{route.name}` supports what this request needs: {missing}.",
+                                 param="model", code="unsupported_capability")
+        return target
+
+    async def _forward(self, ex: Exchange, ctx: RequestContext, target: Target, call: Call,
+                       egress: Egress | None = None) -> None:
+        """Sends the call to its target and relays the answer, translated into the caller's format."""
+        provider = target.provider
+        ctx.provider = provider.name
+        try:
+            upstream = provider.prepare(call)
+        except UnsupportedContent as exc:
+            raise _unsupported(exc, provider) from None
+        trace = ctx.trace
+        if trace is not None:
+            upstream.headers.extend(trace.start_upstream(_OPERATIONS.get(call.endpoint, "chat"), call.model,
+                                                         provider.kind, provider.name, upstream.origin.host))
         sent = time.perf_counter()
         try:
             response = await self.client().request(
                 upstream.origin, upstream.method, upstream.target, upstream.headers, upstream.body
             )
             ctx.upstream_status = response.status
-            if stream and response.status == 200 and _is_event_stream(response):
+            if call.stream and response.status == 200 and _is_event_stream(response):
                 ctx.upstream_s = time.perf_counter() - sent
-                ctx.answer = await relay_stream(ex, response, ctx.headers(*relay_headers(response)))
+                await self._relay_stream(ex, ctx, provider, call, response, egress, sent)
                 return
             data = response.read_arrived(self.max_response)
             if data is None:
                 data = await response.read(self.max_response)
         except UpstreamError as exc:
             ctx.upstream_s = time.perf_counter() - sent
-            raise _gateway_error(exc, target.provider.name, ctx.request_id) from None
+            raise _gateway_error(exc, provider.name, ctx.request_id) from None
         ctx.upstream_s = time.perf_counter() - sent
-        if self.access_log is not None or self.metrics is not None:
-            ctx.answer = data[-USAGE_TAIL:]  # where usage is; never hold a whole answer in the log queue
-        await ex.respond(response.status, ctx.headers(*relay_headers(response)), data)
+        status = response.status
+        translated = provider.translates(call) or egress is not None
+        if provider.translates(call):
+            try:
+                data = provider.answer(call, status, data)
+            except (InvalidAnswer, UnsupportedContent, TypeError, AttributeError, KeyError) as exc:
+                raise BadGateway(f"The upstream provider '{provider.name}' gave an answer that is not a valid "
+                                 f"{provider.kind} answer ({exc}).", code="upstream_invalid_answer") from None
+        elif call.wire != "openai" and call.endpoint != "/v1/messages/count_tokens":  # counting is not usage
+            native = provider.token_counts(call, data)
+            if native is not None:
+                ctx.tokens_in, ctx.tokens_out = native
+        if self.keep_answer:
+            # Where usage is; never hold a whole answer in the log queue (unless bodies are logged).
+            ctx.answer = data if self.log_bodies else data[-USAGE_TAIL:]
+        if trace is not None:
+            self._end_attempt(ctx, trace, status)
+        if egress is not None:
+            status, data = egress.answer(status, data)
+        headers = relay_headers(response)
+        if translated:  # the body is ours now: its type is JSON, whatever the upstream said of its own
+            headers = [(n, v) for n, v in headers if n not in ("content-type", "content-encoding")]
+            headers.append(("content-type", JSON))
+        if ctx.admission is not None:  # our limits speak for the gateway; the provider's are renamed
+            headers = [(f"x-upstream-{n[2:]}" if n.startswith("x-ratelimit-") else n, v) for n, v in headers]
+        await ex.respond(status, ctx.headers(*headers), data)
+
+    async def _relay_stream(self, ex: Exchange, ctx: RequestContext, provider: Provider, call: Call,
+                            response: Response, egress: Egress | None, sent: float) -> None:
+        translator = chain(provider.stream(call), egress.stream() if egress is not None else None)
+        headers = ctx.headers(*relay_headers(response))
+        if translator is None:
+            relayed = await relay_stream(ex, response, headers)
+            ctx.answer = relayed.usage
+        else:
+            relayed = await relay_translated(ex, response, headers, translator)
+            ctx.tokens_in, ctx.tokens_out = translator.usage
+        ctx.error = relayed.error
+        if relayed.first_event_at > 0:
+            ctx.ttft_s = relayed.first_event_at - sent
+        if ctx.trace is not None:
+            self._end_attempt(ctx, ctx.trace, response.status)
+
+    async def _passthrough(self, ex: Exchange, ctx: RequestContext) -> None:
+        """Another OpenAI endpoint, relayed to an openai-kind provider as it is (server/passthrough.py)."""
+        provider = self.passthrough_provider
+        path = safe_path(ex.path)  # refused before a byte is read if it could leave its family
+        body: bytes | AsyncIterator[bytes] | None = None
+        content_type = ex.header("content-type") or ""
+        if ex.method in ("POST", "PUT", "PATCH"):
+            if not content_type or content_type.startswith("application/json"):
+                body = await ex.read_body(self.max_body)
+                body, provider = self._passthrough_target(ctx, body, provider)
+            else:
+                body = ex.body_chunks(self.max_body)  # uploads go through as they arrive
+        if provider is None:
+            raise NotFound(f"No provider serves {ex.method} {ex.path[:200]}: name a model with an openai-kind "
+                           "target in the body, or set passthrough.provider.", code="unknown_url")
+        ctx.provider = provider.name
+        target = provider.prefix + path + (f"?{quote(ex.query, safe=_QUERY_SAFE)}" if ex.query else "")
+        headers = [(name, value) for name in FORWARDED_HEADERS if (value := ex.header(name)) is not None]
+        headers += [("x-request-id", ctx.request_id), *provider.next_auth(), *provider.extra_headers()]
+        sent = time.perf_counter()
+        try:
+            response = await self.client().request(provider.origin, ex.method, target, headers, body)
+        except UpstreamError as exc:
+            raise _gateway_error(exc, provider.name, ctx.request_id) from None
+        finally:
+            ctx.upstream_s = time.perf_counter() - sent
+        ctx.upstream_status = response.status
+        ctx.error = await relay_raw(ex, response, ctx.headers(*relay_headers(response)))
+
+    def _passthrough_target(self, ctx: RequestContext, body: bytes,
+                            provider: Provider | None) -> tuple[bytes, Provider | None]:
+        """A JSON body that names a configured model goes to that model's openai-kind target, renamed.
+
+        Other model names (tts-1, whisper-1, …) go as they are to the passthrough provider.
+        """
+        try:
+            parsed = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("We could not parse the JSON body of your request.", code="invalid_json") from None
+        model = parsed.get("model") if isinstance(parsed, dict) else None
+        if not isinstance(model, str):
+            return body, provider
+        ctx.model = model
+        route = self.router.get(model)
+        if route is None:
+            if provider is None:
+                raise _model_not_found(model)
+            return body, provider
+        target = next((t for t in route.targets if t.provider.kind == "openai"), None)
+        if target is None:
+            raise InvalidRequest(f"Model `{model}` has no openai-kind target to serve this endpoint.",
+                                 param="model", code="unsupported_capability")
+        if target.model != model:
+            body = rename_model(body, target.model)
+        return body, target.provider
+
+    async def _messages(self, ex: Exchange, ctx: RequestContext) -> None:
+        """POST /v1/messages: Anthropic's API, natively to anthropic targets, translated to the others."""
+        ctx.wire = "anthropic"
+        body = await ex.read_body(self.max_body)
+        if self.log_bodies:
+            ctx.request_body = body
+        request: Any = decode(body, MessagesRequest)
+        ctx.model = request.model
+        target = self._target(request, "/v1/messages")
+        try:
+            call, egress = messages_call(request, body, target, ctx.request_id, ex.header("anthropic-beta"))
+        except UnsupportedContent as exc:
+            raise _unsupported(exc, target.provider) from None
+        limits = self.limits
+        if limits is not None:
+            ctx.admission = (await limits.admit(ex, "/v1/messages", request.model, len(body), request.max_tokens)
+                             if limits.remote else
+                             limits.admit_local(ex, "/v1/messages", request.model, len(body), request.max_tokens))
+        await self._forward(ex, ctx, target, call, egress)
+
+    async def _count_tokens(self, ex: Exchange, ctx: RequestContext) -> None:
+        """POST /v1/messages/count_tokens: answered by the model's anthropic target."""
+        ctx.wire = "anthropic"
+        body = await ex.read_body(self.max_body)
+        request: Any = decode(body, CountTokensRequest)
+        ctx.model = request.model
+        route = self.router.get(request.model)
+        if route is None:
+            raise _model_not_found(request.model)
+        target = next((t for t in route.targets if t.provider.wire == "anthropic"), None)
+        if target is None:
+            raise InvalidRequest(f"Token counting is only offered by anthropic targets, and model "
+                                 f"`{route.name}` has none.", param="model", code="unsupported_capability")
+        if target.model != request.model:
+            body = rename_model(body, target.model)
+        call = Call("/v1/messages/count_tokens", "POST", body, False, ctx.request_id, target.model, "anthropic")
+        await self._forward(ex, ctx, target, call)
+
+    @staticmethod
+    def _end_attempt(ctx: RequestContext, trace: Trace, status: int) -> None:
+        _count_tokens(ctx)
+        trace.end_upstream(status, ctx.tokens_in, ctx.tokens_out, ctx.error)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -245,9 +543,17 @@ class Gateway:
         self.close_logs()
 
     def close_logs(self) -> None:
-        """Writes the access-log lines still queued (at shutdown)."""
+        """Writes the access-log lines and exports the spans still queued (at shutdown)."""
         if self.access_log is not None:
             self.access_log.close()
+        if self.tracing is not None:
+            self.tracing.close()
+
+
+def _count_tokens(ctx: RequestContext) -> None:
+    """The OpenAI usage in the answer's tail, unless a translator or a native kind counted already."""
+    if ctx.answer is not None and ctx.tokens_in < 0 and ctx.tokens_out < 0:
+        ctx.tokens_in, ctx.tokens_out = token_counts(ctx.answer)
 
 
 def _open_metrics(config: Config) -> Metrics | None:
@@ -255,7 +561,29 @@ def _open_metrics(config: Config) -> Metrics | None:
         return None
     # `sluice serve` gives its workers one shared directory; another server gets one per process.
     directory = os.environ.get("SLUICE_METRICS_DIR") or tempfile.mkdtemp(prefix="sluice-metrics-")
-    return Metrics(directory, set(config.models))
+    return Metrics(directory, config.models, provider_kinds={name: p.kind for name, p in config.providers.items()})
+
+
+def _open_limits(config: Config, metrics: Metrics | None) -> RateLimits | None:
+    limits = config.ratelimit
+    if not limits.policies:
+        return None
+    redis = None
+    if limits.redis is not None:
+        from ..state.redis_limits import RedisLimiter, connect  # loaded only when Redis is configured
+
+        redis = RedisLimiter(connect(limits.redis, limits.redis_timeout_s), timeout_s=limits.redis_timeout_s)
+    rate_limits = RateLimits(limits, redis)
+    if metrics is not None:
+        metrics.counters["sluice_ratelimit_decisions"] = (
+            "Rate-limit decisions by policy: admitted, rejected, warned, redis_unavailable.", ("policy", "decision"),
+            rate_limits.decision_counts)
+    return rate_limits
+
+
+def _max_tokens(request: Any) -> int | None:
+    value = getattr(request, "max_completion_tokens", None) or getattr(request, "max_tokens", None)
+    return value if isinstance(value, int) else None
 
 
 def _open_access_log(config: ObservabilityConfig) -> AccessLog | None:
@@ -263,13 +591,31 @@ def _open_access_log(config: ObservabilityConfig) -> AccessLog | None:
         return None
     # Line-buffered text would flush per line; the writer thread batches, so a plain binary file.
     sink = open(config.access_log_path, "ab") if config.access_log_path else None  # noqa: SIM115
-    return AccessLog(sink, queue_size=config.access_log_queue, sample_success=config.sample_success)
+    return AccessLog(sink, queue_size=config.access_log_queue, sample_success=config.sample_success,
+                     log_bodies=config.log_bodies)
 
 
 def _is_event_stream(response: Response) -> bool:
     """An upstream may answer a stream request with plain JSON; that is relayed as it is."""
     content_type = response.header(b"content-type")
     return content_type is not None and content_type.lower().startswith(b"text/event-stream")
+
+
+_PATH_SAFE = "/-._~:@!$&'()*+,;="
+_QUERY_SAFE = _PATH_SAFE + "=?&%"
+
+
+def safe_path(path: str) -> str:
+    """The caller's (decoded) path, re-encoded for the upstream request line; 404 for one that tries to
+    leave its endpoint family (dot segments) or carries control characters."""
+    if any(segment in (".", "..") for segment in path.split("/")) or any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        raise NotFound(f"Unknown request URL: {quote(path[:200], safe=_PATH_SAFE)}.", code="unknown_url")
+    return quote(path, safe=_PATH_SAFE)
+
+
+def _unsupported(exc: UnsupportedContent, provider: Provider) -> InvalidRequest:
+    return InvalidRequest(f"{exc.field}: {exc.reason}; it cannot be sent to provider '{provider.name}' "
+                          f"(kind {provider.kind}).", param=exc.field, code="unsupported_content")
 
 
 def _model_not_found(name: str) -> NotFound:

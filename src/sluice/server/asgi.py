@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ..errors import PayloadTooLarge
@@ -56,6 +56,25 @@ class ASGIExchange:
                 raise PayloadTooLarge.over(limit)
             if not message.get("more_body", False):
                 return bytes(parts)
+
+    async def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
+        length = self.header("content-length")
+        if length is not None:
+            check_declared_length(length, limit)
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge.over(limit)
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
 
     async def respond(self, status: int, headers: Headers, body: bytes) -> None:
         self.started = True

@@ -18,11 +18,12 @@ __all__ = ["asgi_app", "rsgi_app"]
 
 
 def _gateway() -> Gateway:
-    configure_logging()
     path = os.environ.get("SLUICE_CONFIG")
     if not path:
         raise RuntimeError("SLUICE_CONFIG must name the config file")
-    return Gateway(load_config(path))
+    config = load_config(path)
+    configure_logging(config.observability.log_level, config.observability.log_format.value)
+    return Gateway(config)
 
 
 def rsgi_app() -> RSGIApp:

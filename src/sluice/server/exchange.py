@@ -7,7 +7,7 @@ own protocol; ``rsgi.py`` (Granian's native interface, the fast one) and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from ..errors import InvalidRequest, PayloadTooLarge
@@ -40,6 +40,9 @@ class Exchange(Protocol):
 
     async def read_body(self, limit: int) -> bytes:
         """The whole body; PayloadTooLarge as soon as it is known to exceed ``limit``."""
+
+    def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
+        """The body piece by piece as it arrives (for relaying uploads without buffering them)."""
 
     async def respond(self, status: int, headers: Headers, body: bytes) -> None:
         """Sends a complete response."""

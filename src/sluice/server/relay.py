@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import orjson
 
+from ..providers import StreamTranslator
 from ..upstream import Response, UpstreamError
 from .exchange import ClientGone, Exchange, Headers
 
-__all__ = ["relay_headers", "relay_stream", "split_events"]
+__all__ = ["Relayed", "relay_headers", "relay_stream", "relay_translated", "split_events"]
 
 # Hop-by-hop headers, headers the server writes itself, and cookies the caller has no use for.
 _NOT_RELAYED = frozenset((
@@ -37,12 +41,23 @@ def split_events(pending: bytes) -> int:
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
+class Relayed:
+    """What a relayed stream tells the metrics and the access log."""
+
+    __slots__ = ("error", "first_event_at", "usage")
+
+    def __init__(self) -> None:
+        self.usage: bytes | None = None  # the last relayed events that mention usage
+        self.first_event_at = -1.0  # perf_counter() when the first bytes of the body arrived
+        self.error: str | None = None  # the code of the error event that ended the stream, if one did
+
+
 def _error_event(message: str, code: str) -> bytes:
     body = orjson.dumps({"error": {"message": message, "type": "upstream_error", "param": None, "code": code}})
     return b"data: " + body + b"\n\n"
 
 
-async def relay_stream(ex: Exchange, response: Response, headers: Headers) -> bytes | None:
+async def relay_stream(ex: Exchange, response: Response, headers: Headers) -> Relayed:
     """Relays an SSE stream whole events at a time, as they arrive.
 
     A slow caller slows the upstream read where the server's ``write`` waits for
@@ -50,25 +65,29 @@ async def relay_stream(ex: Exchange, response: Response, headers: Headers) -> by
     the client's buffer fills and the upstream socket read pauses.  A caller
     that leaves closes the upstream connection at once.  If the upstream fails mid-stream, the caller gets the
     events that were complete and then an error event, never half a line.
-    Returns the last relayed events that mention usage, for the access log.
     """
-    await ex.start_stream(200, headers)
-    stop_watch = ex.on_disconnect(response.abort)
     pending = b""
-    usage = None
+    relayed = Relayed()
+    stop_watch: Callable[[], object] | None = None
     try:
+        await ex.start_stream(200, headers)  # in the try: a caller gone already still frees the connection
+        stop_watch = ex.on_disconnect(response.abort)
         while True:
             try:
                 chunk = await response.next_chunk()
             except UpstreamError as exc:
-                await ex.write(_error_event(f"The upstream stream failed: {exc}", "upstream_stream_error"))
+                relayed.error = "upstream_stream_error"
+                await ex.write(_error_event(f"The upstream stream failed: {exc}", relayed.error))
                 break
             if not chunk:
                 if pending.strip():
                     # The stream ended inside an event: as broken as a cut connection.
+                    relayed.error = "upstream_stream_error"
                     await ex.write(_error_event("The upstream stream ended in the middle of an event.",
-                                                "upstream_stream_error"))
+                                                relayed.error))
                 break
+            if relayed.first_event_at < 0:
+                relayed.first_event_at = time.perf_counter()
             if pending:
                 chunk = pending + chunk
             end = len(chunk) if chunk.endswith(b"\n\n") else split_events(chunk)
@@ -80,12 +99,58 @@ async def relay_stream(ex: Exchange, response: Response, headers: Headers) -> by
             pending = chunk[end:]
             out = chunk[:end] if pending else chunk
             if b'"usage"' in out:
-                usage = out
+                relayed.usage = out
             await ex.write(out)
         await ex.end_stream()
     except ClientGone:
-        pass
+        relayed.error = "client_disconnected"
     finally:
-        stop_watch()
+        if stop_watch is not None:
+            stop_watch()
         response.release()  # closes the connection unless the stream was read to its end
-    return usage
+    return relayed
+
+
+async def relay_translated(ex: Exchange, response: Response, headers: Headers,
+                           translator: StreamTranslator) -> Relayed:
+    """Relays a stream through a translator: upstream bytes in as they arrive, whole caller events out.
+
+    The translator decides what a cut or malformed upstream stream looks like to
+    the caller (a well-formed error event in the caller's format).
+    """
+    relayed = Relayed()
+    stop_watch: Callable[[], object] | None = None
+    try:
+        await ex.start_stream(200, headers)
+        stop_watch = ex.on_disconnect(response.abort)
+        while True:
+            try:
+                chunk = await response.next_chunk()
+            except UpstreamError:
+                relayed.error = "upstream_stream_error"
+                chunk = b""
+            if not chunk:
+                tail = translator.close()
+                if tail:
+                    await ex.write(tail)
+                break
+            if relayed.first_event_at < 0:
+                relayed.first_event_at = time.perf_counter()
+            try:
+                out = translator.feed(chunk)
+            except ValueError:  # not the stream its format promises: end it with an error event
+                relayed.error = "upstream_stream_error"
+                out = translator.close()
+                await ex.write(out)
+                break
+            if out:
+                await ex.write(out)
+        await ex.end_stream()
+    except ClientGone:
+        relayed.error = "client_disconnected"
+    finally:
+        if stop_watch is not None:
+            stop_watch()
+        response.release()
+    relayed.error = relayed.error or translator.error
+    return relayed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported, not in __all__
@@ -53,6 +53,17 @@ class RSGIExchange:
             if len(parts) > limit:
                 raise PayloadTooLarge.over(limit)
         return bytes(parts)
+
+    async def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
+        length = self._headers.get("content-length")
+        if length is not None:
+            check_declared_length(length, limit)
+        size = 0
+        async for chunk in self._proto:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge.over(limit)
+            yield chunk
 
     async def respond(self, status: int, headers: Headers, body: bytes) -> None:
         self.started = True

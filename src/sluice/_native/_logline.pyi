@@ -1,0 +1,6 @@
+from collections.abc import Callable
+from typing import Any
+
+class LineFormatter:
+    def __init__(self, line_type: Callable[..., Any], trace_id_of: Callable[[str], str | None]) -> None: ...
+    def line(self, entry: Any) -> Any: ...

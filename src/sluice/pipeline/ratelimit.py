@@ -1,0 +1,357 @@
+"""Rate limits: policies over requests and tokens, local (compiled buckets) or distributed (Redis).
+
+Each policy applies to the requests it matches (models, routes, caller keys)
+and counts per subject: the caller's key (by hash, never the key itself), its
+client IP (X-Forwarded-For believed only from trusted proxies), the route, the
+model, or one global bucket.  A request is admitted only when every policy
+admits it, and a rejection by one consumes nothing from the others: local
+buckets are checked first without consuming, then the distributed ones are
+checked and taken in one Redis round trip (all or nothing), then the local ones
+are taken.
+
+Token policies reserve an estimate before the call (a quarter of the body's
+bytes for the prompt, plus max_tokens or ``default_max_tokens``) and settle with
+the provider's usage afterwards, giving back or taking the difference.
+
+A Redis that fails or is slower than ``redis_timeout_s`` costs at most that
+timeout: a ``fail_open`` policy falls back to its local bucket (counted), the
+others answer 503.  Policies of scope user and team wait for authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .._native import LocalLimiter
+from ..config import PolicyConfig, RateLimitConfig
+from ..errors import GatewayError
+
+if TYPE_CHECKING:
+    from ..server.exchange import Exchange
+    from ..state.redis_limits import RedisLimiter
+
+__all__ = ["Admission", "LimiterDown", "RateLimited", "RateLimits", "TokensLimited", "duration", "key_id"]
+
+log = logging.getLogger("sluice.ratelimit")
+
+
+class RateLimited(GatewayError):
+    """429 on a requests policy (OpenAI's error type "requests")."""
+
+    status = 429
+    type = "requests"
+
+
+class TokensLimited(RateLimited):
+    type = "tokens"
+
+
+class LimiterDown(GatewayError):
+    status = 503
+    type = "server_error"
+
+
+def key_id(api_key: str) -> str:
+    """What identifies a caller's key in buckets and Redis: a hash prefix, never the key."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:24]
+
+
+@dataclass(slots=True)
+class Policy:
+    name: str
+    scope: str
+    tokens: bool
+    limit: float
+    period: float
+    burst: float
+    algorithm: str
+    distributed: bool
+    fail_open: bool
+    soft: float | None
+    models: frozenset[str]
+    routes: frozenset[str]
+    keys: frozenset[str]
+    local: LocalLimiter
+    capacity: float = 0.0  # what the headers call the limit: the burst, or a window's limit
+    counts: dict[str, int] = field(default_factory=dict)  # decision -> count
+
+    def __post_init__(self) -> None:
+        self.capacity = self.burst if self.algorithm == "token_bucket" else self.limit
+
+    @classmethod
+    def build(cls, config: PolicyConfig, limits: RateLimitConfig) -> Policy:
+        burst = config.burst if config.burst is not None else config.rate
+        mode = config.mode.value if config.mode is not None else ("distributed" if limits.redis else "local")
+        return cls(config.name, config.scope.value, config.unit.value == "tokens", config.rate, config.period_s,
+                   burst, config.algorithm.value, mode == "distributed" and limits.redis is not None,
+                   config.fail_open, config.soft_limit if config.soft_limit is not None else limits.soft_limit,
+                   frozenset(config.match.models), frozenset(config.match.routes),
+                   frozenset(key_id(k) for k in config.match.keys),
+                   LocalLimiter(config.algorithm.value, config.rate, config.period_s, burst))
+
+    def count(self, decision: str) -> None:
+        self.counts[decision] = self.counts.get(decision, 0) + 1
+
+
+# What one policy took: (policy, subject, cost, on Redis, remaining after, seconds to full).
+Taken = tuple[Policy, str, float, bool, float, float]
+Wanted = tuple[Policy, str, float]  # (policy, subject, cost)
+
+
+@dataclass(slots=True)
+class Admission:
+    """What a request took, for its response headers and for settling its tokens afterwards."""
+
+    taken: list[Taken] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class RateLimits:
+    def __init__(self, config: RateLimitConfig, redis: RedisLimiter | None = None) -> None:
+        self.policies = [Policy.build(p, config) for p in config.policies]
+        self.redis = redis
+        self.default_max_tokens = config.default_max_tokens
+        self._trusted = [ipaddress.ip_network(c, strict=False) for c in config.trusted_proxies]
+        self._wants_key = any(p.scope == "key" or p.keys for p in self.policies)
+        self.remote = any(p.distributed for p in self.policies)  # some policy needs Redis: admit() awaits
+        self.fails_closed = any(p.distributed and not p.fail_open for p in self.policies)
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def admit_local(self, ex: Exchange, route: str, model: str, body_size: int,
+                    max_tokens: int | None) -> Admission | None:
+        """The admission when every policy is local: no await, the fast path (None: no policy applies)."""
+        wanted = self._wanted(ex, route, model, body_size, max_tokens)
+        if not wanted:
+            return None
+        now = time.monotonic()
+        self._check_local(wanted, now)
+        return self._take_local(wanted, now, Admission())
+
+    async def admit(self, ex: Exchange, route: str, model: str, body_size: int,
+                    max_tokens: int | None) -> Admission | None:
+        """Admits the request or raises RateLimited / LimiterDown; the admission carries its headers."""
+        wanted = self._wanted(ex, route, model, body_size, max_tokens)
+        if not wanted:
+            return None
+        now = time.monotonic()
+        local = [w for w in wanted if not w[0].distributed]
+        remote = [w for w in wanted if w[0].distributed]
+        self._check_local(local, now)
+        admission = Admission()
+        if remote:
+            await self._take_remote(remote, local, admission)
+            now = time.monotonic()
+            try:
+                self._check_local(local, now)  # others may have taken from them while Redis answered
+            except RateLimited:
+                self._refund_remote(admission)  # a rejection takes nothing from the other policies
+                raise
+        return self._take_local(local, now, admission)
+
+    def _refund_remote(self, admission: Admission) -> None:
+        for policy, subject, cost, remote, _, _ in admission.taken:
+            if remote:
+                self._adjust_remote(policy, subject, cost)
+
+    def _wanted(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None) -> list[Wanted]:
+        key = _presented_key(ex) if self._wants_key else None
+        subject_key = key_id(key) if key else None
+        estimate = float(body_size // 4 + (max_tokens if max_tokens else self.default_max_tokens))
+        wanted = []
+        for policy in self.policies:
+            subject = self._subject(policy, ex, route, model, subject_key)
+            if subject is not None:
+                wanted.append((policy, subject, estimate if policy.tokens else 1.0))
+        return wanted
+
+    def _take_local(self, local: list[Wanted], now: float, admission: Admission) -> Admission:
+        taken = admission.taken
+        for policy, subject, cost in local:
+            limiter = policy.local
+            limiter.consume(subject, cost, now)
+            taken.append((policy, subject, cost, False, limiter.remaining(subject, now),
+                          limiter.reset_after(subject, now)))
+        for entry in taken:
+            entry[0].count("admitted")
+        admission.headers, warned = _state_headers(taken)
+        if warned is not None:
+            warned.count("warned")
+            log.info("soft rate limit passed on policy %s", warned.name)
+        return admission
+
+    def decision_counts(self) -> dict[tuple[str, ...], int]:
+        """(policy, decision) -> count, for /metrics."""
+        return {(p.name, decision): n for p in self.policies for decision, n in p.counts.items()}
+
+    def _subject(self, policy: Policy, ex: Exchange, route: str, model: str, key: str | None) -> str | None:
+        if policy.models and model not in policy.models:
+            return None
+        if policy.routes and route not in policy.routes:
+            return None
+        if policy.keys and key not in policy.keys:
+            return None
+        scope = policy.scope
+        if scope == "key":
+            return f"key:{key}" if key else None
+        if scope == "ip":
+            return f"ip:{self.client_ip(ex)}"
+        if scope == "route":
+            return f"route:{route}"
+        if scope == "model":
+            return f"model:{model}"
+        if scope == "global":
+            return "global"
+        return None  # user, team: with authentication
+
+    def _check_local(self, wanted: list[Wanted], now: float) -> None:
+        for policy, subject, cost in wanted:
+            wait = policy.local.check(subject, cost, now)
+            if wait > 0:
+                self._reject(policy, wait, [(policy, subject, cost, False, policy.local.remaining(subject, now),
+                                             policy.local.reset_after(subject, now))])
+
+    async def _take_remote(self, remote: list[Wanted], local: list[Wanted], admission: Admission) -> None:
+        from ..state.redis_limits import Check, LimiterUnavailable
+
+        assert self.redis is not None
+        checks = [Check(p.name, s, p.algorithm, p.limit, p.period, p.burst, c) for p, s, c in remote]
+        try:
+            decision = await self.redis.acquire(checks)
+        except LimiterUnavailable as exc:
+            closed = [p for p, _, _ in remote if not p.fail_open]
+            for policy, _, _ in remote:
+                policy.count("redis_unavailable")
+            log.warning("rate limiter Redis unavailable (%s): %s", exc,
+                        "failing closed" if closed else "falling back to local buckets")
+            if closed:
+                raise LimiterDown(f"The rate limiter is unavailable for policy '{closed[0].name}'; "
+                                  "the request was not sent.", code="ratelimiter_unavailable") from None
+            local.extend(remote)  # fail open: this instance's buckets stand in
+            self._check_local(remote, time.monotonic())
+            return
+        states = [(p, s, c, True, r.remaining, r.reset_after) for (p, s, c), r in zip(remote, decision.results,
+                                                                                      strict=True)]
+        if not decision.allowed:
+            for (policy, _, _), result in zip(remote, decision.results, strict=True):
+                if not result.allowed:
+                    self._reject(policy, result.retry_after, states)
+        admission.taken.extend(states)
+
+    def _reject(self, policy: Policy, wait: float, states: list[Taken]) -> None:
+        policy.count("rejected")
+        unit = "tokens" if policy.tokens else "requests"
+        retry = "a while" if math.isinf(wait) else f"{wait:.3g}s"
+        headers = _state_headers(states)[0]
+        if not math.isinf(wait):
+            headers += [("retry-after", str(max(1, math.ceil(wait)))), ("retry-after-ms", str(math.ceil(wait * 1000)))]
+        kind = TokensLimited if policy.tokens else RateLimited
+        raise kind(f"Rate limit reached for policy '{policy.name}' on {unit}: limit {policy.capacity:g} per "
+                            f"{policy.period:g}s. Please try again in {retry}.", code="rate_limit_exceeded",
+                            headers=tuple(headers))
+
+    def settle(self, admission: Admission, tokens_used: int) -> None:
+        """Gives back (or takes) the difference between a token reservation and the usage reported."""
+        if tokens_used < 0:
+            return  # no usage reported: the reservation stands
+        now = time.monotonic()
+        for policy, subject, cost, remote, _, _ in admission.taken:
+            if not policy.tokens:
+                continue
+            delta = cost - tokens_used
+            if remote:
+                self._adjust_remote(policy, subject, delta)
+            else:
+                policy.local.adjust(subject, delta, now)
+
+    def _adjust_remote(self, policy: Policy, subject: str, delta: float) -> None:
+        """Gives back (or takes) units on Redis in the background: nobody waits for it."""
+        if self.redis is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.redis.adjust(policy.name, subject, policy.algorithm, policy.limit, policy.period, policy.burst,
+                              delta))
+        self._pending.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("settling tokens on Redis failed: %s", task.exception())
+
+    def client_ip(self, ex: Exchange) -> str:
+        """The caller's address: the peer, or the right-most untrusted hop of X-Forwarded-For behind trusted proxies."""
+        peer = ex.client.rsplit(":", 1)[0].strip("[]")
+        if not self._trusted or not self._is_trusted(peer):
+            return peer
+        forwarded = ex.header("x-forwarded-for")
+        if not forwarded:
+            return peer
+        for hop in reversed([h.strip() for h in forwarded.split(",")]):
+            if not self._is_trusted(hop):
+                return hop
+        return peer
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        for policy in self.policies:
+            policy.local.sweep(now)
+
+
+def _presented_key(ex: Exchange) -> str | None:
+    authorization = ex.header("authorization")
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return ex.header("x-api-key") or None
+
+
+def _state_headers(states: list[Taken]) -> tuple[list[tuple[str, str]], Policy | None]:
+    """OpenAI's x-ratelimit-* headers for the tightest request and token policies, and a soft limit passed."""
+    headers: list[tuple[str, str]] = []
+    warned = None
+    for tokens in (False, True):
+        tightest: Taken | None = None
+        ratio = math.inf
+        for state in states:
+            policy = state[0]
+            if policy.tokens is tokens and state[4] / policy.capacity < ratio:
+                tightest, ratio = state, state[4] / policy.capacity
+        if tightest is None:
+            continue
+        policy, remaining, reset = tightest[0], tightest[4], tightest[5]
+        unit = "tokens" if tokens else "requests"
+        headers += [(f"x-ratelimit-limit-{unit}", f"{policy.capacity:g}"),
+                    (f"x-ratelimit-remaining-{unit}", str(max(0, math.floor(remaining)))),
+                    (f"x-ratelimit-reset-{unit}", duration(reset))]
+        if policy.soft is not None and ratio < 1 - policy.soft:
+            warned = policy
+            headers.append(("x-sluice-ratelimit-warning", f"policy '{policy.name}' is past "
+                                                          f"{policy.soft:.0%} of its {unit} limit"))
+    return headers, warned
+
+
+def duration(seconds: float) -> str:
+    """A reset time the way OpenAI writes it: 20ms, 1s, 6m0s, 1h2m3s."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    whole = math.ceil(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"

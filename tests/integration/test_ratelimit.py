@@ -1,0 +1,142 @@
+"""Rate limits on this instance's buckets: 429s the openai SDK understands, headers, tokens settled."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+
+from tests.conftest import Proc, call, start_gateway
+
+pytestmark = pytest.mark.integration
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def gateway_with(tmp_path, mock_upstream: Proc, policies: str, extra: str = "") -> Proc:  # type: ignore[no-untyped-def]
+    return start_gateway(tmp_path, f"""
+ratelimit:
+  {extra}
+  policies:
+{policies}
+providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}
+models:
+  gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}
+  other: {{targets: [{{provider: mock, model: gpt-4o}}]}}
+""")
+
+
+def client(gateway: Proc, key: str, retries: int = 0) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=retries)
+
+
+def test_the_sdk_sees_429s_with_headers_and_its_retry_honours_retry_after(tmp_path, mock_upstream) -> None:
+    gateway = gateway_with(tmp_path, mock_upstream, """
+    - {name: per-key, scope: key, rate: 3, period_s: 3, burst: 3, match: {models: [gpt-4o-mini]}}
+""")
+    try:
+        api = client(gateway, "sk-tenant-a")
+        remaining = []
+        for _ in range(3):
+            raw = api.chat.completions.with_raw_response.create(**CHAT)
+            assert raw.headers["x-ratelimit-limit-requests"] == "3"
+            remaining.append(raw.headers["x-ratelimit-remaining-requests"])
+        assert remaining == ["2", "1", "0"]
+        with pytest.raises(openai.RateLimitError) as caught:
+            api.chat.completions.create(**CHAT)
+        error = caught.value
+        assert error.status_code == 429
+        retry_ms = int(error.response.headers["retry-after-ms"])
+        assert error.response.headers["retry-after"] == "1" and 0 < retry_ms <= 1000
+        assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
+        body = error.body  # the OpenAI error shape, naming the policy, never a key
+        assert body["type"] == "requests" and body["code"] == "rate_limit_exceeded"  # type: ignore[index]
+        assert "per-key" in body["message"] and "sk-tenant" not in body["message"]  # type: ignore[index]
+        # another key, another bucket; another model, no policy
+        assert client(gateway, "sk-tenant-b").chat.completions.create(**CHAT).choices
+        assert api.chat.completions.create(**{**CHAT, "model": "other"}).choices
+        # the SDK's own retry waits what Retry-After says, then gets through
+        started = time.monotonic()
+        answer = client(gateway, "sk-tenant-a", retries=3).chat.completions.create(**CHAT)
+        assert answer.choices and time.monotonic() - started >= 0.5
+    finally:
+        gateway.stop()
+
+
+def test_a_rejection_by_one_policy_takes_nothing_from_the_others(tmp_path, mock_upstream) -> None:
+    gateway = gateway_with(tmp_path, mock_upstream, """
+    - {name: everyone, scope: global, rate: 3, period_s: 600}
+    - {name: per-key, scope: key, rate: 1, period_s: 600}
+""")
+
+    def send(key: str) -> tuple[int, str]:
+        reply = call(gateway.url, "POST", "/v1/chat/completions", CHAT, {"authorization": f"Bearer {key}"})
+        return reply.status, reply.json()["error"]["message"] if reply.status == 429 else ""
+
+    try:
+        first = send("sk-one")
+        refused = [send("sk-one") for _ in range(5)]  # per-key refuses: the global bucket must not pay
+        later = [send(key) for key in ("sk-two", "sk-three", "sk-four")]
+    finally:
+        gateway.stop()
+    assert first[0] == 200
+    assert all(status == 429 and "per-key" in message for status, message in refused)
+    # the global 3 went to sk-one, sk-two and sk-three: had the refusals taken any, sk-two would be refused
+    assert [status for status, _ in later] == [200, 200, 429] and "everyone" in later[2][1]
+
+
+def test_token_reservations_are_settled_with_the_usage(tmp_path, mock_upstream) -> None:
+    gateway = gateway_with(tmp_path, mock_upstream, """
+    - {name: tokens, scope: global, unit: tokens, rate: 5000, period_s: 3600, soft_limit: 0.5}
+""", "default_max_tokens: 1000")
+    try:
+        first = call(gateway.url, "POST", "/v1/chat/completions", CHAT)
+        second = call(gateway.url, "POST", "/v1/chat/completions", CHAT)
+        streamed = call(gateway.url, "POST", "/v1/chat/completions",
+                        {**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+        last = call(gateway.url, "POST", "/v1/chat/completions", CHAT)
+    finally:
+        gateway.stop()
+    assert first.status == second.status == streamed.status == last.status == 200
+    reserve = len(b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}') // 4 + 1000
+    used = first.json()["usage"]["total_tokens"]
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 5000 - reserve
+    # the first request's reservation was settled to what it used before the second was admitted
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) == 5000 - used - reserve
+    assert int(last.headers["x-ratelimit-remaining-tokens"]) >= 5000 - 3 * used - reserve - 5  # streams settle too
+    assert "x-sluice-ratelimit-warning" not in first.headers
+
+
+def test_soft_limits_warn_and_client_ips_come_from_trusted_proxies_only(tmp_path, mock_upstream) -> None:
+    gateway = gateway_with(tmp_path, mock_upstream, """
+    - {name: per-ip, scope: ip, rate: 4, period_s: 600, soft_limit: 0.5}
+""", "trusted_proxies: [127.0.0.0/8]")
+    try:
+        via = [call(gateway.url, "POST", "/v1/chat/completions", CHAT, {"x-forwarded-for": "203.0.113.7"})
+               for _ in range(3)]
+        other = call(gateway.url, "POST", "/v1/chat/completions", CHAT, {"x-forwarded-for": "203.0.113.8"})
+        spoofed = call(gateway.url, "POST", "/v1/chat/completions", CHAT,
+                       {"x-forwarded-for": "203.0.113.7, 198.51.100.1"})  # the right-most untrusted hop counts
+    finally:
+        gateway.stop()
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in via] == ["3", "2", "1"]
+    assert "x-sluice-ratelimit-warning" not in via[0].headers
+    assert "per-ip" in via[2].headers["x-sluice-ratelimit-warning"]
+    assert other.headers["x-ratelimit-remaining-requests"] == "3"
+    assert spoofed.headers["x-ratelimit-remaining-requests"] == "3"  # 198.51.100.1's own bucket
+
+
+def test_anthropic_callers_get_429s_in_their_shape(tmp_path, mock_upstream) -> None:
+    gateway = gateway_with(tmp_path, mock_upstream, """
+    - {name: per-key, scope: key, rate: 1, period_s: 600}
+""")
+    try:
+        request = {"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"x-api-key": "sk-ant-caller", "anthropic-version": "2023-06-01"}
+        assert call(gateway.url, "POST", "/v1/messages", request, headers).status == 200
+        refused = call(gateway.url, "POST", "/v1/messages", request, headers)
+    finally:
+        gateway.stop()
+    assert refused.status == 429 and refused.headers["retry-after"]
+    assert refused.json()["type"] == "error" and refused.json()["error"]["type"] == "rate_limit_error"

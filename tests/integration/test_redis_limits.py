@@ -1,0 +1,338 @@
+"""The Redis rate-limit backend against a real redis-server (never the machine's Redis on 6379)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import redis.asyncio
+
+from sluice.state.redis_limits import Check, Decision, LimiterUnavailable, RedisLimiter, connect, key_name
+from tests.redis_server import RedisServer, encode
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+T = TypeVar("T")
+HOUR = 3600.0
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One server for the tests that only read and write keys (each under its own prefix)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of the test's own, for tests that pause, kill or restart it."""
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    return f"test:{request.node.name}"
+
+
+def run(make: Callable[[], Awaitable[T]], timeout: float = 15.0) -> T:
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            return await make()
+    return asyncio.run(bounded())
+
+
+@asynccontextmanager
+async def limiter(url: str, prefix: str, timeout_s: float = 1.0) -> AsyncIterator[RedisLimiter]:
+    limits = RedisLimiter(connect(url, timeout_s), prefix=prefix, timeout_s=timeout_s)
+    try:
+        yield limits
+    finally:
+        await limits.aclose()
+
+
+@asynccontextmanager
+async def raw(url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def bucket(policy: str, key: str, limit: float, period: float, burst: float, cost: float = 1.0) -> Check:
+    return Check(policy, key, "token_bucket", limit, period, burst, cost)
+
+
+def window(policy: str, key: str, limit: float, period: float, cost: float = 1.0) -> Check:
+    return Check(policy, key, "sliding_window", limit, period, 0.0, cost)
+
+
+async def take(limits: RedisLimiter, check: Check, times: int) -> list[Decision]:
+    return [await limits.acquire([check]) for _ in range(times)]
+
+
+def test_token_bucket_admits_its_burst_then_refills_on_redis_time(redis_server: RedisServer, prefix: str) -> None:
+    check = bucket("per-key", "key:abc", limit=5, period=1.0, burst=5)  # 5 tokens, 5 per second
+
+    async def scenario() -> None:
+        async with limiter(redis_server.url, prefix) as limits:
+            first, *rest = await take(limits, check, 6)
+            assert first.allowed and first.results[0].retry_after == 0
+            assert first.results[0].remaining == pytest.approx(4, abs=0.05)
+            assert first.results[0].reset_after == pytest.approx(0.2, abs=0.01)  # one token at 5/s
+            assert [d.allowed for d in rest] == [True] * 4 + [False]
+            rejected = rest[-1].results[0]
+            assert rejected.remaining < 1
+            assert 0.1 < rejected.retry_after <= 0.2  # the missing part of one token at 5/s
+            assert rejected.reset_after == pytest.approx(1.0, abs=0.1)  # all 5 back at 5/s
+            await asyncio.sleep(rejected.retry_after + 0.03)
+            assert [d.allowed for d in await take(limits, check, 2)] == [True, False]
+            await asyncio.sleep(1.05)  # full again, never more than the burst
+            assert [d.allowed for d in await take(limits, check, 6)] == [True] * 5 + [False]
+            never = await limits.acquire([bucket("per-key", "key:abc", 5, 1.0, 5, cost=6)])
+            assert not never.allowed and math.isinf(never.results[0].retry_after)
+
+    run(scenario)
+
+
+def test_sliding_window_admits_its_limit_then_slides_on_redis_time(redis_server: RedisServer, prefix: str) -> None:
+    check = window("per-ip", "ip:10.0.0.1", limit=5, period=0.5)
+
+    async def scenario() -> None:
+        async with limiter(redis_server.url, prefix) as limits:
+            decisions = await take(limits, check, 6)
+            assert [d.allowed for d in decisions] == [True] * 5 + [False]
+            assert [d.results[0].remaining for d in decisions[:3]] == pytest.approx([4, 3, 2], abs=0.2)
+            rejected = decisions[-1].results[0]
+            assert rejected.remaining < 1
+            assert 0 < rejected.retry_after <= 1.0  # at most two periods
+            assert 0.5 <= rejected.reset_after <= 1.0 + 1e-6  # the count leaves the estimate within two periods
+            await asyncio.sleep(rejected.retry_after + 0.03)
+            assert (await limits.acquire([check])).allowed
+            await asyncio.sleep(1.05)  # two periods: nothing counts any more
+            assert [d.allowed for d in await take(limits, check, 6)] == [True] * 5 + [False]
+            never = await limits.acquire([window("per-ip", "ip:10.0.0.1", 5, 0.5, cost=6)])
+            assert not never.allowed and math.isinf(never.results[0].retry_after)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window"])
+def test_a_rejection_by_one_check_takes_nothing_from_the_others(redis_server: RedisServer, prefix: str,
+                                                                algorithm: str) -> None:
+    roomy = Check("tokens", "key:abc", algorithm, 1000, HOUR, 1000, 100)
+    tight = Check("requests", "key:abc", algorithm, 1, HOUR, 1, 1)
+
+    async def scenario() -> None:
+        async with limiter(redis_server.url, prefix) as limits, raw(redis_server.url) as client:
+            assert (await limits.acquire([tight])).allowed
+            decision = await limits.acquire([roomy, tight])
+            assert not decision.allowed
+            assert [r.allowed for r in decision.results] == [True, False]
+            assert decision.results[0].remaining == pytest.approx(1000)  # reported untouched
+            assert await client.exists(key_name(prefix, algorithm, "tokens", "key:abc")) == 0  # never written
+            alone = await limits.acquire([roomy])
+            assert alone.allowed and alone.results[0].remaining == pytest.approx(900, abs=0.01)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window"])
+def test_concurrent_gateways_admit_exactly_the_limit(redis_server: RedisServer, prefix: str, algorithm: str) -> None:
+    check = Check("global", "global", algorithm, 50, HOUR, 50, 1)
+
+    async def scenario() -> list[bool]:
+        gateways = [RedisLimiter(connect(redis_server.url, 5.0), prefix=prefix, timeout_s=5.0) for _ in range(4)]
+        try:
+            decisions = await asyncio.gather(*(gateways[i % 4].acquire([check]) for i in range(200)))
+        finally:
+            for gateway in gateways:
+                await gateway.aclose()
+        return [d.allowed for d in decisions]
+
+    assert sum(run(scenario)) == 50
+
+
+def test_the_script_is_loaded_again_after_script_flush(redis_server: RedisServer, prefix: str) -> None:
+    check = bucket("per-key", "key:abc", limit=10, period=HOUR, burst=10)
+
+    async def scenario() -> None:
+        async with limiter(redis_server.url, prefix) as limits, raw(redis_server.url) as client:
+            assert (await limits.acquire([check])).allowed
+            await client.script_flush()
+            decision = await limits.acquire([check])
+            assert decision.allowed and decision.results[0].remaining == pytest.approx(8, abs=0.01)
+            await client.script_flush()
+            await limits.adjust("per-key", "key:abc", "token_bucket", 10, HOUR, 10, 1)
+            assert (await limits.acquire([check])).results[0].remaining == pytest.approx(8, abs=0.01)
+
+    run(scenario)
+
+
+def test_keys_are_hash_tagged_and_expire(redis_server: RedisServer, prefix: str) -> None:
+    async def scenario() -> None:
+        async with limiter(redis_server.url, prefix) as limits, raw(redis_server.url) as client:
+            await limits.acquire([bucket("tpm", "key:abc", limit=10, period=100, burst=10, cost=4),
+                                  window("rpm", "ip:1.2.3.4", limit=10, period=7)])
+            names = sorted([k.decode() async for k in client.scan_iter(f"{prefix}:*")])
+            assert names == [f"{prefix}:sw:{{rpm:ip:1.2.3.4}}", f"{prefix}:tb:{{tpm:key:abc}}"]
+            assert 39_000 < await client.pttl(f"{prefix}:tb:{{tpm:key:abc}}") <= 40_000  # 4 tokens at 0.1/s
+            assert 13_000 < await client.pttl(f"{prefix}:sw:{{rpm:ip:1.2.3.4}}") <= 14_000  # two periods
+            # separators and braces are escaped: no collisions, tags stay whole
+            assert key_name(prefix, "token_bucket", "a:b", "c") != key_name(prefix, "token_bucket", "a", "b:c")
+            assert key_name("p", "sliding_window", "x}", "{y}") == "p:sw:{x%7D:%7By%7D}"
+            await limits.acquire([bucket("a:b", "c", 10, 100, 10), bucket("a", "b:c", 10, 100, 10, cost=2)])
+            first = await limits.acquire([bucket("a:b", "c", 10, 100, 10, cost=0)])
+            assert first.results[0].remaining == pytest.approx(9, abs=0.01)
+
+    run(scenario)
+
+
+def test_only_redis_clock_counts(redis_server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway whose clock is a day ahead (or behind) decides exactly like one on time."""
+    check = bucket("per-key", "key:abc", limit=5, period=HOUR, burst=5)
+
+    async def scenario(skew: float) -> list[Decision]:
+        async with limiter(redis_server.url, f"{prefix}:{skew}") as on_time, \
+                limiter(redis_server.url, f"{prefix}:{skew}") as skewed:
+            decisions = await take(on_time, check, 3)
+            real = time.time
+            monkeypatch.setattr(time, "time", lambda: real() + skew)
+            monkeypatch.setattr(time, "time_ns", lambda: int((real() + skew) * 1e9))
+            try:
+                decisions += await take(skewed, check, 3)
+            finally:
+                monkeypatch.undo()
+            return decisions
+
+    for skew in (86_400.0, -86_400.0):
+        decisions = run(lambda skew=skew: scenario(skew))  # type: ignore[misc]
+        assert [d.allowed for d in decisions] == [True] * 5 + [False]
+        assert [d.results[0].remaining for d in decisions] == pytest.approx([4, 3, 2, 1, 0, 0], abs=0.05)
+
+
+def test_a_stalled_redis_costs_at_most_the_timeout(own_redis: RedisServer, prefix: str) -> None:
+    check = bucket("per-key", "key:abc", limit=10, period=HOUR, burst=10)
+
+    async def scenario() -> None:
+        async with limiter(own_redis.url, prefix, timeout_s=0.05) as limits:
+            assert (await limits.acquire([check])).allowed  # connected, script loaded
+            with socket.create_connection(("127.0.0.1", own_redis.port), timeout=5) as stall:
+                stall.sendall(encode("DEBUG", "SLEEP", "1"))
+                stalled_at = time.monotonic()
+                await asyncio.sleep(0.05)  # the server is asleep now
+                for call in (lambda: limits.acquire([check]), limits.ping):
+                    start = time.monotonic()
+                    with pytest.raises(LimiterUnavailable) as caught:
+                        await call()
+                    assert time.monotonic() - start < 0.05 + 0.3
+                    assert caught.value.__cause__ is not None
+                await asyncio.sleep(max(0.0, stalled_at + 1.2 - time.monotonic()))
+                assert stall.recv(16) == b"+OK\r\n"
+            decision = await limits.acquire([check])  # the same limiter, a fresh connection
+            # the request that timed out had been sent: Redis ran it when it woke (counted, never retried)
+            assert decision.allowed and decision.results[0].remaining == pytest.approx(7, abs=0.01)
+            assert 0 < await limits.ping() < 0.05
+
+    run(scenario)
+
+
+def test_a_dead_redis_fails_fast_and_the_limiter_reconnects_after_restart(own_redis: RedisServer,
+                                                                         prefix: str) -> None:
+    check = window("per-key", "key:abc", limit=10, period=HOUR)
+
+    async def scenario() -> None:
+        async with limiter(own_redis.url, prefix, timeout_s=0.2) as limits:
+            assert (await limits.acquire([check])).allowed
+            own_redis.kill()
+            for _ in range(2):
+                start = time.monotonic()
+                with pytest.raises(LimiterUnavailable):
+                    await limits.acquire([check])
+                assert time.monotonic() - start < 0.2 + 0.3
+            with pytest.raises(LimiterUnavailable):
+                await limits.adjust("per-key", "key:abc", "sliding_window", 10, HOUR, 0, 1)
+            own_redis.restart()  # empty: nothing persisted, no script loaded
+            decision = await limits.acquire([check])
+            assert decision.allowed and decision.results[0].remaining == pytest.approx(9, abs=0.01)
+
+    run(scenario)
+
+
+def test_adjust_gives_back_and_takes_more_within_bounds(redis_server: RedisServer, prefix: str) -> None:
+    async def remaining(limits: RedisLimiter, check: Check) -> float:
+        probe = Check(check.policy_id, check.key, check.algorithm, check.limit, check.period, check.burst, 0)
+        return (await limits.acquire([probe])).results[0].remaining
+
+    async def scenario() -> None:
+        async with limiter(redis_server.url, prefix) as limits:
+            tb = bucket("tpm", "key:abc", limit=10, period=HOUR, burst=10, cost=8)
+            assert (await limits.acquire([tb])).allowed
+            adjust = limits.adjust
+            await adjust("tpm", "key:abc", "token_bucket", 10, HOUR, 10, 5)  # gives back 5
+            assert await remaining(limits, tb) == pytest.approx(7, abs=0.01)
+            await adjust("tpm", "key:abc", "token_bucket", 10, HOUR, 10, 100)  # never past the burst
+            assert await remaining(limits, tb) == pytest.approx(10, abs=0.01)
+            await adjust("tpm", "key:abc", "token_bucket", 10, HOUR, 10, -25)  # debt, but never below -burst
+            in_debt = await limits.acquire([bucket("tpm", "key:abc", 10, HOUR, 10, cost=1)])
+            assert not in_debt.allowed
+            assert in_debt.results[0].remaining == pytest.approx(-10, abs=0.01)
+            assert in_debt.results[0].retry_after == pytest.approx(11 / (10 / HOUR), rel=0.01)
+
+            sw = window("rpm", "key:abc", limit=10, period=HOUR, cost=8)
+            assert (await limits.acquire([sw])).allowed
+            await adjust("rpm", "key:abc", "sliding_window", 10, HOUR, 0, 5)
+            assert await remaining(limits, sw) == pytest.approx(7, abs=0.01)
+            await adjust("rpm", "key:abc", "sliding_window", 10, HOUR, 0, -3)
+            assert await remaining(limits, sw) == pytest.approx(4, abs=0.01)
+            await adjust("rpm", "key:abc", "sliding_window", 10, HOUR, 0, 100)  # never below an empty window
+            assert await remaining(limits, sw) == pytest.approx(10, abs=0.01)
+
+    run(scenario)
+
+
+def test_no_checks_need_no_redis_and_unknown_algorithms_are_refused() -> None:
+    async def scenario() -> None:
+        limits = RedisLimiter(connect("redis://127.0.0.1:1/0", 0.05))  # nothing listens on port 1
+        try:
+            assert await limits.acquire([]) == Decision(True, [])
+            with pytest.raises(ValueError, match="leaky_bucket"):
+                await limits.acquire([Check("p", "k", "leaky_bucket", 1, 1, 1, 1)])
+            with pytest.raises(LimiterUnavailable):
+                await limits.ping()
+        finally:
+            await limits.aclose()
+
+    run(scenario)
+
+
+def test_cluster_path_is_all_or_nothing_by_refund(tmp_path: Path, prefix: str) -> None:
+    """A one-node Redis Cluster: one pipelined EVALSHA per check, a refund when one rejected."""
+    roomy = bucket("tokens", "key:abc", limit=1000, period=HOUR, burst=1000, cost=100)
+    tight = window("requests", "key:abc", limit=1, period=HOUR)
+
+    async def scenario(url: str) -> None:
+        client: Any = redis.asyncio.RedisCluster.from_url(url, socket_timeout=1.0)
+        limits = RedisLimiter(client, prefix=prefix, timeout_s=1.0)
+        try:
+            assert (await limits.acquire([tight])).allowed
+            decision = await limits.acquire([roomy, tight])
+            assert [r.allowed for r in decision.results] == [True, False] and not decision.allowed
+            assert decision.results[0].remaining == pytest.approx(1000)  # given back
+            await client.script_flush()
+            alone = await limits.acquire([roomy])
+            assert alone.allowed and alone.results[0].remaining == pytest.approx(900, abs=0.01)
+            assert [d.allowed for d in await take(limits, tight, 1)] == [False]
+        finally:
+            await limits.aclose()
+
+    with RedisServer(tmp_path / "cluster", cluster=True) as server:
+        run(lambda: scenario(server.url))

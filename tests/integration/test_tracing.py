@@ -1,0 +1,281 @@
+"""OpenTelemetry traces against a real OTLP/HTTP receiver made here: spans, attributes, propagation, faults."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
+
+from tests.conftest import Proc, call, free_port, start_gateway
+from tests.integration.test_metrics import scrape, value
+
+pytestmark = pytest.mark.integration
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+class Receiver:
+    """An OTLP/HTTP trace receiver: decodes each export and keeps its spans, or blocks when told to."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+        self.exports = 0
+        self.blocked = threading.Event()  # set: hold every export until released
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if receiver.blocked.is_set():
+                    receiver.release.wait(30)
+                request = ExportTraceServiceRequest.FromString(body)
+                for resource in request.resource_spans:
+                    service = {a.key: a.value.string_value for a in resource.resource.attributes}
+                    for scope in resource.scope_spans:
+                        receiver.spans.extend(_span(s, service) for s in scope.spans)
+                receiver.exports += 1
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def traces(self, count: int, timeout: float = 15.0) -> dict[str, list[dict[str, Any]]]:
+        """Spans by trace id, once ``count`` traces have a finished server span."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            by_trace = defaultdict(list)
+            for span in list(self.spans):
+                by_trace[span["trace_id"]].append(span)
+            servers = [t for t in by_trace.values() if any(s["kind"] == "server" for s in t)]
+            if len(servers) >= count:
+                return dict(by_trace)
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} traces, got spans: {self.spans}")
+
+
+def _span(span: Any, service: dict[str, str]) -> dict[str, Any]:
+    attributes = {}
+    for attribute in span.attributes:
+        field = attribute.value.WhichOneof("value")
+        attributes[attribute.key] = getattr(attribute.value, field)
+    return {
+        "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(), "parent": span.parent_span_id.hex(),
+        "name": span.name, "kind": SpanProto.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_").lower(),
+        "attributes": attributes, "status": span.status.code, "service": service.get("service.name"),
+    }
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.stop()
+
+
+def traced_gateway(tmp_path, mock_url: str, endpoint: str, **options: object) -> Proc:  # type: ignore[no-untyped-def]
+    tracing = {"enabled": "true", "endpoint": f'"{endpoint}"', "flush_interval_s": 0.1, "timeout_s": 1,
+               "service_name": "sluice-test", **options}
+    settings = ", ".join(f"{k}: {v}" for k, v in tracing.items())
+    return start_gateway(tmp_path, f"""
+observability: {{tracing: {{{settings}}}}}
+providers: {{mock: {{kind: openai, base_url: "{mock_url}"}}}}
+models:
+  gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}
+  broken: {{targets: [{{provider: mock, model: mock-status-503}}]}}
+""")
+
+
+def sampled(traceparent: str) -> bool:
+    """The sampled bit of the trace flags (the SDK may set others, e.g. Level 2's random-trace-id bit)."""
+    return bool(int(traceparent[-2:], 16) & 1)
+
+
+def forwarded(mock_url: str, request_id: str) -> dict[str, str]:
+    """The headers the mock upstream received for the request with this id."""
+    for seen in call(mock_url, "GET", "/_mock/requests").json():
+        if seen["headers"].get("x-request-id") == request_id:
+            return dict(seen["headers"])
+    raise AssertionError(f"the mock never saw {request_id}")
+
+
+def test_one_trace_per_request_with_spans_attributes_and_propagation(tmp_path, mock_upstream, receiver) -> None:
+    gateway = traced_gateway(tmp_path, mock_upstream.url, receiver.url)
+    try:
+        for i in range(3):
+            assert call(gateway.url, "POST", "/v1/chat/completions", CHAT, {"x-request-id": f"t-{i}"}).status == 200
+        caller = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+        stream = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+        reply = call(gateway.url, "POST", "/v1/chat/completions", stream,
+                     {"x-request-id": "t-caller", "traceparent": caller, "tracestate": "vendor=1"})
+        assert reply.status == 200 and b"[DONE]" in reply.body
+        assert call(gateway.url, "POST", "/v1/chat/completions", {**CHAT, "model": "broken"},
+                    {"x-request-id": "t-broken"}).status == 503
+        assert call(gateway.url, "GET", "/nowhere", headers={"x-request-id": "t-lost"}).status == 404
+        traces = receiver.traces(6)
+    finally:
+        gateway.stop()
+    assert len(traces) == 6  # one trace per request, no more
+    by_request = {}
+    for spans in traces.values():
+        (server,) = [s for s in spans if s["kind"] == "server"]
+        by_request[server["attributes"]["sluice.request_id"]] = (server, [s for s in spans if s is not server])
+        assert server["service"] == "sluice-test"
+    for i in range(3):
+        server, children = by_request[f"t-{i}"]
+        assert server["name"] == "POST /v1/chat/completions"
+        assert server["attributes"]["http.response.status_code"] == 200
+        assert server["attributes"]["gen_ai.request.model"] == "gpt-4o-mini"
+        (attempt,) = children
+        assert (attempt["kind"], attempt["name"], attempt["parent"]) == ("client", "chat gpt-4o-mini",
+                                                                        server["span_id"])
+        attrs = attempt["attributes"]
+        assert (attrs["gen_ai.system"], attrs["gen_ai.operation.name"], attrs["gen_ai.request.model"]) == (
+            "openai", "chat", "gpt-4o-mini")
+        assert attrs["gen_ai.usage.input_tokens"] > 0 and attrs["gen_ai.usage.output_tokens"] == 10
+        assert attrs["http.response.status_code"] == 200
+        # the upstream got the attempt's context
+        headers = forwarded(mock_upstream.url, f"t-{i}")
+        assert headers["traceparent"][:-3] == f"00-{attempt['trace_id']}-{attempt['span_id']}"
+        assert sampled(headers["traceparent"])
+    # the caller's trace is continued, its parent kept, and carried upstream with its tracestate
+    server, (attempt,) = by_request["t-caller"]
+    assert (server["trace_id"], server["parent"]) == (CALLER_TRACE, CALLER_SPAN)
+    assert attempt["attributes"]["gen_ai.usage.output_tokens"] == 10  # from the stream's usage event
+    headers = forwarded(mock_upstream.url, "t-caller")
+    assert headers["traceparent"][:-3] == f"00-{CALLER_TRACE}-{attempt['span_id']}"
+    assert sampled(headers["traceparent"])
+    assert headers["tracestate"] == "vendor=1"
+    # errors are marked on both spans (status code 2 = ERROR)
+    server, (attempt,) = by_request["t-broken"]
+    assert server["status"] == 2 and server["attributes"]["error.type"] == "upstream_5xx"
+    assert attempt["status"] == 2 and attempt["attributes"]["http.response.status_code"] == 503
+    server, children = by_request["t-lost"]
+    assert server["name"] == "GET other" and children == []  # raw paths never name a span
+    assert server["attributes"]["error.type"] == "unknown_url"
+
+
+@pytest.mark.parametrize("traceparent", [
+    "garbage", f"00-{CALLER_TRACE}-{CALLER_SPAN}", f"00-{'0' * 32}-{CALLER_SPAN}-01",
+    f"00-{CALLER_TRACE.upper()}-{CALLER_SPAN}-01", "00-" + "x" * 200,
+])
+def test_a_malformed_traceparent_is_ignored_not_echoed(tmp_path, mock_upstream, receiver, traceparent) -> None:
+    gateway = traced_gateway(tmp_path, mock_upstream.url, receiver.url)
+    try:
+        reply = call(gateway.url, "POST", "/v1/chat/completions", CHAT,
+                     {"x-request-id": "bad-parent", "traceparent": traceparent})
+        assert reply.status == 200
+        assert traceparent not in str(reply.headers)
+        (spans,) = receiver.traces(1).values()
+    finally:
+        gateway.stop()
+    server = next(s for s in spans if s["kind"] == "server")
+    assert server["parent"] == "" and server["trace_id"] != CALLER_TRACE.lower()  # a new root trace
+    assert forwarded(mock_upstream.url, "bad-parent")["traceparent"] != traceparent
+
+
+def test_sampling_is_parent_based(tmp_path, mock_upstream, receiver) -> None:
+    gateway = traced_gateway(tmp_path, mock_upstream.url, receiver.url, sample_ratio=0)
+    try:
+        for i in range(5):  # new traces at ratio 0: none recorded, but the context still travels
+            assert call(gateway.url, "POST", "/v1/chat/completions", CHAT, {"x-request-id": f"s-{i}"}).status == 200
+        caller = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+        assert call(gateway.url, "POST", "/v1/chat/completions", CHAT,
+                    {"x-request-id": "s-parent", "traceparent": caller}).status == 200
+        receiver.traces(1)
+        time.sleep(0.5)  # any other export would have arrived by now (flush every 0.1 s)
+        traces = receiver.traces(1)
+    finally:
+        gateway.stop()
+    assert list(traces) == [CALLER_TRACE]  # only the caller's sampled trace
+    unsampled = forwarded(mock_upstream.url, "s-0")["traceparent"]
+    assert unsampled.startswith("00-") and not sampled(unsampled)
+
+
+def test_a_dead_exporter_costs_dropped_spans_not_requests(tmp_path, mock_upstream) -> None:
+    gateway = traced_gateway(tmp_path, mock_upstream.url, f"http://127.0.0.1:{free_port()}/v1/traces",
+                             timeout_s=0.2)
+    try:
+        for _ in range(20):
+            assert call(gateway.url, "POST", "/v1/chat/completions", CHAT).status == 200
+        deadline = time.monotonic() + 15
+        while (dropped := value(scrape(gateway.url), "sluice_trace_spans_dropped_total")) < 40:
+            assert time.monotonic() < deadline, f"dropped spans counted: {dropped}"
+            time.sleep(0.2)
+    finally:
+        gateway.stop()
+    assert dropped >= 40  # 20 server + 20 attempt spans at least (scrapes add their own)
+
+
+def test_a_stuck_exporter_never_blocks_requests(tmp_path, mock_upstream, receiver) -> None:
+    receiver.blocked.set()  # the receiver accepts the connection and never answers
+    gateway = traced_gateway(tmp_path, mock_upstream.url, receiver.url, queue_size=10, batch_size=5,
+                             timeout_s=30)
+    try:
+        for _ in range(100):  # would hang here if a request waited on the exporter
+            assert call(gateway.url, "POST", "/v1/chat/completions", CHAT, timeout=5).status == 200
+        samples = scrape(gateway.url)
+    finally:
+        receiver.release.set()
+        gateway.stop()
+    assert value(samples, "sluice_trace_spans_dropped_total") >= 150  # 200 spans, at most 10 queued + 5 in flight
+
+
+def test_the_access_log_carries_the_trace_id(tmp_path, mock_upstream, receiver) -> None:
+    log = tmp_path / "access.jsonl"
+    gateway = start_gateway(tmp_path, f"""
+observability:
+  access_log: true
+  access_log_path: "{log}"
+  tracing: {{enabled: true, endpoint: "{receiver.url}", flush_interval_s: 0.1}}
+providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}
+models: {{gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}}}
+""")
+    try:
+        assert call(gateway.url, "POST", "/v1/chat/completions", CHAT, {"x-request-id": "logged"}).status == 200
+        (trace_id,) = receiver.traces(1)
+    finally:
+        gateway.stop()  # writes the queued line
+    (line,) = [json.loads(text) for text in log.read_text().splitlines()]
+    assert (line["request_id"], line["trace_id"]) == ("logged", trace_id)
+
+
+def test_native_anthropic_answers_keep_their_usage_on_the_spans(tmp_path, mock_upstream, receiver) -> None:
+    gateway = start_gateway(tmp_path, f"""
+observability: {{tracing: {{enabled: true, endpoint: "{receiver.url}", flush_interval_s: 0.1}}}}
+providers: {{ant: {{kind: anthropic, base_url: "{mock_upstream.url}", api_keys: [k]}}}}
+models: {{claude: {{targets: [{{provider: ant, model: claude-3-5-haiku-latest}}]}}}}
+""")
+    try:
+        reply = call(gateway.url, "POST", "/v1/messages", {"model": "claude", "max_tokens": 100,
+                                                          "messages": [{"role": "user", "content": "hi"}]},
+                     {"anthropic-version": "2023-06-01", "x-api-key": "sk-x"})
+        (spans,) = receiver.traces(1).values()
+    finally:
+        gateway.stop()
+    assert reply.status == 200
+    attempt = next(s for s in spans if s["kind"] == "client")
+    assert attempt["attributes"]["gen_ai.usage.output_tokens"] == reply.json()["usage"]["output_tokens"] > 0
