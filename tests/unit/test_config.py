@@ -98,6 +98,32 @@ def test_missing_variable_names_the_path() -> None:
     (BASE + "ratelimit: {redis: 'http://x'}", "ratelimit.redis", "redis://"),
     (BASE + "ratelimit: {policies: [{name: a, scope: key, rate: 1, match: {models: [nope]}}]}",
      "ratelimit.policies[0].match.models[0]", "unknown model 'nope'"),
+    (BASE + "ratelimit: {quotas: [{name: q, scope: key, limit: 0}]}", "ratelimit.quotas[0].limit",
+     "must be more than zero"),
+    (BASE + "ratelimit: {quotas: [{name: q, scope: key, limit: -1}]}", "ratelimit.quotas[0].limit",
+     "must be more than zero"),
+    (BASE + "ratelimit: {quotas: [{name: q, scope: key, limit: .inf}]}", "ratelimit.quotas[0].limit",
+     "must be finite"),
+    (BASE + "ratelimit: {quotas: [{name: q, scope: key, limit: .nan}]}", "ratelimit.quotas[0].limit",
+     "must be finite"),
+    (BASE + "ratelimit: {quotas: [{name: a, scope: key, limit: 1}, {name: b, scope: ip, limit: 1}]}",
+     "ratelimit.quotas[1].scope", "per key, user or team, got 'ip'"),
+    (BASE + "ratelimit: {quotas: [{name: q, scope: global, limit: 1}]}", "ratelimit.quotas[0].scope",
+     "per key, user or team"),
+    (BASE + "ratelimit: {quotas: [{name: q, scope: key, limit: 1, period: week}]}", "ratelimit.quotas[0].period",
+     "invalid enum value 'week'"),
+    (BASE + "ratelimit: {quotas: [{name: q, scope: key, limit: 1}, {name: q, scope: user, limit: 1}]}",
+     "ratelimit.quotas[1].name", "unique"),
+    (BASE + "ratelimit: {policies: [{name: q, scope: key, rate: 1}], quotas: [{name: q, scope: key, limit: 1}]}",
+     "ratelimit.quotas[0].name", "unique"),
+    (BASE + "ratelimit: {quotas: [{name: q, scope: key, limit: 1, match: {models: [nope]}}]}",
+     "ratelimit.quotas[0].match.models[0]", "unknown model 'nope'"),
+    (BASE + "ratelimit: {timezone: Mars/Olympus_Mons}", "ratelimit.timezone", "unknown IANA time zone"),
+    (BASE + "ratelimit: {timezone: '../etc/passwd'}", "ratelimit.timezone", "unknown IANA time zone"),
+    (BASE + "ratelimit: {quota_sync_s: 0}", "ratelimit.quota_sync_s", "must be more than zero"),
+    (BASE + "ratelimit: {quota_sync_s: .inf}", "ratelimit.quota_sync_s", "must be finite"),
+    (BASE + "ratelimit: {quota_store: '', quotas: [{name: q, scope: key, limit: 1}]}", "ratelimit.quota_store",
+     "need a file"),
     (BASE.replace("targets: [{provider: mock, model: gpt-4o-mini}]", "targets: []"),
      "models.gpt-4o-mini.targets", "at least one target"),
     (BASE.replace("model: gpt-4o-mini}", "model: gpt-4o-mini, weight: 0}"), "models.gpt-4o-mini.targets[0].weight",
@@ -134,3 +160,14 @@ def test_quickstart_example_loads_with_and_without_env() -> None:
     assert set(config.models) == {"gpt-4o-mini", "text-embedding-3-small"}
     moved = load_config(path, env={"SLUICE_UPSTREAM": "http://10.1.2.3:1234"})
     assert moved.providers["mock"].base_url == "http://10.1.2.3:1234"
+
+
+def test_quotas_load_with_their_defaults() -> None:
+    config = parse(BASE + "ratelimit: {timezone: Europe/Paris, quotas: [{name: daily, scope: key, limit: 1000},"
+                          " {name: monthly-tokens, scope: team, limit: 5e6, unit: tokens, period: month}]}")
+    daily, monthly = config.ratelimit.quotas
+    assert (daily.unit.value, daily.period.value, daily.match.models) == ("requests", "day", ())
+    assert (monthly.scope.value, monthly.unit.value, monthly.period.value, monthly.limit) == (
+        "team", "tokens", "month", 5e6)
+    assert (config.ratelimit.timezone, config.ratelimit.quota_store, config.ratelimit.quota_sync_s) == (
+        "Europe/Paris", "sluice-quotas.db", 1.0)

@@ -22,6 +22,7 @@ from .model import (
     ModelConfig,
     ObservabilityConfig,
     PassthroughConfig,
+    PolicyConfig,
     ProviderConfig,
     RateLimitConfig,
     ServerConfig,
@@ -211,6 +212,7 @@ def _check_ratelimit(config: Config) -> None:
     if limits.redis is not None and not limits.redis.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("ratelimit.redis", f"must be a redis://, rediss:// or unix:// URL, got {limits.redis!r}")
     _positive("ratelimit.redis_timeout_s", limits.redis_timeout_s)
+    _positive("ratelimit.sync_interval_s", limits.sync_interval_s)
     _positive("ratelimit.default_max_tokens", limits.default_max_tokens)
     if limits.soft_limit is not None:
         _ratio("ratelimit.soft_limit", limits.soft_limit)
@@ -231,9 +233,56 @@ def _check_ratelimit(config: Config) -> None:
             _positive(f"{path}.burst", policy.burst)
         if policy.soft_limit is not None:
             _ratio(f"{path}.soft_limit", policy.soft_limit)
-        if policy.mode is not None and policy.mode.value == "distributed" and limits.redis is None:
-            raise ConfigError(f"{path}.mode", "a distributed policy needs ratelimit.redis")
+        if policy.mode is not None and policy.mode.value != "local" and limits.redis is None:
+            raise ConfigError(f"{path}.mode", f"a {policy.mode.value} policy needs ratelimit.redis")
+        _check_hybrid(path, policy, limits.sync_interval_s)
         for j, model in enumerate(policy.match.models):
+            if model not in config.models:
+                raise ConfigError(f"{path}.match.models[{j}]", f"unknown model {model!r}")
+    _check_quotas(config, names)
+
+
+def _check_hybrid(path: str, policy: PolicyConfig, sync_interval_s: float) -> None:
+    """A hybrid instance learns refills only at syncs, and Redis keeps no more than the capacity: what
+    refills in one interval must stay within half of it, or refills are lost (bench/hybrid_accuracy.py)."""
+    if policy.mode is None or policy.mode.value != "hybrid":
+        return
+    token_bucket = policy.algorithm.value == "token_bucket"
+    capacity = policy.burst if token_bucket and policy.burst is not None else policy.rate
+    refill = policy.rate / policy.period_s * sync_interval_s
+    if refill > capacity / 2:
+        raise ConfigError(f"{path}.mode", f"a hybrid policy must not refill more than half its capacity "
+                          f"({capacity:g}) in one sync interval ({refill:g} in ratelimit.sync_interval_s="
+                          f"{sync_interval_s:g}); lower sync_interval_s or raise the burst")
+
+
+def _check_quotas(config: Config, names: set[str]) -> None:
+    """Quotas: names unique among policies and quotas, a finite limit, a subject scope, a real time zone."""
+    import math
+    import zoneinfo
+
+    limits = config.ratelimit
+    try:
+        zoneinfo.ZoneInfo(limits.timezone)
+    except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
+        raise ConfigError("ratelimit.timezone", f"unknown IANA time zone {limits.timezone!r}") from None
+    _positive("ratelimit.quota_sync_s", limits.quota_sync_s)
+    if not math.isfinite(limits.quota_sync_s):
+        raise ConfigError("ratelimit.quota_sync_s", f"must be finite, got {limits.quota_sync_s}")
+    if limits.quotas and limits.redis is None and not limits.quota_store:
+        raise ConfigError("ratelimit.quota_store", "quotas need a file (or ratelimit.redis)")
+    for i, quota in enumerate(limits.quotas):
+        path = f"ratelimit.quotas[{i}]"
+        if not quota.name or quota.name in names:
+            raise ConfigError(f"{path}.name", f"must be a unique, non-empty name (policies and quotas), "
+                                              f"got {quota.name!r}")
+        names.add(quota.name)
+        if quota.scope.value not in ("key", "user", "team"):
+            raise ConfigError(f"{path}.scope", f"a quota counts per key, user or team, got {quota.scope.value!r}")
+        _positive(f"{path}.limit", quota.limit)
+        if not math.isfinite(quota.limit):
+            raise ConfigError(f"{path}.limit", f"must be finite, got {quota.limit}")
+        for j, model in enumerate(quota.match.models):
             if model not in config.models:
                 raise ConfigError(f"{path}.match.models[{j}]", f"unknown model {model!r}")
 

@@ -11,8 +11,8 @@ import enum
 import msgspec
 
 __all__ = ["Algorithm", "Config", "LimitMode", "ModelConfig", "ObservabilityConfig", "PassthroughConfig",
-           "PolicyConfig", "PolicyMatch", "ProviderConfig", "RateLimitConfig", "Scope", "ServerConfig", "TargetConfig",
-           "TracingConfig", "Unit", "UpstreamConfig"]
+           "PolicyConfig", "PolicyMatch", "ProviderConfig", "QuotaConfig", "QuotaPeriod", "RateLimitConfig", "Scope",
+           "ServerConfig", "TargetConfig", "TracingConfig", "Unit", "UpstreamConfig"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -128,6 +128,7 @@ class Algorithm(enum.Enum):
 class LimitMode(enum.Enum):
     LOCAL = "local"  # this instance's own buckets (compiled)
     DISTRIBUTED = "distributed"  # exact across instances: one Redis round trip per request
+    HYBRID = "hybrid"  # local admission, synced with Redis every sync_interval_s (bounded overshoot)
 
 
 class PolicyMatch(_Section, frozen=True):
@@ -152,10 +153,31 @@ class PolicyConfig(_Section, frozen=True):
     match: PolicyMatch = PolicyMatch()
 
 
+class QuotaPeriod(enum.Enum):
+    DAY = "day"  # ends at midnight in ratelimit.timezone
+    MONTH = "month"  # ends on the 1st at midnight in ratelimit.timezone
+
+
+class QuotaConfig(_Section, frozen=True):
+    """A daily or monthly allowance per key, user or team, kept in SQLite or Redis across restarts."""
+
+    name: str
+    scope: Scope  # key, user or team
+    limit: float  # units per calendar period
+    unit: Unit = Unit.REQUESTS
+    period: QuotaPeriod = QuotaPeriod.DAY
+    match: PolicyMatch = PolicyMatch()
+
+
 class RateLimitConfig(_Section, frozen=True):
     policies: tuple[PolicyConfig, ...] = ()
+    quotas: tuple[QuotaConfig, ...] = ()
+    timezone: str = "UTC"  # IANA name: where quota days and months begin
+    quota_store: str = "sluice-quotas.db"  # SQLite file of quota usage when redis is not set
+    quota_sync_s: float = 1.0  # how often quota usage is pushed to (and read back from) the store
     redis: str | None = None  # redis://host:port/db for distributed limits
     redis_timeout_s: float = 0.05  # the most a slow Redis adds to a request
+    sync_interval_s: float = 0.1  # hybrid policies: how often each instance pushes its takes to Redis
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
     default_max_tokens: int = 1024  # token reservation for a request that names no max_tokens
     soft_limit: float | None = None  # default for every policy

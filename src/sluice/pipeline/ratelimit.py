@@ -16,11 +16,28 @@ the provider's usage afterwards, giving back or taking the difference.
 A Redis that fails or is slower than ``redis_timeout_s`` costs at most that
 timeout: a ``fail_open`` policy falls back to its local bucket (counted), the
 others answer 503.  Policies of scope user and team wait for authentication.
+
+**Hybrid** policies are for rates too high for a round trip per request: each
+instance (each worker) admits from its own credit, without waiting: Redis' level
+at the last sync minus what it took since.  Every ``sync_interval_s`` it pushes
+those takes to the Redis bucket or window in one pipelined round trip and adopts
+the (signed) level Redis answers.  Refills reach an instance only through syncs,
+so check-config refuses a bucket that would fill within one sync interval.  The
+trade-off: between two syncs each of N instances may spend the whole credit it
+last saw, so a burst can admit up to (N - 1) x the capacity (burst, or a
+window's limit) more than the limit; that excess is kept in full as debt in
+Redis, never clamped, and the next syncs hand it to every instance, so over
+longer spans the admitted rate is the limit (bench/hybrid_accuracy.py measures
+both).  A subject an instance has not synced yet (or forgot, idle long enough
+to be full again) starts full there.  While Redis
+fails, hybrid policies go on from their credit (``fail_open``, still refilled by
+nothing) or answer 503 until a sync succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -36,6 +53,7 @@ from ..errors import GatewayError
 if TYPE_CHECKING:
     from ..server.exchange import Exchange
     from ..state.redis_limits import RedisLimiter
+    from .quotas import Quotas, QuotaTaken
 
 __all__ = ["Admission", "LimiterDown", "RateLimited", "RateLimits", "TokensLimited", "duration", "key_id"]
 
@@ -63,7 +81,7 @@ def key_id(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()[:24]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity: a key of the hybrid sync's maps
 class Policy:
     name: str
     scope: str
@@ -73,6 +91,7 @@ class Policy:
     burst: float
     algorithm: str
     distributed: bool
+    hybrid: bool
     fail_open: bool
     soft: float | None
     models: frozenset[str]
@@ -89,8 +108,9 @@ class Policy:
     def build(cls, config: PolicyConfig, limits: RateLimitConfig) -> Policy:
         burst = config.burst if config.burst is not None else config.rate
         mode = config.mode.value if config.mode is not None else ("distributed" if limits.redis else "local")
+        shared = limits.redis is not None
         return cls(config.name, config.scope.value, config.unit.value == "tokens", config.rate, config.period_s,
-                   burst, config.algorithm.value, mode == "distributed" and limits.redis is not None,
+                   burst, config.algorithm.value, mode == "distributed" and shared, mode == "hybrid" and shared,
                    config.fail_open, config.soft_limit if config.soft_limit is not None else limits.soft_limit,
                    frozenset(config.match.models), frozenset(config.match.routes),
                    frozenset(key_id(k) for k in config.match.keys),
@@ -111,18 +131,30 @@ class Admission:
 
     taken: list[Taken] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)
+    quota: QuotaTaken | None = None  # what the daily and monthly quotas took
 
 
 class RateLimits:
-    def __init__(self, config: RateLimitConfig, redis: RedisLimiter | None = None) -> None:
+    def __init__(self, config: RateLimitConfig, redis: RedisLimiter | None = None,
+                 quotas: Quotas | None = None) -> None:
         self.policies = [Policy.build(p, config) for p in config.policies]
         self.redis = redis
+        self.quotas = quotas
         self.default_max_tokens = config.default_max_tokens
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in config.trusted_proxies]
-        self._wants_key = any(p.scope == "key" or p.keys for p in self.policies)
-        self.remote = any(p.distributed for p in self.policies)  # some policy needs Redis: admit() awaits
-        self.fails_closed = any(p.distributed and not p.fail_open for p in self.policies)
+        self._wants_key = any(p.scope == "key" or p.keys for p in self.policies) or quotas is not None
+        # admit() awaits: some policy needs Redis, or a quota its store the first time it meets a subject
+        self.remote = any(p.distributed for p in self.policies) or quotas is not None
+        self.fails_closed = any((p.distributed or p.hybrid) and not p.fail_open for p in self.policies)
         self._pending: set[asyncio.Task[None]] = set()
+        self.sync_interval = config.sync_interval_s
+        self._sync_timeout = max(config.redis_timeout_s, config.sync_interval_s)
+        self._unsynced: dict[tuple[Policy, str], float] = {}  # hybrid: taken here since the last sync
+        self._credit: dict[tuple[Policy, str], float] = {}  # hybrid: Redis' level at the last sync - takes since
+        self._active: dict[tuple[Policy, str], float] = {}  # hybrid: last local take, to refresh the view
+        self._sync_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.hybrid_down = False  # the last hybrid sync failed
 
     def admit_local(self, ex: Exchange, route: str, model: str, body_size: int,
                     max_tokens: int | None) -> Admission | None:
@@ -130,6 +162,8 @@ class RateLimits:
         wanted = self._wanted(ex, route, model, body_size, max_tokens)
         if not wanted:
             return None
+        if self.hybrid_down:
+            _refuse_unsynced(wanted)
         now = time.monotonic()
         self._check_local(wanted, now)
         return self._take_local(wanted, now, Admission())
@@ -137,14 +171,36 @@ class RateLimits:
     async def admit(self, ex: Exchange, route: str, model: str, body_size: int,
                     max_tokens: int | None) -> Admission | None:
         """Admits the request or raises RateLimited / LimiterDown; the admission carries its headers."""
-        wanted = self._wanted(ex, route, model, body_size, max_tokens)
+        subject_key, estimate = self._key_and_estimate(ex, body_size, max_tokens)
+        wanted = self._policies_for(ex, route, model, subject_key, estimate)
+        quota = await self._admit_quotas(route, model, subject_key, estimate)
+        if not wanted and quota is None:
+            return None
+        admission = Admission(quota=quota)
+        try:
+            return await self._admit_policies(wanted, admission)
+        except (RateLimited, LimiterDown):
+            if quota is not None and self.quotas is not None:
+                self.quotas.refund(quota)  # a rejection takes nothing from the quotas either
+            raise
+
+    async def _admit_quotas(self, route: str, model: str, subject_key: str | None,
+                            estimate: float) -> QuotaTaken | None:
+        quotas = self.quotas
+        if quotas is None:
+            return None
+        wanted = quotas.wanted(route, model, subject_key, None, None, estimate)  # user, team: with authentication
         if not wanted:
             return None
+        return quotas.admit_cached(wanted) or await quotas.admit(wanted)
+
+    async def _admit_policies(self, wanted: list[Wanted], admission: Admission) -> Admission:
+        if self.hybrid_down:
+            _refuse_unsynced(wanted)
         now = time.monotonic()
         local = [w for w in wanted if not w[0].distributed]
         remote = [w for w in wanted if w[0].distributed]
         self._check_local(local, now)
-        admission = Admission()
         if remote:
             await self._take_remote(remote, local, admission)
             now = time.monotonic()
@@ -161,9 +217,15 @@ class RateLimits:
                 self._adjust_remote(policy, subject, cost)
 
     def _wanted(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None) -> list[Wanted]:
+        return self._policies_for(ex, route, model, *self._key_and_estimate(ex, body_size, max_tokens))
+
+    def _key_and_estimate(self, ex: Exchange, body_size: int, max_tokens: int | None) -> tuple[str | None, float]:
+        """The caller's key id (when some policy or quota counts per key) and the request's token estimate."""
         key = _presented_key(ex) if self._wants_key else None
-        subject_key = key_id(key) if key else None
-        estimate = float(body_size // 4 + (max_tokens if max_tokens else self.default_max_tokens))
+        return key_id(key) if key else None, float(body_size // 4 + (max_tokens or self.default_max_tokens))
+
+    def _policies_for(self, ex: Exchange, route: str, model: str, subject_key: str | None,
+                      estimate: float) -> list[Wanted]:
         wanted = []
         for policy in self.policies:
             subject = self._subject(policy, ex, route, model, subject_key)
@@ -174,6 +236,10 @@ class RateLimits:
     def _take_local(self, local: list[Wanted], now: float, admission: Admission) -> Admission:
         taken = admission.taken
         for policy, subject, cost in local:
+            if policy.hybrid:
+                self._hybrid_take(policy, subject, cost, now)
+                taken.append((policy, subject, cost, False, *self._hybrid_view(policy, subject)))
+                continue
             limiter = policy.local
             limiter.consume(subject, cost, now)
             taken.append((policy, subject, cost, False, limiter.remaining(subject, now),
@@ -181,6 +247,8 @@ class RateLimits:
         for entry in taken:
             entry[0].count("admitted")
         admission.headers, warned = _state_headers(taken)
+        if admission.quota is not None and self.quotas is not None:
+            admission.headers += self.quotas.headers(admission.quota)
         if warned is not None:
             warned.count("warned")
             log.info("soft rate limit passed on policy %s", warned.name)
@@ -212,6 +280,12 @@ class RateLimits:
 
     def _check_local(self, wanted: list[Wanted], now: float) -> None:
         for policy, subject, cost in wanted:
+            if policy.hybrid:
+                wait = self._hybrid_wait(policy, subject, cost)
+                if wait > 0:
+                    self._active[policy, subject] = now  # still asked for: kept in the sync
+                    self._reject(policy, wait, [(policy, subject, cost, False, *self._hybrid_view(policy, subject))])
+                continue
             wait = policy.local.check(subject, cost, now)
             if wait > 0:
                 self._reject(policy, wait, [(policy, subject, cost, False, policy.local.remaining(subject, now),
@@ -259,7 +333,9 @@ class RateLimits:
     def settle(self, admission: Admission, tokens_used: int) -> None:
         """Gives back (or takes) the difference between a token reservation and the usage reported."""
         if tokens_used < 0:
-            return  # no usage reported: the reservation stands
+            return
+        if admission.quota is not None and self.quotas is not None:
+            self.quotas.settle(admission.quota, tokens_used)  # no usage reported: the reservation stands
         now = time.monotonic()
         for policy, subject, cost, remote, _, _ in admission.taken:
             if not policy.tokens:
@@ -267,6 +343,8 @@ class RateLimits:
             delta = cost - tokens_used
             if remote:
                 self._adjust_remote(policy, subject, delta)
+            elif policy.hybrid:
+                self._hybrid_take(policy, subject, -delta, now)
             else:
                 policy.local.adjust(subject, delta, now)
 
@@ -284,6 +362,100 @@ class RateLimits:
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("settling tokens on Redis failed: %s", task.exception())
+
+    # -- hybrid mode -------------------------------------------------------------------------
+
+    def _hybrid_take(self, policy: Policy, subject: str, cost: float, now: float) -> None:
+        key = (policy, subject)
+        self._credit[key] = self._credit.get(key, policy.capacity) - cost
+        self._unsynced[key] = self._unsynced.get(key, 0.0) + cost
+        self._active[key] = now
+        if self._sync_task is None:
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync_forever())
+
+    def _hybrid_wait(self, policy: Policy, subject: str, cost: float) -> float:
+        """0 when the credit covers ``cost``; else the seconds until the refill would (learnt at a sync)."""
+        credit = self._credit.get((policy, subject), policy.capacity)
+        if cost <= credit:
+            return 0.0
+        if cost > policy.capacity:
+            return math.inf
+        return max((cost - credit) * policy.period / policy.limit, self.sync_interval)
+
+    def credit(self, policy_name: str, subject: str) -> float:
+        """What this instance may still take on a hybrid policy before its next sync (signed)."""
+        policy = next(p for p in self.policies if p.name == policy_name)
+        return self._credit.get((policy, subject), policy.capacity)
+
+    def _hybrid_view(self, policy: Policy, subject: str) -> tuple[float, float]:
+        """(remaining, seconds until full) as this instance sees them."""
+        credit = self._credit.get((policy, subject), policy.capacity)
+        return max(credit, 0.0), (policy.capacity - credit) * policy.period / policy.limit
+
+    async def _sync_forever(self) -> None:
+        # A flag as well as the cancel: redis-py may turn a cancellation into a connection error,
+        # which sync() takes for Redis failing.
+        while not self._closing:
+            await asyncio.sleep(self.sync_interval)
+            await self.sync()
+
+    async def sync(self) -> None:
+        """Pushes the hybrid takes of this instance to Redis and adopts Redis' levels as its credit.
+
+        Subjects taken from in the last ten intervals are refreshed even when idle here, so that
+        another instance's spending reaches this one's view before its next request.
+        """
+        assert self.redis is not None
+        from ..state.redis_limits import Check, LimiterUnavailable
+
+        now = time.monotonic()
+        self._active = {key: at for key, at in self._active.items() if not self._forgotten(key, at, now)}
+        for key in self._credit.keys() - self._active.keys():
+            del self._credit[key]
+        pushed, self._unsynced = self._unsynced, {}
+        keys = list(self._active.keys() | pushed.keys())
+        if not keys:
+            return
+        takes = [Check(p.name, s, p.algorithm, p.limit, p.period, p.burst, pushed.get((p, s), 0.0)) for p, s in keys]
+        try:
+            levels = await self.redis.sync(takes, self._sync_timeout)
+        except LimiterUnavailable as exc:
+            for key, cost in pushed.items():  # kept for the next sync: nothing taken here is forgotten
+                self._unsynced[key] = self._unsynced.get(key, 0.0) + cost
+            for policy in {p for p, _ in keys}:
+                policy.count("redis_unavailable")
+            if not self.hybrid_down:
+                log.warning("hybrid rate-limit sync failed (%s): serving from local buckets%s", exc,
+                            "; fail-closed hybrid policies answer 503" if self.fails_closed else "")
+            self.hybrid_down = True
+            return
+        self.hybrid_down = False
+        for key, level in zip(keys, levels, strict=True):
+            # What was taken here while Redis answered is not in Redis' level yet.
+            self._credit[key] = level - self._unsynced.get(key, 0.0)
+
+    def _forgotten(self, key: tuple[Policy, str], at: float, now: float) -> bool:
+        """A subject nobody asked for here in ten sync intervals, long enough that its bucket is full
+        again unless others took from it: it leaves the sync, and starts full here if it comes back."""
+        policy = key[0]
+        refill = (policy.capacity - self._credit.get(key, policy.capacity)) * policy.period / policy.limit
+        return now - at > max(10 * self.sync_interval, refill)
+
+    async def aclose(self) -> None:
+        """Stops the hybrid sync after a last push, and closes the Redis client."""
+        self._closing = True
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+            self._sync_task = None
+            await self.sync()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.quotas is not None:
+            await self.quotas.aclose()
 
     def client_ip(self, ex: Exchange) -> str:
         """The caller's address: the peer, or the right-most untrusted hop of X-Forwarded-For behind trusted proxies."""
@@ -309,6 +481,15 @@ class RateLimits:
         now = time.monotonic()
         for policy in self.policies:
             policy.local.sweep(now)
+
+
+def _refuse_unsynced(wanted: list[Wanted]) -> None:
+    """503 for a fail-closed hybrid policy while its syncs with Redis fail."""
+    for policy, _, _ in wanted:
+        if policy.hybrid and not policy.fail_open:
+            policy.count("redis_unavailable")
+            raise LimiterDown(f"The rate limiter is unavailable for policy '{policy.name}'; the request was not "
+                              "sent.", code="ratelimiter_unavailable")
 
 
 def _presented_key(ex: Exchange) -> str | None:

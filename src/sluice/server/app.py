@@ -93,6 +93,7 @@ class RequestContext:
         "ttft_s",
         "upstream_s",
         "upstream_status",
+        "usage_asked",
         "user",
         "wire",
     )
@@ -113,6 +114,7 @@ class RequestContext:
         self.answer: bytes | None = None  # the tail of the answer where usage is
         self.request_body: bytes | None = None  # only with observability.log_bodies
         self.trace: Trace | None = None
+        self.usage_asked = False  # the gateway asked the upstream for stream usage the caller did not ask for
         self.traceparent: str | None = None  # the caller's, for the access log when tracing is off
         # Set by the stages that know them (authentication, retries, cache) once those land.
         self.key_prefix: str | None = None
@@ -346,8 +348,13 @@ class Gateway:
                              if limits.remote else
                              limits.admit_local(ex, endpoint, request.model, len(body), _max_tokens(request)))
         call = Call(endpoint, "POST", body, bool(request.stream), ctx.request_id, target.model)
-        if target.model != request.model and not target.provider.translates(call):
-            call.body = rename_model(body, target.model)
+        if not target.provider.translates(call):
+            if (self.keep_answer or ctx.admission is not None) and _usage_unasked(call, request):
+                # Someone needs the tokens the caller did not ask for: ask for them; the relay hides them.
+                ctx.usage_asked = True
+                call.body = _asking_usage(body, target.model if target.model != request.model else None)
+            elif target.model != request.model:
+                call.body = rename_model(body, target.model)
         await self._forward(ex, ctx, target, call)
 
     def _target(self, request: Any, endpoint: str) -> Target:
@@ -427,7 +434,7 @@ class Gateway:
         translator = chain(provider.stream(call), egress.stream() if egress is not None else None)
         headers = ctx.headers(*relay_headers(response))
         if translator is None:
-            relayed = await relay_stream(ex, response, headers)
+            relayed = await relay_stream(ex, response, headers, ctx.usage_asked)
             ctx.answer = relayed.usage
         else:
             relayed = await relay_translated(ex, response, headers, translator)
@@ -540,6 +547,8 @@ class Gateway:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
+        if self.limits is not None:
+            await self.limits.aclose()
         self.close_logs()
 
     def close_logs(self) -> None:
@@ -566,19 +575,57 @@ def _open_metrics(config: Config) -> Metrics | None:
 
 def _open_limits(config: Config, metrics: Metrics | None) -> RateLimits | None:
     limits = config.ratelimit
-    if not limits.policies:
+    if not limits.policies and not limits.quotas:
         return None
     redis = None
     if limits.redis is not None:
         from ..state.redis_limits import RedisLimiter, connect  # loaded only when Redis is configured
 
         redis = RedisLimiter(connect(limits.redis, limits.redis_timeout_s), timeout_s=limits.redis_timeout_s)
-    rate_limits = RateLimits(limits, redis)
+    quotas = None
+    if limits.quotas:
+        from ..pipeline.quotas import Quotas
+        from ..state.quota_store import open_quota_store
+
+        quotas = Quotas(limits, open_quota_store(limits))
+    rate_limits = RateLimits(limits, redis, quotas)
     if metrics is not None:
         metrics.counters["sluice_ratelimit_decisions"] = (
             "Rate-limit decisions by policy: admitted, rejected, warned, redis_unavailable.", ("policy", "decision"),
             rate_limits.decision_counts)
+        if quotas is not None:
+            metrics.counters["sluice_quota_decisions"] = (
+                "Quota decisions by quota: admitted, rejected, store_unavailable.", ("quota", "decision"),
+                quotas.decision_counts)
     return rate_limits
+
+
+def _usage_unasked(call: Call, request: Any) -> bool:
+    """A streamed chat call whose caller did not ask for its usage (stream_options.include_usage)."""
+    if not call.stream or call.endpoint != "/v1/chat/completions":
+        return False
+    options = request.stream_options
+    return options is None or options.include_usage is not True
+
+
+def _asking_usage(body: bytes, model: str | None) -> bytes:
+    """A chat body with stream_options.include_usage on (and renamed to ``model`` unless None).
+
+    Without a rename or a stream_options key of its own (the usual case) the key is appended to the
+    object as it is, every byte kept; otherwise the body is parsed once and the options merged.
+    """
+    if model is None and b'"stream_options"' not in body:
+        head = body.rstrip()
+        if head.endswith(b"}"):
+            head = head[:-1].rstrip()
+            return head + (b'"stream_options":{"include_usage":true}}' if head.endswith(b"{") else
+                           b',"stream_options":{"include_usage":true}}')
+    data = orjson.loads(body)
+    if model is not None:
+        data["model"] = model
+    options = data.get("stream_options")
+    data["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return orjson.dumps(data)
 
 
 def _max_tokens(request: Any) -> int | None:

@@ -28,7 +28,7 @@ def _gateway() -> Gateway:
 
 def rsgi_app() -> RSGIApp:
     gateway = _gateway()
-    return RSGIApp(gateway.handle, on_shutdown=gateway.close_logs)
+    return RSGIApp(gateway.handle, on_shutdown=gateway.close)
 
 
 def asgi_app() -> ASGIApp:

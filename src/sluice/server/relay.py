@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -11,7 +12,7 @@ from ..providers import StreamTranslator
 from ..upstream import Response, UpstreamError
 from .exchange import ClientGone, Exchange, Headers
 
-__all__ = ["Relayed", "relay_headers", "relay_stream", "relay_translated", "split_events"]
+__all__ = ["Relayed", "hide_usage", "relay_headers", "relay_stream", "relay_translated", "split_events"]
 
 # Hop-by-hop headers, headers the server writes itself, and cookies the caller has no use for.
 _NOT_RELAYED = frozenset((
@@ -47,9 +48,48 @@ class Relayed:
     __slots__ = ("error", "first_event_at", "usage")
 
     def __init__(self) -> None:
-        self.usage: bytes | None = None  # the last relayed events that mention usage
+        self.usage: bytes | None = None  # the last events that mention usage (relayed, or hidden from the caller)
         self.first_event_at = -1.0  # perf_counter() when the first bytes of the body arrived
         self.error: str | None = None  # the code of the error event that ended the stream, if one did
+
+
+# The usage the gateway asked for behind the caller's back (stream_options.include_usage), in the spellings
+# other than OpenAI's compact one: "usage": null as a later key, or as the first one.
+_USAGE_NULL = re.compile(rb'\s*,\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,\s*')
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n")
+
+
+def hide_usage(events: bytes) -> tuple[bytes, bytes | None]:
+    """Whole SSE events without the usage the caller did not ask for: (what the caller gets, the usage event).
+
+    The gateway turned include_usage on upstream to learn the tokens; the caller
+    gets the stream it would have had: the usage-only chunk (empty choices, a
+    usage object) is held back, and the ``"usage":null`` the upstream adds to
+    every other chunk is taken out.  In JSON text ``"usage"`` followed by a
+    colon can only be a key (a quote inside a string is escaped), so the bytes
+    are edited without parsing.  Called only for events that mention usage.
+    """
+    events = events.replace(b',"usage":null', b"")
+    if b'"usage"' not in events:
+        return events, None
+    if events.count(b'"usage"') != events.count(b'"usage":{'):  # another spelling (spaces, first key)
+        events = _USAGE_NULL.sub(b"", events)
+    if _EMPTY_CHOICES.search(events) is None:
+        return events, None
+    kept: list[bytes] = []
+    usage = None
+    start = 0
+    for end in _EVENT_END.finditer(events):
+        event = events[start:end.end()]
+        start = end.end()
+        if _USAGE_OBJECT.search(event) is not None and _EMPTY_CHOICES.search(event) is not None:
+            usage = event
+        else:
+            kept.append(event)
+    kept.append(events[start:])  # nothing, unless an oversized event was passed on in pieces
+    return b"".join(kept), usage
 
 
 def _error_event(message: str, code: str) -> bytes:
@@ -57,7 +97,7 @@ def _error_event(message: str, code: str) -> bytes:
     return b"data: " + body + b"\n\n"
 
 
-async def relay_stream(ex: Exchange, response: Response, headers: Headers) -> Relayed:
+async def relay_stream(ex: Exchange, response: Response, headers: Headers, hiding_usage: bool = False) -> Relayed:
     """Relays an SSE stream whole events at a time, as they arrive.
 
     A slow caller slows the upstream read where the server's ``write`` waits for
@@ -65,6 +105,7 @@ async def relay_stream(ex: Exchange, response: Response, headers: Headers) -> Re
     the client's buffer fills and the upstream socket read pauses.  A caller
     that leaves closes the upstream connection at once.  If the upstream fails mid-stream, the caller gets the
     events that were complete and then an error event, never half a line.
+    ``hiding_usage``: the gateway asked for the usage, the caller did not (see ``hide_usage``).
     """
     pending = b""
     relayed = Relayed()
@@ -99,7 +140,14 @@ async def relay_stream(ex: Exchange, response: Response, headers: Headers) -> Re
             pending = chunk[end:]
             out = chunk[:end] if pending else chunk
             if b'"usage"' in out:
-                relayed.usage = out
+                if not hiding_usage:
+                    relayed.usage = out
+                else:
+                    out, usage = hide_usage(out)
+                    if usage is not None:
+                        relayed.usage = usage
+                    if not out:
+                        continue
             await ex.write(out)
         await ex.end_stream()
     except ClientGone:

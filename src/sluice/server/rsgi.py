@@ -95,9 +95,10 @@ class RSGIApp:
     """An RSGI application around a handler of Exchanges."""
 
     def __init__(self, handler: Callable[[Exchange], Awaitable[None]],
-                 on_shutdown: Callable[[], None] | None = None) -> None:
+                 on_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
         self._handler = handler
         self._on_shutdown = on_shutdown
+        self._closing: asyncio.Task[None] | None = None
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto == "http":
@@ -107,5 +108,12 @@ class RSGIApp:
         pass
 
     def __rsgi_del__(self, loop: Any) -> None:
-        if self._on_shutdown is not None:
-            self._on_shutdown()
+        # Granian calls this once the worker's loop has stopped serving: the loop can run the
+        # shutdown (last rate-limit and quota syncs, connections closed, logs written) to its end.
+        # (Granian's embedded server calls it from inside its running loop: then it is scheduled.)
+        if self._on_shutdown is None:
+            return
+        if loop.is_running():
+            self._closing = loop.create_task(self._on_shutdown())
+        else:
+            loop.run_until_complete(self._on_shutdown())

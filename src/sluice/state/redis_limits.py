@@ -79,8 +79,9 @@ SCRIPT = """
 -- (s), burst, cost.  All checks are evaluated, then all are consumed only if all
 -- admit.  Reply: {all admitted, then per check: admitted, remaining,
 -- reset_after, retry_after}.  "adjust": one key, the same five values with a
--- delta (> 0 gives back, < 0 takes more) for the cost; reply: {remaining,
--- reset_after}.  Numbers go back as strings (a Lua number would be truncated).
+-- delta (> 0 gives back, < 0 takes more) for the cost, and optionally the
+-- lowest a bucket may go (default -burst); reply: {remaining, reset_after}.
+-- Numbers go back as strings (a Lua number would be truncated).
 -- Time is Redis' clock in microseconds (exact in a double).
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -172,7 +173,8 @@ if ARGV[1] == 'adjust' then
   local c = parse(KEYS[1], 2)
   local delta = c.cost
   if c.algo == 'tb' then
-    local tokens = math.max(-c.burst, math.min(c.burst, tb_read(c) + delta))
+    local floor = tonumber(ARGV[7]) or -c.burst
+    local tokens = math.max(floor, math.min(c.burst, tb_read(c) + delta))
     tb_write(c, tokens)
     local remaining, reset = tb_describe(c, tokens)
     return {str(remaining), str(reset)}
@@ -225,6 +227,7 @@ return reply
 """
 
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+_NO_FLOOR = "-1e300"  # a bucket's debt, kept in full
 
 _ALGORITHMS = {"token_bucket": "tb", "sliding_window": "sw"}
 _POLICY_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
@@ -331,6 +334,25 @@ class RedisLimiter:
                 await self._eval(1, name, "adjust", _code(algorithm), limit, period, burst, delta)
         except _FAILURES as exc:
             raise LimiterUnavailable(f"rate-limit Redis: {_describe(exc)}") from exc
+
+    async def sync(self, takes: Sequence[Check], timeout_s: float | None = None) -> list[float]:
+        """Takes each check's cost without checking it (a negative cost gives back) and answers each
+        subject's remaining units, signed: the hybrid mode's batched sync.
+
+        One pipelined round trip of ``adjust`` calls (one per node on a cluster).  The debt of a
+        bucket is kept in full (not clamped at -burst as settlements are): it is what the instances
+        overspent together, and paying it back is what brings them back to the limit.
+        """
+        if not takes:
+            return []
+        calls = [(key_name(self.prefix, c.algorithm, c.policy_id, c.key), "adjust", _code(c.algorithm), c.limit,
+                  c.period, c.burst, -c.cost, _NO_FLOOR) for c in takes]
+        try:
+            async with asyncio.timeout(self.timeout_s if timeout_s is None else timeout_s):
+                replies = await self._pipeline(calls)
+        except _FAILURES as exc:
+            raise LimiterUnavailable(f"rate-limit Redis: {_describe(exc)}") from exc
+        return [float(reply[0]) for reply in replies]
 
     async def ping(self) -> float:
         """The round trip to Redis in seconds (readiness, health details); raises LimiterUnavailable."""

@@ -1,0 +1,426 @@
+"""Quotas: daily and monthly allowances of requests or tokens per key, user or team, kept across restarts.
+
+A quota applies to the requests its ``match`` fits (models, routes, caller
+keys) and counts per subject: the caller's key (``key:<key_id>``, a hash,
+never the key), its user or its team (``user:<id>``, ``team:<id>``; those
+come with authentication, until then such quotas never apply).  A request
+costs 1 on a requests quota and its token estimate on a tokens quota; it is
+admitted only when every quota that applies admits it, and a rejection by one
+takes nothing from the others.  Token quotas settle afterwards with the usage
+the provider reported, like the token rate limits.
+
+Periods are calendar days and months in ``ratelimit.timezone``: a day ends at
+the next local midnight, a month on the 1st (``period_bounds``; a DST change
+makes a day of 23 or 25 hours, up to 27 in a few Antarctic zones).  Each
+period has its own counter, named by its id ("2026-11-23", "2026-11"), so a
+new period starts from 0 and an old one is forgotten by the store a day after
+it ended.
+
+**Where the numbers live.**  The store (``sluice.state.quota_store``: a SQLite
+file shared by the workers of one host, or Redis shared by every instance)
+holds what was used.  Each process keeps, per (quota, subject, period) it has
+seen: ``used``, the store's total as last heard, and ``pending``, what it
+admitted (or settled) since it last told the store.  The hot path never waits
+on the store except the first time a process meets a (quota, subject, period):
+``admit`` loads that counter once (``admit_cached`` answers None until then).
+From then on a request is admitted in memory when ``used + pending + cost <=
+limit``.  A background task, started on the running loop at first use, sends
+every ``quota_sync_s`` one ``add`` with the pending deltas of every counter
+asked for in the last minute (0 for one with nothing pending) and takes the
+totals it answers as the new ``used``: that is how the workers and instances
+learn about each other, even a process that only reads a counter.
+
+**Slack.**  Between two syncs each process decides from its own view, so a
+quota can be exceeded by what the other processes admit before they hear of
+each other: with N processes in all (instances times workers), by at most
+(N - 1) times what one process admits in one ``quota_sync_s``.  A process that
+was idle for a while starts from an older view, and its excess is bounded the
+same way: by what it admits until its next sync, at most ``quota_sync_s``
+later.  A single process on its own never exceeds a quota, except by tokens
+reported beyond their estimate (settled after the response) and while the
+store is down (fail open, below).
+
+**Failures.**  When the store fails (a load or a sync), quotas fail open: a
+counter that could not be loaded starts from 0 (or keeps what was cached),
+each failure counts ``store_unavailable`` for the quotas involved, one warning
+is logged per failure episode, and pending deltas are kept for the next sync,
+never dropped.  While the store is down a new counter is not loaded at all
+(no request waits for a store known to be down); the next sync that succeeds
+brings every counter back in line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from ..config import QuotaConfig, RateLimitConfig
+from ..state.quota_store import QuotaStore, QuotaStoreUnavailable
+from .ratelimit import RateLimited, TokensLimited, duration, key_id
+
+__all__ = ["Quota", "QuotaExceeded", "QuotaTaken", "QuotaWant", "Quotas", "TokenQuotaExceeded", "period_bounds"]
+
+log = logging.getLogger("sluice.quotas")
+
+_SWEEP_EVERY_S = 60.0
+_REFRESHED_FOR_S = 60.0  # a counter asked for within this is refreshed at every sync
+
+
+class QuotaExceeded(RateLimited):
+    """429 on a requests quota (OpenAI's error type "requests"), code ``quota_exceeded``."""
+
+
+class TokenQuotaExceeded(QuotaExceeded, TokensLimited):
+    """429 on a tokens quota (error type "tokens")."""
+
+
+def period_bounds(period: str, zone: ZoneInfo, now_epoch: float) -> tuple[str, float]:
+    """The id of the calendar period holding ``now_epoch`` in ``zone`` and the epoch second it ends.
+
+    A day ("2026-11-23") ends at the next local midnight, a month ("2026-11")
+    on the 1st of the next at midnight.  A midnight that does not exist (a
+    zone whose clocks jump forward at 00:00) is the instant of the jump.
+    """
+    local = datetime.fromtimestamp(now_epoch, zone)
+    if period == "day":
+        nxt = local.date() + timedelta(days=1)
+        return (f"{local.year:04d}-{local.month:02d}-{local.day:02d}",
+                datetime(nxt.year, nxt.month, nxt.day, tzinfo=zone).timestamp())
+    if period == "month":
+        year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+        return f"{local.year:04d}-{local.month:02d}", datetime(year, month, 1, tzinfo=zone).timestamp()
+    raise ValueError(f"unknown quota period {period!r}")
+
+
+@dataclass(slots=True, eq=False)
+class Quota:
+    """One configured quota, built once."""
+
+    name: str
+    scope: str
+    tokens: bool
+    limit: float
+    period: str  # "day" | "month"
+    models: frozenset[str]
+    routes: frozenset[str]
+    keys: frozenset[str]  # key ids (hashes)
+    counts: dict[str, int] = field(default_factory=dict)  # decision -> count
+
+    @classmethod
+    def build(cls, config: QuotaConfig) -> Quota:
+        return cls(config.name, config.scope.value, config.unit.value == "tokens", config.limit, config.period.value,
+                   frozenset(config.match.models), frozenset(config.match.routes),
+                   frozenset(key_id(k) for k in config.match.keys))
+
+    @property
+    def unit(self) -> str:
+        return "tokens" if self.tokens else "requests"
+
+    def count(self, decision: str) -> None:
+        self.counts[decision] = self.counts.get(decision, 0) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaWant:
+    """What a request asks of one quota."""
+
+    quota: Quota
+    subject: str  # "key:<key_id>", "user:<id>", "team:<id>"
+    cost: float
+
+
+@dataclass(slots=True, eq=False)
+class _Counter:
+    """This process's view of one (quota, subject, period)."""
+
+    quota: Quota
+    subject: str
+    period: str
+    ends: float  # epoch second
+    used: float = 0.0  # the store's total, as last heard
+    inflight: float = 0.0  # sent to the store, not answered yet
+    pending: float = 0.0  # admitted or settled here, not sent yet
+    loaded: bool = False  # used holds the store's word (or the store failed and 0 stands in)
+    asked_at: float = 0.0  # the last request that wanted it (clock), to keep it refreshed while in use
+    loading: asyncio.Task[None] | None = None
+
+    def remaining(self) -> float:
+        return self.quota.limit - (self.used + self.inflight + self.pending)
+
+
+@dataclass(slots=True)
+class QuotaTaken:
+    """What a request took from each quota, for its headers and for settling its tokens."""
+
+    entries: list[tuple[QuotaWant, _Counter]] = field(default_factory=list)
+    remaining: list[float] = field(default_factory=list)  # after this request, per entry
+
+
+class Quotas:
+    def __init__(self, config: RateLimitConfig, store: QuotaStore, clock: Callable[[], float] = time.time) -> None:
+        self.quotas = [Quota.build(q) for q in config.quotas]
+        self.store = store
+        self.zone = ZoneInfo(config.timezone)
+        self.sync_s = config.quota_sync_s
+        self._clock = clock
+        self._bounds: dict[str, tuple[str, float, float]] = {}  # period -> (id, ends, computed at)
+        self._current: dict[tuple[str, str], _Counter] = {}  # (quota, subject) -> its current period's counter
+        self._touched: set[_Counter] = set()  # to send at the next sync
+        self._lock = asyncio.Lock()  # one sync at a time
+        self._task: asyncio.Task[None] | None = None
+        self._down = False  # in a store failure episode
+        self._closed = False
+        self._sweep_at = 0.0
+
+    def wanted(self, route: str, model: str, key_id: str | None, user: str | None, team: str | None,
+               tokens_estimate: float) -> list[QuotaWant]:
+        """The quotas this request falls under (``key_id`` is ``ratelimit.key_id`` of the key presented)."""
+        wanted = []
+        for quota in self.quotas:
+            if quota.models and model not in quota.models:
+                continue
+            if quota.routes and route not in quota.routes:
+                continue
+            if quota.keys and key_id not in quota.keys:
+                continue
+            ident = key_id if quota.scope == "key" else user if quota.scope == "user" else team
+            if ident is None:
+                continue
+            wanted.append(QuotaWant(quota, f"{quota.scope}:{ident}", tokens_estimate if quota.tokens else 1.0))
+        return wanted
+
+    def admit_cached(self, wanted: list[QuotaWant]) -> QuotaTaken | None:
+        """The admission from memory, no await; None when a counter must be loaded first (then await ``admit``).
+
+        Raises QuotaExceeded.
+        """
+        now = self._clock()
+        counters = [self._counter(w, now) for w in wanted]
+        if not all(c.loaded for c in counters):
+            return None
+        return self._take(wanted, counters, now)
+
+    async def admit(self, wanted: list[QuotaWant]) -> QuotaTaken:
+        """Admits the request (loading the counters met for the first time) or raises QuotaExceeded."""
+        counters = [self._counter(w, self._clock()) for w in wanted]
+        missing = [c for c in counters if not c.loaded]
+        while missing:
+            await self._load(missing)
+            missing = [c for c in missing if not c.loaded]
+        return self._take(wanted, counters, self._clock())
+
+    def settle(self, taken: QuotaTaken, tokens_used: int) -> None:
+        """Replaces the token estimate by the usage reported (tokens_used < 0: unknown, the estimate stands)."""
+        if tokens_used < 0:
+            return
+        for want, counter in taken.entries:
+            if want.quota.tokens and tokens_used != want.cost:
+                counter.pending += tokens_used - want.cost  # in the period the request was admitted in
+                self._touched.add(counter)
+        self._ensure_sync()
+
+    def refund(self, taken: QuotaTaken) -> None:
+        """Gives back everything a request took: another stage refused it after the quotas admitted it."""
+        for want, counter in taken.entries:
+            counter.pending -= want.cost
+            self._touched.add(counter)
+
+    def headers(self, taken: QuotaTaken) -> list[tuple[str, str]]:
+        """x-sluice-quota-{limit,remaining,reset}-{requests,tokens} of the tightest quota of each unit."""
+        return _headers(list(zip(taken.entries, taken.remaining, strict=True)), self._clock())
+
+    def decision_counts(self) -> dict[tuple[str, ...], int]:
+        """(quota, decision) -> count, for /metrics; decisions are admitted, rejected and store_unavailable."""
+        return {(q.name, decision): n for q in self.quotas for decision, n in q.counts.items()}
+
+    async def flush(self) -> None:
+        """Sends the pending deltas now (and refreshes the counters touched)."""
+        async with self._lock:
+            await self._push()
+
+    async def aclose(self) -> None:
+        """Stops the background sync, sends what is pending, closes the store (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
+            task, self._task = self._task, None
+            if task is not None:
+                task.cancel()  # it sleeps or waits for the lock: never cancelled inside a store call
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush()
+        lost = sum(abs(c.pending) for c in self._touched)
+        if lost:
+            log.warning("quota store unavailable at shutdown: %g units of quota usage were not saved", lost)
+        await self.store.aclose()
+
+    def _period(self, period: str, now: float) -> tuple[str, float]:
+        bounds = self._bounds.get(period)
+        if bounds is None or not bounds[2] <= now < bounds[1]:
+            ident, ends = period_bounds(period, self.zone, now)
+            bounds = self._bounds[period] = (ident, ends, now)
+        return bounds[0], bounds[1]
+
+    def _counter(self, want: QuotaWant, now: float) -> _Counter:
+        ident, ends = self._period(want.quota.period, now)
+        key = (want.quota.name, want.subject)
+        counter = self._current.get(key)
+        if counter is None or counter.period != ident:  # a new subject, or a new period: from 0 in it
+            counter = self._current[key] = _Counter(want.quota, want.subject, ident, ends)
+            if self._down:  # no request waits for a store known to be down: 0 stands in until a sync answers
+                counter.loaded = True
+                self._touched.add(counter)
+                want.quota.count("store_unavailable")
+        return counter
+
+    def _take(self, wanted: list[QuotaWant], counters: list[_Counter], now: float) -> QuotaTaken:
+        for counter in counters:
+            counter.asked_at = now
+        for want, counter in zip(wanted, counters, strict=True):
+            if want.cost > counter.remaining():
+                self._touched.update(counters)  # refreshed at the next sync: others may have given back
+                self._ensure_sync()
+                self._reject(want, counter, wanted, counters, now)
+        taken = QuotaTaken()
+        for want, counter in zip(wanted, counters, strict=True):
+            counter.pending += want.cost
+            self._touched.add(counter)
+            want.quota.count("admitted")
+            taken.entries.append((want, counter))
+            taken.remaining.append(counter.remaining())
+        if wanted:
+            self._ensure_sync()
+        return taken
+
+    def _reject(self, want: QuotaWant, counter: _Counter, wanted: list[QuotaWant], counters: list[_Counter],
+                now: float) -> None:
+        quota = want.quota
+        quota.count("rejected")
+        wait = counter.ends - now
+        resets = datetime.fromtimestamp(counter.ends, self.zone)
+        headers = _headers([((w, c), c.remaining()) for w, c in zip(wanted, counters, strict=True)], now)
+        headers.append(("retry-after", str(max(1, math.ceil(wait)))))
+        kind = TokenQuotaExceeded if quota.tokens else QuotaExceeded
+        raise kind(f"Quota '{quota.name}' reached on {quota.unit}: limit {quota.limit:g} per {quota.period}. "
+                   f"It resets at {resets:%Y-%m-%d %H:%M} {self.zone.key} (in {duration(wait)}).",
+                   code="quota_exceeded", headers=tuple(headers))
+
+    async def _load(self, missing: list[_Counter]) -> None:
+        fresh = [c for c in missing if c.loading is None]
+        if fresh:
+            task = asyncio.get_running_loop().create_task(self._load_batch(fresh), name="sluice-quota-load")
+            for counter in fresh:
+                counter.loading = task
+        for task in {c.loading for c in missing if c.loading is not None}:
+            await asyncio.shield(task)  # a caller that goes away does not cancel the others' load
+
+    async def _load_batch(self, counters: list[_Counter]) -> None:
+        try:
+            found = await self.store.load([(c.quota.name, c.subject, c.period) for c in counters])
+        except QuotaStoreUnavailable as exc:
+            self._failed(exc, counters, "loading")
+            found = [0.0] * len(counters)  # fail open: from 0 until a sync answers
+            self._touched.update(counters)
+            self._ensure_sync()
+        else:
+            self._recovered()
+        finally:
+            for counter in counters:
+                counter.loading = None
+        for counter, used in zip(counters, found, strict=True):
+            counter.used = used
+            counter.loaded = True
+
+    async def _push(self) -> None:
+        """One ``add`` of every touched counter's pending delta; their ``used`` becomes the store's answer."""
+        recent = self._clock() - _REFRESHED_FOR_S
+        batch = list(self._touched.union(c for c in self._current.values() if c.loaded and c.asked_at >= recent))
+        self._touched.clear()
+        if not batch:
+            self._sweep(self._clock())
+            return
+        for counter in batch:
+            counter.inflight, counter.pending = counter.pending, 0.0
+        try:
+            totals = await self.store.add([(c.quota.name, c.subject, c.period, c.inflight, c.ends) for c in batch])
+        except BaseException as exc:
+            for counter in batch:  # kept for the next sync, never lost
+                counter.pending += counter.inflight
+                counter.inflight = 0.0
+            self._touched.update(batch)
+            if not isinstance(exc, QuotaStoreUnavailable):
+                raise
+            self._failed(exc, batch, "syncing")
+            return
+        self._recovered()
+        for counter, total in zip(batch, totals, strict=True):
+            counter.used = total
+            counter.inflight = 0.0
+        self._sweep(self._clock())
+
+    def _sweep(self, now: float) -> None:
+        """Forgets the counters of periods that ended (their deltas were sent)."""
+        if now < self._sweep_at:
+            return
+        self._sweep_at = now + _SWEEP_EVERY_S
+        for key, counter in list(self._current.items()):
+            if counter.ends <= now and counter not in self._touched and counter.loading is None:
+                del self._current[key]
+
+    def _failed(self, exc: QuotaStoreUnavailable, counters: list[_Counter], doing: str) -> None:
+        for quota in {c.quota.name: c.quota for c in counters}.values():
+            quota.count("store_unavailable")
+        if not self._down:
+            self._down = True
+            log.warning("quota store unavailable while %s (%s): quotas fail open from what is cached until it "
+                        "answers; usage is kept for the next sync", doing, exc)
+
+    def _recovered(self) -> None:
+        if self._down:
+            self._down = False
+            log.warning("quota store answers again: quotas are enforced")
+
+    def _ensure_sync(self) -> None:
+        """Starts the background sync on the running loop (the first use, or after a loop change)."""
+        if self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test driving the stage by hand): flush() sends
+            return
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._sync_loop(), name="sluice-quota-sync")
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sync_s)
+            try:
+                await self.flush()
+            except Exception:  # a bug, not the store (that fails open): keep syncing
+                log.exception("quota sync failed")
+
+
+def _headers(states: list[tuple[tuple[QuotaWant, _Counter], float]], now: float) -> list[tuple[str, str]]:
+    headers: list[tuple[str, str]] = []
+    for tokens in (False, True):
+        tightest: tuple[Quota, _Counter, float] | None = None
+        ratio = math.inf
+        for (want, counter), remaining in states:
+            if want.quota.tokens is tokens and remaining / want.quota.limit < ratio:
+                tightest, ratio = (want.quota, counter, remaining), remaining / want.quota.limit
+        if tightest is None:
+            continue
+        quota, counter, remaining = tightest
+        headers += [(f"x-sluice-quota-limit-{quota.unit}", f"{quota.limit:g}"),
+                    (f"x-sluice-quota-remaining-{quota.unit}", str(max(0, math.floor(remaining)))),
+                    (f"x-sluice-quota-reset-{quota.unit}", duration(counter.ends - now))]
+    return headers

@@ -1,0 +1,173 @@
+"""The Redis quota store against a real redis-server (never the machine's Redis on 6379)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from sluice.pipeline.quotas import QuotaExceeded, Quotas
+from sluice.state.quota_store import KEEP_AFTER_END_S, QuotaStoreUnavailable, RedisQuotaStore, quota_key
+from sluice.state.redis_limits import connect
+from tests.redis_server import RedisServer, encode
+from tests.unit.test_quotas import Clock, at, limits, run, store_contract, want
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One server for the tests that only read and write keys (each under its own prefix)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of the test's own, for tests that pause, kill or restart it."""
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    return f"test:{request.node.name}"
+
+
+@asynccontextmanager
+async def quota_store(url: str, prefix: str, timeout_s: float = 1.0) -> AsyncIterator[RedisQuotaStore]:
+    store = RedisQuotaStore(connect(url, timeout_s), prefix=prefix, timeout_s=timeout_s)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+@asynccontextmanager
+async def raw(url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def test_redis_store_contract(redis_server: RedisServer, prefix: str) -> None:
+    async def scenario() -> None:
+        async with quota_store(redis_server.url, prefix) as store:
+            await store_contract(store)
+
+    run(scenario)
+
+
+def test_keys_are_hash_tagged_escaped_and_expire_a_day_after_their_period(redis_server: RedisServer,
+                                                                          prefix: str) -> None:
+    ends = time.time() + 3600
+
+    async def scenario() -> None:
+        async with quota_store(redis_server.url, prefix) as store, raw(redis_server.url) as client:
+            await store.add([("daily", "key:abc", "2026-11-23", 2.0, ends), ("a:b}", "{c", "2026-11", 1.0, ends)])
+            names = sorted([k.decode() async for k in client.scan_iter(f"{prefix}:*")])
+            assert names == [f"{prefix}:{{a%3Ab%7D:%7Bc}}:2026-11", f"{prefix}:{{daily:key:abc}}:2026-11-23"]
+            assert names[1] == quota_key(prefix, "daily", "key:abc", "2026-11-23")
+            expires = await client.expiretime(names[1])
+            assert expires == int(ends + KEEP_AFTER_END_S)
+            await store.add([("daily", "key:abc", "2026-11-23", 1.0, ends)])  # each add sets it again
+            assert await client.expiretime(names[1]) == expires
+            assert float(await client.get(names[1])) == 3.0
+
+    run(scenario)
+
+
+def test_a_dead_redis_is_unavailable_then_used_again_after_restart(own_redis: RedisServer, prefix: str) -> None:
+    entry = ("daily", "key:abc", "2026-11-23")
+    ends = time.time() + 3600
+
+    async def scenario() -> None:
+        async with quota_store(own_redis.url, prefix, timeout_s=0.2) as store:
+            assert await store.add([(*entry, 1.0, ends)]) == [1.0]
+            own_redis.kill()
+            for call in (lambda: store.load([entry]), lambda: store.add([(*entry, 1.0, ends)])):
+                with pytest.raises(QuotaStoreUnavailable) as caught:
+                    await call()
+                assert caught.value.__cause__ is not None
+            own_redis.restart()  # empty: nothing persisted
+            assert await store.add([(*entry, 1.0, ends)]) == [1.0]
+            assert await store.load([entry]) == [1.0]
+
+    run(scenario)
+
+
+def test_a_stalled_redis_is_unavailable_within_the_timeout(own_redis: RedisServer, prefix: str) -> None:
+    entry = ("daily", "key:abc", "2026-11-23")
+
+    async def scenario() -> None:
+        async with quota_store(own_redis.url, prefix, timeout_s=0.05) as store:
+            assert await store.load([entry]) == [0.0]  # connected
+            with socket.create_connection(("127.0.0.1", own_redis.port), timeout=5) as stall:
+                stall.sendall(encode("DEBUG", "SLEEP", "0.5"))
+                await asyncio.sleep(0.05)  # the server is asleep now
+                with pytest.raises(QuotaStoreUnavailable) as caught:
+                    await store.load([entry])
+                assert isinstance(caught.value.__cause__, TimeoutError)
+                assert "no answer in time" in str(caught.value)
+                assert stall.recv(16) == b"+OK\r\n"  # awake again
+            assert await store.load([entry]) == [0.0]  # the same store, a fresh connection
+
+    run(scenario)
+
+
+def test_two_gateways_share_quotas_through_redis(redis_server: RedisServer, prefix: str) -> None:
+    clock = Clock(at("UTC", 2026, 11, 23, 12))
+    config = limits({"name": "daily", "scope": "key", "limit": 5})
+
+    async def scenario() -> None:
+        a = Quotas(config, RedisQuotaStore(connect(redis_server.url, 1.0), prefix=prefix, timeout_s=1.0), clock)
+        b = Quotas(config, RedisQuotaStore(connect(redis_server.url, 1.0), prefix=prefix, timeout_s=1.0), clock)
+        try:
+            await a.admit(want(a))
+            a.admit_cached(want(a))
+            await a.flush()
+            await b.admit(want(b))  # loads 2
+            for _ in range(2):
+                b.admit_cached(want(b))
+            with pytest.raises(QuotaExceeded):
+                b.admit_cached(want(b))
+            await b.flush()
+            assert a.admit_cached(want(a)) is not None  # the slack: a has not heard of b until its next sync
+            await a.flush()
+            with pytest.raises(QuotaExceeded):
+                a.admit_cached(want(a))
+            with pytest.raises(QuotaExceeded):
+                b.admit_cached(want(b))
+            await b.flush()  # b only rejected since its last sync: refreshed all the same
+            assert b._current[("daily", "key:k1")].used == 6
+        finally:
+            await a.aclose()
+            await b.aclose()
+        async with raw(redis_server.url) as client:
+            assert float(await client.get(f"{prefix}:{{daily:key:k1}}:2026-11-23")) == 6.0
+
+    run(scenario)
+
+
+def test_redis_cluster_store(tmp_path: Path, prefix: str) -> None:
+    """A one-node Redis Cluster: the pipelines go node by node, the contract holds."""
+
+    async def scenario(url: str) -> None:
+        client: Any = redis.asyncio.RedisCluster.from_url(url, socket_timeout=1.0)
+        store = RedisQuotaStore(client, prefix=prefix, timeout_s=1.0)
+        try:
+            await store_contract(store)
+        finally:
+            await store.aclose()
+
+    with RedisServer(tmp_path / "cluster", cluster=True) as server:
+        run(lambda: scenario(server.url))
