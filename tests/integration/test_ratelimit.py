@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import openai
@@ -140,3 +141,31 @@ def test_anthropic_callers_get_429s_in_their_shape(tmp_path, mock_upstream) -> N
         gateway.stop()
     assert refused.status == 429 and refused.headers["retry-after"]
     assert refused.json()["type"] == "error" and refused.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_passthrough_endpoints_are_limited_too(tmp_path, mock_upstream) -> None:
+    gateway = start_gateway(tmp_path, f"""
+passthrough: {{provider: mock}}
+ratelimit:
+  policies:
+    - {{name: audio-per-key, scope: key, rate: 3, period_s: 60, match: {{routes: [/v1/audio]}}}}
+    - {{name: key-tokens, scope: key, unit: tokens, rate: 10000, period_s: 60}}
+providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}
+models:
+  gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}
+""")
+    speech = {"model": "tts-1", "input": "hello", "voice": "alloy"}
+    key = {"authorization": "Bearer sk-audio"}
+    try:
+        replies = []
+        for _ in range(4):
+            replies.append(call(gateway.url, "POST", "/v1/audio/speech", speech, key))
+            time.sleep(0.1)  # each request is settled once its answer has gone
+    finally:
+        gateway.stop()
+    assert [r.status for r in replies] == [200, 200, 200, 429]
+    assert "audio-per-key" in replies[3].json()["error"]["message"]
+    # A passthrough answer is not read for usage: each token reservation went back whole, so every
+    # request saw the bucket full but for its own reservation (requests still count).
+    reservation = len(json.dumps(speech).encode()) // 4 + 1024
+    assert [int(r.headers["x-ratelimit-remaining-tokens"]) for r in replies[:3]] == [10000 - reservation] * 3

@@ -92,6 +92,13 @@ def test_missing_variable_names_the_path() -> None:
      "ratelimit.policies[0].unit", "invalid enum value 'dollars'"),
     (BASE + "ratelimit: {policies: [{name: a, scope: key, rate: 1, mode: distributed}]}",
      "ratelimit.policies[0].mode", "needs ratelimit.redis"),
+    (BASE + "ratelimit: {policies: [{name: a, scope: key, rate: 1, mode: hybrid}]}",
+     "ratelimit.policies[0].mode", "a hybrid policy needs ratelimit.redis"),
+    (BASE + "ratelimit: {redis: 'redis://x', sync_interval_s: 0.5, policies: [{name: a, scope: global, "
+     "rate: 1000, period_s: 1, burst: 100, mode: hybrid}]}", "ratelimit.policies[0].mode",
+     "must not refill more than half its capacity (100) in one sync interval (500"),
+    (BASE + "ratelimit: {redis: 'redis://x', sync_interval_s: 0}", "ratelimit.sync_interval_s",
+     "must be more than zero"),
     (BASE + "ratelimit: {policies: [{name: a, scope: key, rate: 1}, {name: a, scope: ip, rate: 1}]}",
      "ratelimit.policies[1].name", "unique"),
     (BASE + "ratelimit: {trusted_proxies: [not-a-net]}", "ratelimit.trusted_proxies[0]", "not an IP network"),

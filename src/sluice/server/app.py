@@ -20,7 +20,15 @@ import orjson
 
 from .._native import USAGE_TAIL, RequestIds, token_counts, valid_request_id
 from ..config import Config, ObservabilityConfig
-from ..errors import BadGateway, GatewayError, GatewayTimeout, InvalidRequest, MethodNotAllowed, NotFound
+from ..errors import (
+    BadGateway,
+    GatewayError,
+    GatewayTimeout,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
 from ..observability.access_log import AccessLog
 from ..observability.health import Health, Probe
 from ..observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -54,6 +62,7 @@ __all__ = ["Gateway", "create_gateway"]
 log = logging.getLogger("sluice.gateway")
 
 JSON = "application/json"
+DISCARD_LIMIT = 16 * 2**20  # a refused body is read (and dropped) up to this much before the 413
 # gen_ai.operation.name of each endpoint (OpenTelemetry GenAI conventions).
 _OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion", "/v1/embeddings": "embeddings",
                "/v1/messages": "chat"}
@@ -238,8 +247,10 @@ class Gateway:
         _count_tokens(ctx)
         if ctx.admission is not None and self.limits is not None:
             used = ctx.tokens_in + ctx.tokens_out if ctx.tokens_in >= 0 and ctx.tokens_out >= 0 else -1
-            if used < 0 and (ctx.upstream_status is None or status >= 400):
-                used = 0  # nothing was generated: the whole token reservation goes back
+            if used < 0 and (ctx.upstream_status is None or status >= 400 or passthrough_route(route) is not None):
+                # Nothing was generated, or a passthrough answer the gateway does not read for usage:
+                # the whole token reservation goes back (requests still count).
+                used = 0
             self.limits.settle(ctx.admission, used)
         if metrics is not None:
             metrics.in_flight -= 1
@@ -278,6 +289,8 @@ class Gateway:
     async def _send_error(self, ex: Exchange, ctx: RequestContext, exc: GatewayError) -> None:
         if ex.started:
             return  # the head went out already; a stream ends itself with an error event
+        if isinstance(exc, PayloadTooLarge):
+            await ex.discard_body(DISCARD_LIMIT)  # so that the 413 is read, not reset away
         headers = ctx.headers(("content-type", JSON), *exc.headers)
         with contextlib.suppress(ClientGone):
             await ex.respond(exc.status, headers, exc.body(ctx.wire))
@@ -344,9 +357,7 @@ class Gateway:
         target = self._target(request, endpoint)  # an unknown model or capability is refused before any charge
         limits = self.limits
         if limits is not None:
-            ctx.admission = (await limits.admit(ex, endpoint, request.model, len(body), _max_tokens(request))
-                             if limits.remote else
-                             limits.admit_local(ex, endpoint, request.model, len(body), _max_tokens(request)))
+            ctx.admission = await _admit(limits, ex, endpoint, request.model, len(body), _max_tokens(request))
         call = Call(endpoint, "POST", body, bool(request.stream), ctx.request_id, target.model)
         if not target.provider.translates(call):
             if (self.keep_answer or ctx.admission is not None) and _usage_unasked(call, request):
@@ -461,6 +472,9 @@ class Gateway:
             raise NotFound(f"No provider serves {ex.method} {ex.path[:200]}: name a model with an openai-kind "
                            "target in the body, or set passthrough.provider.", code="unknown_url")
         ctx.provider = provider.name
+        if self.limits is not None:  # uploads count as requests; their tokens, if any, settle from usage
+            size = len(body) if isinstance(body, bytes) else 0
+            ctx.admission = await _admit(self.limits, ex, ctx.route, ctx.model or "", size, None)
         target = provider.prefix + path + (f"?{quote(ex.query, safe=_QUERY_SAFE)}" if ex.query else "")
         headers = [(name, value) for name in FORWARDED_HEADERS if (value := ex.header(name)) is not None]
         headers += [("x-request-id", ctx.request_id), *provider.next_auth(), *provider.extra_headers()]
@@ -516,9 +530,7 @@ class Gateway:
             raise _unsupported(exc, target.provider) from None
         limits = self.limits
         if limits is not None:
-            ctx.admission = (await limits.admit(ex, "/v1/messages", request.model, len(body), request.max_tokens)
-                             if limits.remote else
-                             limits.admit_local(ex, "/v1/messages", request.model, len(body), request.max_tokens))
+            ctx.admission = await _admit(limits, ex, "/v1/messages", request.model, len(body), request.max_tokens)
         await self._forward(ex, ctx, target, call, egress)
 
     async def _count_tokens(self, ex: Exchange, ctx: RequestContext) -> None:
@@ -626,6 +638,14 @@ def _asking_usage(body: bytes, model: str | None) -> bytes:
     options = data.get("stream_options")
     data["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     return orjson.dumps(data)
+
+
+async def _admit(limits: RateLimits, ex: Exchange, route: str, model: str, body_size: int,
+                 max_tokens: int | None) -> Admission | None:
+    """The rate limits' and quotas' admission: without an await when every policy is local."""
+    if limits.remote:
+        return await limits.admit(ex, route, model, body_size, max_tokens)
+    return limits.admit_local(ex, route, model, body_size, max_tokens)
 
 
 def _max_tokens(request: Any) -> int | None:

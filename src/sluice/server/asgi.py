@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ..errors import PayloadTooLarge
-from .exchange import ClientGone, Exchange, Headers, check_declared_length
+from .exchange import DISCARD_TIMEOUT_S, ClientGone, Exchange, Headers, check_declared_length
 
 __all__ = ["ASGIApp", "ASGIExchange"]
 
@@ -56,6 +57,19 @@ class ASGIExchange:
                 raise PayloadTooLarge.over(limit)
             if not message.get("more_body", False):
                 return bytes(parts)
+
+    async def discard_body(self, limit: int) -> None:
+        drained = 0
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(DISCARD_TIMEOUT_S):
+                while drained <= limit:
+                    message = await self._receive()
+                    if message["type"] == "http.disconnect":
+                        self.gone = True
+                        return
+                    drained += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        return
 
     async def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
         length = self.header("content-length")

@@ -12,7 +12,9 @@ from typing import Protocol
 
 from ..errors import InvalidRequest, PayloadTooLarge
 
-__all__ = ["ClientGone", "Exchange", "Headers", "check_declared_length"]
+__all__ = ["DISCARD_TIMEOUT_S", "ClientGone", "Exchange", "Headers", "check_declared_length"]
+
+DISCARD_TIMEOUT_S = 2.0  # the most a refused body is read for, to be dropped
 
 Headers = list[tuple[str, str]]
 
@@ -43,6 +45,13 @@ class Exchange(Protocol):
 
     def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
         """The body piece by piece as it arrives (for relaying uploads without buffering them)."""
+
+    async def discard_body(self, limit: int) -> None:
+        """Reads and drops what is left of the body, up to ``limit`` bytes.
+
+        Before refusing a body: a connection closed on unread bytes is reset, and the reset can
+        destroy the refusal before the client reads it (nginx's lingering close, in short).
+        """
 
     async def respond(self, status: int, headers: Headers, body: bytes) -> None:
         """Sends a complete response."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported, not in __all__
 
 from ..errors import PayloadTooLarge
-from .exchange import ClientGone, Exchange, Headers, check_declared_length
+from .exchange import DISCARD_TIMEOUT_S, ClientGone, Exchange, Headers, check_declared_length
 
 __all__ = ["RSGIApp", "RSGIExchange"]
 
@@ -64,6 +65,15 @@ class RSGIExchange:
             if size > limit:
                 raise PayloadTooLarge.over(limit)
             yield chunk
+
+    async def discard_body(self, limit: int) -> None:
+        drained = 0
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(DISCARD_TIMEOUT_S):
+                async for chunk in self._proto:
+                    drained += len(chunk)
+                    if drained > limit:
+                        return
 
     async def respond(self, status: int, headers: Headers, body: bytes) -> None:
         self.started = True
