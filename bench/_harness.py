@@ -444,20 +444,26 @@ def nginx_argv(tmp: Path, conf: Path, name: str) -> list[str]:
 # -- wrk ---------------------------------------------------------------------------------
 
 
-def ensure_wrk() -> None:
-    """wrk must be on PATH; installed with apt-get when running as root, else a clear exit."""
-    if shutil.which("wrk"):
+def ensure_tools() -> None:
+    """wrk and nginx (the fast upstream) must be on PATH; installed with apt-get when running as root."""
+    for tool, package in (("wrk", "wrk"), ("nginx", "nginx")):
+        _ensure_tool(tool, package)
+
+
+def _ensure_tool(tool: str, package: str) -> None:
+    if shutil.which(tool):
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        sys.exit("bench: wrk is not installed. Install it (e.g. `sudo apt-get install -y wrk`) and run again.")
-    log("wrk is missing: apt-get install -y wrk")
+        sys.exit(f"bench: {tool} is not installed. Install it (e.g. `sudo apt-get install -y {package}`) and "
+                 "run again.")
+    log(f"{tool} is missing: apt-get install -y {package}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(["apt-get", "install", "-y", "wrk"], env=env, timeout=300)
+    done = subprocess.run(["apt-get", "install", "-y", package], env=env, timeout=300)
     if done.returncode != 0:
         subprocess.run(["apt-get", "update"], env=env, timeout=300)
-        subprocess.run(["apt-get", "install", "-y", "wrk"], env=env, timeout=300)
-    if not shutil.which("wrk"):
-        sys.exit("bench: installing wrk with apt-get failed; install it and run again.")
+        subprocess.run(["apt-get", "install", "-y", package], env=env, timeout=300)
+    if not shutil.which(tool):
+        sys.exit(f"bench: installing {package} with apt-get failed; install it and run again.")
 
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}

@@ -34,7 +34,7 @@ from _harness import (
     Pinning,
     Processes,
     WrkResult,
-    ensure_wrk,
+    ensure_tools,
     facts_table,
     fmt_ms,
     fmt_other,
@@ -87,7 +87,7 @@ def main() -> int:
     warmup = 1.0 if args.quick else 2.0
     repeat = max(1, args.repeat)
 
-    ensure_wrk()
+    ensure_tools()
     facts = machine_facts()
     fingerprint = src_fingerprint()
     pin = Pinning.detect()

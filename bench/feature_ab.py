@@ -28,7 +28,7 @@ from _harness import (
     VENV_BIN,
     Processes,
     WrkResult,
-    ensure_wrk,
+    ensure_tools,
     facts_table,
     fmt_ms,
     fmt_ratio,
@@ -82,7 +82,7 @@ def main() -> int:
         parser.error("give --on and --off, or at least two --variant LABEL=YAML")
     concurrencies = [int(c) for c in args.connections.split(",")]
     pythonpaths = dict(v.split("=", 1) for v in args.pythonpath)
-    ensure_wrk()
+    ensure_tools()
     tmp = Path(tempfile.mkdtemp(prefix="sluice-ab-"))
     results: dict[tuple[str, int], list[WrkResult]] = {}
     with Processes(tmp) as procs:

@@ -39,7 +39,7 @@ from _harness import (
     Pinning,
     Processes,
     WrkResult,
-    ensure_wrk,
+    ensure_tools,
     facts_table,
     fmt_delta,
     fmt_ms,
@@ -141,7 +141,7 @@ def main() -> int:
     if duration < 1:
         parser.error("--duration must be at least 1 s")
 
-    ensure_wrk()
+    ensure_tools()
     facts = machine_facts()
     fingerprint = src_fingerprint()  # before any load: the load average is the machine's own
     pin = Pinning.detect()

@@ -58,8 +58,11 @@ def test_a_daily_request_quota_refuses_with_headers_and_survives_a_restart(tmp_p
         replies = [call(gateway.url, "POST", "/v1/chat/completions", CHAT, ALICE) for _ in range(4)]
         other = call(gateway.url, "POST", "/v1/chat/completions", CHAT, BOB)
         anonymous = call(gateway.url, "POST", "/v1/chat/completions", CHAT)
+        metrics = call(gateway.url, "GET", "/metrics").body.decode()
     finally:
         gateway.stop()
+    assert 'sluice_quota_decisions_total{decision="admitted",quota="daily-requests"} 4.0' in metrics
+    assert 'sluice_quota_decisions_total{decision="rejected",quota="daily-requests"} 1.0' in metrics
     assert [r.status for r in replies] == [200, 200, 200, 429]
     assert [r.headers["x-sluice-quota-remaining-requests"] for r in replies] == ["2", "1", "0", "0"]
     assert all(r.headers["x-sluice-quota-limit-requests"] == "3" for r in replies)

@@ -20,18 +20,19 @@ others answer 503.  Policies of scope user and team wait for authentication.
 **Hybrid** policies are for rates too high for a round trip per request: each
 instance (each worker) admits from its own credit, without waiting: Redis' level
 at the last sync minus what it took since.  Every ``sync_interval_s`` it pushes
-those takes to the Redis bucket or window in one pipelined round trip and adopts
-the (signed) level Redis answers.  Refills reach an instance only through syncs,
-so check-config refuses a bucket that would fill within one sync interval.  The
-trade-off: between two syncs each of N instances may spend the whole credit it
-last saw, so a burst can admit up to (N - 1) x the capacity (burst, or a
-window's limit) more than the limit; that excess is kept in full as debt in
-Redis, never clamped, and the next syncs hand it to every instance, so over
-longer spans the admitted rate is the limit (bench/hybrid_accuracy.py measures
-both).  A subject an instance has not synced yet (or forgot, idle long enough
-to be full again) starts full there.  While Redis
-fails, hybrid policies go on from their credit (``fail_open``, still refilled by
-nothing) or answer 503 until a sync succeeds.
+those takes to the Redis bucket in one pipelined round trip and adopts the
+(signed) level Redis answers.  Refills reach an instance only through syncs, so
+check-config refuses a bucket that would refill more than half its burst in one
+sync interval.  The trade-off: between two syncs each of N instances may spend
+the whole credit it last saw, so a burst can admit up to (N - 1) x burst more
+than the limit; that excess is kept in full as debt in Redis, never clamped,
+and the next syncs hand it to every instance, so over longer spans the admitted
+rate is the limit (bench/hybrid_accuracy.py measures both).  Hybrid policies are
+token buckets: a window forgets within two periods what the instances
+overspent, so its overshoot would come back every period.  A subject an
+instance has not synced yet (or forgot, idle long enough to be full again)
+starts full there.  While Redis fails, hybrid policies go on from their credit
+(``fail_open``, refilled by nothing) or answer 503 until a sync succeeds.
 """
 
 from __future__ import annotations
