@@ -26,6 +26,7 @@ from _harness import Processes, free_port, log, run_main
 from sluice.config import RateLimitConfig
 from sluice.pipeline.quotas import Quotas
 from sluice.pipeline.ratelimit import RateLimits
+from sluice.server.app import _admit  # what the gateway calls per request
 from sluice.state.quota_store import SqliteQuotaStore
 from sluice.state.redis_limits import RedisLimiter, connect
 
@@ -65,10 +66,7 @@ def variants(redis: str, tmp: Path) -> dict[str, RateLimits]:
 async def once(limits: RateLimits, caller: Caller, requests: int) -> float:
     started = time.perf_counter()
     for _ in range(requests):
-        if limits.remote:
-            admission = await limits.admit(caller, "/v1/chat/completions", "gpt-4o-mini", 80, None)  # type: ignore[arg-type]
-        else:
-            admission = limits.admit_local(caller, "/v1/chat/completions", "gpt-4o-mini", 80, None)  # type: ignore[arg-type]
+        admission = await _admit(limits, caller, "/v1/chat/completions", "gpt-4o-mini", 80, None)  # type: ignore[arg-type]
         assert admission is not None
         limits.settle(admission, 30)
     return (time.perf_counter() - started) / requests

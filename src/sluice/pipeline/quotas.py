@@ -112,6 +112,10 @@ class Quota:
     routes: frozenset[str]
     keys: frozenset[str]  # key ids (hashes)
     counts: dict[str, int] = field(default_factory=dict)  # decision -> count
+    limit_text: str = ""  # the limit as its header says it
+
+    def __post_init__(self) -> None:
+        self.limit_text = f"{self.limit:g}"
 
     @classmethod
     def build(cls, config: QuotaConfig) -> Quota:
@@ -127,7 +131,7 @@ class Quota:
         self.counts[decision] = self.counts.get(decision, 0) + 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per request and quota, and a frozen __init__ costs
 class QuotaWant:
     """What a request asks of one quota."""
 
@@ -151,8 +155,17 @@ class _Counter:
     asked_at: float = 0.0  # the last request that wanted it (clock), to keep it refreshed while in use
     loading: asyncio.Task[None] | None = None
 
+    _reset: tuple[int, str] = (-1, "")  # (the second it was written for, the reset header's value)
+
     def remaining(self) -> float:
         return self.quota.limit - (self.used + self.inflight + self.pending)
+
+    def reset_text(self, now: float) -> str:
+        """How long until the period ends, as the reset header writes it (formatted once a second)."""
+        second = int(now)
+        if self._reset[0] != second:
+            self._reset = (second, duration(self.ends - second))
+        return self._reset[1]
 
 
 @dataclass(slots=True)
@@ -224,7 +237,6 @@ class Quotas:
             if want.quota.tokens and tokens_used != want.cost:
                 counter.pending += tokens_used - want.cost  # in the period the request was admitted in
                 self._touched.add(counter)
-        self._ensure_sync()
 
     def refund(self, taken: QuotaTaken) -> None:
         """Gives back everything a request took: another stage refused it after the quotas admitted it."""
@@ -420,7 +432,11 @@ def _headers(states: list[tuple[tuple[QuotaWant, _Counter], float]], now: float)
         if tightest is None:
             continue
         quota, counter, remaining = tightest
-        headers += [(f"x-sluice-quota-limit-{quota.unit}", f"{quota.limit:g}"),
-                    (f"x-sluice-quota-remaining-{quota.unit}", str(max(0, math.floor(remaining)))),
-                    (f"x-sluice-quota-reset-{quota.unit}", duration(counter.ends - now))]
+        limit_name, remaining_name, reset_name = _HEADER_NAMES[tokens]
+        headers += [(limit_name, quota.limit_text), (remaining_name, str(max(0, math.floor(remaining)))),
+                    (reset_name, counter.reset_text(now))]
     return headers
+
+
+_HEADER_NAMES = {tokens: tuple(f"x-sluice-quota-{field}-{'tokens' if tokens else 'requests'}"
+                               for field in ("limit", "remaining", "reset")) for tokens in (False, True)}

@@ -45,7 +45,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from .._native import LocalLimiter
 from ..config import PolicyConfig, RateLimitConfig
@@ -80,6 +80,18 @@ class LimiterDown(GatewayError):
 def key_id(api_key: str) -> str:
     """What identifies a caller's key in buckets and Redis: a hash prefix, never the key."""
     return hashlib.sha256(api_key.encode()).hexdigest()[:24]
+
+
+_KEY_IDS: dict[str, str] = {}  # the keys seen lately -> their ids: a dict lookup instead of a sha-256
+
+
+def _key_id_cached(api_key: str) -> str:
+    ident = _KEY_IDS.get(api_key)
+    if ident is None:
+        if len(_KEY_IDS) >= 10_000:
+            _KEY_IDS.clear()  # bounded: random keys sent by a flood cannot grow it
+        ident = _KEY_IDS[api_key] = key_id(api_key)
+    return ident
 
 
 @dataclass(slots=True, eq=False)  # hashed by identity: a key of the hybrid sync's maps
@@ -144,8 +156,7 @@ class RateLimits:
         self.default_max_tokens = config.default_max_tokens
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in config.trusted_proxies]
         self._wants_key = any(p.scope == "key" or p.keys for p in self.policies) or quotas is not None
-        # admit() awaits: some policy needs Redis, or a quota its store the first time it meets a subject
-        self.remote = any(p.distributed for p in self.policies) or quotas is not None
+        self.remote = any(p.distributed for p in self.policies)  # some policy needs Redis: admit() awaits
         self.fails_closed = any((p.distributed or p.hybrid) and not p.fail_open for p in self.policies)
         self._pending: set[asyncio.Task[None]] = set()
         self.sync_interval = config.sync_interval_s
@@ -158,42 +169,54 @@ class RateLimits:
         self.hybrid_down = False  # the last hybrid sync failed
 
     def admit_local(self, ex: Exchange, route: str, model: str, body_size: int,
-                    max_tokens: int | None) -> Admission | None:
-        """The admission when every policy is local: no await, the fast path (None: no policy applies)."""
-        wanted = self._wanted(ex, route, model, body_size, max_tokens)
-        if not wanted:
+                    max_tokens: int | None) -> Admission | Literal["load"] | None:
+        """The admission when no policy needs Redis: no await, the fast path (None: nothing applies).
+
+        "load" when a quota meets a subject for the first time in this process: then ``admit``.
+        """
+        subject_key, estimate = self._key_and_estimate(ex, body_size, max_tokens)
+        wanted = self._policies_for(ex, route, model, subject_key, estimate)
+        quota = None
+        if self.quotas is not None:
+            quota_wanted = self.quotas.wanted(route, model, subject_key, None, None, estimate)
+            if quota_wanted:
+                quota = self.quotas.admit_cached(quota_wanted)
+                if quota is None:
+                    return "load"
+        if not wanted and quota is None:
             return None
-        if self.hybrid_down:
-            _refuse_unsynced(wanted)
-        now = time.monotonic()
-        self._check_local(wanted, now)
-        return self._take_local(wanted, now, Admission())
+        try:
+            if self.hybrid_down:
+                _refuse_unsynced(wanted)
+            now = time.monotonic()
+            self._check_local(wanted, now)
+            return self._take_local(wanted, now, Admission(quota=quota))
+        except (RateLimited, LimiterDown):
+            self._refund_quota(quota)
+            raise
 
     async def admit(self, ex: Exchange, route: str, model: str, body_size: int,
                     max_tokens: int | None) -> Admission | None:
         """Admits the request or raises RateLimited / LimiterDown; the admission carries its headers."""
         subject_key, estimate = self._key_and_estimate(ex, body_size, max_tokens)
         wanted = self._policies_for(ex, route, model, subject_key, estimate)
-        quota = await self._admit_quotas(route, model, subject_key, estimate)
+        quota = None
+        if self.quotas is not None:
+            quota_wanted = self.quotas.wanted(route, model, subject_key, None, None, estimate)  # user, team: later
+            if quota_wanted:
+                quota = self.quotas.admit_cached(quota_wanted) or await self.quotas.admit(quota_wanted)
         if not wanted and quota is None:
             return None
-        admission = Admission(quota=quota)
         try:
-            return await self._admit_policies(wanted, admission)
+            return await self._admit_policies(wanted, Admission(quota=quota))
         except (RateLimited, LimiterDown):
-            if quota is not None and self.quotas is not None:
-                self.quotas.refund(quota)  # a rejection takes nothing from the quotas either
+            self._refund_quota(quota)
             raise
 
-    async def _admit_quotas(self, route: str, model: str, subject_key: str | None,
-                            estimate: float) -> QuotaTaken | None:
-        quotas = self.quotas
-        if quotas is None:
-            return None
-        wanted = quotas.wanted(route, model, subject_key, None, None, estimate)  # user, team: with authentication
-        if not wanted:
-            return None
-        return quotas.admit_cached(wanted) or await quotas.admit(wanted)
+    def _refund_quota(self, quota: QuotaTaken | None) -> None:
+        """A rejection by a rate limit takes nothing from the quotas either."""
+        if quota is not None and self.quotas is not None:
+            self.quotas.refund(quota)
 
     async def _admit_policies(self, wanted: list[Wanted], admission: Admission) -> Admission:
         if self.hybrid_down:
@@ -217,13 +240,10 @@ class RateLimits:
             if remote:
                 self._adjust_remote(policy, subject, cost)
 
-    def _wanted(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None) -> list[Wanted]:
-        return self._policies_for(ex, route, model, *self._key_and_estimate(ex, body_size, max_tokens))
-
     def _key_and_estimate(self, ex: Exchange, body_size: int, max_tokens: int | None) -> tuple[str | None, float]:
         """The caller's key id (when some policy or quota counts per key) and the request's token estimate."""
         key = _presented_key(ex) if self._wants_key else None
-        return key_id(key) if key else None, float(body_size // 4 + (max_tokens or self.default_max_tokens))
+        return _key_id_cached(key) if key else None, float(body_size // 4 + (max_tokens or self.default_max_tokens))
 
     def _policies_for(self, ex: Exchange, route: str, model: str, subject_key: str | None,
                       estimate: float) -> list[Wanted]:

@@ -642,10 +642,12 @@ def _asking_usage(body: bytes, model: str | None) -> bytes:
 
 async def _admit(limits: RateLimits, ex: Exchange, route: str, model: str, body_size: int,
                  max_tokens: int | None) -> Admission | None:
-    """The rate limits' and quotas' admission: without an await when every policy is local."""
-    if limits.remote:
-        return await limits.admit(ex, route, model, body_size, max_tokens)
-    return limits.admit_local(ex, route, model, body_size, max_tokens)
+    """The rate limits' and quotas' admission: without an await when nothing needs Redis or a store."""
+    if not limits.remote:
+        admission = limits.admit_local(ex, route, model, body_size, max_tokens)
+        if admission != "load":
+            return admission
+    return await limits.admit(ex, route, model, body_size, max_tokens)
 
 
 def _max_tokens(request: Any) -> int | None:
