@@ -28,6 +28,16 @@ if [[ ",$extras," == *,dev,* ]] && ! command -v promtool >/dev/null; then
   apt_install --no-install-recommends prometheus \
     || echo "bootstrap: no promtool; the monitoring tests will be skipped" >&2
 fi
+# The integration tests start throwaway PostgreSQL (initdb, postgres) and redis-server processes of their own.
+if [[ ",$extras," == *,dev,* ]]; then
+  servers=()
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null || servers+=(postgresql)
+  command -v redis-server >/dev/null || servers+=(redis-server)
+  if [ ${#servers[@]} -gt 0 ]; then
+    apt_install --no-install-recommends "${servers[@]}" \
+      || echo "bootstrap: no ${servers[*]}; the store and Redis tests will fail" >&2
+  fi
+fi
 stamp=.venv/.installed-$extras
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
    || [ -n "$(find ext -newer "$stamp" -name '*.pyx' 2>/dev/null)" ]; then

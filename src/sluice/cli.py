@@ -1,4 +1,4 @@
-"""The ``sluice`` command: serve, mock-upstream, check-config, version."""
+"""The ``sluice`` command: serve, mock-upstream, check-config, db (migrate, version), version."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -17,10 +17,12 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .config import Config
+    from .store import Store
 
 __all__ = ["main"]
 
 EXIT_CONFIG = 2
+EXIT_STORE = 1  # the store could not be reached or failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file without serving")
     check.add_argument("config")
     check.set_defaults(run=_check_config)
+
+    db = commands.add_parser("db", help="the store of keys, users and audit: migrate, version")
+    db_actions = db.add_subparsers(dest="db_action", metavar="ACTION", required=True)
+    db_migrate = db_actions.add_parser("migrate", help="apply the missing schema migrations")
+    db_migrate.add_argument("--config", required=True, help="the YAML config file (its store section)")
+    db_migrate.set_defaults(run=_db_migrate)
+    db_version = db_actions.add_parser("version", help="print the store's schema version")
+    db_version.add_argument("--config", required=True, help="the YAML config file (its store section)")
+    db_version.set_defaults(run=_db_version)
 
     version = commands.add_parser("version", help="print the version and the hot path in use")
     version.set_defaults(run=_version)
@@ -124,6 +135,56 @@ def _check_config(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     print(f"{args.config}: ok ({len(config.providers)} providers, {len(config.models)} models)")
+    return 0
+
+
+def _db_migrate(args: argparse.Namespace) -> int:
+    async def migrate(store: Store) -> None:
+        from .store.migrations import latest_version
+
+        applied = await store.migrate()
+        for number, name in applied:
+            print(f"applied {number:04d}_{name}")
+        current = await store.current_version()
+        state = "migrated to" if applied else "up to date at"
+        print(f"{store.dialect} {store.location}: {state} version {current} (latest {latest_version(store.dialect)})")
+
+    return _with_store(args.config, migrate)
+
+
+def _db_version(args: argparse.Namespace) -> int:
+    async def version(store: Store) -> None:
+        from .store.migrations import latest_version
+
+        current, latest = await store.current_version(), latest_version(store.dialect)
+        pending = f", {latest - current} pending: run `sluice db migrate`" if current < latest else ""
+        print(f"{store.dialect} {store.location}: version {current} (latest {latest}){pending}")
+
+    return _with_store(args.config, version)
+
+
+def _with_store(config_path: str, action: Callable[[Store], Awaitable[None]]) -> int:
+    """Runs ``action`` on the store the config names; 1 when the store fails."""
+    import asyncio
+
+    from .store import StoreError, open_store
+
+    config = _load(config_path)
+    if config is None:
+        return EXIT_CONFIG
+    store = open_store(config.store)
+
+    async def run() -> None:
+        try:
+            await action(store)
+        finally:
+            await store.aclose()
+
+    try:
+        asyncio.run(run())
+    except StoreError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_STORE
     return 0
 
 

@@ -97,6 +97,8 @@ def test_missing_variable_names_the_path() -> None:
     (BASE + "ratelimit: {redis: 'redis://x', sync_interval_s: 0.5, policies: [{name: a, scope: global, "
      "rate: 1000, period_s: 1, burst: 100, mode: hybrid}]}", "ratelimit.policies[0].mode",
      "must not refill more than half its capacity (100) in one sync interval (500"),
+    (BASE + "ratelimit: {redis: 'redis://x', policies: [{name: a, scope: key, rate: 1, mode: hybrid, "
+     "algorithm: sliding_window}]}", "ratelimit.policies[0].algorithm", "a hybrid policy must be a token_bucket"),
     (BASE + "ratelimit: {redis: 'redis://x', sync_interval_s: 0}", "ratelimit.sync_interval_s",
      "must be more than zero"),
     (BASE + "ratelimit: {policies: [{name: a, scope: key, rate: 1}, {name: a, scope: ip, rate: 1}]}",

@@ -2,7 +2,11 @@
 
 from .loader import interpolate, load_config, parse_config
 from .model import (
+    AuthConfig,
+    ClaimsConfig,
     Config,
+    IntrospectionConfig,
+    JwtIssuerConfig,
     ModelConfig,
     ObservabilityConfig,
     PassthroughConfig,
@@ -12,13 +16,18 @@ from .model import (
     QuotaPeriod,
     RateLimitConfig,
     ServerConfig,
+    StoreConfig,
     TargetConfig,
     TracingConfig,
     UpstreamConfig,
 )
 
 __all__ = [
+    "AuthConfig",
+    "ClaimsConfig",
     "Config",
+    "IntrospectionConfig",
+    "JwtIssuerConfig",
     "ModelConfig",
     "ObservabilityConfig",
     "PassthroughConfig",
@@ -28,6 +37,7 @@ __all__ = [
     "QuotaPeriod",
     "RateLimitConfig",
     "ServerConfig",
+    "StoreConfig",
     "TargetConfig",
     "TracingConfig",
     "UpstreamConfig",

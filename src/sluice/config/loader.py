@@ -18,7 +18,10 @@ import yaml
 
 from ..errors import ConfigError
 from .model import (
+    AuthConfig,
+    ClaimsConfig,
     Config,
+    JwtIssuerConfig,
     ModelConfig,
     ObservabilityConfig,
     PassthroughConfig,
@@ -26,6 +29,7 @@ from .model import (
     ProviderConfig,
     RateLimitConfig,
     ServerConfig,
+    StoreConfig,
     UpstreamConfig,
 )
 
@@ -133,6 +137,8 @@ def _decode(raw: dict[str, Any]) -> Config:
         observability=_convert(raw.get("observability") or {}, ObservabilityConfig, "observability"),
         passthrough=_convert(raw.get("passthrough") or {}, PassthroughConfig, "passthrough"),
         ratelimit=_convert(raw.get("ratelimit") or {}, RateLimitConfig, "ratelimit"),
+        store=_convert(raw.get("store") or {}, StoreConfig, "store"),
+        auth=_convert(raw.get("auth") or {}, AuthConfig, "auth"),
         providers=_named_sections(raw.get("providers"), ProviderConfig, "providers"),
         models=_named_sections(raw.get("models"), ModelConfig, "models"),
     )
@@ -177,6 +183,8 @@ def _validate(config: Config) -> None:
         for field, problem in kinds[provider.kind].check_config(provider):
             raise ConfigError(f"{path}.{field}", problem)
     _check_ratelimit(config)
+    _check_store(config.store)
+    _check_auth(config.auth)
     passthrough = config.passthrough.provider
     if passthrough is not None:
         if passthrough not in config.providers:
@@ -203,6 +211,29 @@ def _positive(path: str, value: float, *, maximum: float | None = None, allow_ze
         raise ConfigError(path, f"must be {'zero or more' if allow_zero else 'more than zero'}, got {value}")
     if maximum is not None and value > maximum:
         raise ConfigError(path, f"must be at most {maximum}, got {value}")
+
+
+def _check_store(store: StoreConfig) -> None:
+    import math
+
+    if store.postgres_url is None:
+        if not store.sqlite_path or "\x00" in store.sqlite_path:
+            raise ConfigError("store.sqlite_path", "must be a file path (or set store.postgres_url)")
+    else:
+        try:
+            parts = urlsplit(store.postgres_url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ConfigError("store.postgres_url", f"invalid URL: {exc}") from None
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ConfigError("store.postgres_url", f"must be a postgresql:// or postgres:// URL, "
+                                                    f"got scheme {parts.scheme!r}")
+        if not parts.hostname and "host=" not in parts.query:
+            raise ConfigError("store.postgres_url", "the URL names no host")
+    _positive("store.pool_size", store.pool_size)
+    _positive("store.timeout_s", store.timeout_s)
+    if not math.isfinite(store.timeout_s):
+        raise ConfigError("store.timeout_s", f"must be finite, got {store.timeout_s}")
 
 
 def _check_ratelimit(config: Config) -> None:
@@ -247,8 +278,12 @@ def _check_hybrid(path: str, policy: PolicyConfig, sync_interval_s: float) -> No
     refills in one interval must stay within half of it, or refills are lost (bench/hybrid_accuracy.py)."""
     if policy.mode is None or policy.mode.value != "hybrid":
         return
-    token_bucket = policy.algorithm.value == "token_bucket"
-    capacity = policy.burst if token_bucket and policy.burst is not None else policy.rate
+    if policy.algorithm.value != "token_bucket":
+        # A window forgets within two periods what the instances overspent together, so the overshoot
+        # would come back every period (bench/README.md: 1.2-3.8x the limit with 2-8 instances).
+        raise ConfigError(f"{path}.algorithm", "a hybrid policy must be a token_bucket (a sliding window cannot "
+                          "carry the instances' overshoot as debt)")
+    capacity = policy.burst if policy.burst is not None else policy.rate
     refill = policy.rate / policy.period_s * sync_interval_s
     if refill > capacity / 2:
         raise ConfigError(f"{path}.mode", f"a hybrid policy must not refill more than half its capacity "
@@ -285,6 +320,77 @@ def _check_quotas(config: Config, names: set[str]) -> None:
         for j, model in enumerate(quota.match.models):
             if model not in config.models:
                 raise ConfigError(f"{path}.match.models[{j}]", f"unknown model {model!r}")
+
+
+_ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                              "EdDSA"})
+_HMAC_ALGS = {"HS256": 32, "HS384": 48, "HS512": 64}  # the shortest secret each takes (RFC 7518 §3.2), in bytes
+
+
+def _check_auth(auth: AuthConfig) -> None:
+    """JWT issuers: unique, an audience, a safe algorithm allowlist, a way to their keys; introspection endpoints."""
+    issuers: set[str] = set()
+    for i, issuer in enumerate(auth.jwt):
+        path = f"auth.jwt[{i}]"
+        if not issuer.issuer or issuer.issuer in issuers:
+            raise ConfigError(f"{path}.issuer", f"must be a unique, non-empty issuer, got {issuer.issuer!r}")
+        issuers.add(issuer.issuer)
+        audience = (issuer.audience,) if isinstance(issuer.audience, str) else issuer.audience
+        if not audience or not all(audience):
+            raise ConfigError(f"{path}.audience", "name the audience (or audiences) tokens must be issued for")
+        _check_algorithms(path, issuer)
+        if issuer.jwks_uri is not None:
+            _check_base_url(f"{path}.jwks_uri", issuer.jwks_uri)
+        elif issuer.hs256_secret is None:
+            _check_base_url(f"{path}.issuer", issuer.issuer)  # keys are discovered under it
+        _positive(f"{path}.leeway_s", issuer.leeway_s, maximum=300, allow_zero=True)
+        for field in ("jwks_ttl_s", "jwks_min_refresh_s", "timeout_s"):
+            _positive(f"{path}.{field}", getattr(issuer, field))
+        if issuer.jwks_min_refresh_s > issuer.jwks_ttl_s:
+            raise ConfigError(f"{path}.jwks_min_refresh_s", f"must not exceed jwks_ttl_s ({issuer.jwks_ttl_s:g})")
+        _check_claims(f"{path}.claims", issuer.claims)
+    for i, endpoint in enumerate(auth.introspection):
+        path = f"auth.introspection[{i}]"
+        _check_base_url(f"{path}.endpoint", endpoint.endpoint)
+        for field in ("client_id", "client_secret"):
+            if not getattr(endpoint, field):
+                raise ConfigError(f"{path}.{field}", "must not be empty")
+        _positive(f"{path}.max_ttl_s", endpoint.max_ttl_s)
+        _positive(f"{path}.inactive_ttl_s", endpoint.inactive_ttl_s, allow_zero=True)
+        _positive(f"{path}.timeout_s", endpoint.timeout_s)
+        if endpoint.token_type_hint is not None and not endpoint.token_type_hint:
+            raise ConfigError(f"{path}.token_type_hint", "must not be empty (leave it out to send none)")
+        _check_claims(f"{path}.claims", endpoint.claims)
+
+
+def _check_algorithms(path: str, issuer: JwtIssuerConfig) -> None:
+    if not issuer.algorithms:
+        raise ConfigError(f"{path}.algorithms", "list at least one algorithm")
+    hmac = [alg for alg in issuer.algorithms if alg in _HMAC_ALGS]
+    for j, alg in enumerate(issuer.algorithms):
+        if alg.lower() == "none":
+            raise ConfigError(f"{path}.algorithms[{j}]", "unsigned tokens (alg 'none') are never accepted")
+        if alg not in _ASYMMETRIC_ALGS and alg not in _HMAC_ALGS:
+            known = ", ".join(sorted(_ASYMMETRIC_ALGS | _HMAC_ALGS.keys()))
+            raise ConfigError(f"{path}.algorithms[{j}]", f"unknown algorithm {alg!r} (known: {known})")
+    secret = issuer.hs256_secret
+    if hmac and secret is None:
+        raise ConfigError(f"{path}.algorithms", f"{hmac[0]} needs hs256_secret")
+    if secret is not None:
+        if len(hmac) != len(issuer.algorithms):
+            raise ConfigError(f"{path}.algorithms", "with hs256_secret, list only HS256, HS384 or HS512 (an issuer "
+                                                    "of asymmetric keys goes in its own entry: no key-type confusion)")
+        need = max(_HMAC_ALGS[alg] for alg in hmac)
+        if len(secret.encode()) < need:
+            raise ConfigError(f"{path}.hs256_secret", f"must be at least {need} bytes for {', '.join(hmac)}")
+
+
+def _check_claims(path: str, claims: ClaimsConfig) -> None:
+    for field in ("user", "team", "roles"):
+        claim = getattr(claims, field)
+        if claim is not None and (not claim or "" in claim.split(".")):
+            raise ConfigError(f"{path}.{field}", f"must be a claim name or a dotted path like 'org.team', "
+                                                 f"got {claim!r}")
 
 
 def _check_capabilities(path: str, capabilities: tuple[str, ...] | None) -> None:

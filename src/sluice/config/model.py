@@ -10,9 +10,10 @@ import enum
 
 import msgspec
 
-__all__ = ["Algorithm", "Config", "LimitMode", "ModelConfig", "ObservabilityConfig", "PassthroughConfig",
-           "PolicyConfig", "PolicyMatch", "ProviderConfig", "QuotaConfig", "QuotaPeriod", "RateLimitConfig", "Scope",
-           "ServerConfig", "TargetConfig", "TracingConfig", "Unit", "UpstreamConfig"]
+__all__ = ["Algorithm", "AuthConfig", "ClaimsConfig", "Config", "IntrospectionConfig", "JwtIssuerConfig",
+           "LimitMode", "ModelConfig", "ObservabilityConfig", "PassthroughConfig", "PolicyConfig", "PolicyMatch",
+           "ProviderConfig", "QuotaConfig", "QuotaPeriod", "RateLimitConfig", "Scope",
+           "ServerConfig", "StoreConfig", "TargetConfig", "TracingConfig", "Unit", "UpstreamConfig"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -189,11 +190,67 @@ class PassthroughConfig(_Section, frozen=True):
     provider: str | None = None
 
 
+class ClaimsConfig(_Section, frozen=True):
+    """Where a verified token names its caller: dotted paths into the claims (e.g. "org.team")."""
+
+    user: str = "sub"
+    team: str | None = None
+    roles: str | None = None  # a list of strings or one space-separated string, e.g. "realm_access.roles"
+
+
+class JwtIssuerConfig(_Section, frozen=True):
+    """An issuer whose bearer JWTs are accepted (sluice.auth.jwt)."""
+
+    issuer: str  # compared with the token's iss exactly
+    audience: str | tuple[str, ...]  # the token's aud must name one of these
+    # Never "none"; HS256/HS384/HS512 only with hs256_secret and then alone (no key-type confusion).
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    jwks_uri: str | None = None  # None: discovered from {issuer}/.well-known/openid-configuration
+    hs256_secret: str | None = None  # the shared secret of HS* tokens, e.g. "${JWT_SECRET}"
+    leeway_s: float = 30.0  # clock skew allowed on exp and nbf
+    jwks_ttl_s: float = 3600.0  # keys are refetched after this
+    jwks_min_refresh_s: float = 30.0  # an unknown kid refetches the keys at most this often
+    timeout_s: float = 5.0  # one discovery or JWKS fetch
+    ca_file: str | None = None  # CA bundle for an issuer behind a private CA
+    claims: ClaimsConfig = ClaimsConfig()
+
+
+class IntrospectionConfig(_Section, frozen=True):
+    """An RFC 7662 token introspection endpoint for opaque bearer tokens (sluice.auth.introspection)."""
+
+    endpoint: str
+    client_id: str  # sent with client_secret as HTTP basic auth
+    client_secret: str
+    max_ttl_s: float = 300.0  # an active answer is cached until the token's exp, at most this long
+    inactive_ttl_s: float = 10.0  # an inactive answer is cached this long
+    token_type_hint: str | None = None  # e.g. "access_token"
+    timeout_s: float = 5.0
+    ca_file: str | None = None
+    claims: ClaimsConfig = ClaimsConfig()
+
+
+class AuthConfig(_Section, frozen=True):
+    jwt: tuple[JwtIssuerConfig, ...] = ()
+    introspection: tuple[IntrospectionConfig, ...] = ()
+
+
+class StoreConfig(_Section, frozen=True):
+    """Where keys, users, teams, roles and the audit log live (sluice.store)."""
+
+    sqlite_path: str = "sluice.db"  # the embedded default: one file that the workers of one host share
+    postgres_url: str | None = None  # postgresql://user:pass@host:port/db; when set, used instead of SQLite
+    migrate_on_start: bool = True  # apply missing schema migrations when the gateway starts
+    pool_size: int = 10  # PostgreSQL connections per worker process, at most
+    timeout_s: float = 2.0  # bound on one store call (connect, wait for a lock, query)
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
     passthrough: PassthroughConfig = PassthroughConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
+    store: StoreConfig = StoreConfig()
+    auth: AuthConfig = AuthConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, ModelConfig] = {}
