@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,3 +264,28 @@ def gateway(request: pytest.FixtureRequest, session_tmp: Path, mock_upstream: Pr
                          "--interface", request.param)
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the session (tests/postgres_server.py)."""
+    from tests.postgres_server import start_postgres
+
+    with start_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A StoreConfig on a fresh, empty database of each kind: a SQLite file, a new PostgreSQL database."""
+    from sluice.config import StoreConfig
+
+    if request.param == "sqlite":
+        yield StoreConfig(sqlite_path=str(tmp_path / "store.db"), timeout_s=10.0)
+        return
+    server = request.getfixturevalue("postgres")
+    name, url = server.create_database()
+    try:
+        yield StoreConfig(postgres_url=url, timeout_s=10.0)
+    finally:
+        server.drop_database(name)

@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -43,29 +43,15 @@ from sluice.store import (
 from sluice.store.migrations import available, latest_version
 from sluice.store.postgres import PostgresStore, numbered
 from tests.conftest import ROOT, free_port
-from tests.postgres_server import ExistingServer, PostgresServer, find_bin, start_postgres
+from tests.postgres_server import PostgresServer, find_bin
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer | ExistingServer]:
-    with start_postgres() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreConfig]:
-    """A fresh, empty database of each kind."""
-    if request.param == "sqlite":
-        yield StoreConfig(sqlite_path=str(tmp_path / "store.db"), timeout_s=10.0)
-        return
-    server = request.getfixturevalue("postgres")
-    name, url = server.create_database()
-    try:
-        yield StoreConfig(postgres_url=url, timeout_s=10.0)
-    finally:
-        server.drop_database(name)
+@pytest.fixture
+def config(store_config: StoreConfig) -> StoreConfig:
+    """A fresh, empty database of each kind (tests/conftest.py)."""
+    return store_config
 
 
 def run(body: Callable[[], Awaitable[None]], timeout: float = 60.0) -> None:
