@@ -56,16 +56,20 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
+
+import msgspec
 
 from ..config import QuotaConfig, RateLimitConfig
 from ..state.quota_store import QuotaStore, QuotaStoreUnavailable
 from .ratelimit import RateLimited, TokensLimited, duration, key_id
 
-__all__ = ["Quota", "QuotaExceeded", "QuotaTaken", "QuotaWant", "Quotas", "TokenQuotaExceeded", "period_bounds"]
+__all__ = ["Quota", "QuotaExceeded", "QuotaTaken", "QuotaWant", "Quotas", "TokenQuotaExceeded", "own_quota",
+           "period_bounds"]
 
 log = logging.getLogger("sluice.quotas")
 
@@ -79,6 +83,18 @@ class QuotaExceeded(RateLimited):
 
 class TokenQuotaExceeded(QuotaExceeded, TokensLimited):
     """429 on a tokens quota (error type "tokens")."""
+
+
+def own_quota(raw: dict[str, Any]) -> QuotaConfig:
+    """A key's own quota from the key store: QuotaConfig fields, counted per key unless it names a scope;
+    ValueError naming the field when it is not one (the admin API checks with this)."""
+    try:
+        config = msgspec.convert({"scope": "key", **raw}, QuotaConfig)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid quota: {exc}") from None
+    if not 0 < config.limit < math.inf or config.scope.value not in ("key", "user", "team"):
+        raise ValueError("invalid quota: limit must be more than zero and scope one of key, user, team")
+    return config
 
 
 def period_bounds(period: str, zone: ZoneInfo, now_epoch: float) -> tuple[str, float]:
@@ -191,12 +207,14 @@ class Quotas:
         self._down = False  # in a store failure episode
         self._closed = False
         self._sweep_at = 0.0
+        self._own: dict[str | None, tuple[tuple[dict[str, Any], ...], list[Quota]]] = {}  # keys' own quotas
 
     def wanted(self, route: str, model: str, key_id: str | None, user: str | None, team: str | None,
-               tokens_estimate: float) -> list[QuotaWant]:
-        """The quotas this request falls under (``key_id`` is ``ratelimit.key_id`` of the key presented)."""
+               tokens_estimate: float, own: Sequence[Quota] = ()) -> list[QuotaWant]:
+        """The quotas this request falls under (``key_id`` is ``ratelimit.key_id`` of the key presented;
+        ``own`` the caller's key's own quotas, from ``own_quotas``)."""
         wanted = []
-        for quota in self.quotas:
+        for quota in (*self.quotas, *own) if own else self.quotas:
             if quota.models and model not in quota.models:
                 continue
             if quota.routes and route not in quota.routes:
@@ -208,6 +226,15 @@ class Quotas:
                 continue
             wanted.append(QuotaWant(quota, f"{quota.scope}:{ident}", tokens_estimate if quota.tokens else 1.0))
         return wanted
+
+    def own_quotas(self, key: str | None, raws: tuple[dict[str, Any], ...]) -> list[Quota]:
+        """The quotas a key carries in the key store, built once per version of them."""
+        cached = self._own.get(key)
+        if cached is None or cached[0] is not raws:
+            if len(self._own) >= 10_000:
+                self._own.clear()
+            cached = self._own[key] = (raws, [Quota.build(own_quota(raw)) for raw in raws])
+        return cached[1]
 
     def admit_cached(self, wanted: list[QuotaWant]) -> QuotaTaken | None:
         """The admission from memory, no await; None when a counter must be loaded first (then await ``admit``).

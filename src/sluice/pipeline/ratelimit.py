@@ -45,7 +45,9 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import msgspec
 
 from .._native import LocalLimiter
 from ..config import PolicyConfig, RateLimitConfig
@@ -54,9 +56,32 @@ from ..errors import GatewayError
 if TYPE_CHECKING:
     from ..server.exchange import Exchange
     from ..state.redis_limits import RedisLimiter
-    from .quotas import Quotas, QuotaTaken
+    from .quotas import Quota, Quotas, QuotaTaken, QuotaWant
 
-__all__ = ["Admission", "LimiterDown", "RateLimited", "RateLimits", "TokensLimited", "duration", "key_id"]
+__all__ = ["Admission", "Caller", "LimiterDown", "RateLimited", "RateLimits", "TokensLimited", "duration", "key_id",
+           "own_policy"]
+
+
+class Caller(Protocol):
+    """What the rate limits read of an authenticated caller (sluice.auth.principal.Principal)."""
+
+    key_id: str | None  # the key's id in the key store (or its static name)
+    user: str | None
+    team: str | None
+    policies: tuple[dict[str, Any], ...]  # the key's own rate-limit policies (PolicyConfig fields)
+    quotas: tuple[dict[str, Any], ...]  # the key's own quotas (QuotaConfig fields)
+
+
+def own_policy(raw: dict[str, Any]) -> PolicyConfig:
+    """A key's own policy from the key store: PolicyConfig fields, counted per key unless it names a
+    scope; ValueError naming the field when it is not one (the admin API checks with this)."""
+    try:
+        config = msgspec.convert({"scope": "key", **raw}, PolicyConfig)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid rate-limit policy: {exc}") from None
+    if not config.rate > 0 or not config.period_s > 0 or (config.burst is not None and not config.burst > 0):
+        raise ValueError("invalid rate-limit policy: rate, period_s and burst must be more than zero")
+    return config
 
 log = logging.getLogger("sluice.ratelimit")
 
@@ -151,6 +176,8 @@ class RateLimits:
     def __init__(self, config: RateLimitConfig, redis: RedisLimiter | None = None,
                  quotas: Quotas | None = None) -> None:
         self.policies = [Policy.build(p, config) for p in config.policies]
+        self._config = config
+        self._key_policies: dict[str | None, tuple[tuple[dict[str, Any], ...], list[Policy]]] = {}
         self.redis = redis
         self.quotas = quotas
         self.default_max_tokens = config.default_max_tokens
@@ -168,21 +195,22 @@ class RateLimits:
         self._closing = False
         self.hybrid_down = False  # the last hybrid sync failed
 
-    def admit_local(self, ex: Exchange, route: str, model: str, body_size: int,
-                    max_tokens: int | None) -> Admission | Literal["load"] | None:
-        """The admission when no policy needs Redis: no await, the fast path (None: nothing applies).
+    def admit_local(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None,
+                    caller: Caller | None = None) -> Admission | Literal["await"] | None:
+        """The admission when nothing needs Redis: no await, the fast path (None: nothing applies).
 
-        "load" when a quota meets a subject for the first time in this process: then ``admit``.
+        "await" when it cannot decide without one (a quota meeting a subject for the first time in this
+        process, a caller's own distributed policy): then ``admit``.
         """
-        subject_key, estimate = self._key_and_estimate(ex, body_size, max_tokens)
-        wanted = self._policies_for(ex, route, model, subject_key, estimate)
+        wanted, quota_wanted = self._wants(ex, route, model, body_size, max_tokens, caller)
+        if any(policy.distributed for policy, _, _ in wanted):
+            return "await"
         quota = None
-        if self.quotas is not None:
-            quota_wanted = self.quotas.wanted(route, model, subject_key, None, None, estimate)
-            if quota_wanted:
-                quota = self.quotas.admit_cached(quota_wanted)
-                if quota is None:
-                    return "load"
+        if quota_wanted:
+            assert self.quotas is not None
+            quota = self.quotas.admit_cached(quota_wanted)
+            if quota is None:
+                return "await"
         if not wanted and quota is None:
             return None
         try:
@@ -195,16 +223,14 @@ class RateLimits:
             self._refund_quota(quota)
             raise
 
-    async def admit(self, ex: Exchange, route: str, model: str, body_size: int,
-                    max_tokens: int | None) -> Admission | None:
+    async def admit(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None,
+                    caller: Caller | None = None) -> Admission | None:
         """Admits the request or raises RateLimited / LimiterDown; the admission carries its headers."""
-        subject_key, estimate = self._key_and_estimate(ex, body_size, max_tokens)
-        wanted = self._policies_for(ex, route, model, subject_key, estimate)
+        wanted, quota_wanted = self._wants(ex, route, model, body_size, max_tokens, caller)
         quota = None
-        if self.quotas is not None:
-            quota_wanted = self.quotas.wanted(route, model, subject_key, None, None, estimate)  # user, team: later
-            if quota_wanted:
-                quota = self.quotas.admit_cached(quota_wanted) or await self.quotas.admit(quota_wanted)
+        if quota_wanted:
+            assert self.quotas is not None
+            quota = self.quotas.admit_cached(quota_wanted) or await self.quotas.admit(quota_wanted)
         if not wanted and quota is None:
             return None
         try:
@@ -212,6 +238,40 @@ class RateLimits:
         except (RateLimited, LimiterDown):
             self._refund_quota(quota)
             raise
+
+    def _wants(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None,
+               caller: Caller | None) -> tuple[list[Wanted], list[QuotaWant]]:
+        """The policies and quotas this request falls under, with their subjects and costs."""
+        key = _presented_key(ex) if self._wants_key or caller is not None else None
+        key_ident = _key_id_cached(key) if key else None
+        estimate = float(body_size // 4 + (max_tokens or self.default_max_tokens))
+        user = team = None
+        policies = self.policies
+        quota_extra: list[Quota] = []
+        if caller is not None:
+            user, team = caller.user, caller.team
+            if caller.policies:
+                policies = [*policies, *self._own_policies(caller)]
+            if caller.quotas and self.quotas is not None:
+                quota_extra = self.quotas.own_quotas(caller.key_id, caller.quotas)
+        wanted = []
+        for policy in policies:
+            subject = self._subject(policy, ex, route, model, key_ident, user, team)
+            if subject is not None:
+                wanted.append((policy, subject, estimate if policy.tokens else 1.0))
+        quotas = self.quotas
+        quota_wanted = quotas.wanted(route, model, key_ident, user, team, estimate, quota_extra) if quotas else []
+        return wanted, quota_wanted
+
+    def _own_policies(self, caller: Caller) -> list[Policy]:
+        """The policies a key carries in the key store, built once per version of them."""
+        cached = self._key_policies.get(caller.key_id)
+        if cached is None or cached[0] is not caller.policies:
+            if len(self._key_policies) >= 10_000:
+                self._key_policies.clear()
+            built = [Policy.build(own_policy(raw), self._config) for raw in caller.policies]
+            cached = self._key_policies[caller.key_id] = (caller.policies, built)
+        return cached[1]
 
     def _refund_quota(self, quota: QuotaTaken | None) -> None:
         """A rejection by a rate limit takes nothing from the quotas either."""
@@ -240,20 +300,6 @@ class RateLimits:
             if remote:
                 self._adjust_remote(policy, subject, cost)
 
-    def _key_and_estimate(self, ex: Exchange, body_size: int, max_tokens: int | None) -> tuple[str | None, float]:
-        """The caller's key id (when some policy or quota counts per key) and the request's token estimate."""
-        key = _presented_key(ex) if self._wants_key else None
-        return _key_id_cached(key) if key else None, float(body_size // 4 + (max_tokens or self.default_max_tokens))
-
-    def _policies_for(self, ex: Exchange, route: str, model: str, subject_key: str | None,
-                      estimate: float) -> list[Wanted]:
-        wanted = []
-        for policy in self.policies:
-            subject = self._subject(policy, ex, route, model, subject_key)
-            if subject is not None:
-                wanted.append((policy, subject, estimate if policy.tokens else 1.0))
-        return wanted
-
     def _take_local(self, local: list[Wanted], now: float, admission: Admission) -> Admission:
         taken = admission.taken
         for policy, subject, cost in local:
@@ -279,7 +325,8 @@ class RateLimits:
         """(policy, decision) -> count, for /metrics."""
         return {(p.name, decision): n for p in self.policies for decision, n in p.counts.items()}
 
-    def _subject(self, policy: Policy, ex: Exchange, route: str, model: str, key: str | None) -> str | None:
+    def _subject(self, policy: Policy, ex: Exchange, route: str, model: str, key: str | None, user: str | None,
+                 team: str | None) -> str | None:
         if policy.models and model not in policy.models:
             return None
         if policy.routes and route not in policy.routes:
@@ -297,7 +344,9 @@ class RateLimits:
             return f"model:{model}"
         if scope == "global":
             return "global"
-        return None  # user, team: with authentication
+        if scope == "user":
+            return f"user:{user}" if user else None
+        return f"team:{team}" if team else None
 
     def _check_local(self, wanted: list[Wanted], now: float) -> None:
         for policy, subject, cost in wanted:

@@ -645,7 +645,7 @@ async def _admit(limits: RateLimits, ex: Exchange, route: str, model: str, body_
     """The rate limits' and quotas' admission: without an await when nothing needs Redis or a store."""
     if not limits.remote:
         admission = limits.admit_local(ex, route, model, body_size, max_tokens)
-        if admission != "load":
+        if admission != "await":
             return admission
     return await limits.admit(ex, route, model, body_size, max_tokens)
 
