@@ -1,4 +1,5 @@
-"""The ``sluice`` command: serve, mock-upstream, check-config, db (migrate, version), version."""
+"""The ``sluice`` command: serve, mock-upstream, check-config, db (migrate, version), keys, users, teams, roles,
+audit, version."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -16,6 +17,7 @@ from . import __version__
 from .errors import ConfigError
 
 if TYPE_CHECKING:
+    from .auth.manage import Actor, Manager
     from .config import Config
     from .store import Store
 
@@ -73,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     db_version.add_argument("--config", required=True, help="the YAML config file (its store section)")
     db_version.set_defaults(run=_db_version)
 
+    _manage_parsers(commands)
+
     version = commands.add_parser("version", help="print the version and the hot path in use")
     version.set_defaults(run=_version)
     return parser
@@ -101,6 +105,15 @@ def _serve(args: argparse.Namespace) -> int:
         print("sluice: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
     entry = "sluice.server.entry:rsgi_app" if args.interface == "rsgi" else "sluice.server.entry:asgi_app"
+    from .auth.keys import prepare_store
+    from .store import StoreError
+
+    try:
+        for version, name in prepare_store(config):  # once, before the workers start
+            print(f"sluice: store migrated to version {version} ({name})", file=sys.stderr)
+    except StoreError as exc:
+        print(f"sluice: the store failed: {exc}", file=sys.stderr)
+        return EXIT_STORE
     # The workers' metrics snapshots meet here: one directory per `sluice serve`, gone with it.
     metrics_dir = tempfile.mkdtemp(prefix="sluice-metrics-")
     try:
@@ -186,6 +199,234 @@ def _with_store(config_path: str, action: Callable[[Store], Awaitable[None]]) ->
         print(f"sluice: {exc}", file=sys.stderr)
         return EXIT_STORE
     return 0
+
+
+# -- keys, users, teams, roles, audit: on the configured store, each change audited as cli:<os user> -------------
+
+# (flag, field, kind) of each body field: str, list (repeatable flag), bool (--x/--no-x), float, time, json.
+_KEY_FIELDS = (("--name", "name", "str"), ("--owner-user", "owner_user", "str"), ("--owner-team", "owner_team", "str"),
+               ("--service-account", "service_account", "bool"), ("--role", "roles", "list"),
+               ("--model", "models", "list"), ("--ip-allow", "ip_allow", "list"), ("--ip-deny", "ip_deny", "list"),
+               ("--signing", "signing", "bool"), ("--expires-at", "expires_at", "time"), ("--ttl-s", "ttl_s", "float"),
+               ("--metadata", "metadata", "json"), ("--policies", "policies", "json"), ("--quotas", "quotas", "json"))
+_USER_FIELDS = (("--name", "name", "str"), ("--email", "email", "str"), ("--team", "teams", "list"),
+                ("--role", "roles", "list"), ("--metadata", "metadata", "json"), ("--disabled", "disabled", "bool"))
+_TEAM_FIELDS = (("--name", "name", "str"), ("--role", "roles", "list"), ("--metadata", "metadata", "json"))
+_ROLE_FIELDS = (("--permission", "permissions", "list"), ("--description", "description", "str"))
+_KINDS = {"keys": ("key", _KEY_FIELDS), "users": ("user", _USER_FIELDS), "teams": ("team", _TEAM_FIELDS),
+          "roles": ("role", _ROLE_FIELDS)}
+
+
+def _manage_parsers(commands: Any) -> None:
+    for plural, (singular, fields) in _KINDS.items():
+        parser = commands.add_parser(plural, help=f"manage {plural} on the configured store (JSON out)")
+        actions = parser.add_subparsers(dest=f"{singular}_action", metavar="ACTION", required=True)
+        create = _store_action(actions, "create", f"create a {singular}" + (" (the key is printed once)"
+                                                                            if plural == "keys" else ""))
+        if plural == "roles":
+            create.add_argument("name", help="the role's name")
+        elif plural != "keys":
+            create.add_argument("--id", help=f"the {singular}'s id (default: a new {singular}_… id)")
+        _field_flags(create, fields)
+        listing = _store_action(actions, "list", f"list {plural}, {singular} id order")
+        listing.add_argument("--after", help="the last id of the previous page")
+        listing.add_argument("--limit", type=int, default=100, help="at most this many (1..1000)")
+        if plural == "keys":
+            listing.add_argument("--owner-user")
+            listing.add_argument("--owner-team")
+            listing.add_argument("--include-revoked", action="store_true")
+        elif plural == "users":
+            listing.add_argument("--team", help="only members of this team")
+        get = _store_action(actions, "get", f"show one {singular}")
+        get.add_argument("id")
+        update = _store_action(actions, "update", f"change a {singular}'s fields (lists given replace the old)")
+        update.add_argument("id")
+        _field_flags(update, fields)
+        if plural == "keys":
+            revoke = _store_action(actions, "revoke", "revoke a key now")
+            revoke.add_argument("id")
+            revoke.add_argument("--reason", default="", help="kept in the audit record")
+            rotate = _store_action(actions, "rotate", "issue a new key (printed once); the old one works for "
+                                                      "--grace-s more")
+            rotate.add_argument("id")
+            rotate.add_argument("--grace-s", type=float, help="seconds the old key keeps working (default 86400)")
+        else:
+            delete = _store_action(actions, "delete", f"delete a {singular}")
+            delete.add_argument("id")
+        for action in actions.choices.values():
+            action.set_defaults(run=_manage, kind=plural)
+
+    audit = commands.add_parser("audit", help="the audit log: list, verify")
+    audit_actions = audit.add_subparsers(dest="audit_action", metavar="ACTION", required=True)
+    audit_list = _store_action(audit_actions, "list", "list audit records in seq order (JSON)")
+    audit_list.add_argument("--action", dest="action_filter", help="only this action, e.g. key.create")
+    audit_list.add_argument("--actor", help="only this actor, e.g. cli:alice or a key id")
+    audit_list.add_argument("--target", help="only this target, e.g. a key id")
+    audit_list.add_argument("--since", help="epoch seconds or ISO 8601 (from, inclusive)")
+    audit_list.add_argument("--until", help="epoch seconds or ISO 8601 (to, exclusive)")
+    audit_list.add_argument("--after-seq", type=int, help="the last seq of the previous page")
+    audit_list.add_argument("--limit", type=int, default=100, help="at most this many (1..1000)")
+    verify = _store_action(audit_actions, "verify", "check the hash chain: exit 0 intact, 1 broken")
+    for action in (audit_list, verify):
+        action.set_defaults(run=_manage, kind="audit")
+
+
+def _store_action(actions: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
+    parser.add_argument("--config", required=True, help="the YAML config file (its store section)")
+    parser.set_defaults(action=name)
+    return parser
+
+
+def _field_flags(parser: argparse.ArgumentParser, fields: tuple[tuple[str, str, str], ...]) -> None:
+    for flag, field, kind in fields:
+        if kind == "list":
+            parser.add_argument(flag, dest=field, action="append", metavar=field.upper().rstrip("S"),
+                                help=f"{field} (repeat the flag; given, it replaces the whole list)")
+        elif kind == "bool":
+            parser.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, default=None)
+        elif kind == "json":
+            parser.add_argument(flag, dest=field, metavar="JSON", help=f"{field} as JSON")
+        else:
+            parser.add_argument(flag, dest=field, type=float if kind == "float" else str,
+                                help="epoch seconds or ISO 8601" if kind == "time" else None)
+    parser.add_argument("--json", dest="body_json", metavar="BODY",
+                        help="the body as the admin API takes it (a JSON object); the flags override its fields")
+
+
+def _body(args: argparse.Namespace, fields: tuple[tuple[str, str, str], ...]) -> dict[str, Any]:
+    """The request body from --json and the field flags (only those given)."""
+    from .auth.manage import parse_time
+    from .errors import InvalidRequest
+
+    body: dict[str, Any] = {}
+    if args.body_json is not None:
+        loaded = _json_arg("--json", args.body_json)
+        if not isinstance(loaded, dict):
+            raise InvalidRequest("--json must be a JSON object.", param="json")
+        body.update(loaded)
+    for _flag, field, kind in fields:
+        value = getattr(args, field)
+        if value is None:
+            continue
+        if kind == "json":
+            value = _json_arg(f"--{field.replace('_', '-')}", value)
+        elif kind == "time":
+            value = parse_time(field, value)
+        body[field] = value
+    return body
+
+
+def _json_arg(flag: str, text: str) -> Any:
+    import json
+
+    from .errors import InvalidRequest
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidRequest(f"{flag} is not valid JSON.", param=flag) from None
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return f"cli:uid-{os.getuid()}"
+
+
+def _manage(args: argparse.Namespace) -> int:
+    """One keys/users/teams/roles/audit action on the configured store; prints its answer as JSON."""
+    import asyncio
+
+    from .auth.audit import AuditLog
+    from .auth.manage import Actor, Manager
+    from .errors import GatewayError
+    from .pipeline.rbac import BUILTIN_ROLES
+    from .store import StoreError, open_store
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    store = open_store(config.store)
+    audit = AuditLog(store)
+    manager = Manager(store, audit, builtin_roles=set(BUILTIN_ROLES) | set(config.auth.roles))
+    outcome = {"code": 0}
+
+    async def run() -> None:
+        try:
+            if config.store.migrate_on_start:
+                await store.migrate()
+            answer = await _dispatch(manager, args, Actor(_cli_actor()))
+            _print_json(answer)
+            if args.kind == "audit" and args.action == "verify" and not answer["ok"]:
+                print(f"sluice: the audit chain is broken at seq {answer['first_bad_seq']} "
+                      f"({answer['checked']} records checked)", file=sys.stderr)
+                outcome["code"] = EXIT_STORE
+            elif "key" in answer and args.kind == "keys":
+                print("sluice: the key above is shown once; store it now.", file=sys.stderr)
+        finally:
+            await audit.aclose()
+            await store.aclose()
+        if audit.failed or audit.dropped:
+            print("sluice: the change was made but its audit record could not be written", file=sys.stderr)
+            outcome["code"] = EXIT_STORE
+
+    try:
+        asyncio.run(run())
+    except GatewayError as exc:
+        print(f"sluice: {exc.message}", file=sys.stderr)
+        return EXIT_STORE
+    except StoreError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_STORE
+    return outcome["code"]
+
+
+async def _dispatch(manager: Manager, args: argparse.Namespace, actor: Actor) -> dict[str, Any]:
+    from .auth import manage as m
+
+    kind, action = args.kind, args.action
+    if kind == "audit":
+        if action == "verify":
+            return await manager.verify_audit()
+        since, until = (None if t is None else m.parse_time(n, t) for n, t in (("since", args.since),
+                                                                                 ("until", args.until)))
+        return await manager.list_audit(action=args.action_filter, actor=args.actor, target=args.target,
+                                        since=since, until=until, after_seq=args.after_seq, limit=args.limit)
+    if action == "revoke":
+        return await manager.revoke_key(args.id, m.KeyRevoke(reason=args.reason), actor)
+    if action == "rotate":
+        return await manager.rotate_key(args.id, m.KeyRotate(grace_s=args.grace_s), actor)
+    singular, fields = _KINDS[kind]
+    answer: dict[str, Any]
+    if action == "list":
+        filters = {name: getattr(args, name) for name in ("owner_user", "owner_team", "include_revoked", "team")
+                   if hasattr(args, name)}
+        answer = await getattr(manager, f"list_{kind}")(after=args.after, limit=args.limit, **filters)
+    elif action in ("get", "delete"):
+        call = getattr(manager, f"{action}_{singular}")
+        answer = await (call(args.id) if action == "get" else call(args.id, actor))
+    else:
+        body = _body(args, fields)
+        shape = getattr(m, f"{singular.capitalize()}{action.capitalize()}")  # KeyCreate, UserUpdate, ...
+        if action == "create":
+            if kind == "roles":
+                body["name"] = args.name
+            elif kind != "keys" and args.id is not None:
+                body["id"] = args.id
+            answer = await getattr(manager, f"create_{singular}")(m.convert_body(body, shape), actor)
+        else:
+            answer = await getattr(manager, f"update_{singular}")(args.id, m.convert_body(body, shape), actor)
+    return answer
+
+
+def _print_json(value: Any) -> None:
+    import json
+
+    print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def _version(args: argparse.Namespace) -> int:

@@ -5,14 +5,20 @@
      └── GatewayError                answered to the caller in its wire format
           ├── InvalidRequest         400 invalid_request_error (names the field in ``param``)
           ├── Unauthorized           401 (missing or wrong credentials; carries WWW-Authenticate)
+          ├── Forbidden              403 (a permission, a model or the client address not allowed)
           ├── NotFound               404 (unknown path, unknown model)
           ├── MethodNotAllowed       405
           ├── PayloadTooLarge        413
           ├── BadGateway             502 upstream unreachable, reset or malformed
+          ├── AuthUnavailable        503 the key store or a token issuer cannot be reached
           └── GatewayTimeout         504 upstream too slow
 
 Each error renders in the caller's wire format: OpenAI's shape on OpenAI
 routes, Anthropic's on /v1/messages (``GatewayError.body``).
+
+``Unauthorized``, ``Forbidden`` and ``AuthUnavailable`` carry a ``reason`` for the
+audit log (finer than the code the caller sees: "revoked" and "unknown" share
+the code ``invalid_api_key``).
 
 Errors of the upstream client (sluice.upstream.errors) are mapped to
 BadGateway / GatewayTimeout by ``from_upstream``.  Upstream 4xx/5xx answers are
@@ -26,8 +32,10 @@ from typing import ClassVar
 import orjson
 
 __all__ = [
+    "AuthUnavailable",
     "BadGateway",
     "ConfigError",
+    "Forbidden",
     "GatewayError",
     "GatewayTimeout",
     "InvalidRequest",
@@ -97,6 +105,23 @@ class Unauthorized(GatewayError):
     status = 401
     type = "invalid_request_error"
 
+    def __init__(self, message: str, *, code: str | None = None, reason: str | None = None,
+                 headers: tuple[tuple[str, str], ...] = (("www-authenticate", 'Bearer realm="sluice"'),)) -> None:
+        super().__init__(message, code=code, headers=headers)
+        self.reason = reason or code or "unauthorized"
+
+
+class Forbidden(GatewayError):
+    """403: Anthropic's ``permission_error``; OpenAI's invalid_request_error with the code saying what is missing."""
+
+    status = 403
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
+                 reason: str | None = None) -> None:
+        super().__init__(message, code=code, param=param)
+        self.reason = reason or code or "forbidden"
+
 
 class NotFound(GatewayError):
     status = 404
@@ -120,6 +145,17 @@ class PayloadTooLarge(GatewayError):
 class BadGateway(GatewayError):
     status = 502
     type = "upstream_error"
+
+
+class AuthUnavailable(GatewayError):
+    """503: the credential could not be checked (store or issuer down); nothing about it is known yet."""
+
+    status = 503
+    type = "server_error"
+
+    def __init__(self, message: str, *, code: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message, code=code, headers=(("retry-after", "1"),))
+        self.reason = reason or code or "unavailable"
 
 
 class GatewayTimeout(GatewayError):

@@ -169,3 +169,43 @@ models:
     # request saw the bucket full but for its own reservation (requests still count).
     reservation = len(json.dumps(speech).encode()) // 4 + 1024
     assert [int(r.headers["x-ratelimit-remaining-tokens"]) for r in replies[:3]] == [10000 - reservation] * 3
+
+
+def test_authenticated_callers_get_user_and_team_limits_and_their_keys_own(tmp_path, mock_upstream) -> None:
+    """Auth on: a team policy counts across its members' keys; a key made with its own policy and quota by the
+    admin API is limited by them at once (examples of the key store's per-key limits)."""
+    admin = "sk-admin-ratelimit-0123456789"
+    gateway = start_gateway(tmp_path, f"""
+store: {{sqlite_path: {json.dumps(str(tmp_path / "store.db"))}}}
+auth:
+  enabled: true
+  static_keys:
+    - {{name: admin, key: {admin}, roles: [admin]}}
+    - {{name: ann, key: sk-ann-0123456789abcdefgh, roles: [user], user: ann, team: red}}
+    - {{name: bob, key: sk-bob-0123456789abcdefgh, roles: [user], user: bob, team: red}}
+ratelimit:
+  quota_store: {json.dumps(str(tmp_path / "quotas.db"))}
+  policies:
+    - {{name: per-team, scope: team, rate: 3, period_s: 3600}}
+providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}
+models:
+  gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}
+""")
+    try:
+        team = [call(gateway.url, "POST", "/v1/chat/completions", CHAT, {"authorization": f"Bearer {key}"}).status
+                for key in ("sk-ann-0123456789abcdefgh", "sk-bob-0123456789abcdefgh", "sk-ann-0123456789abcdefgh",
+                            "sk-bob-0123456789abcdefgh")]
+        made = call(gateway.url, "POST", "/admin/keys", {
+            "name": "capped", "policies": [{"name": "own-rpm", "rate": 1, "period_s": 3600}],
+            "quotas": [{"name": "own-daily", "limit": 5}]}, {"authorization": f"Bearer {admin}"})
+        key = {"authorization": f"Bearer {made.json()['key']}"}
+        own = [call(gateway.url, "POST", "/v1/chat/completions", CHAT, key) for _ in range(2)]
+        bad = call(gateway.url, "POST", "/admin/keys", {"policies": [{"name": "x", "rate": 0}]},
+                   {"authorization": f"Bearer {admin}"})
+    finally:
+        gateway.stop()
+    assert team == [200, 200, 200, 429]
+    assert made.status == 201
+    assert own[0].status == 200 and own[0].headers["x-sluice-quota-remaining-requests"] == "4"
+    assert own[1].status == 429 and "own-rpm" in own[1].json()["error"]["message"]
+    assert bad.status == 400 and "policies[0]" in bad.json()["error"]["param"]

@@ -3,7 +3,14 @@
 - ``sluice.auth.identity``: Identity, AuthFailure (with its reasons) and the claim mapping;
 - ``sluice.auth.jwt``: bearer JWTs of configured issuers (JwtVerifier, looks_like_jwt);
 - ``sluice.auth.oidc``: OIDC discovery and the issuers' JWKS caches;
-- ``sluice.auth.introspection``: opaque tokens by RFC 7662 introspection (Introspector).
+- ``sluice.auth.introspection``: opaque tokens by RFC 7662 introspection (Introspector);
+- ``sluice.auth.keys``: API keys through the in-process cache and the store's change feed, tokens through
+  the two above (Authenticator), and ``prepare_store`` (migrations before the workers start);
+- ``sluice.auth.principal``: who is calling (Principal), its permissions from the role table;
+- ``sluice.auth.signing``: HMAC request signatures of keys that sign, with their replay memory.
+
+The request-path stage that uses them is ``sluice.pipeline.auth``; route permissions are
+``sluice.pipeline.rbac``'s.
 
 Only the identity types are imported here: the JWT modules pull in PyJWT and
 cryptography, which a gateway without auth.jwt or auth.introspection never loads.

@@ -329,6 +329,7 @@ _HMAC_ALGS = {"HS256": 32, "HS384": 48, "HS512": 64}  # the shortest secret each
 
 def _check_auth(auth: AuthConfig) -> None:
     """JWT issuers: unique, an audience, a safe algorithm allowlist, a way to their keys; introspection endpoints."""
+    _check_auth_stage(auth)
     issuers: set[str] = set()
     for i, issuer in enumerate(auth.jwt):
         path = f"auth.jwt[{i}]"
@@ -361,6 +362,58 @@ def _check_auth(auth: AuthConfig) -> None:
         if endpoint.token_type_hint is not None and not endpoint.token_type_hint:
             raise ConfigError(f"{path}.token_type_hint", "must not be empty (leave it out to send none)")
         _check_claims(f"{path}.claims", endpoint.claims)
+
+
+def _check_auth_stage(auth: AuthConfig) -> None:
+    """Roles and their permissions, static keys, IP rules and the stage's numbers."""
+    import ipaddress
+    import math
+
+    from ..pipeline.rbac import BUILTIN_ROLES, check_permission
+
+    _positive("auth.revocation_poll_s", auth.revocation_poll_s, maximum=60)
+    _positive("auth.signature_skew_s", auth.signature_skew_s, maximum=86400)
+    _positive("auth.key_cache_size", auth.key_cache_size)
+    for field in ("ip_allow", "ip_deny"):
+        for i, cidr in enumerate(getattr(auth, field)):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"auth.{field}[{i}]", f"not an IP network (CIDR): {cidr!r}") from None
+    for name, permissions in auth.roles.items():
+        if not name or not name.isprintable() or " " in name:
+            raise ConfigError(f"auth.roles.{name}", "a role name must be printable, without spaces")
+        for i, permission in enumerate(permissions):
+            problem = check_permission(permission)
+            if problem is not None:
+                raise ConfigError(f"auth.roles.{name}[{i}]", problem)
+    roles = BUILTIN_ROLES.keys() | auth.roles.keys()
+    names: set[str] = set()
+    secrets: set[str] = set()
+    for i, static in enumerate(auth.static_keys):
+        path = f"auth.static_keys[{i}]"
+        if not static.name or static.name in names or not static.name.isprintable() or " " in static.name:
+            raise ConfigError(f"{path}.name", f"must be a unique name without spaces, got {static.name!r}")
+        names.add(static.name)
+        key = static.key
+        if len(key) < 20 or not key.isprintable() or any(c.isspace() for c in key):
+            raise ConfigError(f"{path}.key", "must be at least 20 printable characters without spaces "
+                                             "(give it as ${ENV_VAR}, e.g. 32 random bytes in base64url)")
+        if key in secrets:
+            raise ConfigError(f"{path}.key", "the same secret as another static key")
+        secrets.add(key)
+        if not static.roles:
+            raise ConfigError(f"{path}.roles", "name at least one role (deny by default), e.g. [user] or [admin]")
+        for j, role in enumerate(static.roles):
+            if role not in roles:
+                raise ConfigError(f"{path}.roles[{j}]", f"unknown role {role!r} (known: {', '.join(sorted(roles))}; "
+                                                        "add it under auth.roles)")
+        for j, glob in enumerate(static.models):
+            if not glob:
+                raise ConfigError(f"{path}.models[{j}]", "a model glob must not be empty")
+    for field in ("revocation_poll_s", "signature_skew_s"):
+        if not math.isfinite(getattr(auth, field)):
+            raise ConfigError(f"auth.{field}", f"must be a finite number, got {getattr(auth, field)}")
 
 
 def _check_algorithms(path: str, issuer: JwtIssuerConfig) -> None:

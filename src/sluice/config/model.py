@@ -13,7 +13,7 @@ import msgspec
 __all__ = ["Algorithm", "AuthConfig", "ClaimsConfig", "Config", "IntrospectionConfig", "JwtIssuerConfig",
            "LimitMode", "ModelConfig", "ObservabilityConfig", "PassthroughConfig", "PolicyConfig", "PolicyMatch",
            "ProviderConfig", "QuotaConfig", "QuotaPeriod", "RateLimitConfig", "Scope",
-           "ServerConfig", "StoreConfig", "TargetConfig", "TracingConfig", "Unit", "UpstreamConfig"]
+           "ServerConfig", "StaticKeyConfig", "StoreConfig", "TargetConfig", "TracingConfig", "Unit", "UpstreamConfig"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -229,7 +229,31 @@ class IntrospectionConfig(_Section, frozen=True):
     claims: ClaimsConfig = ClaimsConfig()
 
 
+class StaticKeyConfig(_Section, frozen=True):
+    """An API key declared in the config (the embedded quickstart): its secret usually an ``${ENV}`` reference."""
+
+    name: str  # its key id is "static:<name>"
+    key: str  # the secret itself, at least 20 characters
+    roles: tuple[str, ...]  # deny by default: name what it may do, e.g. [admin] or [user]
+    models: tuple[str, ...] = ()  # glob patterns; empty: any model its roles allow
+    user: str | None = None
+    team: str | None = None
+    service_account: bool = False
+
+
 class AuthConfig(_Section, frozen=True):
+    # Off: the gateway serves everyone as before.  On: every /v1 and /admin request needs a credential
+    # (an API key, a JWT of a configured issuer, an introspected token) and a role that allows it.
+    enabled: bool = False
+    static_keys: tuple[StaticKeyConfig, ...] = ()
+    # Role -> permissions.  Built in: admin = ["*"], user = every non-admin permission; these override
+    # them, and roles in the store override both.
+    roles: dict[str, tuple[str, ...]] = {}
+    revocation_poll_s: float = 0.5  # how often each worker reads the store's change feed
+    ip_allow: tuple[str, ...] = ()  # CIDRs (IPv4 or IPv6) allowed to call; empty: any (X-Forwarded-For from
+    ip_deny: tuple[str, ...] = ()  # ratelimit.trusted_proxies only); a deny always wins
+    signature_skew_s: float = 300.0  # a signed request's timestamp may be this far off
+    key_cache_size: int = 100_000  # API keys kept in each worker's cache
     jwt: tuple[JwtIssuerConfig, ...] = ()
     introspection: tuple[IntrospectionConfig, ...] = ()
 

@@ -26,7 +26,7 @@ class _RequestIdDefault(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, request_id, message (and the traceback)."""
+    """One JSON object per line: time, level, logger, request_id, message (the traceback, an audit record)."""
 
     _encoder = msgspec.json.Encoder()
 
@@ -39,6 +39,9 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", None),
             "message": record.getMessage(),
         }
+        audit = getattr(record, "audit", None)  # sluice.auth.audit's record, as structured data
+        if audit is not None:
+            line["audit"] = audit
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
         return self._encoder.encode(line).decode()

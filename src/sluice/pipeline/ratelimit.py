@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import math
 import time
@@ -52,6 +51,7 @@ import msgspec
 from .._native import LocalLimiter
 from ..config import PolicyConfig, RateLimitConfig
 from ..errors import GatewayError
+from .iprules import ClientIp
 
 if TYPE_CHECKING:
     from ..server.exchange import Exchange
@@ -65,11 +65,20 @@ __all__ = ["Admission", "Caller", "LimiterDown", "RateLimited", "RateLimits", "T
 class Caller(Protocol):
     """What the rate limits read of an authenticated caller (sluice.auth.principal.Principal)."""
 
-    key_id: str | None  # the key's id in the key store (or its static name)
-    user: str | None
-    team: str | None
-    policies: tuple[dict[str, Any], ...]  # the key's own rate-limit policies (PolicyConfig fields)
-    quotas: tuple[dict[str, Any], ...]  # the key's own quotas (QuotaConfig fields)
+    @property
+    def key_id(self) -> str | None: ...  # the key's id in the key store (or its static name)
+
+    @property
+    def user(self) -> str | None: ...
+
+    @property
+    def team(self) -> str | None: ...
+
+    @property
+    def policies(self) -> tuple[dict[str, Any], ...]: ...  # the key's own rate-limit policies (PolicyConfig fields)
+
+    @property
+    def quotas(self) -> tuple[dict[str, Any], ...]: ...  # the key's own quotas (QuotaConfig fields)
 
 
 def own_policy(raw: dict[str, Any]) -> PolicyConfig:
@@ -181,7 +190,8 @@ class RateLimits:
         self.redis = redis
         self.quotas = quotas
         self.default_max_tokens = config.default_max_tokens
-        self._trusted = [ipaddress.ip_network(c, strict=False) for c in config.trusted_proxies]
+        # The caller's address (X-Forwarded-For from trusted proxies only): the auth stage's IP rules use the same.
+        self.client_ip = ClientIp(config.trusted_proxies)
         self._wants_key = any(p.scope == "key" or p.keys for p in self.policies) or quotas is not None
         self.remote = any(p.distributed for p in self.policies)  # some policy needs Redis: admit() awaits
         self.fails_closed = any((p.distributed or p.hybrid) and not p.fail_open for p in self.policies)
@@ -526,26 +536,6 @@ class RateLimits:
             await self.redis.aclose()
         if self.quotas is not None:
             await self.quotas.aclose()
-
-    def client_ip(self, ex: Exchange) -> str:
-        """The caller's address: the peer, or the right-most untrusted hop of X-Forwarded-For behind trusted proxies."""
-        peer = ex.client.rsplit(":", 1)[0].strip("[]")
-        if not self._trusted or not self._is_trusted(peer):
-            return peer
-        forwarded = ex.header("x-forwarded-for")
-        if not forwarded:
-            return peer
-        for hop in reversed([h.strip() for h in forwarded.split(",")]):
-            if not self._is_trusted(hop):
-                return hop
-        return peer
-
-    def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self._trusted)
 
     def sweep(self) -> None:
         now = time.monotonic()

@@ -21,20 +21,25 @@ import orjson
 from .._native import USAGE_TAIL, RequestIds, token_counts, valid_request_id
 from ..config import Config, ObservabilityConfig
 from ..errors import (
+    AuthUnavailable,
     BadGateway,
+    Forbidden,
     GatewayError,
     GatewayTimeout,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
 )
 from ..observability.access_log import AccessLog
 from ..observability.health import Health, Probe
 from ..observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..observability.metrics import Metrics
 from ..pipeline.capabilities import needs_of
+from ..pipeline.iprules import ClientIp
 from ..pipeline.ratelimit import Admission, RateLimits
+from ..pipeline.rbac import model_not_allowed
 from ..pipeline.validate import (
     ChatRequest,
     CompletionRequest,
@@ -49,13 +54,17 @@ from ..providers import Call, InvalidAnswer, Provider
 from ..providers.translate.errors import UnsupportedContent
 from ..routing import Router, Target
 from ..upstream import Response, ResponseTooLarge, UpstreamClient, UpstreamError, UpstreamTimeout
+from .admin import mount_admin
 from .exchange import ClientGone, Exchange
 from .messages import Egress, chain, messages_call
 from .passthrough import FORWARDED_HEADERS, passthrough_route, relay_raw
 from .relay import relay_headers, relay_stream, relay_translated
 
 if TYPE_CHECKING:
+    from ..auth.audit import AuditLog
+    from ..auth.principal import Principal
     from ..observability.tracing import Trace, Tracing
+    from ..pipeline.auth import AuthStage
 
 __all__ = ["Gateway", "create_gateway"]
 
@@ -66,6 +75,10 @@ DISCARD_LIMIT = 16 * 2**20  # a refused body is read (and dropped) up to this mu
 # gen_ai.operation.name of each endpoint (OpenTelemetry GenAI conventions).
 _OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion", "/v1/embeddings": "embeddings",
                "/v1/messages": "chat"}
+# On every response; admin answers are never cached.  (No version banner: Granian's server header is "granian".)
+SECURITY_HEADERS: tuple[tuple[str, str], ...] = (("x-content-type-options", "nosniff"),)
+ADMIN_SECURITY_HEADERS = (*SECURITY_HEADERS, ("cache-control", "no-store"))
+_AUTH_ERRORS = (Unauthorized, Forbidden, AuthUnavailable)
 
 
 class RequestContext:
@@ -86,11 +99,13 @@ class RequestContext:
         "model",
         "overhead_s",
         "path",
+        "principal",
         "provider",
         "request_body",
         "request_id",
         "retries",
         "route",
+        "security",
         "started",
         "status",
         "tokens_in",
@@ -128,6 +143,8 @@ class RequestContext:
         # Set by the stages that know them (authentication, retries, cache) once those land.
         self.key_prefix: str | None = None
         self.user: str | None = None
+        self.principal: Principal | None = None  # who is calling, when auth is on (pipeline/auth.py)
+        self.security = SECURITY_HEADERS
         self.retries = 0
         self.cache: str | None = None
         # Filled by Gateway._account:
@@ -146,7 +163,7 @@ class RequestContext:
         self.ttfb_s = elapsed = time.perf_counter() - self.started
         self.overhead_s = elapsed - self.upstream_s
         headers = [("x-request-id", self.request_id), ("x-sluice-overhead-ms", f"{self.overhead_s * 1000:.3f}"),
-                   *extra]
+                   *self.security, *extra]
         if self.admission is not None:
             headers += self.admission.headers
         return headers
@@ -185,6 +202,17 @@ class Gateway:
             self.tracing = Tracing(observability.tracing)
         self.log_bodies = observability.log_bodies
         self.limits = _open_limits(config, self.metrics)
+        # One client-address function (trusted proxies' X-Forwarded-For) for the rate limits and the auth stage.
+        self.client_ip = ClientIp(config.ratelimit.trusted_proxies) if self.limits is None else self.limits.client_ip
+        self.auth: AuthStage | None = None
+        self.audit: AuditLog | None = None
+        if config.auth.enabled:
+            from ..auth.audit import AuditLog
+            from ..pipeline.auth import AuthStage
+
+            self.auth = AuthStage(config, self.client_ip, self.client)
+            self.audit = AuditLog(self.auth.store)  # writes through the stage's store; closed before it
+        self.admin = mount_admin(config, self.auth, self.audit, self.routes)  # /admin/... when auth is on
         if self.limits is not None and self.limits.redis is not None and self.limits.fails_closed:
             # Only a fail-closed policy stops serving without Redis; otherwise every replica would go
             # unready at once while the fail-open ones could serve.
@@ -197,6 +225,8 @@ class Gateway:
             self.routes["/metrics"] = {"GET": self._scrape}
         for path, probe in self.health.probes().items():
             self.routes[path] = {"GET": self._probe_for(probe)}
+        self.open_paths = frozenset({*self.health.probes(), "/metrics"})  # served without a credential
+        self._scoped_lists: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
         created = int(time.time())
         self._model_cards = {
             name: {"id": name, "object": "model", "created": created, "owned_by": "sluice"}
@@ -216,12 +246,23 @@ class Gateway:
             self.metrics.in_flight += 1
         if self.tracing is not None:
             ctx.trace = self.tracing.begin(ex, ex.path if ex.path in self.routes else "other")
+        if ex.path.startswith("/admin"):
+            ctx.security = ADMIN_SECURITY_HEADERS
         try:
+            auth = self.auth
+            if auth is not None and ex.path not in self.open_paths:
+                if ex.path.startswith("/v1/messages"):
+                    ctx.wire = "anthropic"  # a refusal in Anthropic's shape
+                if not auth.admit(ex, ctx):  # no await on a cached key
+                    await auth.admit_slow(ex, ctx)
             methods = self.routes.get(ex.path)
             handler = methods.get(ex.method) if methods is not None else None
             await (handler or self._no_route)(ex, ctx)
         except GatewayError as exc:
             ctx.error = exc.code or exc.type
+            if self.audit is not None and isinstance(exc, _AUTH_ERRORS):
+                self.audit.record("auth.failure", actor=ctx.key_prefix or "anonymous", target=ex.path[:200],
+                                  client_ip=self.client_ip(ex), details={"reason": exc.reason, "status": exc.status})
             await self._send_error(ex, ctx, exc)
         except ClientGone:
             ctx.error = "client_disconnected"
@@ -273,6 +314,8 @@ class Gateway:
         if methods is None:
             if path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
                 methods = {"GET": self._get_model}
+            elif self.admin is not None and (admin_methods := self.admin.routes_for(path)) is not None:
+                methods = admin_methods  # /admin/keys/{id}, /admin/keys/{id}/revoke, /admin/users/{id}, ...
             elif (family := passthrough_route(path)) is not None:
                 ctx.route = family
                 await self._passthrough(ex, ctx)
@@ -323,12 +366,21 @@ class Gateway:
                          self.metrics.exposition())
 
     async def _list_models(self, ex: Exchange, ctx: RequestContext) -> None:
-        await ex.respond(200, ctx.headers(("content-type", JSON)), self._model_list)
+        principal = ctx.principal
+        body = self._model_list
+        if principal is not None and principal.model_globs is not None:  # only the models it may use
+            body = self._scoped_lists.get(principal.model_globs)  # type: ignore[assignment]
+            if body is None:
+                if len(self._scoped_lists) >= 1024:
+                    self._scoped_lists.clear()
+                cards = [card for name, card in self._model_cards.items() if principal.may_use(name)]
+                body = self._scoped_lists[principal.model_globs] = orjson.dumps({"object": "list", "data": cards})
+        await ex.respond(200, ctx.headers(("content-type", JSON)), body)
 
     async def _get_model(self, ex: Exchange, ctx: RequestContext) -> None:
         name = unquote(ex.path[len("/v1/models/"):])
         card = self._model_cards.get(name)
-        if card is None:
+        if card is None or (ctx.principal is not None and not ctx.principal.may_use(name)):
             raise _model_not_found(name)
         await ex.respond(200, ctx.headers(("content-type", JSON)), orjson.dumps(card))
 
@@ -354,10 +406,13 @@ class Gateway:
             ctx.request_body = body
         request: Any = decode(body, kind)
         ctx.model = request.model
+        if ctx.principal is not None:
+            self._authorize_call(ex, ctx, body, request.model)
         target = self._target(request, endpoint)  # an unknown model or capability is refused before any charge
         limits = self.limits
         if limits is not None:
-            ctx.admission = await _admit(limits, ex, endpoint, request.model, len(body), _max_tokens(request))
+            ctx.admission = await _admit(limits, ex, endpoint, request.model, len(body), _max_tokens(request),
+                                         ctx.principal)
         call = Call(endpoint, "POST", body, bool(request.stream), ctx.request_id, target.model)
         if not target.provider.translates(call):
             if (self.keep_answer or ctx.admission is not None) and _usage_unasked(call, request):
@@ -465,7 +520,12 @@ class Gateway:
         if ex.method in ("POST", "PUT", "PATCH"):
             if not content_type or content_type.startswith("application/json"):
                 body = await ex.read_body(self.max_body)
+                if ctx.principal is not None:
+                    self._authorize_call(ex, ctx, body, None)  # the model is checked by _passthrough_target
                 body, provider = self._passthrough_target(ctx, body, provider)
+            elif ctx.principal is not None and ctx.principal.signing_secret is not None:
+                body = await ex.read_body(self.max_body)  # a signed upload is verified whole before it goes on
+                self._authorize_call(ex, ctx, body, None)
             else:
                 body = ex.body_chunks(self.max_body)  # uploads go through as they arrive
         if provider is None:
@@ -474,7 +534,7 @@ class Gateway:
         ctx.provider = provider.name
         if self.limits is not None:  # uploads count as requests; their tokens, if any, settle from usage
             size = len(body) if isinstance(body, bytes) else 0
-            ctx.admission = await _admit(self.limits, ex, ctx.route, ctx.model or "", size, None)
+            ctx.admission = await _admit(self.limits, ex, ctx.route, ctx.model or "", size, None, ctx.principal)
         target = provider.prefix + path + (f"?{quote(ex.query, safe=_QUERY_SAFE)}" if ex.query else "")
         headers = [(name, value) for name in FORWARDED_HEADERS if (value := ex.header(name)) is not None]
         headers += [("x-request-id", ctx.request_id), *provider.next_auth(), *provider.extra_headers()]
@@ -502,6 +562,8 @@ class Gateway:
         if not isinstance(model, str):
             return body, provider
         ctx.model = model
+        if ctx.principal is not None and not ctx.principal.may_use(model):
+            raise model_not_allowed(model)
         route = self.router.get(model)
         if route is None:
             if provider is None:
@@ -523,6 +585,8 @@ class Gateway:
             ctx.request_body = body
         request: Any = decode(body, MessagesRequest)
         ctx.model = request.model
+        if ctx.principal is not None:
+            self._authorize_call(ex, ctx, body, request.model)
         target = self._target(request, "/v1/messages")
         try:
             call, egress = messages_call(request, body, target, ctx.request_id, ex.header("anthropic-beta"))
@@ -530,7 +594,8 @@ class Gateway:
             raise _unsupported(exc, target.provider) from None
         limits = self.limits
         if limits is not None:
-            ctx.admission = await _admit(limits, ex, "/v1/messages", request.model, len(body), request.max_tokens)
+            ctx.admission = await _admit(limits, ex, "/v1/messages", request.model, len(body), request.max_tokens,
+                                         ctx.principal)
         await self._forward(ex, ctx, target, call, egress)
 
     async def _count_tokens(self, ex: Exchange, ctx: RequestContext) -> None:
@@ -539,6 +604,8 @@ class Gateway:
         body = await ex.read_body(self.max_body)
         request: Any = decode(body, CountTokensRequest)
         ctx.model = request.model
+        if ctx.principal is not None:
+            self._authorize_call(ex, ctx, body, request.model)
         route = self.router.get(request.model)
         if route is None:
             raise _model_not_found(request.model)
@@ -551,12 +618,25 @@ class Gateway:
         call = Call("/v1/messages/count_tokens", "POST", body, False, ctx.request_id, target.model, "anthropic")
         await self._forward(ex, ctx, target, call)
 
+    def _authorize_call(self, ex: Exchange, ctx: RequestContext, body: bytes, model: str | None) -> None:
+        """Once the body is read: its signature (keys that sign) and the model (globs of the key and its roles)."""
+        principal = ctx.principal
+        assert principal is not None and self.auth is not None
+        if principal.signing_secret is not None:
+            self.auth.verify_body(ex, ctx, body)
+        if model is not None and not principal.may_use(model):
+            raise model_not_allowed(model)
+
     @staticmethod
     def _end_attempt(ctx: RequestContext, trace: Trace, status: int) -> None:
         _count_tokens(ctx)
         trace.end_upstream(status, ctx.tokens_in, ctx.tokens_out, ctx.error)
 
     async def close(self) -> None:
+        if self.audit is not None:
+            await self.audit.aclose()  # flushed through the store before the stage closes it
+        if self.auth is not None:
+            await self.auth.aclose()
         if self._client is not None:
             await self._client.close()
         if self.limits is not None:
@@ -587,7 +667,8 @@ def _open_metrics(config: Config) -> Metrics | None:
 
 def _open_limits(config: Config, metrics: Metrics | None) -> RateLimits | None:
     limits = config.ratelimit
-    if not limits.policies and not limits.quotas:
+    keys_carry_limits = config.auth.enabled  # a key in the store may come with its own policies and quotas
+    if not limits.policies and not limits.quotas and not keys_carry_limits:
         return None
     redis = None
     if limits.redis is not None:
@@ -595,7 +676,7 @@ def _open_limits(config: Config, metrics: Metrics | None) -> RateLimits | None:
 
         redis = RedisLimiter(connect(limits.redis, limits.redis_timeout_s), timeout_s=limits.redis_timeout_s)
     quotas = None
-    if limits.quotas:
+    if limits.quotas or keys_carry_limits:
         from ..pipeline.quotas import Quotas
         from ..state.quota_store import open_quota_store
 
@@ -641,13 +722,13 @@ def _asking_usage(body: bytes, model: str | None) -> bytes:
 
 
 async def _admit(limits: RateLimits, ex: Exchange, route: str, model: str, body_size: int,
-                 max_tokens: int | None) -> Admission | None:
+                 max_tokens: int | None, caller: Principal | None = None) -> Admission | None:
     """The rate limits' and quotas' admission: without an await when nothing needs Redis or a store."""
     if not limits.remote:
-        admission = limits.admit_local(ex, route, model, body_size, max_tokens)
+        admission = limits.admit_local(ex, route, model, body_size, max_tokens, caller)
         if admission != "await":
             return admission
-    return await limits.admit(ex, route, model, body_size, max_tokens)
+    return await limits.admit(ex, route, model, body_size, max_tokens, caller)
 
 
 def _max_tokens(request: Any) -> int | None:

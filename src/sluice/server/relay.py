@@ -19,6 +19,7 @@ _NOT_RELAYED = frozenset((
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"content-length", b"date", b"server", b"set-cookie",
     b"x-request-id", b"alt-svc",
+    b"x-content-type-options",  # the gateway sends its own (nosniff) on every response
 ))
 _MAX_PENDING = 1024 * 1024  # an "event" longer than this is passed on as it is
 

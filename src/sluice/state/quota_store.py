@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ..store.sqlite import connect_shared
+
 if TYPE_CHECKING:
     import redis.asyncio
 
@@ -146,11 +148,8 @@ class SqliteQuotaStore:
     def _connection(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
-        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        db = connect_shared(self.path, self.busy_timeout_s)
         try:
-            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable up to the last checkpoint-safe commit
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"schema version {version} is newer than this sluice ({SCHEMA_VERSION})")

@@ -104,11 +104,8 @@ class SqliteStore(SqlStore):
     def _connection(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
-        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+        db = connect_shared(self.path, self.timeout_s)
         try:
-            db.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")  # WAL: a commit survives a crash of the process
             db.execute("PRAGMA foreign_keys = ON")
         except BaseException:
             db.close()
@@ -156,3 +153,27 @@ class SqliteStore(SqlStore):
         db, self._db = self._db, None
         if db is not None:
             db.close()
+
+
+def connect_shared(path: str, timeout_s: float) -> sqlite3.Connection:
+    """A connection to a SQLite file that several processes share: autocommit (explicit BEGINs), WAL,
+    waiting up to ``timeout_s`` for another writer."""
+    db = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # While another connection switches the file to WAL, SQLite answers "locked" at once,
+            # without its busy handler: wait (bounded) as the busy timeout would.
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+        db.execute("PRAGMA synchronous = NORMAL")  # WAL: a commit survives a crash of the process
+    except BaseException:
+        db.close()
+        raise
+    return db

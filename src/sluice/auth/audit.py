@@ -1,0 +1,320 @@
+"""The audit log: security-relevant events, queued without waiting, then hash-chained in the store.
+
+``AuditLog.record`` only appends to a bounded in-process queue (past
+``queue_size`` the record is dropped and counted in ``dropped``: a request never
+waits on the audit log).  A background task, started by the first record, takes
+what is queued in batches of up to ``batch_size``, emits each record as one
+structured log line (logger ``sluice.audit``, the record under the ``audit``
+key of ``extra``) and appends it to the store, which hash-chains it
+(``Store.append_audit``; appends are serialised there, so several workers and
+instances share one chain).  While the store is down the batch waits and is
+retried with backoff; the queue keeps its bound meanwhile.
+
+Floods: auth failures (every action under ``auth.``) that are identical in
+(action, actor, client_ip, details["reason"]) within ``coalesce_s`` of the first
+become one record whose details carry ``count`` (and ``last_at`` when more than
+one came).  Such a record enters the queue when its window closes, so its
+``seq`` may follow records of later events; its ``at`` is the first event's.
+
+``flush()`` waits (bounded) until everything recorded before it is written, the
+open coalescing windows included; ``aclose()`` flushes and stops the task.
+
+Nothing here logs or stores a credential: actors are key prefixes, key ids or
+user ids, and ``details`` are scrubbed of values under secret-looking names
+and of anything that looks like a sluice key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..store import KEY_SCHEME, Store, StoreError, display_prefix
+
+__all__ = ["COALESCE_PREFIX", "AuditLog"]
+
+log = logging.getLogger("sluice.audit")
+_internal = logging.getLogger("sluice.gateway")
+
+COALESCE_PREFIX = "auth."  # actions that may come in floods (auth failures, denials)
+_SECRET_NAMES = frozenset({"key", "api_key", "token", "secret", "signing_secret", "password", "authorization",
+                           "client_secret", "hs256_secret"})
+_MAX_BACKOFF_S = 5.0
+
+
+class _Entry:
+    """One record on its way to the store (a coalesced one counts its duplicates)."""
+
+    __slots__ = ("action", "actor", "at", "client_ip", "count", "details", "last_at", "logged", "target")
+
+    def __init__(self, at: float, action: str, actor: str, target: str | None, client_ip: str | None,
+                 details: dict[str, Any] | None) -> None:
+        self.at = at
+        self.action = action
+        self.actor = actor
+        self.target = target
+        self.client_ip = client_ip
+        self.details = details
+        self.count = 0  # > 0: a coalesced record
+        self.last_at = at
+        self.logged = False
+
+
+class AuditLog:
+    """``record`` queues (never waits, never raises); a background task writes; ``aclose`` flushes.
+
+    ``store`` None: the records are only logged.  ``owns_store``: ``aclose``
+    closes the store too (the CLI's case; the gateway closes its own store).
+    """
+
+    def __init__(self, store: Store | None, *, queue_size: int = 10000, batch_size: int = 256,
+                 coalesce_s: float = 1.0, close_timeout_s: float = 5.0, owns_store: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
+        if queue_size < 1 or batch_size < 1:
+            raise ValueError("queue_size and batch_size must be at least 1")
+        self.store = store
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.coalesce_s = coalesce_s
+        self.close_timeout_s = close_timeout_s
+        self.owns_store = owns_store
+        self._clock = clock
+        self._queue: deque[_Entry] = deque()
+        self._groups: dict[tuple[str, str, str | None, Any], _Entry] = {}  # open coalescing windows
+        self._wake = asyncio.Event()  # something was queued
+        self._retry = asyncio.Event()  # a flush: try a down store again now, not after the backoff
+        self._waiters: list[asyncio.Future[None]] = []
+        self._force = False  # release the open windows now (flush, close)
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed = False
+        self._store_down = False
+        self._writing = 0  # taken from the queue by the writer, not yet in the store
+        self.dropped = 0  # refused: the queue was full, or the log was closed
+        self.failed = 0  # the store could not take them (a bad record, or still down at close)
+        self.written = 0  # appended to the store (or only logged, without a store)
+        self.coalesced = 0  # merged into an earlier identical record
+
+    # -- the hot side ---------------------------------------------------------------------------------
+
+    def record(self, action: str, *, actor: str, target: str | None = None, client_ip: str | None = None,
+               details: dict[str, Any] | None = None) -> None:
+        """Queues one event; O(1), never waits, never raises (a full queue or a closed log counts a drop)."""
+        if self._closing:
+            self.dropped += 1
+            return
+        now = self._clock()
+        if action.startswith(COALESCE_PREFIX):
+            reason = details.get("reason") if details else None
+            group = (action, actor, client_ip, reason if isinstance(reason, str | int | None) else repr(reason))
+            entry = self._groups.get(group)
+            if entry is not None and now - entry.at < self.coalesce_s:
+                entry.count += 1
+                entry.last_at = now
+                self.coalesced += 1
+                return
+            if entry is not None:  # its window is over: to the queue (the writer would have moved it soon)
+                del self._groups[group]
+                self._queue.append(entry)
+            if not self._room():
+                return
+            entry = _Entry(now, action, actor, target, client_ip, details)
+            entry.count = 1
+            self._groups[group] = entry
+            if len(self._groups) == 1:
+                self._kick()  # the writer sleeps until this window closes
+            return
+        if not self._room():
+            return
+        self._queue.append(_Entry(now, action, actor, target, client_ip, details))
+        self._kick()
+
+    @property
+    def pending(self) -> int:
+        """Records not written yet (the open coalescing windows count one each)."""
+        return len(self._queue) + len(self._groups) + self._writing
+
+    def stats(self) -> dict[str, int]:
+        return {"audit_pending": self.pending, "audit_dropped": self.dropped, "audit_failed": self.failed,
+                "audit_written": self.written, "audit_coalesced": self.coalesced}
+
+    def _room(self) -> bool:
+        if len(self._queue) + len(self._groups) >= self.queue_size:
+            self.dropped += 1
+            return False
+        return True
+
+    def _kick(self) -> None:
+        if not self._wake.is_set():
+            self._wake.set()
+        if self._task is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: the task starts with the next call
+                self._task = asyncio.get_running_loop().create_task(self._run(), name="sluice-audit")
+
+    # -- flushing and closing -------------------------------------------------------------------------
+
+    async def flush(self, timeout_s: float = 5.0) -> bool:
+        """Waits until what was recorded so far is written (open windows included); False on timeout."""
+        if self._closed or not self.pending:
+            return not self.pending
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._force = True
+        self._retry.set()
+        self._kick()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(waiter)
+        except TimeoutError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Writes what is queued (bounded by ``close_timeout_s``), stops the task, closes an owned store."""
+        if self._closed:
+            return
+        self._closing = True
+        if self._queue or self._groups:
+            self._force = True
+            self._retry.set()
+            self._kick()
+        task = self._task
+        if task is not None:
+            self._wake.set()
+            try:
+                async with asyncio.timeout(self.close_timeout_s):
+                    await asyncio.shield(task)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        lost = self.pending  # a batch cut short by the cancel included
+        if lost:
+            self.failed += lost
+            _internal.error("audit log: %d records could not be written before shutdown", lost)
+            self._queue.clear()
+            self._groups.clear()
+            self._writing = 0
+        self._closed = True
+        self._release_waiters()
+        if self.owns_store and self.store is not None:
+            await self.store.aclose()
+
+    # -- the writer -----------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.0
+        while True:
+            if backoff:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):
+                        await self._retry.wait()
+                self._retry.clear()
+            elif not self._queue and not self._force:
+                timeout = self._next_window()
+                if self._closing and timeout is None:
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+            self._release_windows()
+            backoff = await self._drain(backoff)
+            if not self._queue and not self._groups:
+                self._force = False
+                self._release_waiters()
+                if self._closing:
+                    return
+
+    def _next_window(self) -> float | None:
+        """Seconds until the oldest open window closes (None: no window open)."""
+        if not self._groups:
+            return None
+        oldest = min(entry.at for entry in self._groups.values())
+        return max(0.0, oldest + self.coalesce_s - self._clock())
+
+    def _release_windows(self) -> None:
+        if not self._groups:
+            return
+        if self._force:
+            released = list(self._groups.values())
+            self._groups.clear()
+        else:
+            now = self._clock()
+            done = [group for group, entry in self._groups.items() if now - entry.at >= self.coalesce_s]
+            released = [self._groups.pop(group) for group in done]
+        released.sort(key=lambda entry: entry.at)
+        self._queue.extend(released)
+
+    async def _drain(self, backoff: float) -> float:
+        """Writes the queue in batches; answers the backoff before the next try (0: all written)."""
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            for i, entry in enumerate(batch):
+                self._writing = len(batch) - i
+                try:
+                    await self._write(entry)
+                except StoreError as exc:
+                    self._writing = 0
+                    self._queue.extendleft(reversed(batch[i:]))
+                    if not self._store_down:
+                        _internal.warning("audit log: the store refused a record (%s); retrying", exc)
+                        self._store_down = True
+                    return min(_MAX_BACKOFF_S, max(0.1, backoff * 2))
+                except Exception:  # a record the store cannot encode: dropped, never the writer
+                    _internal.exception("audit log: record %s by %s could not be written", entry.action,
+                                        entry.actor)
+                    self.failed += 1
+            self._writing = 0
+            if self._store_down:
+                _internal.warning("audit log: the store takes records again")
+                self._store_down = False
+        return 0.0
+
+    async def _write(self, entry: _Entry) -> None:
+        details = _scrub(entry.details) if entry.details else {}
+        if entry.count:
+            details["count"] = entry.count
+            if entry.count > 1:
+                details["last_at"] = entry.last_at
+        if not entry.logged:
+            entry.logged = True
+            _log(entry, details)
+        if self.store is not None:
+            await self.store.append_audit(entry.actor, entry.action, entry.target, entry.client_ip, details,
+                                          at=entry.at)
+        self.written += 1
+
+    def _release_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def _log(entry: _Entry, details: dict[str, Any]) -> None:
+    level = logging.WARNING if entry.action.startswith(COALESCE_PREFIX) else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    record = {"at": entry.at, "action": entry.action, "actor": entry.actor, "target": entry.target,
+              "client_ip": entry.client_ip, "details": details}
+    log.log(level, "audit %s actor=%s target=%s client_ip=%s%s", entry.action, entry.actor, entry.target or "-",
+            entry.client_ip or "-", f" count={entry.count}" if entry.count > 1 else "", extra={"audit": record})
+
+
+def _scrub(value: Any, name: str = "") -> Any:
+    """A copy of ``details`` without secrets: values under secret-looking names, and sluice keys."""
+    if name.lower() in _SECRET_NAMES and value is not None:
+        return "[redacted]"
+    if isinstance(value, dict):
+        return {str(k): _scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    if isinstance(value, str) and KEY_SCHEME in value:
+        return " ".join(display_prefix(word) if word.startswith(KEY_SCHEME) else word for word in value.split(" "))
+    return value

@@ -1,0 +1,753 @@
+"""Managing keys, users, teams and roles: checked, stored, audited.  The admin API and the CLI both call this.
+
+``Manager`` takes the bodies as typed structs (``KeyCreate``, ``UserUpdate``, …,
+decoded by ``decode_body`` from JSON or ``convert_body`` from a dict, both
+refusing unknown fields), checks what the types cannot say (globs, CIDRs,
+times, that the roles, users and teams named exist), calls the store and
+records one audit event per change (``key.create``, ``key.update``,
+``key.revoke``, ``key.rotate``, ``user.create``, …, ``role.delete``).  It answers
+plain JSON-ready dicts: a key's view never holds its hash or its signing
+secret; the key itself (and a new signing secret) only in the answers of
+create and rotate, the one time they are shown.
+
+Every refusal is a GatewayError that names the field in ``param``: 400 for bad
+input, 404 for an id that does not exist, 409 for a clash (an id taken, a key
+already revoked or rotated, a user who still owns keys), 503 when the store
+cannot be reached.  The audit details never hold key material.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import math
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, TypeVar
+
+import msgspec
+
+from .. import store as st
+from ..errors import GatewayError, InvalidRequest, NotFound
+from ..pipeline.quotas import own_quota
+from ..pipeline.ratelimit import own_policy
+from ..pipeline.rbac import check_permission
+from ..store import MAX_PAGE, ApiKey, Role, Store, Team, User, display_prefix, generate_key, hash_key, new_id
+from .audit import AuditLog
+
+__all__ = ["DEFAULT_GRACE_S", "Actor", "Conflict", "KeyCreate", "KeyRevoke", "KeyRotate", "KeyUpdate", "Manager",
+           "RoleCreate", "RoleUpdate", "StoreDown", "TeamCreate", "TeamUpdate", "UserCreate", "UserUpdate",
+           "convert_body", "decode_body", "key_status", "key_view", "parse_time"]
+
+log = logging.getLogger("sluice.admin")
+
+DEFAULT_GRACE_S = 86400.0  # a rotated key keeps working this long unless told otherwise
+MAX_GRACE_S = 366 * 86400.0
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}")
+_MAX_TEXT = 200  # names, globs, permissions
+_MAX_LIST = 256  # roles, models, CIDRs, teams, permissions, policies per record
+_MAX_METADATA = 16 * 1024  # bytes of a record's metadata as JSON
+B = TypeVar("B", bound=msgspec.Struct)
+UNSET: Any = msgspec.UNSET
+Unset = msgspec.UnsetType
+
+
+class Conflict(GatewayError):
+    """409: the id is taken, or the record's state forbids the change."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
+class StoreDown(GatewayError):
+    """503: the store of keys and users could not be reached."""
+
+    status = 503
+    type = "server_error"
+
+
+class Actor(NamedTuple):
+    """Who makes a change: a key id (``key_…``, ``static:<name>``), ``jwt:<user>``, ``cli:<os user>``; never a key."""
+
+    name: str
+    client_ip: str | None = None
+    key_prefix: str | None = None  # the display prefix of the caller's key, when it used one
+
+
+# -- bodies -------------------------------------------------------------------------------------------------
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class KeyCreate(_Body):
+    name: str = ""
+    owner_user: str | None = None
+    owner_team: str | None = None
+    service_account: bool = False  # a machine's key: owned by a team (owner_team), not a person
+    # Deny by default would make a key without roles useless: it may call the models, no more.
+    roles: list[str] = msgspec.field(default_factory=lambda: ["user"])
+    models: list[str] = []  # glob patterns
+    policies: list[dict[str, Any]] = []  # rate-limit policies (PolicyConfig fields)
+    quotas: list[dict[str, Any]] = []  # quotas (QuotaConfig fields)
+    ip_allow: list[str] = []  # CIDRs
+    ip_deny: list[str] = []
+    signing: bool = False  # requests must be signed; a signing secret is made and shown once
+    expires_at: float | None = None  # epoch seconds
+    ttl_s: float | None = None  # or: expires this long after creation
+    metadata: dict[str, Any] = {}
+
+
+class KeyUpdate(_Body):
+    name: str | Unset = UNSET
+    owner_user: str | Unset | None = UNSET
+    owner_team: str | Unset | None = UNSET
+    service_account: bool | Unset = UNSET
+    roles: list[str] | Unset = UNSET
+    models: list[str] | Unset = UNSET
+    policies: list[dict[str, Any]] | Unset = UNSET
+    quotas: list[dict[str, Any]] | Unset = UNSET
+    ip_allow: list[str] | Unset = UNSET
+    ip_deny: list[str] | Unset = UNSET
+    signing: bool | Unset = UNSET
+    expires_at: float | Unset | None = UNSET
+    ttl_s: float | Unset = UNSET
+    metadata: dict[str, Any] | Unset = UNSET
+
+
+class KeyRevoke(_Body):
+    reason: str = ""  # kept in the audit record
+
+
+class KeyRotate(_Body):
+    grace_s: float | None = None  # how long the old key keeps working; None: the configured default
+
+
+class UserCreate(_Body):
+    id: str | None = None  # None: a new "user_…" id
+    name: str = ""
+    email: str | None = None
+    teams: list[str] = []
+    roles: list[str] = []
+    metadata: dict[str, Any] = {}
+    disabled: bool = False
+
+
+class UserUpdate(_Body):
+    name: str | Unset = UNSET
+    email: str | Unset | None = UNSET
+    teams: list[str] | Unset = UNSET
+    roles: list[str] | Unset = UNSET
+    metadata: dict[str, Any] | Unset = UNSET
+    disabled: bool | Unset = UNSET
+
+
+class TeamCreate(_Body):
+    id: str | None = None  # None: a new "team_…" id
+    name: str = ""
+    roles: list[str] = []
+    metadata: dict[str, Any] = {}
+
+
+class TeamUpdate(_Body):
+    name: str | Unset = UNSET
+    roles: list[str] | Unset = UNSET
+    metadata: dict[str, Any] | Unset = UNSET
+
+
+class RoleCreate(_Body):
+    name: str
+    permissions: list[str] = []
+    description: str = ""
+
+
+class RoleUpdate(_Body):
+    permissions: list[str] | Unset = UNSET
+    description: str | Unset = UNSET
+
+
+def decode_body(body: bytes, kind: type[B]) -> B:
+    """A JSON body as ``kind`` (an empty body is ``{}``); InvalidRequest naming the field otherwise."""
+    try:
+        return msgspec.json.decode(body.strip() or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        raise _invalid_body(exc) from None
+    except msgspec.DecodeError:
+        raise InvalidRequest("We could not parse the JSON body of your request.", code="invalid_json") from None
+
+
+def convert_body(data: dict[str, Any], kind: type[B]) -> B:
+    """A dict (the CLI's flags) as ``kind``, checked as a JSON body would be."""
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise _invalid_body(exc) from None
+
+
+def _invalid_body(exc: msgspec.ValidationError) -> InvalidRequest:
+    """msgspec's message, with the field it names (``roles[1]``, ``policies[0].rate``) as ``param``."""
+    text = str(exc)
+    param = None
+    if (found := re.search(r" - at `\$\.?([^`]*)`$", text)) is not None:
+        param = found.group(1) or None
+        text = text[: found.start()]
+    if (found := re.search(r"(unknown|missing required) field `([^`]*)`", text)) is not None:
+        param = f"{param}.{found.group(2)}" if param else found.group(2)
+        text = f"{'unknown' if found.group(1) == 'unknown' else 'missing required'} field `{param}`"
+    elif param:
+        text = f"`{param}`: {text}"
+    return InvalidRequest(f"Invalid request body: {text}.", param=param, code="invalid_body")
+
+
+def parse_time(field: str, text: str) -> float:
+    """Epoch seconds, or an ISO 8601 time (UTC when it names no zone)."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidRequest(f"`{field}` must be epoch seconds or an ISO 8601 time, got {text[:64]!r}.",
+                                 param=field, code="invalid_parameter") from None
+        value = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(value):
+        raise InvalidRequest(f"`{field}` must be a finite time.", param=field, code="invalid_parameter")
+    return value
+
+
+# -- checks -------------------------------------------------------------------------------------------------
+
+
+def _bad(field: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"`{field}`: {message}", param=field, code="invalid_value")
+
+
+def _text(field: str, value: str, limit: int = _MAX_TEXT) -> str:
+    if len(value) > limit or any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise _bad(field, f"must be at most {limit} characters, without control characters.")
+    return value
+
+
+def _ident(field: str, value: str) -> str:
+    if _ID.fullmatch(value) is None:
+        raise _bad(field, f"{value[:64]!r} is not a valid id (letters, digits and ._@:+- , at most 128).")
+    return value
+
+
+def _listed(field: str, values: list[str], check: Callable[[str, str], str]) -> tuple[str, ...]:
+    if len(values) > _MAX_LIST:
+        raise _bad(field, f"at most {_MAX_LIST} entries.")
+    return tuple(dict.fromkeys(check(f"{field}[{i}]", value) for i, value in enumerate(values)))
+
+
+def _role(field: str, name: str) -> str:
+    """A role a record refers to: built in, from the config (printable, no spaces) or from the store."""
+    if not name or len(name) > 128 or not name.isprintable() or any(c.isspace() for c in name):
+        raise _bad(field, f"{name[:64]!r} is not a role name (printable, no spaces, at most 128 characters).")
+    return name
+
+
+def _glob(field: str, pattern: str) -> str:
+    """A model glob (fnmatch: * ? [..]): no whitespace or control characters, brackets closed."""
+    if not pattern or len(pattern) > _MAX_TEXT or any(c.isspace() or ord(c) < 0x20 for c in pattern):
+        raise _bad(field, f"{pattern[:64]!r} is not a valid model pattern (1..{_MAX_TEXT} characters, no spaces).")
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1: i + 2] in ("!", "]") else i + 1)
+            if end < 0:
+                raise _bad(field, f"{pattern[:64]!r} is not a valid model pattern: `[` is never closed.")
+            i = end
+        i += 1
+    return pattern
+
+
+def _cidr(field: str, value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise _bad(field, f"{value[:64]!r} is not an IPv4 or IPv6 address or CIDR.") from None
+
+
+def _permission(field: str, value: str) -> str:
+    """A permission as ``sluice.pipeline.rbac`` knows them: ``chat``, ``admin:keys``, ``*``, ``model:<glob>``."""
+    problem = check_permission(value)
+    if problem is not None:
+        raise _bad(field, problem + ".")
+    if value.startswith("model:"):
+        _glob(field, value[len("model:"):])
+    return value
+
+
+def _metadata(field: str, value: dict[str, Any]) -> dict[str, Any]:
+    if len(msgspec.json.encode(value)) > _MAX_METADATA:
+        raise _bad(field, f"at most {_MAX_METADATA} bytes as JSON.")
+    return value
+
+
+def _policies(field: str, raws: list[dict[str, Any]], check: Callable[[dict[str, Any]], Any]) -> tuple[
+        dict[str, Any], ...]:
+    if len(raws) > _MAX_LIST:
+        raise _bad(field, f"at most {_MAX_LIST} entries.")
+    for i, raw in enumerate(raws):
+        try:
+            check(raw)
+        except ValueError as exc:
+            raise _bad(f"{field}[{i}]", str(exc)) from None
+    return tuple(raws)
+
+
+def _grace(value: float | None, default: float) -> float:
+    grace = default if value is None else value
+    if not 0 <= grace <= MAX_GRACE_S:
+        raise _bad("grace_s", f"must be between 0 and {MAX_GRACE_S:g} seconds.")
+    return grace
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"`limit` must be between 1 and {MAX_PAGE}.", param="limit", code="invalid_parameter")
+    return limit
+
+
+@contextlib.contextmanager
+def _store_errors(kind: str, ref: str | None = None) -> Iterator[None]:
+    """The store's errors as the caller's: 404, 409, 503, 400."""
+    try:
+        yield
+    except st.NotFound:
+        raise NotFound(f"No {kind} {ref!r}." if ref else f"No such {kind}.", param="id",
+                       code=f"{kind}_not_found") from None
+    except st.Conflict as exc:
+        raise Conflict(f"The {kind} clashes with one that exists: {exc}", code=f"{kind}_conflict") from None
+    except st.StoreUnavailable:
+        raise StoreDown("The key store is unavailable; try again shortly.", code="store_unavailable") from None
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), code="invalid_value") from None
+
+
+def _given(body: msgspec.Struct) -> dict[str, Any]:
+    return {name: value for name in body.__struct_fields__ if (value := getattr(body, name)) is not UNSET}
+
+
+# -- views --------------------------------------------------------------------------------------------------
+
+
+def key_status(key: ApiKey, now: float) -> str:
+    if key.revoked_at is not None and key.revoked_at <= now:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= now:
+        return "expired"
+    if key.rotated_to is not None:
+        return "rotating" if key.usable(now) else "rotated"
+    return "active"
+
+
+def key_view(key: ApiKey, now: float) -> dict[str, Any]:
+    """A key as the admin API shows it: never its hash, its secret or its signing secret."""
+    view = msgspec.structs.asdict(key)
+    del view["key_hash"], view["signing_secret"]
+    return {"object": "api_key", **view, "status": key_status(key, now)}
+
+
+def _view(kind: str, record: msgspec.Struct) -> dict[str, Any]:
+    return {"object": kind, **msgspec.structs.asdict(record)}
+
+
+def _page(data: list[dict[str, Any]], more: bool, cursor: str, last: Any) -> dict[str, Any]:
+    """One page of a list: ``next_<cursor>`` is what to pass as the cursor for the next page (None: no more)."""
+    return {"object": "list", "data": data, "has_more": more, f"next_{cursor}": last if more else None}
+
+
+# -- the manager --------------------------------------------------------------------------------------------
+
+
+class Manager:
+    """Keys, users, teams and roles on ``store``, each change recorded in ``audit``."""
+
+    def __init__(self, store: Store, audit: AuditLog, *, builtin_roles: Collection[str] = (),
+                 default_grace_s: float = DEFAULT_GRACE_S, on_change: Callable[[], Awaitable[None]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.audit = audit
+        self.on_change = on_change  # after each change (the gateway: read the change feed now)
+        self.builtin_roles = frozenset(builtin_roles)  # roles that exist without a record (config, built in)
+        self.default_grace_s = default_grace_s
+        self._clock = clock
+
+    async def _changed(self, actor: Actor, action: str, target: str, details: dict[str, Any]) -> None:
+        """Audits a change, then lets ``on_change`` see it (its failure only delays that)."""
+        if actor.key_prefix is not None:
+            details = {**details, "actor_prefix": actor.key_prefix}
+        self.audit.record(action, actor=actor.name, target=target, client_ip=actor.client_ip, details=details)
+        if self.on_change is not None:
+            try:
+                await self.on_change()
+            except Exception as exc:  # the store down, say: the regular poll catches up
+                log.warning("admin: could not apply %s at once (%s: %s)", action, type(exc).__name__, exc)
+
+    # -- references ---------------------------------------------------------------------------------------
+
+    async def _exists(self, field: str, kind: str, ref: str, get: Callable[[str], Any]) -> None:
+        try:
+            with _store_errors(kind, ref):
+                await get(ref)
+        except NotFound:
+            raise _bad(field, f"no {kind} {ref!r}.") from None
+
+    async def _check_roles(self, field: str, roles: tuple[str, ...]) -> None:
+        for i, role in enumerate(roles):
+            if role not in self.builtin_roles:
+                await self._exists(f"{field}[{i}]", "role", role, self.store.get_role)
+
+    async def _key_fields(self, given: dict[str, Any], now: float) -> dict[str, Any]:
+        """The checked ApiKey fields of a create or update body (``ttl_s`` becomes ``expires_at``)."""
+        fields: dict[str, Any] = {}
+        for name, value in given.items():
+            if name == "name":
+                fields[name] = _text(name, value)
+            elif name in ("roles", "ip_allow", "ip_deny", "models"):
+                check = {"roles": _role, "models": _glob}.get(name, _cidr)
+                fields[name] = _listed(name, value, check)
+            elif name in ("policies", "quotas"):
+                fields[name] = _policies(name, value, own_policy if name == "policies" else own_quota)
+            elif name == "metadata":
+                fields[name] = _metadata(name, value)
+            elif name in ("owner_user", "owner_team"):
+                fields[name] = None if value is None else _ident(name, value)
+            elif name == "ttl_s":
+                if not 0 < value < math.inf:
+                    raise _bad(name, "must be more than zero.")
+                if given.get("expires_at") is not None:
+                    raise _bad(name, "give expires_at or ttl_s, not both.")
+                fields["expires_at"] = now + value
+            elif name == "expires_at":
+                if value is not None and value <= now:
+                    raise _bad(name, "is in the past.")
+                fields.setdefault(name, value)
+            else:  # service_account, signing
+                fields[name] = value
+        if "owner_user" in fields and fields["owner_user"] is not None:
+            await self._exists("owner_user", "user", fields["owner_user"], self.store.get_user)
+        if "owner_team" in fields and fields["owner_team"] is not None:
+            await self._exists("owner_team", "team", fields["owner_team"], self.store.get_team)
+        if "roles" in fields:
+            await self._check_roles("roles", fields["roles"])
+        return fields
+
+    @staticmethod
+    def _check_owner(key: ApiKey) -> None:
+        if key.owner_user is not None and key.owner_team is not None:
+            raise _bad("owner_team", "a key has one owner: give owner_user or owner_team, not both.")
+        if key.service_account and key.owner_team is None:
+            raise _bad("service_account", "a service account's key is owned by a team: give owner_team.")
+
+    # -- keys ---------------------------------------------------------------------------------------------
+
+    async def create_key(self, body: KeyCreate, actor: Actor) -> dict[str, Any]:
+        """The new key's view with ``key`` (and ``signing_secret`` when signing): shown this once."""
+        now = self._clock()
+        given = msgspec.structs.asdict(body)
+        if given["ttl_s"] is None:
+            del given["ttl_s"]
+        fields = await self._key_fields(given, now)
+        secret = generate_key()
+        signing_secret = secrets.token_urlsafe(32) if body.signing else None
+        key = ApiKey(id=new_id("key"), key_hash=hash_key(secret), prefix=display_prefix(secret),
+                     signing_secret=signing_secret, **fields)
+        self._check_owner(key)
+        with _store_errors("key", key.id):
+            key = await self.store.create_key(key)
+        view = key_view(key, now)
+        await self._changed(actor, "key.create", key.id, _key_details(view))
+        shown = {**view, "key": secret}
+        if signing_secret is not None:
+            shown["signing_secret"] = signing_secret
+        return shown
+
+    async def list_keys(self, *, owner_user: str | None = None, owner_team: str | None = None,
+                        include_revoked: bool = False, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        with _store_errors("key"):
+            keys, more = await _paged(lambda n, a: self.store.list_keys(
+                owner_user=owner_user, owner_team=owner_team, include_revoked=include_revoked, after=a, limit=n),
+                after, _limit(limit), "id")
+        now = self._clock()
+        return _page([key_view(k, now) for k in keys], more, "after", keys[-1].id if keys else None)
+
+    async def get_key(self, key_id: str) -> dict[str, Any]:
+        with _store_errors("key", key_id):
+            key = await self.store.get_key(key_id)
+        return key_view(key, self._clock())
+
+    async def update_key(self, key_id: str, body: KeyUpdate, actor: Actor) -> dict[str, Any]:
+        """The key changed; with ``signing_secret`` (shown once) when signing was turned on without one."""
+        now = self._clock()
+        given = _given(body)
+        if not given:
+            raise InvalidRequest("Nothing to update: give at least one field.", code="invalid_body")
+        fields = await self._key_fields(given, now)
+        with _store_errors("key", key_id):
+            old = await self.store.get_key(key_id)
+        signing_secret = None
+        if fields.get("signing") and old.signing_secret is None:
+            fields["signing_secret"] = signing_secret = secrets.token_urlsafe(32)
+        self._check_owner(msgspec.structs.replace(old, **fields))
+        with _store_errors("key", key_id):
+            key = await self.store.update_key(key_id, **fields)
+        changes = {name: value for name, value in fields.items() if name != "signing_secret"}
+        if signing_secret is not None:
+            changes["signing_secret"] = "[new]"
+        await self._changed(actor, "key.update", key_id, {"prefix": key.prefix, "changes": changes})
+        view = key_view(key, now)
+        return view if signing_secret is None else {**view, "signing_secret": signing_secret}
+
+    async def revoke_key(self, key_id: str, body: KeyRevoke, actor: Actor) -> dict[str, Any]:
+        """The key revoked from now on (a key revoked before is answered as it is, and not audited again)."""
+        now = self._clock()
+        reason = _text("reason", body.reason, 1000)
+        with _store_errors("key", key_id):
+            before = await self.store.get_key(key_id)
+            key = await self.store.revoke_key(key_id, now)
+        if before.revoked_at is None:
+            details = {"prefix": key.prefix} | ({"reason": reason} if reason else {})
+            await self._changed(actor, "key.revoke", key_id, details)
+        return key_view(key, now)
+
+    async def rotate_key(self, key_id: str, body: KeyRotate, actor: Actor) -> dict[str, Any]:
+        """A new key with the old one's settings (and a new signing secret), shown once; the old one works
+        until ``grace_s`` from now."""
+        now = self._clock()
+        grace_until = now + _grace(body.grace_s, self.default_grace_s)
+        with _store_errors("key", key_id):
+            old = await self.store.get_key(key_id)
+        if old.revoked_at is not None:
+            raise Conflict(f"Key {key_id!r} is revoked; create a new key instead.", code="key_revoked")
+        if old.rotated_to is not None:
+            raise Conflict(f"Key {key_id!r} was already rotated to {old.rotated_to!r}; rotate that one.",
+                           code="key_rotated")
+        if old.expires_at is not None and old.expires_at <= now:
+            raise Conflict(f"Key {key_id!r} has expired; extend its expires_at first, or create a new key.",
+                           code="key_expired")
+        secret = generate_key()
+        signing_secret = secrets.token_urlsafe(32) if old.signing else None
+        new = msgspec.structs.replace(old, id=new_id("key"), key_hash=hash_key(secret), prefix=display_prefix(secret),
+                                      signing_secret=signing_secret, created_at=0.0, updated_at=0.0)
+        with _store_errors("key", key_id):
+            new = await self.store.rotate_key(key_id, new, grace_until)
+        await self._changed(actor, "key.rotate", key_id, {"prefix": old.prefix, "new_id": new.id,
+                                                   "new_prefix": new.prefix, "grace_until": grace_until})
+        shown = {**key_view(new, now), "key": secret, "rotated_from": key_id, "old_key_valid_until": grace_until}
+        if signing_secret is not None:
+            shown["signing_secret"] = signing_secret
+        return shown
+
+    # -- users --------------------------------------------------------------------------------------------
+
+    async def _user_fields(self, given: dict[str, Any]) -> dict[str, Any]:
+        fields = dict(given)
+        if "name" in fields:
+            _text("name", fields["name"])
+        if fields.get("email") is not None:
+            _text("email", fields["email"])
+        if "metadata" in fields:
+            _metadata("metadata", fields["metadata"])
+        if "teams" in fields:
+            fields["teams"] = teams = _listed("teams", fields["teams"], _ident)
+            for i, team in enumerate(teams):
+                await self._exists(f"teams[{i}]", "team", team, self.store.get_team)
+        if "roles" in fields:
+            fields["roles"] = _listed("roles", fields["roles"], _role)
+            await self._check_roles("roles", fields["roles"])
+        return fields
+
+    async def create_user(self, body: UserCreate, actor: Actor) -> dict[str, Any]:
+        given = msgspec.structs.asdict(body)
+        user_id = _ident("id", given.pop("id") or new_id("user"))
+        user = User(id=user_id, **await self._user_fields(given))
+        with _store_errors("user", user_id):
+            user = await self.store.create_user(user)
+        view = _view("user", user)
+        await self._changed(actor, "user.create", user_id, _details(view))
+        return view
+
+    async def list_users(self, *, team: str | None = None, after: str | None = None,
+                         limit: int = 100) -> dict[str, Any]:
+        with _store_errors("user"):
+            users, more = await _paged(lambda n, a: self.store.list_users(team=team, after=a, limit=n), after,
+                                       _limit(limit), "id")
+        return _page([_view("user", u) for u in users], more, "after", users[-1].id if users else None)
+
+    async def get_user(self, user_id: str) -> dict[str, Any]:
+        with _store_errors("user", user_id):
+            return _view("user", await self.store.get_user(user_id))
+
+    async def update_user(self, user_id: str, body: UserUpdate, actor: Actor) -> dict[str, Any]:
+        fields = await self._user_fields(_nonempty(body))
+        with _store_errors("user", user_id):
+            user = await self.store.update_user(user_id, **fields)
+        await self._changed(actor, "user.update", user_id, {"changes": fields})
+        return _view("user", user)
+
+    async def delete_user(self, user_id: str, actor: Actor) -> dict[str, Any]:
+        with _store_errors("user", user_id):
+            await self.store.get_user(user_id)
+            if await self.store.list_keys(owner_user=user_id, limit=1):
+                raise Conflict(f"User {user_id!r} owns keys that are not revoked; revoke them first.",
+                               param="id", code="user_has_keys")
+            await self.store.delete_user(user_id)
+        await self._changed(actor, "user.delete", user_id, {})
+        return {"object": "user", "id": user_id, "deleted": True}
+
+    # -- teams --------------------------------------------------------------------------------------------
+
+    async def _team_fields(self, given: dict[str, Any]) -> dict[str, Any]:
+        fields = dict(given)
+        if "name" in fields:
+            _text("name", fields["name"])
+        if "metadata" in fields:
+            _metadata("metadata", fields["metadata"])
+        if "roles" in fields:
+            fields["roles"] = _listed("roles", fields["roles"], _role)
+            await self._check_roles("roles", fields["roles"])
+        return fields
+
+    async def create_team(self, body: TeamCreate, actor: Actor) -> dict[str, Any]:
+        given = msgspec.structs.asdict(body)
+        team_id = _ident("id", given.pop("id") or new_id("team"))
+        team = Team(id=team_id, **await self._team_fields(given))
+        with _store_errors("team", team_id):
+            team = await self.store.create_team(team)
+        view = _view("team", team)
+        await self._changed(actor, "team.create", team_id, _details(view))
+        return view
+
+    async def list_teams(self, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        with _store_errors("team"):
+            teams, more = await _paged(lambda n, a: self.store.list_teams(after=a, limit=n), after, _limit(limit),
+                                       "id")
+        return _page([_view("team", t) for t in teams], more, "after", teams[-1].id if teams else None)
+
+    async def get_team(self, team_id: str) -> dict[str, Any]:
+        with _store_errors("team", team_id):
+            return _view("team", await self.store.get_team(team_id))
+
+    async def update_team(self, team_id: str, body: TeamUpdate, actor: Actor) -> dict[str, Any]:
+        fields = await self._team_fields(_nonempty(body))
+        with _store_errors("team", team_id):
+            team = await self.store.update_team(team_id, **fields)
+        await self._changed(actor, "team.update", team_id, {"changes": fields})
+        return _view("team", team)
+
+    async def delete_team(self, team_id: str, actor: Actor) -> dict[str, Any]:
+        with _store_errors("team", team_id):
+            await self.store.get_team(team_id)
+            if await self.store.list_keys(owner_team=team_id, limit=1):
+                raise Conflict(f"Team {team_id!r} owns keys that are not revoked; revoke them first.",
+                               param="id", code="team_has_keys")
+            if await self.store.list_users(team=team_id, limit=1):
+                raise Conflict(f"Team {team_id!r} has members; remove them from it first.", param="id",
+                               code="team_has_members")
+            await self.store.delete_team(team_id)
+        await self._changed(actor, "team.delete", team_id, {})
+        return {"object": "team", "id": team_id, "deleted": True}
+
+    # -- roles --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _role_fields(given: dict[str, Any]) -> dict[str, Any]:
+        fields = dict(given)
+        if "permissions" in fields:
+            fields["permissions"] = _listed("permissions", fields["permissions"], _permission)
+        if "description" in fields:
+            _text("description", fields["description"], 1000)
+        return fields
+
+    async def create_role(self, body: RoleCreate, actor: Actor) -> dict[str, Any]:
+        given = msgspec.structs.asdict(body)
+        name = _ident("name", given.pop("name"))  # a built-in or configured role's name: overrides it
+        role = Role(name=name, **self._role_fields(given))
+        with _store_errors("role", name):
+            role = await self.store.create_role(role)
+        view = _view("role", role)
+        await self._changed(actor, "role.create", name, _details(view))
+        return view
+
+    async def list_roles(self, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        with _store_errors("role"):
+            roles, more = await _paged(lambda n, a: self.store.list_roles(after=a, limit=n), after, _limit(limit),
+                                       "name")
+        return _page([_view("role", r) for r in roles], more, "after", roles[-1].name if roles else None)
+
+    async def get_role(self, name: str) -> dict[str, Any]:
+        with _store_errors("role", name):
+            return _view("role", await self.store.get_role(name))
+
+    async def update_role(self, name: str, body: RoleUpdate, actor: Actor) -> dict[str, Any]:
+        fields = self._role_fields(_nonempty(body))
+        with _store_errors("role", name):
+            role = await self.store.update_role(name, **fields)
+        await self._changed(actor, "role.update", name, {"changes": fields})
+        return _view("role", role)
+
+    async def delete_role(self, name: str, actor: Actor) -> dict[str, Any]:
+        with _store_errors("role", name):
+            await self.store.delete_role(name)
+        await self._changed(actor, "role.delete", name, {})
+        return {"object": "role", "id": name, "deleted": True}
+
+    # -- audit --------------------------------------------------------------------------------------------
+
+    async def list_audit(self, *, action: str | None = None, actor: str | None = None, target: str | None = None,
+                         since: float | None = None, until: float | None = None, after_seq: int | None = None,
+                         limit: int = 100) -> dict[str, Any]:
+        """Records in seq order; what this process recorded before is flushed first (bounded)."""
+        await self.audit.flush(timeout_s=2.0)
+        limit = _limit(limit)
+        with _store_errors("audit record"):
+            records, more = await _paged(lambda n, a: self.store.list_audit(
+                action=action, actor=actor, target=target, since=since, until=until, after_seq=a, limit=n),
+                after_seq, limit, "seq")
+        return _page([msgspec.structs.asdict(r) for r in records], more, "after_seq",
+                     records[-1].seq if records else None)
+
+    async def verify_audit(self) -> dict[str, Any]:
+        await self.audit.flush(timeout_s=2.0)
+        with _store_errors("audit record"):
+            ok, first_bad, checked = await self.store.verify_audit()
+        return {"ok": ok, "first_bad_seq": first_bad, "checked": checked}
+
+
+C = TypeVar("C")
+
+
+async def _paged(fetch: Callable[[int, C | None], Any], after: C | None, limit: int,
+                 cursor: str) -> tuple[list[Any], bool]:
+    """One page and whether more follow: one extra record asked for (a second call at the largest page)."""
+    if limit < MAX_PAGE:
+        records = await fetch(limit + 1, after)
+        return records[:limit], len(records) > limit
+    records = await fetch(limit, after)
+    more = len(records) == limit and bool(await fetch(1, getattr(records[-1], cursor)))
+    return records, more
+
+
+def _nonempty(body: msgspec.Struct) -> dict[str, Any]:
+    given = _given(body)
+    if not given:
+        raise InvalidRequest("Nothing to update: give at least one field.", code="invalid_body")
+    return given
+
+
+def _details(view: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in view.items() if k not in ("object", "created_at", "updated_at")}
+
+
+def _key_details(view: dict[str, Any]) -> dict[str, Any]:
+    keep = ("prefix", "name", "owner_user", "owner_team", "service_account", "roles", "models", "ip_allow",
+            "ip_deny", "signing", "expires_at")
+    return {k: view[k] for k in keep} | {"policies": len(view["policies"]), "quotas": len(view["quotas"])}

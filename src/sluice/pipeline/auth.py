@@ -1,0 +1,134 @@
+"""The auth stage: IP rules, the credential, the route's permission, and signatures once the body is read.
+
+``Gateway.handle`` runs it before dispatch on every path but the health probes
+and /metrics::
+
+    if not stage.admit(ex, ctx):          # no await on a cached key
+        await stage.admit_slow(ex, ctx)   # a key not cached yet, a JWT, an introspected token
+
+In order: the global IP rules (``auth.ip_allow`` / ``auth.ip_deny``, on the
+client address of sluice.pipeline.iprules.ClientIp, which the rate limits use
+too), the credential (sluice.auth.keys.Authenticator), the key's own IP rules,
+the permission the route needs (sluice.pipeline.rbac), and, for a key that signs
+its requests, the signature of a request without a body.  It sets
+``ctx.principal``, ``ctx.key_prefix`` and ``ctx.user``.  The handlers that read a
+body call ``verify_body`` (a no-op unless the key signs) and check the model
+(``rbac.require_model``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..auth.keys import Authenticator, missing_key
+from ..auth.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, Signatures
+from ..config import Config
+from ..errors import Forbidden, GatewayError
+from ..store import display_prefix, open_store
+from .iprules import ClientIp, IpRules, parse_networks
+from .rbac import permission_for, require
+
+if TYPE_CHECKING:
+    from ..auth.principal import Principal
+    from ..server.app import RequestContext
+    from ..server.exchange import Exchange
+    from ..upstream import UpstreamClient
+
+__all__ = ["AuthStage", "presented_credential"]
+
+_BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
+def presented_credential(ex: Exchange) -> str:
+    """The bearer token, else the x-api-key header; Unauthorized (missing_api_key) when there is neither."""
+    authorization = ex.header("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            token = token.strip()
+            if token:
+                return token
+            raise missing_key("The Authorization header carries no key")
+    key = ex.header("x-api-key")
+    if key is not None and key.strip():
+        return key.strip()
+    if authorization is not None:
+        raise missing_key("The Authorization header must use the Bearer scheme")
+    raise missing_key()
+
+
+def _shown(token: str) -> str | None:
+    """What the logs may show of a refused credential: a key's display prefix, nothing of a token."""
+    return display_prefix(token) if token.startswith("sk-") and len(token) >= 20 and token.isprintable() else None
+
+
+def _ip_refused(ip: str, by_key: bool) -> Forbidden:
+    scope = "with this credential" if by_key else "to this gateway"
+    return Forbidden(f"Requests from your address ({ip[:64]}) are not allowed {scope}.", code="ip_not_allowed",
+                     reason="ip_not_allowed")
+
+
+class AuthStage:
+    """One per worker (see the module docstring)."""
+
+    def __init__(self, config: Config, client_ip: ClientIp, client_factory: Callable[[], UpstreamClient]) -> None:
+        auth = config.auth
+        self.authenticator = Authenticator(auth, open_store(config.store), client_factory)
+        self.store = self.authenticator.store
+        self.client_ip = client_ip
+        rules = IpRules(parse_networks(auth.ip_allow), parse_networks(auth.ip_deny))
+        self.ip_rules = rules if rules else None
+        self.signatures = Signatures(auth.signature_skew_s)
+
+    def admit(self, ex: Exchange, ctx: RequestContext) -> bool:
+        """True once the caller is known and allowed here; False when that needs an await (``admit_slow``)."""
+        keys = self.authenticator
+        if not keys.running:
+            keys.start()
+        rules = self.ip_rules
+        if rules is not None and not rules.allows(ip := self.client_ip(ex)):
+            raise _ip_refused(ip, False)
+        token = presented_credential(ex)
+        try:
+            principal = keys.cached(token)
+        except GatewayError:
+            ctx.key_prefix = _shown(token)
+            raise
+        if principal is None:
+            return False
+        self._authorize(ex, ctx, principal)
+        return True
+
+    async def admit_slow(self, ex: Exchange, ctx: RequestContext) -> None:
+        token = presented_credential(ex)
+        try:
+            principal = await self.authenticator.authenticate(token)
+        except GatewayError:
+            ctx.key_prefix = _shown(token)
+            raise
+        self._authorize(ex, ctx, principal)
+
+    def _authorize(self, ex: Exchange, ctx: RequestContext, principal: Principal) -> None:
+        ctx.principal = principal
+        ctx.key_prefix = principal.key_prefix or principal.key_id
+        ctx.user = principal.user
+        rules = principal.ip_rules
+        if rules is not None and not rules.allows(ip := self.client_ip(ex)):
+            raise _ip_refused(ip, True)
+        permission = permission_for(ex.path)
+        if permission is not None:
+            require(principal, permission)
+        if principal.signing_secret is not None and ex.method in _BODYLESS:
+            self.verify_body(ex, ctx, b"")
+
+    def verify_body(self, ex: Exchange, ctx: RequestContext, body: bytes) -> None:
+        """The request's signature over ``body`` (Unauthorized, invalid_signature), when the key signs."""
+        principal = ctx.principal
+        if principal is None or principal.signing_secret is None:
+            return
+        self.signatures.verify(principal.signing_secret, ex.method, ex.path, ex.header(TIMESTAMP_HEADER),
+                               ex.header(SIGNATURE_HEADER), body)
+
+    async def aclose(self) -> None:
+        await self.authenticator.aclose()
