@@ -1,4 +1,4 @@
-"""Micro-benchmark of bearer JWT verification: µs per ``await JwtVerifier.verify(token)``.
+"""Micro-benchmark of authentication: µs per cached API key check and per ``await JwtVerifier.verify(token)``.
 
 Four cases, each timed sequentially in one event loop (the way the auth stage awaits it),
 best of --repeat runs of --n calls:
@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from sluice.auth.jwt import JwtVerifier, looks_like_jwt
-from sluice.config import JwtIssuerConfig
+from sluice.auth.keys import Authenticator
+from sluice.config import AuthConfig, JwtIssuerConfig, StaticKeyConfig
 from sluice.upstream import UpstreamClient
 
 AUDIENCE = "bench"
@@ -101,8 +102,14 @@ async def main(n: int, repeat: int) -> None:
             await uncached.verify(token(alg, 0))
         one = token("RS256", 0)
         await cached.verify(one)
+        api_key = "sk-bench-0123456789abcdef"
+        keys_auth = Authenticator(AuthConfig(enabled=True, static_keys=(StaticKeyConfig(name="bench", key=api_key,
+                                                                                        roles=("user",)),)),
+                                  None, lambda: client)
+        assert keys_auth.cached(api_key) is not None
         rows = [
-            ("cached (RS256 token)", await per_call(cached.verify, [one] * n, repeat)),
+            ("API key, cached (sha-256, dict, checks)", per_sync_call(keys_auth.cached, [api_key] * n, repeat)),
+            ("JWT, cached (RS256 token)", await per_call(cached.verify, [one] * n, repeat)),
             *[(f"uncached {alg}", await per_call(uncached.verify, [token(alg, 0)] * max(n // 10, 50), repeat))
               for alg in keys],
             ("looks_like_jwt", per_sync_call(looks_like_jwt, [one] * n, repeat)),

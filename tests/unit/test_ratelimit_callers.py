@@ -69,7 +69,7 @@ def test_a_keys_own_policies_apply_to_it_alone_and_follow_its_changes() -> None:
     strict = Caller("k1", policies=({"name": "own-rpm", "rate": 1, "period_s": 3600},))
     other = Caller("k2", policies=({"name": "own-rpm", "rate": 5, "period_s": 3600},))
     assert outcomes(rl, [("sk-a", strict), ("sk-a", strict), ("sk-b", other), ("sk-b", other)]) == \
-        ["ok", "own-rpm", "ok", "ok"]
+        ["ok", "own:own-rpm", "ok", "ok"]
     loosened = Caller("k1", policies=({"name": "own-rpm-2", "rate": 10, "period_s": 3600},))  # a new version
     assert outcomes(rl, [("sk-a", loosened)]) == ["ok"]
     assert outcomes(rl, [("sk-a", Caller("k1"))]) == ["ok"]  # no policies of its own any more
@@ -77,8 +77,8 @@ def test_a_keys_own_policies_apply_to_it_alone_and_follow_its_changes() -> None:
 
 def test_own_policies_and_quotas_are_checked() -> None:
     assert own_policy({"name": "p", "rate": 5}).scope.value == "key"
-    for bad in ({"name": "p", "rate": 0}, {"name": "p", "rate": "fast"}, {"rate": 1}, {"name": "p", "rate": 1,
-                                                                                   "unit": "dollars"}):
+    for bad in ({"name": "p", "rate": 0}, {"name": "p", "rate": "fast"}, {"rate": 1},
+                {"name": "p", "rate": 1, "unit": "dollars"}, {"name": "p", "rate": 1e308, "period_s": 1e-10}):
         with pytest.raises(ValueError, match="invalid rate-limit policy"):
             own_policy(bad)
     assert own_quota({"name": "q", "limit": 10, "period": "month"}).period.value == "month"
@@ -106,4 +106,25 @@ def test_a_keys_own_quota_and_a_team_quota(tmp_path: Path) -> None:
         await rl.aclose()
         return seen
 
-    assert asyncio.run(scenario()) == ["ok", "own-daily", "ok", "ok", "team-daily"]
+    assert asyncio.run(scenario()) == ["ok", "own:own-daily", "ok", "ok", "team-daily"]
+
+
+def test_an_own_quota_named_like_a_config_quota_counts_apart_and_its_new_limit_applies(tmp_path: Path) -> None:
+    async def scenario() -> list[str]:
+        config = msgspec.convert({"quota_store": str(tmp_path / "q.db"), "quotas": [
+            {"name": "daily", "scope": "key", "limit": 10, "period": "day"}]}, RateLimitConfig)
+        rl = RateLimits(config, None, Quotas(config, SqliteQuotaStore(str(tmp_path / "q.db"))))
+        seen = []
+        for caller in [Caller("k1", quotas=({"name": "daily", "limit": 1},))] * 2 + \
+                      [Caller("k1", quotas=({"name": "daily", "limit": 3},))] * 2:
+            try:
+                admission = await rl.admit(Request("sk-a"), "/v1/chat/completions", "m", 100, 10, caller)  # type: ignore[arg-type]
+                assert admission is not None
+                seen.append(dict(admission.headers)["x-sluice-quota-remaining-requests"])
+            except QuotaExceeded as exc:
+                seen.append(exc.message.split("'")[1])
+        await rl.aclose()
+        return seen
+
+    # the key's own 'daily' (1, then raised to 3) and the config's 'daily' (10) are two counters
+    assert asyncio.run(scenario()) == ["0", "own:daily", "1", "0"]

@@ -94,7 +94,8 @@ def own_quota(raw: dict[str, Any]) -> QuotaConfig:
         raise ValueError(f"invalid quota: {exc}") from None
     if not 0 < config.limit < math.inf or config.scope.value not in ("key", "user", "team"):
         raise ValueError("invalid quota: limit must be more than zero and scope one of key, user, team")
-    return config
+    # Named apart from the config's quotas: its counters are its own.
+    return msgspec.structs.replace(config, name=f"own:{config.name}")
 
 
 def period_bounds(period: str, zone: ZoneInfo, now_epoch: float) -> tuple[str, float]:
@@ -313,6 +314,8 @@ class Quotas:
         ident, ends = self._period(want.quota.period, now)
         key = (want.quota.name, want.subject)
         counter = self._current.get(key)
+        if counter is not None and counter.quota is not want.quota:
+            counter.quota = want.quota  # the key's quota changed (a new limit): it counts from now on
         if counter is None or counter.period != ident:  # a new subject, or a new period: from 0 in it
             counter = self._current[key] = _Counter(want.quota, want.subject, ident, ends)
             if self._down:  # no request waits for a store known to be down: 0 stands in until a sync answers

@@ -86,10 +86,12 @@ def own_policy(raw: dict[str, Any]) -> PolicyConfig:
     scope; ValueError naming the field when it is not one (the admin API checks with this)."""
     try:
         config = msgspec.convert({"scope": "key", **raw}, PolicyConfig)
-    except msgspec.ValidationError as exc:
+        # Named apart from the config's policies: its buckets (Redis keys, counters) are its own.
+        config = msgspec.structs.replace(config, name=f"own:{config.name}")
+        LocalLimiter(config.algorithm.value, config.rate, config.period_s,
+                     config.burst if config.burst is not None else config.rate)  # a usable rate, or ValueError
+    except (msgspec.ValidationError, ValueError) as exc:
         raise ValueError(f"invalid rate-limit policy: {exc}") from None
-    if not config.rate > 0 or not config.period_s > 0 or (config.burst is not None and not config.burst > 0):
-        raise ValueError("invalid rate-limit policy: rate, period_s and burst must be more than zero")
     return config
 
 log = logging.getLogger("sluice.ratelimit")
@@ -229,7 +231,7 @@ class RateLimits:
             now = time.monotonic()
             self._check_local(wanted, now)
             return self._take_local(wanted, now, Admission(quota=quota))
-        except (RateLimited, LimiterDown):
+        except BaseException:  # a rejection (or anything else) takes nothing from the quotas either
             self._refund_quota(quota)
             raise
 
@@ -245,7 +247,7 @@ class RateLimits:
             return None
         try:
             return await self._admit_policies(wanted, Admission(quota=quota))
-        except (RateLimited, LimiterDown):
+        except BaseException:  # a rejection, a cancellation: the quotas get back what they gave
             self._refund_quota(quota)
             raise
 
@@ -254,7 +256,7 @@ class RateLimits:
         """The policies and quotas this request falls under, with their subjects and costs."""
         key = _presented_key(ex) if self._wants_key or caller is not None else None
         key_ident = _key_id_cached(key) if key else None
-        estimate = float(body_size // 4 + (max_tokens or self.default_max_tokens))
+        estimate = float(body_size // 4 + (self.default_max_tokens if max_tokens is None else max(max_tokens, 0)))
         user = team = None
         policies = self.policies
         quota_extra: list[Quota] = []
@@ -284,7 +286,6 @@ class RateLimits:
         return cached[1]
 
     def _refund_quota(self, quota: QuotaTaken | None) -> None:
-        """A rejection by a rate limit takes nothing from the quotas either."""
         if quota is not None and self.quotas is not None:
             self.quotas.refund(quota)
 
@@ -499,9 +500,11 @@ class RateLimits:
         takes = [Check(p.name, s, p.algorithm, p.limit, p.period, p.burst, pushed.get((p, s), 0.0)) for p, s in keys]
         try:
             levels = await self.redis.sync(takes, self._sync_timeout)
-        except LimiterUnavailable as exc:
+        except BaseException as exc:
             for key, cost in pushed.items():  # kept for the next sync: nothing taken here is forgotten
                 self._unsynced[key] = self._unsynced.get(key, 0.0) + cost
+            if not isinstance(exc, LimiterUnavailable):
+                raise  # cancelled (shutdown: aclose pushes them once more) or a bug
             for policy in {p for p, _ in keys}:
                 policy.count("redis_unavailable")
             if not self.hybrid_down:

@@ -8,7 +8,7 @@ the model is rewritten when the target calls it differently).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import orjson
@@ -17,6 +17,10 @@ from ..errors import InvalidRequest
 
 __all__ = ["ChatRequest", "CompletionRequest", "CountTokensRequest", "EmbeddingRequest", "MessagesRequest",
            "ModelRequest", "decode", "rename_model"]
+
+
+# A token budget: at least one (a negative one would turn the rate limits' reservation into a credit).
+Tokens = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class StreamOptions(msgspec.Struct):
@@ -36,8 +40,8 @@ class ModelRequest(msgspec.Struct):
 class ChatRequest(ModelRequest):
     messages: list[Message] = msgspec.field(default_factory=list)
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: Tokens | None = None
+    max_completion_tokens: Tokens | None = None
     n: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -48,7 +52,7 @@ class ChatRequest(ModelRequest):
 class CompletionRequest(ModelRequest):
     prompt: str | list[Any] | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
+    max_tokens: Tokens | None = None
     n: int | None = None
 
 
@@ -65,7 +69,7 @@ class MessagesRequest(ModelRequest):
     """An Anthropic Messages request (POST /v1/messages)."""
 
     messages: list[AnthropicMessage] = msgspec.field(default_factory=list)
-    max_tokens: int | None = None
+    max_tokens: Tokens | None = None
     tools: list[Any] | None = None
 
 
