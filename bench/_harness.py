@@ -321,6 +321,10 @@ class CpuMeter:
 # -- readiness ---------------------------------------------------------------------------
 
 
+# The key every benchmark request presents (post.lua too): a static key of the auth variants.
+BENCH_API_KEY = "sk-bench-0123456789abcdef"
+
+
 def wait_ready(proc: Proc, port: int, *, model: str, timeout: float = 30.0) -> bytes:
     """Polls the port until it accepts, then until a chat POST answers 200; returns that body."""
     end = time.monotonic() + timeout
@@ -352,7 +356,8 @@ def post_chat(port: int, model: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-        conn.request("POST", CHAT_PATH, body=body, headers={"content-type": "application/json"})
+        conn.request("POST", CHAT_PATH, body=body, headers={"content-type": "application/json",
+                                                            "authorization": f"Bearer {BENCH_API_KEY}"})
         response = conn.getresponse()
         return response.status, response.read()
     finally:

@@ -370,6 +370,46 @@ def test_admin_permissions_are_required(admin: Admin) -> None:
     assert "x" * 43 not in json.dumps(failures)
 
 
+def test_no_credential_grants_more_than_it_holds(admin: Admin) -> None:
+    for name, permissions in (("keyadmin", ["admin:keys", "chat"]), ("teamadmin", ["admin:teams", "chat"]),
+                              ("roleadmin", ["admin:roles", "chat"]), ("chatter", ["chat"])):
+        admin.ok("POST", "/admin/roles", {"name": name, "permissions": permissions}, status=201)
+    admin.ok("POST", "/admin/teams", {"id": "ops", "roles": ["teamadmin"]}, status=201)
+    admin.ok("POST", "/admin/teams", {"id": "root", "roles": ["admin"]}, status=201)
+    keys = admin.ok("POST", "/admin/keys", {"roles": ["keyadmin"]}, status=201)
+    root = admin.ok("POST", "/admin/keys", {"roles": ["admin"]}, status=201)
+    teams = admin.ok("POST", "/admin/keys", {"owner_team": "ops", "service_account": True, "roles": []}, status=201)
+    roles = admin.ok("POST", "/admin/keys", {"roles": ["roleadmin"]}, status=201)
+
+    def denied(method: str, path: str, body: Any, key: str, permission: str) -> None:
+        reply = admin(method, path, body, key=key)
+        assert reply.status == 403, (method, path, body, reply.status, reply.body[:300])
+        error = reply.json()["error"]
+        assert error["code"] == "permission_denied" and f"`{permission}`" in error["message"], error
+
+    denied("POST", "/admin/keys", {"roles": ["admin"]}, keys["key"], "*")
+    denied("PATCH", f"/admin/keys/{keys['id']}", {"roles": ["keyadmin", "admin"]}, keys["key"], "*")
+    denied("POST", "/admin/keys", {"roles": ["roleadmin"]}, keys["key"], "admin:roles")
+    denied("POST", "/admin/keys", {"roles": [], "owner_team": "root", "service_account": True}, keys["key"], "*")
+    denied("PATCH", f"/admin/keys/{root['id']}", {"ip_deny": ["0.0.0.0/0"]}, keys["key"], "*")
+    denied("POST", f"/admin/keys/{root['id']}/rotate", {}, keys["key"], "*")
+    assert admin.ok("POST", "/admin/keys", {"roles": ["chatter"]}, status=201, key=keys["key"])["roles"] == [
+        "chatter"]
+
+    denied("PATCH", "/admin/teams/ops", {"roles": ["teamadmin", "admin"]}, teams["key"], "*")
+    denied("POST", "/admin/teams", {"id": "t2", "roles": ["keyadmin"]}, teams["key"], "admin:keys")
+    admin.ok("POST", "/admin/teams", {"id": "t3", "roles": ["chatter"]}, status=201, key=teams["key"])
+
+    denied("PATCH", "/admin/roles/user", {"permissions": ["*"]}, roles["key"], "*")
+    denied("POST", "/admin/roles", {"name": "admin", "permissions": []}, roles["key"], "*")
+    denied("DELETE", "/admin/roles/keyadmin", None, roles["key"], "admin:keys")
+    denied("POST", "/admin/roles", {"name": "escalate", "permissions": ["admin:*"]}, roles["key"], "admin:*")
+    denied("PATCH", "/admin/roles/chatter", {"permissions": ["chat", "admin:users"]}, roles["key"], "admin:users")
+    admin.ok("POST", "/admin/roles", {"name": "mini", "permissions": ["chat", "model:gpt-4o-mini"]}, status=201,
+             key=roles["key"])
+    assert admin.ok("POST", "/admin/roles", {"name": "user", "permissions": ["chat"]}, status=201)  # "*" may
+
+
 def test_admin_routes_answer_404_when_auth_is_off(tmp_path: Path, mock_upstream: Proc) -> None:
     proc = start_gateway(tmp_path, config_yaml(None, mock_upstream.url, auth=False))
     try:

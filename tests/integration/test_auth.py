@@ -467,6 +467,25 @@ def test_request_signatures(gw: Proc, backend: StoreConfig) -> None:
     assert call(gw.url, "POST", "/v1/chat/completions", body, bearer(plain)).status == 200
 
 
+def test_signatures_cover_the_query_odd_methods_and_wild_timestamps(gw: Proc, backend: StoreConfig) -> None:
+    secret = "whsec-" + generate_key()
+    key, _ = new_key(backend, signing=True, signing_secret=secret)
+    path, query = "/v1/files", "purpose=batch&limit=5"
+    good = call(gw.url, "GET", f"{path}?{query}", headers={**bearer(key), **signed(secret, "GET", f"{path}?{query}",
+                                                                                     b"")})
+    assert good.status != 401, good.body
+    path_only = call(gw.url, "GET", f"{path}?{query}", headers={**bearer(key), **signed(secret, "GET", path, b"")})
+    assert openai_error(path_only, 401)["code"] == "invalid_signature"  # the query is signed too
+    odd = call(gw.url, "PROPFIND", path, headers={**bearer(key), **signed(secret, "PROPFIND", path, b"")})
+    error = openai_error(odd, 401)
+    assert error["code"] == "invalid_signature" and "GET, HEAD, DELETE, OPTIONS, POST, PUT or PATCH" in error[
+        "message"]
+    huge = {**bearer(key), "x-sluice-timestamp": "9" * 400, "x-sluice-signature": "0" * 64}
+    assert openai_error(call(gw.url, "GET", "/v1/models", headers=huge), 401)["code"] == "invalid_signature"
+    plain, _ = new_key(backend)  # a key that does not sign may use any method the route takes
+    assert call(gw.url, "PROPFIND", path, headers=bearer(plain)).status != 401
+
+
 # -- headers and the audit log -------------------------------------------------------------------------------
 
 

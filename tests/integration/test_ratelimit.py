@@ -209,3 +209,31 @@ models:
     assert own[0].status == 200 and own[0].headers["x-sluice-quota-remaining-requests"] == "4"
     assert own[1].status == 429 and "own-rpm" in own[1].json()["error"]["message"]
     assert bad.status == 400 and "policies[0]" in bad.json()["error"]["param"]
+
+
+def test_embeddings_settle_with_their_input_and_negative_budgets_are_refused(tmp_path, mock_upstream) -> None:
+    gateway = gateway_with(tmp_path, mock_upstream, """
+    - {name: tpm, scope: global, unit: tokens, rate: 100000, period_s: 10000000}
+""", "quota_store: " + json.dumps(str(tmp_path / "q.db")) + "\n  quotas: [{name: daily, scope: key, unit: tokens, "
+         "limit: 1000000}]")
+    embedding = {"model": "gpt-4o-mini", "input": "hello there"}
+    try:
+        first = call(gateway.url, "POST", "/v1/embeddings", embedding, {"authorization": "Bearer sk-e"})
+        time.sleep(0.2)  # settled once its answer has gone
+        second = call(gateway.url, "POST", "/v1/embeddings", embedding, {"authorization": "Bearer sk-e"})
+        negative = [call(gateway.url, "POST", path, body, {"authorization": "Bearer sk-e"}) for path, body in (
+            ("/v1/chat/completions", {**CHAT, "max_tokens": -1000000000}),
+            ("/v1/chat/completions", {**CHAT, "max_completion_tokens": 0}),
+            ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": -5, "messages": [{"role": "user",
+                                                                                       "content": "hi"}]}))]
+        after = call(gateway.url, "POST", "/v1/embeddings", embedding, {"authorization": "Bearer sk-e"})
+    finally:
+        gateway.stop()
+    used = first.json()["usage"]["prompt_tokens"]
+    reservation = len(json.dumps(embedding).encode()) // 4  # an embedding reserves its input, no max_tokens
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 100000 - reservation
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) == 100000 - used - reservation
+    assert [r.status for r in negative] == [400, 400, 400]
+    assert [r.json()["error"].get("param") for r in negative[:2]] == ["max_tokens", "max_completion_tokens"]
+    # the refused budgets took nothing: the quota went down by the embeddings alone
+    assert int(after.headers["x-sluice-quota-remaining-tokens"]) >= 1000000 - 3 * (used + reservation)

@@ -98,15 +98,53 @@ def test_coalesces_identical_failures_into_one_record_with_a_count() -> None:
         for _ in range(2):
             audit.record("auth.failure", actor="sk-sl-ab12…", client_ip="10.0.0.2", details={"reason": "revoked"})
         audit.record("auth.failure", actor="sk-sl-cd34…", client_ip="10.0.0.1", details={"reason": "revoked"})
-        assert audit.pending == 4 and audit.coalesced == 502
+        assert audit.pending == 3 and audit.coalesced == 503
         await asyncio.sleep(0.05)
         assert store.records == []  # held until its window closes (or a flush)
         assert await audit.flush()
         counts = {(r["actor"], r["client_ip"], r["details"]["reason"]): r["details"]["count"] for r in store.records}
-        assert counts == {("sk-sl-ab12…", "10.0.0.1", "revoked"): 500, ("sk-sl-ab12…", "10.0.0.1", "expired"): 3,
-                          ("sk-sl-ab12…", "10.0.0.2", "revoked"): 2, ("sk-sl-cd34…", "10.0.0.1", "revoked"): 1}
-        flood = next(r for r in store.records if r["details"]["count"] == 500)
+        assert counts == {("sk-sl-ab12…", "10.0.0.1", "revoked"): 501, ("sk-sl-ab12…", "10.0.0.1", "expired"): 3,
+                          ("sk-sl-ab12…", "10.0.0.2", "revoked"): 2}
+        flood = next(r for r in store.records if r["details"]["count"] == 501)
         assert flood["details"]["last_at"] >= flood["at"]
+        assert flood["details"]["actors"] == ["sk-sl-ab12…", "sk-sl-cd34…"]
+        await audit.aclose()
+
+    run(body)
+
+
+def test_random_tokens_make_one_record_and_an_ip_opens_few_groups() -> None:
+    async def body() -> None:
+        store = FakeStore()
+        audit = AuditLog(store, coalesce_s=60.0, max_groups_per_ip=10)  # type: ignore[arg-type]
+        for i in range(1000):  # a new made-up token each time: its first characters are the actor
+            audit.record("auth.failure", actor=f"tok{i:04d}", client_ip="10.0.0.9", details={"reason": "unknown"})
+        for i in range(50):  # varied reasons from one address: at most 10 groups
+            audit.record("auth.failure", actor="x", client_ip="10.0.0.9", details={"reason": f"r{i}"})
+        audit.record("auth.failure", actor="y", client_ip="10.0.0.8", details={"reason": "r0"})  # another IP
+        assert audit.pending == 11 and audit.ip_dropped == 41 and audit.dropped == 41
+        assert audit.stats()["audit_ip_dropped"] == 41
+        assert await audit.flush()
+        flood = next(r for r in store.records if r["details"]["reason"] == "unknown")
+        assert flood["details"]["count"] == 1000 and flood["actor"] == "tok0000"
+        assert flood["details"]["actors"] == ["tok0000", "tok0001", "tok0002"]
+        assert len(store.records) == 11
+        await audit.aclose()
+
+    run(body)
+
+
+def test_a_client_ip_opens_groups_again_in_the_next_window() -> None:
+    async def body() -> None:
+        now = [1000.0]
+        store = FakeStore()
+        audit = AuditLog(store, coalesce_s=1.0, max_groups_per_ip=2, clock=lambda: now[0])  # type: ignore[arg-type]
+        for i in range(3):
+            audit.record("auth.failure", actor="a", client_ip="10.0.0.9", details={"reason": f"r{i}"})
+        assert audit.ip_dropped == 1
+        now[0] += 1.5
+        audit.record("auth.failure", actor="a", client_ip="10.0.0.9", details={"reason": "r2"})
+        assert audit.ip_dropped == 1 and audit.pending == 3
         await audit.aclose()
 
     run(body)

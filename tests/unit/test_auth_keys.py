@@ -400,6 +400,34 @@ def test_a_change_during_a_lookup_keeps_its_answer_out_of_the_cache() -> None:
     run(body)
 
 
+def test_a_user_change_during_a_lookup_keeps_its_answer_out_of_the_cache() -> None:
+    async def body() -> None:
+        store = MemoryStore()
+        store.users["alice"] = User(id="alice")
+        secret = generate_key()
+        store.add(secret, owner_user="alice")
+        auth = make(store)
+        await auth.poll()  # the feed's version is known
+
+        async def get_user(user_id: str) -> User:
+            found = store.users[user_id]  # read first, answered later: the change overtakes it
+            await asyncio.sleep(0.05)
+            return found
+
+        store.get_user = get_user  # type: ignore[method-assign]
+        pending = asyncio.ensure_future(auth.authenticate(secret))
+        await asyncio.sleep(0.01)  # the lookup has read alice enabled; nothing of hers is cached yet
+        store.users["alice"] = User(id="alice", disabled=True)
+        store.change("user", "alice")
+        await auth.poll()
+        await pending  # answered with what it read, but not cached
+        assert auth.cached(secret) is None
+        del store.get_user
+        assert (await refused(auth, secret)).reason == "user_disabled"
+
+    run(body)
+
+
 def test_the_poller_starts_follows_changes_and_stops() -> None:
     async def body() -> None:
         store = MemoryStore()
@@ -459,6 +487,30 @@ def test_signatures_valid_wrong_stale_replayed_missing() -> None:
     assert reason(secret, "POST", "/p", ts, None, b"") == "signature_missing"
     assert reason(secret, "POST", "/p", "soon", good, b"") == "signature_malformed"
     assert reason(b"", "GET", "/p", ts, sign(b"", "GET", "/p", ts, b""), b"") == "signature_mismatch"
+
+
+def test_signatures_refuse_wild_timestamps_and_cover_the_query() -> None:
+    clock = Clock(1_700_000_000.0)
+    signatures = Signatures(300, clock=clock)
+    secret, ts = b"s3cret", str(int(clock.now))
+
+    def reason(timestamp: str, query: str = "", signed_query: str = "") -> str:
+        with pytest.raises(Unauthorized) as info:
+            signatures.verify(secret, "GET", "/p", timestamp, sign(secret, "GET", "/p", timestamp, b"", signed_query),
+                              b"", query)
+        assert info.value.code == "invalid_signature"
+        return info.value.reason
+
+    for wild in ("9" * 400, "9" * 13, "+1700000000", "1_700_000_000", " 1700000000", "-1", "\u0661" * 10):
+        assert reason(wild) == "signature_malformed", wild
+    assert reason("9" * 12) == "signature_stale"
+    assert reason(ts, query="a=1&b=2") == "signature_mismatch"  # signed without its query
+    assert reason(ts, query="a=1&b=2", signed_query="b=2&a=1") == "signature_mismatch"
+    signatures.verify(secret, "GET", "/p", ts, sign(secret, "GET", "/p", ts, b"", "a=1&b=2"), b"", "a=1&b=2")
+    expected = hmac.new(secret, f"GET\n/p?a=1\n{ts}\n{hashlib.sha256(b'').hexdigest()}".encode(),
+                        hashlib.sha256).hexdigest()
+    assert sign(secret, "GET", "/p", ts, b"", "a=1") == expected
+    assert sign(secret, "GET", "/p", ts, b"") == sign(secret, "GET", "/p", ts, b"", "")  # no query: the path alone
 
 
 def test_the_replay_memory_is_bounded_and_forgets_what_left_the_window() -> None:

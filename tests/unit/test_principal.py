@@ -25,6 +25,10 @@ class FakeExchange:
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
 
+    def header_all(self, name: str) -> list[str]:
+        value = self.headers.get(name)
+        return [] if value is None else value.split("\n")  # "\n": the header came on several lines
+
 
 # -- role tables ---------------------------------------------------------------------------------------------
 
@@ -173,6 +177,10 @@ def test_per_key_ip_rules_and_a_bad_rule_failing_closed() -> None:
     ("[::1]:5000", "2001:db8::7", ["::1/128"], "2001:db8::7"),
     ("[2001:db8::1]:5000", None, [], "2001:db8::1"),
     ("192.0.2.1:5000", "203.0.113.5", ["127.0.0.0/8"], "192.0.2.1"),  # an untrusted peer
+    # several lines (a proxy that appends its own): joined in order, the proxy's line last
+    ("127.0.0.1:5000", "198.51.100.1\n203.0.113.5", ["127.0.0.0/8"], "203.0.113.5"),
+    ("127.0.0.1:5000", "198.51.100.1\n203.0.113.5, 10.0.0.2", ["127.0.0.0/8", "10.0.0.0/8"], "203.0.113.5"),
+    ("127.0.0.1:5000", "198.51.100.1\n10.0.0.2", ["127.0.0.0/8", "10.0.0.0/8"], "198.51.100.1"),
 ])
 def test_client_ip(client: str, forwarded: str | None, trusted: list[str], expected: str) -> None:
     ex = FakeExchange(client, {"x-forwarded-for": forwarded} if forwarded else {})

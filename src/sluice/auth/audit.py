@@ -11,10 +11,16 @@ instances share one chain).  While the store is down the batch waits and is
 retried with backoff; the queue keeps its bound meanwhile.
 
 Floods: auth failures (every action under ``auth.``) that are identical in
-(action, actor, client_ip, details["reason"]) within ``coalesce_s`` of the first
+(action, details["reason"], client_ip) within ``coalesce_s`` of the first
 become one record whose details carry ``count`` (and ``last_at`` when more than
-one came).  Such a record enters the queue when its window closes, so its
-``seq`` may follow records of later events; its ``at`` is the first event's.
+one came).  The actor is not part of the group (a failed caller's actor is
+whatever token it sent, so random tokens would each make a record): the record
+names the first, and ``details["actors"]`` up to ``SAMPLE_ACTORS`` distinct ones
+when more than one came.  A client IP opens at most ``max_groups_per_ip`` groups
+per ``coalesce_s`` (varied reasons, say); past that its failures are dropped
+and counted in ``dropped`` and ``ip_dropped``.  Such a record enters the queue
+when its window closes, so its ``seq`` may follow records of later events; its
+``at`` is the first event's.
 
 ``flush()`` waits (bounded) until everything recorded before it is written, the
 open coalescing windows included; ``aclose()`` flushes and stops the task.
@@ -36,7 +42,7 @@ from typing import Any
 
 from ..store import KEY_SCHEME, Store, StoreError, display_prefix
 
-__all__ = ["COALESCE_PREFIX", "AuditLog"]
+__all__ = ["COALESCE_PREFIX", "SAMPLE_ACTORS", "AuditLog"]
 
 log = logging.getLogger("sluice.audit")
 _internal = logging.getLogger("sluice.gateway")
@@ -45,18 +51,20 @@ COALESCE_PREFIX = "auth."  # actions that may come in floods (auth failures, den
 _SECRET_NAMES = frozenset({"key", "api_key", "token", "secret", "signing_secret", "password", "authorization",
                            "client_secret", "hs256_secret"})
 _MAX_BACKOFF_S = 5.0
+SAMPLE_ACTORS = 3  # distinct actors a coalesced record names
 
 
 class _Entry:
     """One record on its way to the store (a coalesced one counts its duplicates)."""
 
-    __slots__ = ("action", "actor", "at", "client_ip", "count", "details", "last_at", "logged", "target")
+    __slots__ = ("action", "actor", "actors", "at", "client_ip", "count", "details", "last_at", "logged", "target")
 
     def __init__(self, at: float, action: str, actor: str, target: str | None, client_ip: str | None,
                  details: dict[str, Any] | None) -> None:
         self.at = at
         self.action = action
         self.actor = actor
+        self.actors = [actor]  # a coalesced record's distinct actors, at most SAMPLE_ACTORS
         self.target = target
         self.client_ip = client_ip
         self.details = details
@@ -73,19 +81,21 @@ class AuditLog:
     """
 
     def __init__(self, store: Store | None, *, queue_size: int = 10000, batch_size: int = 256,
-                 coalesce_s: float = 1.0, close_timeout_s: float = 5.0, owns_store: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 coalesce_s: float = 1.0, max_groups_per_ip: int = 10, close_timeout_s: float = 5.0,
+                 owns_store: bool = False, clock: Callable[[], float] = time.time) -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be at least 1")
         self.store = store
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.coalesce_s = coalesce_s
+        self.max_groups_per_ip = max_groups_per_ip
         self.close_timeout_s = close_timeout_s
         self.owns_store = owns_store
         self._clock = clock
         self._queue: deque[_Entry] = deque()
-        self._groups: dict[tuple[str, str, str | None, Any], _Entry] = {}  # open coalescing windows
+        self._groups: dict[tuple[str, Any, str | None], _Entry] = {}  # open coalescing windows
+        self._per_ip: dict[str | None, tuple[float, int]] = {}  # client IP -> (window start, groups opened in it)
         self._wake = asyncio.Event()  # something was queued
         self._retry = asyncio.Event()  # a flush: try a down store again now, not after the backoff
         self._waiters: list[asyncio.Future[None]] = []
@@ -99,6 +109,7 @@ class AuditLog:
         self.failed = 0  # the store could not take them (a bad record, or still down at close)
         self.written = 0  # appended to the store (or only logged, without a store)
         self.coalesced = 0  # merged into an earlier identical record
+        self.ip_dropped = 0  # auth failures past a client IP's max_groups_per_ip (counted in dropped too)
 
     # -- the hot side ---------------------------------------------------------------------------------
 
@@ -111,17 +122,19 @@ class AuditLog:
         now = self._clock()
         if action.startswith(COALESCE_PREFIX):
             reason = details.get("reason") if details else None
-            group = (action, actor, client_ip, reason if isinstance(reason, str | int | None) else repr(reason))
+            group = (action, reason if isinstance(reason, str | int | None) else repr(reason), client_ip)
             entry = self._groups.get(group)
             if entry is not None and now - entry.at < self.coalesce_s:
                 entry.count += 1
                 entry.last_at = now
+                if len(entry.actors) < SAMPLE_ACTORS and actor not in entry.actors:
+                    entry.actors.append(actor)
                 self.coalesced += 1
                 return
             if entry is not None:  # its window is over: to the queue (the writer would have moved it soon)
                 del self._groups[group]
                 self._queue.append(entry)
-            if not self._room():
+            if not self._ip_room(client_ip, now) or not self._room():
                 return
             entry = _Entry(now, action, actor, target, client_ip, details)
             entry.count = 1
@@ -141,7 +154,25 @@ class AuditLog:
 
     def stats(self) -> dict[str, int]:
         return {"audit_pending": self.pending, "audit_dropped": self.dropped, "audit_failed": self.failed,
-                "audit_written": self.written, "audit_coalesced": self.coalesced}
+                "audit_written": self.written, "audit_coalesced": self.coalesced, "audit_ip_dropped": self.ip_dropped}
+
+    def _ip_room(self, client_ip: str | None, now: float) -> bool:
+        """Counts a new group for ``client_ip``; False (and a drop) past ``max_groups_per_ip`` in its window."""
+        per_ip = self._per_ip
+        start, opened = per_ip.get(client_ip, (now, 0))
+        if now - start >= self.coalesce_s:
+            start, opened = now, 0
+        if opened >= self.max_groups_per_ip:
+            self.dropped += 1
+            self.ip_dropped += 1
+            return False
+        if client_ip not in per_ip and len(per_ip) >= self.queue_size:  # bounded: forget the windows that ended
+            for ip in [ip for ip, (began, _) in per_ip.items() if now - began >= self.coalesce_s]:
+                del per_ip[ip]
+            if len(per_ip) >= self.queue_size:
+                per_ip.clear()
+        per_ip[client_ip] = (start, opened + 1)
+        return True
 
     def _room(self) -> bool:
         if len(self._queue) + len(self._groups) >= self.queue_size:
@@ -282,6 +313,8 @@ class AuditLog:
             details["count"] = entry.count
             if entry.count > 1:
                 details["last_at"] = entry.last_at
+            if len(entry.actors) > 1:
+                details["actors"] = _scrub(entry.actors)
         if not entry.logged:
             entry.logged = True
             _log(entry, details)

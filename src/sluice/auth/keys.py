@@ -441,6 +441,8 @@ class Authenticator:
                 elif change.kind in ("user", "team"):
                     for digest in list(self._owners.get(f"{change.kind}:{change.ref}", ())):
                         self._evict(digest)
+                    # A lookup in flight may have read the owner before this change: its answer is not cached.
+                    self._stale.update(self._inflight)
                 elif change.kind == "role":
                     roles_changed = True
             if roles_changed:

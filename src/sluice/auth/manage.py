@@ -10,6 +10,18 @@ plain JSON-ready dicts: a key's view never holds its hash or its signing
 secret; the key itself (and a new signing secret) only in the answers of
 create and rotate, the one time they are shown.
 
+Nobody grants more than they hold: the ``Actor`` carries the caller's
+permissions (the CLI's operator holds ``*``).  A role may be given to a key
+(directly or through the team that owns it), a team or a user only when the
+actor holds every permission of that role (``_holds``: ``*`` covers all,
+``admin:*`` every admin permission, a ``model:<glob>`` is held by an actor
+without model limits or with a glob that covers it); a key whose roles the
+actor could not grant cannot be changed or rotated by it either.  A role is
+created or changed only with permissions the actor holds, and only an actor
+with ``*`` may create, change or delete a role whose name is built in
+(``admin``, ``user``) or comes from the config.  A refusal is a 403 with code
+``permission_denied`` naming the missing permission.
+
 Every refusal is a GatewayError that names the field in ``param``: 400 for bad
 input, 404 for an id that does not exist, 409 for a clash (an id taken, a key
 already revoked or rotated, a user who still owns keys), 503 when the store
@@ -19,23 +31,24 @@ cannot be reached.  The audit details never hold key material.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import ipaddress
 import logging
 import math
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
 from .. import store as st
-from ..errors import GatewayError, InvalidRequest, NotFound
+from ..errors import Forbidden, GatewayError, InvalidRequest, NotFound
 from ..pipeline.quotas import own_quota
 from ..pipeline.ratelimit import own_policy
-from ..pipeline.rbac import check_permission
+from ..pipeline.rbac import ADMIN_ALL, ADMIN_PERMISSIONS, ALL, BUILTIN_ROLES, MODEL_PREFIX, check_permission
 from ..store import MAX_PAGE, ApiKey, Role, Store, Team, User, display_prefix, generate_key, hash_key, new_id
 from .audit import AuditLog
 
@@ -76,6 +89,8 @@ class Actor(NamedTuple):
     name: str
     client_ip: str | None = None
     key_prefix: str | None = None  # the display prefix of the caller's key, when it used one
+    # What the actor holds (its principal's permissions): it grants no more.  The CLI's operator holds "*".
+    permissions: frozenset[str] = frozenset({ALL})
 
 
 # -- bodies -------------------------------------------------------------------------------------------------
@@ -335,6 +350,36 @@ def _given(body: msgspec.Struct) -> dict[str, Any]:
     return {name: value for name in body.__struct_fields__ if (value := getattr(body, name)) is not UNSET}
 
 
+def _covers(held: str, wanted: str) -> bool:
+    """Whether the model glob ``held`` allows every model ``wanted`` does (conservative: only when plainly so)."""
+    if held == wanted or held == "*":
+        return True
+    if not any(c in wanted for c in "*?["):  # one model name
+        return fnmatch.fnmatchcase(wanted, held)
+    stem = held[:-1]  # "gpt-4*" covers "gpt-4o*", "gpt-4o-mini?"
+    return held.endswith("*") and not any(c in stem for c in "*?[") and wanted.startswith(stem)
+
+
+def _holds(held: frozenset[str], permission: str) -> bool:
+    """Whether permissions ``held`` include ``permission`` (see the module docstring)."""
+    if ALL in held or permission in held:
+        return True
+    if permission == ADMIN_ALL:
+        return all(p in held for p in ADMIN_PERMISSIONS)
+    if permission.startswith("admin:"):
+        return ADMIN_ALL in held
+    if permission.startswith(MODEL_PREFIX):
+        globs = [p[len(MODEL_PREFIX):] for p in held if p.startswith(MODEL_PREFIX)]
+        return not globs or any(_covers(glob, permission[len(MODEL_PREFIX):]) for glob in globs)
+    return False
+
+
+def _denied(field: str, message: str, permission: str) -> Forbidden:
+    return Forbidden(f"{message} needs the `{permission}` permission, which this credential lacks; an actor "
+                     f"grants only what it holds.", code="permission_denied", param=field,
+                     reason=f"missing:{permission}")
+
+
 # -- views --------------------------------------------------------------------------------------------------
 
 
@@ -371,12 +416,15 @@ class Manager:
     """Keys, users, teams and roles on ``store``, each change recorded in ``audit``."""
 
     def __init__(self, store: Store, audit: AuditLog, *, builtin_roles: Collection[str] = (),
-                 default_grace_s: float = DEFAULT_GRACE_S, on_change: Callable[[], Awaitable[None]] | None = None,
+                 config_roles: Mapping[str, Iterable[str]] | None = None, default_grace_s: float = DEFAULT_GRACE_S,
+                 on_change: Callable[[], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.audit = audit
         self.on_change = on_change  # after each change (the gateway: read the change feed now)
-        self.builtin_roles = frozenset(builtin_roles)  # roles that exist without a record (config, built in)
+        self.config_roles = {name: tuple(perms) for name, perms in (config_roles or {}).items()}
+        # Roles that exist without a record (config, built in); only an actor with "*" may change these.
+        self.builtin_roles = frozenset(builtin_roles) | frozenset(BUILTIN_ROLES) | frozenset(self.config_roles)
         self.default_grace_s = default_grace_s
         self._clock = clock
 
@@ -404,6 +452,39 @@ class Manager:
         for i, role in enumerate(roles):
             if role not in self.builtin_roles:
                 await self._exists(f"{field}[{i}]", "role", role, self.store.get_role)
+
+    async def _role_permissions(self, name: str) -> tuple[str, ...]:
+        """A role's permissions as the gateway resolves them: the store's record, else config, else built in."""
+        try:
+            with _store_errors("role", name):
+                return (await self.store.get_role(name)).permissions
+        except NotFound:
+            pass
+        if name in self.config_roles:
+            return self.config_roles[name]
+        return BUILTIN_ROLES.get(name, (ALL,))  # a role named in the config whose permissions we were not told
+
+    async def _check_grant(self, field: str, roles: Iterable[str], actor: Actor) -> None:
+        """403 unless ``actor`` holds every permission of each role it would grant."""
+        if ALL in actor.permissions:
+            return
+        for i, role in enumerate(roles):
+            for permission in await self._role_permissions(role):
+                if not _holds(actor.permissions, permission):
+                    raise _denied(f"{field}[{i}]", f"Granting the role `{role}`", permission)
+
+    async def _check_key_grant(self, key: ApiKey, actor: Actor) -> None:
+        """403 unless ``actor`` could grant all the key holds: its roles and those of the team that owns it."""
+        if ALL in actor.permissions:
+            return
+        await self._check_grant("roles", key.roles, actor)
+        if key.owner_team is not None:
+            with _store_errors("team", key.owner_team):
+                team = await self.store.get_team(key.owner_team)
+            for role in team.roles:
+                for permission in await self._role_permissions(role):
+                    if not _holds(actor.permissions, permission):
+                        raise _denied("owner_team", f"A key of team `{team.id}` (role `{role}`)", permission)
 
     async def _key_fields(self, given: dict[str, Any], now: float) -> dict[str, Any]:
         """The checked ApiKey fields of a create or update body (``ttl_s`` becomes ``expires_at``)."""
@@ -461,6 +542,7 @@ class Manager:
         key = ApiKey(id=new_id("key"), key_hash=hash_key(secret), prefix=display_prefix(secret),
                      signing_secret=signing_secret, **fields)
         self._check_owner(key)
+        await self._check_key_grant(key, actor)
         with _store_errors("key", key.id):
             key = await self.store.create_key(key)
         view = key_view(key, now)
@@ -496,7 +578,10 @@ class Manager:
         signing_secret = None
         if fields.get("signing") and old.signing_secret is None:
             fields["signing_secret"] = signing_secret = secrets.token_urlsafe(32)
-        self._check_owner(msgspec.structs.replace(old, **fields))
+        await self._check_key_grant(old, actor)  # a key that holds more than the actor is not its to change
+        changed = msgspec.structs.replace(old, **fields)
+        self._check_owner(changed)
+        await self._check_key_grant(changed, actor)
         with _store_errors("key", key_id):
             key = await self.store.update_key(key_id, **fields)
         changes = {name: value for name, value in fields.items() if name != "signing_secret"}
@@ -533,6 +618,7 @@ class Manager:
         if old.expires_at is not None and old.expires_at <= now:
             raise Conflict(f"Key {key_id!r} has expired; extend its expires_at first, or create a new key.",
                            code="key_expired")
+        await self._check_key_grant(old, actor)  # the new key is shown to the actor: no more than it could grant
         secret = generate_key()
         signing_secret = secrets.token_urlsafe(32) if old.signing else None
         new = msgspec.structs.replace(old, id=new_id("key"), key_hash=hash_key(secret), prefix=display_prefix(secret),
@@ -548,7 +634,7 @@ class Manager:
 
     # -- users --------------------------------------------------------------------------------------------
 
-    async def _user_fields(self, given: dict[str, Any]) -> dict[str, Any]:
+    async def _user_fields(self, given: dict[str, Any], actor: Actor) -> dict[str, Any]:
         fields = dict(given)
         if "name" in fields:
             _text("name", fields["name"])
@@ -563,12 +649,13 @@ class Manager:
         if "roles" in fields:
             fields["roles"] = _listed("roles", fields["roles"], _role)
             await self._check_roles("roles", fields["roles"])
+            await self._check_grant("roles", fields["roles"], actor)
         return fields
 
     async def create_user(self, body: UserCreate, actor: Actor) -> dict[str, Any]:
         given = msgspec.structs.asdict(body)
         user_id = _ident("id", given.pop("id") or new_id("user"))
-        user = User(id=user_id, **await self._user_fields(given))
+        user = User(id=user_id, **await self._user_fields(given, actor))
         with _store_errors("user", user_id):
             user = await self.store.create_user(user)
         view = _view("user", user)
@@ -587,7 +674,7 @@ class Manager:
             return _view("user", await self.store.get_user(user_id))
 
     async def update_user(self, user_id: str, body: UserUpdate, actor: Actor) -> dict[str, Any]:
-        fields = await self._user_fields(_nonempty(body))
+        fields = await self._user_fields(_nonempty(body), actor)
         with _store_errors("user", user_id):
             user = await self.store.update_user(user_id, **fields)
         await self._changed(actor, "user.update", user_id, {"changes": fields})
@@ -605,7 +692,7 @@ class Manager:
 
     # -- teams --------------------------------------------------------------------------------------------
 
-    async def _team_fields(self, given: dict[str, Any]) -> dict[str, Any]:
+    async def _team_fields(self, given: dict[str, Any], actor: Actor) -> dict[str, Any]:
         fields = dict(given)
         if "name" in fields:
             _text("name", fields["name"])
@@ -614,12 +701,13 @@ class Manager:
         if "roles" in fields:
             fields["roles"] = _listed("roles", fields["roles"], _role)
             await self._check_roles("roles", fields["roles"])
+            await self._check_grant("roles", fields["roles"], actor)
         return fields
 
     async def create_team(self, body: TeamCreate, actor: Actor) -> dict[str, Any]:
         given = msgspec.structs.asdict(body)
         team_id = _ident("id", given.pop("id") or new_id("team"))
-        team = Team(id=team_id, **await self._team_fields(given))
+        team = Team(id=team_id, **await self._team_fields(given, actor))
         with _store_errors("team", team_id):
             team = await self.store.create_team(team)
         view = _view("team", team)
@@ -637,7 +725,7 @@ class Manager:
             return _view("team", await self.store.get_team(team_id))
 
     async def update_team(self, team_id: str, body: TeamUpdate, actor: Actor) -> dict[str, Any]:
-        fields = await self._team_fields(_nonempty(body))
+        fields = await self._team_fields(_nonempty(body), actor)
         with _store_errors("team", team_id):
             team = await self.store.update_team(team_id, **fields)
         await self._changed(actor, "team.update", team_id, {"changes": fields})
@@ -658,11 +746,27 @@ class Manager:
 
     # -- roles --------------------------------------------------------------------------------------------
 
+    def _check_role_change(self, name: str, actor: Actor) -> None:
+        """403 unless ``actor`` may create, change or delete the role ``name`` (built-in and config names: ``*``)."""
+        if name in self.builtin_roles and ALL not in actor.permissions:
+            raise _denied("name", f"Changing the built-in or configured role `{name}`", ALL)
+
+    async def _check_role_held(self, name: str, actor: Actor) -> None:
+        """403 unless ``actor`` holds every permission the role ``name`` has now (404 when there is none)."""
+        with _store_errors("role", name):
+            role = await self.store.get_role(name)
+        for permission in role.permissions:
+            if not _holds(actor.permissions, permission):
+                raise _denied("name", f"Changing the role `{name}`", permission)
+
     @staticmethod
-    def _role_fields(given: dict[str, Any]) -> dict[str, Any]:
+    def _role_fields(given: dict[str, Any], actor: Actor) -> dict[str, Any]:
         fields = dict(given)
         if "permissions" in fields:
             fields["permissions"] = _listed("permissions", fields["permissions"], _permission)
+            for i, permission in enumerate(fields["permissions"]):
+                if not _holds(actor.permissions, permission):
+                    raise _denied(f"permissions[{i}]", "Granting it in a role", permission)
         if "description" in fields:
             _text("description", fields["description"], 1000)
         return fields
@@ -670,7 +774,8 @@ class Manager:
     async def create_role(self, body: RoleCreate, actor: Actor) -> dict[str, Any]:
         given = msgspec.structs.asdict(body)
         name = _ident("name", given.pop("name"))  # a built-in or configured role's name: overrides it
-        role = Role(name=name, **self._role_fields(given))
+        self._check_role_change(name, actor)
+        role = Role(name=name, **self._role_fields(given, actor))
         with _store_errors("role", name):
             role = await self.store.create_role(role)
         view = _view("role", role)
@@ -688,13 +793,17 @@ class Manager:
             return _view("role", await self.store.get_role(name))
 
     async def update_role(self, name: str, body: RoleUpdate, actor: Actor) -> dict[str, Any]:
-        fields = self._role_fields(_nonempty(body))
+        self._check_role_change(name, actor)
+        fields = self._role_fields(_nonempty(body), actor)
+        await self._check_role_held(name, actor)
         with _store_errors("role", name):
             role = await self.store.update_role(name, **fields)
         await self._changed(actor, "role.update", name, {"changes": fields})
         return _view("role", role)
 
     async def delete_role(self, name: str, actor: Actor) -> dict[str, Any]:
+        self._check_role_change(name, actor)
+        await self._check_role_held(name, actor)
         with _store_errors("role", name):
             await self.store.delete_role(name)
         await self._changed(actor, "role.delete", name, {})

@@ -1,15 +1,17 @@
-"""Request signatures of keys created with ``signing: true``: HMAC-SHA256 over method, path, time and body.
+"""Request signatures of keys created with ``signing: true``: HMAC-SHA256 over method, target, time and body.
 
 The caller sends::
 
     x-sluice-timestamp: <unix seconds>
-    x-sluice-signature: hex(HMAC-SHA256(secret, f"{METHOD}\\n{path}\\n{timestamp}\\n{sha256_hex(body)}"))
+    x-sluice-signature: hex(HMAC-SHA256(secret, f"{METHOD}\\n{target}\\n{timestamp}\\n{sha256_hex(body)}"))
 
-where ``path`` is the request path without the query string.  A request is
-refused (401, code ``invalid_signature``) when either header is missing, the
-timestamp is not an integer or is more than ``skew_s`` away from the gateway's
-clock, the signature does not match (compared in constant time), or the same
-signature was accepted before (a replay).
+where ``target`` is the request path, followed by ``?`` and the query string
+exactly as sent when there is one (a request without a query signs its path
+alone).  A request is refused (401, code ``invalid_signature``) when either
+header is missing, the timestamp is not a whole number of at most 12 digits or
+is more than ``skew_s`` away from the gateway's clock, the signature does not
+match (compared in constant time), or the same signature was accepted before
+(a replay).
 
 Replays are remembered per worker process until their timestamp leaves the
 window, in a bounded map (``max_seen``; when full, the oldest are forgotten
@@ -31,12 +33,14 @@ __all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Signatures", "sign"]
 SIGNATURE_HEADER = "x-sluice-signature"
 TIMESTAMP_HEADER = "x-sluice-timestamp"
 _HOW = ("sign each request: x-sluice-timestamp (unix seconds) and x-sluice-signature = hex HMAC-SHA256 of "
-        "\"METHOD\\nPATH\\nTIMESTAMP\\nSHA256_HEX(BODY)\" with the key's signing secret")
+        "\"METHOD\\nPATH[?QUERY]\\nTIMESTAMP\\nSHA256_HEX(BODY)\" with the key's signing secret")
+_MAX_DIGITS = 12  # a timestamp's; unix seconds have 10 until the year 2286
 
 
-def sign(secret: bytes, method: str, path: str, timestamp: str, body: bytes) -> str:
-    """The signature a caller sends (and the gateway expects)."""
-    message = f"{method}\n{path}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode()
+def sign(secret: bytes, method: str, path: str, timestamp: str, body: bytes, query: str = "") -> str:
+    """The signature a caller sends (and the gateway expects); ``query`` without the "?", as sent."""
+    target = f"{path}?{query}" if query else path
+    message = f"{method}\n{target}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode()
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
@@ -54,19 +58,20 @@ class Signatures:
         self._seen: OrderedDict[bytes, float] = OrderedDict()  # signature -> when it leaves the window
 
     def verify(self, secret: bytes, method: str, path: str, timestamp: str | None, signature: str | None,
-               body: bytes) -> None:
+               body: bytes, query: str = "") -> None:
         """Returns when the request is signed, fresh and new; Unauthorized otherwise."""
         if not timestamp or not signature:
             raise _refused("the request carries no signature", "signature_missing")
-        try:
-            at = int(timestamp)
-        except ValueError:
-            raise _refused("its x-sluice-timestamp is not an integer", "signature_malformed") from None
+        # Digits only, and few: int() would take "+1", "1_0" or 400 digits (whose distance overflows a float).
+        if len(timestamp) > _MAX_DIGITS or not (timestamp.isascii() and timestamp.isdigit()):
+            raise _refused(f"its x-sluice-timestamp is not a whole number of at most {_MAX_DIGITS} digits",
+                           "signature_malformed")
+        at = int(timestamp)
         now = self._clock()
         if abs(now - at) > self.skew_s:
             raise _refused(f"its timestamp is more than {self.skew_s:g}s away from the gateway's clock (check the "
                            "caller's clock)", "signature_stale")
-        expected = sign(secret, method, path, timestamp, body)
+        expected = sign(secret, method, path, timestamp, body, query)
         if not secret or not hmac.compare_digest(expected.encode(), signature.strip().lower().encode()):
             raise _refused("its signature does not match", "signature_mismatch")
         digest = bytes.fromhex(expected)

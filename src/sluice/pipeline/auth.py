@@ -10,10 +10,14 @@ In order: the global IP rules (``auth.ip_allow`` / ``auth.ip_deny``, on the
 client address of sluice.pipeline.iprules.ClientIp, which the rate limits use
 too), the credential (sluice.auth.keys.Authenticator), the key's own IP rules,
 the permission the route needs (sluice.pipeline.rbac), and, for a key that signs
-its requests, the signature of a request without a body.  It sets
-``ctx.principal``, ``ctx.key_prefix`` and ``ctx.user``.  The handlers that read a
-body call ``verify_body`` (a no-op unless the key signs) and check the model
-(``rbac.require_model``).
+its requests, the signature of a request without a body (GET, HEAD, DELETE,
+OPTIONS: over an empty body).  It sets ``ctx.principal``, ``ctx.key_prefix`` and
+``ctx.user``.  The handlers that read a body (POST, PUT, PATCH) call
+``verify_body`` (a no-op unless the key signs) and check the model
+(``rbac.require_model``); a route that takes no body for those methods answers
+405 or 404 before it acts.  Any other method (PROPFIND, TRACE, …) is refused
+for a signing key at once (401 ``invalid_signature``): nothing would verify it
+later, and the passthrough would relay it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING
 from ..auth.keys import Authenticator, missing_key
 from ..auth.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, Signatures
 from ..config import Config
-from ..errors import Forbidden, GatewayError
+from ..errors import Forbidden, GatewayError, Unauthorized
 from ..store import display_prefix, open_store
 from .iprules import ClientIp, IpRules, parse_networks
 from .rbac import permission_for, require
@@ -37,7 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AuthStage", "presented_credential"]
 
-_BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+_BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})  # signed over an empty body, here
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # signed over their body, by the handler that reads it
 
 
 def presented_credential(ex: Exchange) -> str:
@@ -119,7 +124,11 @@ class AuthStage:
         permission = permission_for(ex.path)
         if permission is not None:
             require(principal, permission)
-        if principal.signing_secret is not None and ex.method in _BODYLESS:
+        if principal.signing_secret is not None and ex.method not in _WITH_BODY:
+            if ex.method not in _BODYLESS:
+                raise Unauthorized(f"This key signs its requests, and signed requests must use GET, HEAD, DELETE, "
+                                   f"OPTIONS, POST, PUT or PATCH; {ex.method[:32]} cannot be verified.",
+                                   code="invalid_signature", reason="signature_method")
             self.verify_body(ex, ctx, b"")
 
     def verify_body(self, ex: Exchange, ctx: RequestContext, body: bytes) -> None:
@@ -128,7 +137,7 @@ class AuthStage:
         if principal is None or principal.signing_secret is None:
             return
         self.signatures.verify(principal.signing_secret, ex.method, ex.path, ex.header(TIMESTAMP_HEADER),
-                               ex.header(SIGNATURE_HEADER), body)
+                               ex.header(SIGNATURE_HEADER), body, ex.query)
 
     async def aclose(self) -> None:
         await self.authenticator.aclose()

@@ -3,7 +3,10 @@
 ``ClientIp`` is the one function that says who is calling, shared by the rate
 limits (scope ip) and the auth stage (IP rules): the peer address, or, when the
 peer is a trusted proxy (``ratelimit.trusted_proxies``), the right-most hop of
-``X-Forwarded-For`` that is not itself trusted.
+``X-Forwarded-For`` that is not itself trusted.  All X-Forwarded-For lines are
+read, joined in order: a proxy that appends a line of its own (HAProxy's
+``option forwardfor``) rather than extending the caller's puts the address it
+vouches for last, and the caller's own (forgeable) line first.
 
 ``IpRules`` holds allow and deny networks (IPv4 and IPv6, CIDR): an address in a
 deny network is refused, whatever the allow list says; with an allow list, an
@@ -53,7 +56,7 @@ class ClientIp:
         peer = ex.client.rsplit(":", 1)[0].strip("[]")  # "1.2.3.4:5678" or "[::1]:5678"
         if not self._trusted or not self._is_trusted(peer):
             return peer
-        forwarded = ex.header("x-forwarded-for")
+        forwarded = ",".join(ex.header_all("x-forwarded-for"))
         if not forwarded:
             return peer
         for hop in reversed([h.strip() for h in forwarded.split(",")]):

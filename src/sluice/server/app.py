@@ -287,7 +287,8 @@ class Gateway:
             ctx.error = "upstream_4xx" if status < 500 else "upstream_5xx"
         _count_tokens(ctx)
         if ctx.admission is not None and self.limits is not None:
-            used = ctx.tokens_in + ctx.tokens_out if ctx.tokens_in >= 0 and ctx.tokens_out >= 0 else -1
+            # An embedding's usage has no completion tokens: its prompt tokens are all it used.
+            used = ctx.tokens_in + max(ctx.tokens_out, 0) if ctx.tokens_in >= 0 else -1
             if used < 0 and (ctx.upstream_status is None or status >= 400 or passthrough_route(route) is not None):
                 # Nothing was generated, or a passthrough answer the gateway does not read for usage:
                 # the whole token reservation goes back (requests still count).
@@ -518,11 +519,20 @@ class Gateway:
         body: bytes | AsyncIterator[bytes] | None = None
         content_type = ex.header("content-type") or ""
         if ex.method in ("POST", "PUT", "PATCH"):
-            if not content_type or content_type.startswith("application/json"):
+            media = content_type.split(";", 1)[0].strip().lower()  # media types are case-insensitive
+            if not media or media == "application/json":
                 body = await ex.read_body(self.max_body)
                 if ctx.principal is not None:
                     self._authorize_call(ex, ctx, body, None)  # the model is checked by _passthrough_target
                 body, provider = self._passthrough_target(ctx, body, provider)
+            elif (ctx.principal is not None and ctx.principal.model_globs is not None
+                  and ctx.route not in ("/v1/files", "/v1/uploads", "/v1/batches")):
+                # A form (audio, images) names its model where the gateway does not look: a key limited
+                # to some models may not send one. Plain file uploads name none, and stay allowed.
+                await ex.discard_body(DISCARD_LIMIT)  # so that the 403 is read, not reset away
+                raise Forbidden(f"This key is limited to certain models, and a {media[:100]} body to {ctx.route} "
+                                "cannot be checked for the model it names; such uploads are refused for it.",
+                                code="model_not_allowed", reason="model_not_allowed")
             elif ctx.principal is not None and ctx.principal.signing_secret is not None:
                 body = await ex.read_body(self.max_body)  # a signed upload is verified whole before it goes on
                 self._authorize_call(ex, ctx, body, None)
@@ -633,14 +643,18 @@ class Gateway:
         trace.end_upstream(status, ctx.tokens_in, ctx.tokens_out, ctx.error)
 
     async def close(self) -> None:
-        if self.audit is not None:
-            await self.audit.aclose()  # flushed through the store before the stage closes it
-        if self.auth is not None:
-            await self.auth.aclose()
-        if self._client is not None:
-            await self._client.close()
-        if self.limits is not None:
-            await self.limits.aclose()
+        """Each part closes even when another fails: quota usage flushed, logs written, connections closed."""
+        parts = [self.audit.aclose() if self.audit is not None else None,  # before the stage closes the store
+                 self.auth.aclose() if self.auth is not None else None,
+                 self._client.close() if self._client is not None else None,
+                 self.limits.aclose() if self.limits is not None else None]
+        for part in parts:
+            if part is None:
+                continue
+            try:
+                await part
+            except Exception:
+                log.exception("closing the gateway")
         self.close_logs()
 
     def close_logs(self) -> None:
@@ -732,6 +746,8 @@ async def _admit(limits: RateLimits, ex: Exchange, route: str, model: str, body_
 
 
 def _max_tokens(request: Any) -> int | None:
+    if isinstance(request, EmbeddingRequest):
+        return 0  # an embedding generates nothing: its reservation is its input
     value = getattr(request, "max_completion_tokens", None) or getattr(request, "max_tokens", None)
     return value if isinstance(value, int) else None
 

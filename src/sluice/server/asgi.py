@@ -42,6 +42,10 @@ class ASGIExchange:
                 self._headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
         return self._headers.get(name)
 
+    def header_all(self, name: str) -> list[str]:
+        key = name.encode("latin-1")
+        return [value.decode("latin-1") for raw, value in self._scope["headers"] if raw.lower() == key]
+
     async def read_body(self, limit: int) -> bytes:
         length = self.header("content-length")
         if length is not None:

@@ -38,7 +38,14 @@ class Exchange(Protocol):
         """The peer address, "ip:port"."""
 
     def header(self, name: str) -> str | None:
-        """The value of a request header; ``name`` in lower case."""
+        """The value of a request header (its first line, if it came more than once); ``name`` in lower case."""
+
+    def header_all(self, name: str) -> list[str]:
+        """Every value of a request header, one per line it came on, in order; ``name`` in lower case.
+
+        For headers whose lines add up (X-Forwarded-For: a proxy may append a line of its own
+        rather than extend the one it received), where the first line alone would be the caller's.
+        """
 
     async def read_body(self, limit: int) -> bytes:
         """The whole body; PayloadTooLarge as soon as it is known to exceed ``limit``."""

@@ -42,6 +42,10 @@ class RSGIExchange:
         value: str | None = self._headers.get(name)
         return value
 
+    def header_all(self, name: str) -> list[str]:
+        values: list[str] = self._headers.get_all(name)  # Granian's RSGIHeaders; not in its .pyi
+        return values
+
     async def read_body(self, limit: int) -> bytes:
         length = self._headers.get("content-length")
         if length is not None:
