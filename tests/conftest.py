@@ -289,3 +289,27 @@ def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any
         yield StoreConfig(postgres_url=url, timeout_s=10.0)
     finally:
         server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real redis-server for the tests that only read and write keys (each under its own ``prefix``)."""
+    from tests.redis_server import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Any]:
+    """A real redis-server of the test's own, for tests that pause, kill or restart it."""
+    from tests.redis_server import RedisServer
+
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """Key names of this test's own on a shared server."""
+    return f"test:{request.node.name}"

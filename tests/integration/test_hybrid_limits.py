@@ -11,8 +11,6 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -37,12 +35,6 @@ class Caller:
 
     def header(self, name: str) -> str | None:
         return self._headers.get(name)
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
 
 
 def limits(url: str, *, rate: float, period: float, burst: float, sync_s: float = 3600.0, fail_open: bool = True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,25 +20,6 @@ from tests.redis_server import RedisServer, encode
 from tests.unit.test_quotas import Clock, at, limits, run, store_contract, want
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One server for the tests that only read and write keys (each under its own prefix)."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of the test's own, for tests that pause, kill or restart it."""
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
-def prefix(request: pytest.FixtureRequest) -> str:
-    return f"test:{request.node.name}"
 
 
 @asynccontextmanager
@@ -86,32 +67,32 @@ def test_keys_are_hash_tagged_escaped_and_expire_a_day_after_their_period(redis_
     run(scenario)
 
 
-def test_a_dead_redis_is_unavailable_then_used_again_after_restart(own_redis: RedisServer, prefix: str) -> None:
+def test_a_dead_redis_is_unavailable_then_used_again_after_restart(redis: RedisServer, prefix: str) -> None:
     entry = ("daily", "key:abc", "2026-11-23")
     ends = time.time() + 3600
 
     async def scenario() -> None:
-        async with quota_store(own_redis.url, prefix, timeout_s=0.2) as store:
+        async with quota_store(redis.url, prefix, timeout_s=0.2) as store:
             assert await store.add([(*entry, 1.0, ends)]) == [1.0]
-            own_redis.kill()
+            redis.kill()
             for call in (lambda: store.load([entry]), lambda: store.add([(*entry, 1.0, ends)])):
                 with pytest.raises(QuotaStoreUnavailable) as caught:
                     await call()
                 assert caught.value.__cause__ is not None
-            own_redis.restart()  # empty: nothing persisted
+            redis.restart()  # empty: nothing persisted
             assert await store.add([(*entry, 1.0, ends)]) == [1.0]
             assert await store.load([entry]) == [1.0]
 
     run(scenario)
 
 
-def test_a_stalled_redis_is_unavailable_within_the_timeout(own_redis: RedisServer, prefix: str) -> None:
+def test_a_stalled_redis_is_unavailable_within_the_timeout(redis: RedisServer, prefix: str) -> None:
     entry = ("daily", "key:abc", "2026-11-23")
 
     async def scenario() -> None:
-        async with quota_store(own_redis.url, prefix, timeout_s=0.05) as store:
+        async with quota_store(redis.url, prefix, timeout_s=0.05) as store:
             assert await store.load([entry]) == [0.0]  # connected
-            with socket.create_connection(("127.0.0.1", own_redis.port), timeout=5) as stall:
+            with socket.create_connection(("127.0.0.1", redis.port), timeout=5) as stall:
                 stall.sendall(encode("DEBUG", "SLEEP", "0.5"))
                 await asyncio.sleep(0.05)  # the server is asleep now
                 with pytest.raises(QuotaStoreUnavailable) as caught:

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import Proc, call, start_gateway
-from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -42,12 +39,6 @@ DAILY_3 = """    - {name: daily-requests, scope: key, limit: 3, period: day}
 
 def chat(gateway: Proc, headers: dict[str, str]) -> int:
     return call(gateway.url, "POST", "/v1/chat/completions", CHAT, headers).status
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
 
 
 def test_a_daily_request_quota_refuses_with_headers_and_survives_a_restart(tmp_path, mock_upstream) -> None:

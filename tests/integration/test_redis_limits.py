@@ -6,7 +6,7 @@ import asyncio
 import math
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,25 +21,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 T = TypeVar("T")
 HOUR = 3600.0
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One server for the tests that only read and write keys (each under its own prefix)."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of the test's own, for tests that pause, kill or restart it."""
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
-def prefix(request: pytest.FixtureRequest) -> str:
-    return f"test:{request.node.name}"
 
 
 def run(make: Callable[[], Awaitable[T]], timeout: float = 15.0) -> T:
@@ -219,13 +200,13 @@ def test_only_redis_clock_counts(redis_server: RedisServer, prefix: str, monkeyp
         assert [d.results[0].remaining for d in decisions] == pytest.approx([4, 3, 2, 1, 0, 0], abs=0.05)
 
 
-def test_a_stalled_redis_costs_at_most_the_timeout(own_redis: RedisServer, prefix: str) -> None:
+def test_a_stalled_redis_costs_at_most_the_timeout(redis: RedisServer, prefix: str) -> None:
     check = bucket("per-key", "key:abc", limit=10, period=HOUR, burst=10)
 
     async def scenario() -> None:
-        async with limiter(own_redis.url, prefix, timeout_s=0.05) as limits:
+        async with limiter(redis.url, prefix, timeout_s=0.05) as limits:
             assert (await limits.acquire([check])).allowed  # connected, script loaded
-            with socket.create_connection(("127.0.0.1", own_redis.port), timeout=5) as stall:
+            with socket.create_connection(("127.0.0.1", redis.port), timeout=5) as stall:
                 stall.sendall(encode("DEBUG", "SLEEP", "1"))
                 stalled_at = time.monotonic()
                 await asyncio.sleep(0.05)  # the server is asleep now
@@ -245,14 +226,14 @@ def test_a_stalled_redis_costs_at_most_the_timeout(own_redis: RedisServer, prefi
     run(scenario)
 
 
-def test_a_dead_redis_fails_fast_and_the_limiter_reconnects_after_restart(own_redis: RedisServer,
+def test_a_dead_redis_fails_fast_and_the_limiter_reconnects_after_restart(redis: RedisServer,
                                                                          prefix: str) -> None:
     check = window("per-key", "key:abc", limit=10, period=HOUR)
 
     async def scenario() -> None:
-        async with limiter(own_redis.url, prefix, timeout_s=0.2) as limits:
+        async with limiter(redis.url, prefix, timeout_s=0.2) as limits:
             assert (await limits.acquire([check])).allowed
-            own_redis.kill()
+            redis.kill()
             for _ in range(2):
                 start = time.monotonic()
                 with pytest.raises(LimiterUnavailable):
@@ -260,7 +241,7 @@ def test_a_dead_redis_fails_fast_and_the_limiter_reconnects_after_restart(own_re
                 assert time.monotonic() - start < 0.2 + 0.3
             with pytest.raises(LimiterUnavailable):
                 await limits.adjust("per-key", "key:abc", "sliding_window", 10, HOUR, 0, 1)
-            own_redis.restart()  # empty: nothing persisted, no script loaded
+            redis.restart()  # empty: nothing persisted, no script loaded
             decision = await limits.acquire([check])
             assert decision.allowed and decision.results[0].remaining == pytest.approx(9, abs=0.01)
 
