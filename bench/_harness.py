@@ -321,6 +321,21 @@ class CpuMeter:
 # -- readiness ---------------------------------------------------------------------------
 
 
+def start_redis(procs: Processes, tmp: Path) -> str:
+    """A throwaway redis-server on CPU 1 (no persistence), answering; its URL."""
+    port = free_port()
+    procs.start("redis", ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+                cpu=1)
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"redis-server not answering on port {port}")
+
+
 # The key every benchmark request presents (post.lua too): a static key of the auth variants.
 BENCH_API_KEY = "sk-bench-0123456789abcdef"
 

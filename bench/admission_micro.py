@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import uvloop
 
-from _harness import Processes, free_port, log, run_main
+from _harness import Processes, log, run_main, start_redis
 from sluice.config import RateLimitConfig
 from sluice.pipeline.quotas import Quotas
 from sluice.pipeline.ratelimit import RateLimits
@@ -95,11 +95,7 @@ def main() -> int:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sluice-admission-bench-"))
     with Processes(tmp) as procs:
-        port = free_port()
-        procs.start("redis", ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir",
-                              str(tmp)], cpu=1)
-        time.sleep(0.5)
-        results = uvloop.run(measure(f"redis://127.0.0.1:{port}/0", tmp, args.requests, args.repeat))
+        results = uvloop.run(measure(start_redis(procs, tmp), tmp, args.requests, args.repeat))
     print("| admission + settle | µs per request |")
     print("|---|---:|")
     for label, micros in results.items():

@@ -39,6 +39,7 @@ from _harness import (
     nginx_static_conf,
     run_main,
     run_wrk,
+    start_redis,
     table,
     wait_ready,
 )
@@ -90,10 +91,7 @@ def main() -> int:
         procs.start("u1", nginx_argv(tmp, nginx_static_conf(tmp, "u1", upstream_port), "u1"), cpu=1)
         redis_url = ""
         if args.redis:
-            redis_port = free_port()
-            procs.start("redis", ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no",
-                                  "--dir", str(tmp)], cpu=1)
-            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            redis_url = start_redis(procs, tmp)
         ports = {}
         for i, (label, snippet) in enumerate(variants):
             config = tmp / f"variant-{i}.yaml"

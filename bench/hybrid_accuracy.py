@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import uvloop
 
-from _harness import Processes, free_port, log, run_main
+from _harness import Processes, log, run_main, start_redis
 from sluice.config import RateLimitConfig
 from sluice.pipeline.ratelimit import RateLimited, RateLimits
 from sluice.state.redis_limits import RedisLimiter, connect
@@ -74,11 +74,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="sluice-hybrid-bench-"))
     rows = []
     with Processes(tmp) as procs:
-        port = free_port()
-        procs.start("redis", ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir",
-                              str(tmp)], cpu=1)
-        time.sleep(0.5)
-        url = f"redis://127.0.0.1:{port}/0"
+        url = start_redis(procs, tmp)
         for count in (2, 4, 8):
             for sync_s in [float(s) for s in args.syncs.split(",")]:
                 admitted, elapsed = uvloop.run(overload(url, args.algorithm, count, sync_s, args.rate, args.burst,

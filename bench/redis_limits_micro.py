@@ -16,7 +16,7 @@ from pathlib import Path
 
 import uvloop
 
-from _harness import Processes, free_port, log, run_main
+from _harness import Processes, log, run_main, start_redis
 from sluice.state.redis_limits import Check, RedisLimiter, connect
 
 
@@ -46,11 +46,7 @@ def main() -> int:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sluice-redis-bench-"))
     with Processes(tmp) as procs:
-        port = free_port()
-        procs.start("redis", ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir",
-                              str(tmp)], cpu=1)
-        time.sleep(0.5)
-        results = uvloop.run(measure(f"redis://127.0.0.1:{port}/0", args.calls))
+        results = uvloop.run(measure(start_redis(procs, tmp), args.calls))
     for label, micros in results.items():
         log(f"acquire, {label}: {micros:.1f} us per call (sequential, one client)")
         print(f"| {label} | {micros:.1f} |")

@@ -16,6 +16,7 @@ import redis.asyncio
 from sluice.pipeline.quotas import QuotaExceeded, Quotas
 from sluice.state.quota_store import KEEP_AFTER_END_S, QuotaStoreUnavailable, RedisQuotaStore, quota_key
 from sluice.state.redis_limits import connect
+from tests.integration.test_redis_limits import raw
 from tests.redis_server import RedisServer, encode
 from tests.unit.test_quotas import Clock, at, limits, run, store_contract, want
 
@@ -29,15 +30,6 @@ async def quota_store(url: str, prefix: str, timeout_s: float = 1.0) -> AsyncIte
         yield store
     finally:
         await store.aclose()
-
-
-@asynccontextmanager
-async def raw(url: str) -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis.from_url(url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def test_redis_store_contract(redis_server: RedisServer, prefix: str) -> None:
