@@ -10,10 +10,12 @@ import enum
 
 import msgspec
 
-__all__ = ["Algorithm", "AuthConfig", "ClaimsConfig", "Config", "IntrospectionConfig", "JwtIssuerConfig",
-           "LimitMode", "ModelConfig", "ObservabilityConfig", "PassthroughConfig", "PolicyConfig", "PolicyMatch",
-           "ProviderConfig", "QuotaConfig", "QuotaPeriod", "RateLimitConfig", "Scope",
-           "ServerConfig", "StaticKeyConfig", "StoreConfig", "TargetConfig", "TracingConfig", "Unit", "UpstreamConfig"]
+__all__ = ["Algorithm", "AuthConfig", "BreakerConfig", "ClaimsConfig", "Config", "DeadLetterConfig", "GeoConfig",
+           "HealthCheckConfig", "IntrospectionConfig", "JwtIssuerConfig", "LimitMode", "ModelConfig",
+           "ObservabilityConfig", "PassthroughConfig", "PolicyConfig", "PolicyMatch", "ProviderConfig", "QuotaConfig",
+           "QuotaPeriod", "RateLimitConfig", "ResilienceConfig", "Scope", "ServerConfig", "StaticKeyConfig",
+           "StickyConfig", "StoreConfig", "Strategy", "TargetConfig", "TracingConfig", "Unit", "UpstreamConfig",
+           "VariantConfig"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -93,6 +95,11 @@ class ProviderConfig(_Section, frozen=True):
     # What its targets can do (chat, completions, embeddings, vision, tools, json_mode,
     # streaming); None: what the kind implies.
     capabilities: tuple[str, ...] | None = None
+    # More base URLs serving the same API (regional endpoints, replicas): each (URL, key) pair of a
+    # target is a deployment of its own, with its own health.
+    base_urls: tuple[str, ...] = ()
+    key_cooldown_s: float = 30.0  # a key answered 429 rests this long when no Retry-After says otherwise
+    max_cooldown_s: float = 300.0  # the longest rest a Retry-After may impose
 
 
 class TargetConfig(_Section, frozen=True):
@@ -100,10 +107,47 @@ class TargetConfig(_Section, frozen=True):
     model: str
     weight: int = 1
     capabilities: tuple[str, ...] | None = None  # None: the provider's
+    region: str | None = None  # for the geo strategy, e.g. "eu-west"
+    tags: tuple[str, ...] = ()  # free labels (shown in health details)
+
+
+class Strategy(enum.Enum):
+    WEIGHTED = "weighted"  # smooth weighted round-robin (nginx)
+    LEAST_INFLIGHT = "least_inflight"
+    LATENCY = "latency"  # power of two choices over EWMA latency
+    HEALTH = "health"  # success ratio x latency score, adapting over time
+    STICKY = "sticky"  # rendezvous hashing on sticky.on, so a conversation stays on one healthy deployment
+    GEO = "geo"  # prefer the caller's (or this instance's) region, spill over by geo.spill
+
+
+class StickyConfig(_Section, frozen=True):
+    on: str = "key"  # "key" (the caller's credential), "user" (the authenticated user), or "header:<name>"
+
+
+class GeoConfig(_Section, frozen=True):
+    region_header: str = "x-sluice-region"  # the caller's region; absent: resilience.region
+    # region -> the regions to try next, in order, when none of its deployments is available; regions
+    # not listed spill over to any other.
+    spill: dict[str, tuple[str, ...]] = {}
+
+
+class VariantConfig(_Section, frozen=True):
+    """An A/B split: this share of the model's traffic goes to another configured model, labelled."""
+
+    name: str  # the label in metrics and logs (the rest of the traffic is labelled "control")
+    model: str  # a model of this config
+    percent: float  # 0 < percent < 100
 
 
 class ModelConfig(_Section, frozen=True):
     targets: tuple[TargetConfig, ...]
+    strategy: Strategy = Strategy.WEIGHTED
+    sticky: StickyConfig = StickyConfig()
+    geo: GeoConfig = GeoConfig()
+    # Models to try, in order, when every deployment of this one is open, cooling down or failing; a
+    # fallback that cannot serve a request (n > 1, tools, images...) is skipped for that request.
+    fallbacks: tuple[str, ...] = ()
+    variants: tuple[VariantConfig, ...] = ()
 
 
 class Scope(enum.Enum):
@@ -258,6 +302,57 @@ class AuthConfig(_Section, frozen=True):
     introspection: tuple[IntrospectionConfig, ...] = ()
 
 
+class BreakerConfig(_Section, frozen=True):
+    """Per deployment: closed -> open on a failure ratio over a rolling window or on consecutive failures;
+    open -> half-open after open_s, where a few probes decide between closed and open again."""
+
+    enabled: bool = False
+    failure_ratio: float = 0.5  # open when failures / requests over window_s reaches this ...
+    min_requests: int = 20  # ... with at least this many requests in the window
+    window_s: float = 10.0
+    consecutive_failures: int = 5  # or on this many failures in a row (0: off)
+    open_s: float = 30.0  # how long an open breaker refuses before it lets probes through
+    half_open_probes: int = 2  # probes let through at once when half-open; all must succeed to close
+
+
+class HealthCheckConfig(_Section, frozen=True):
+    """Active checks: a cheap request (the provider's model list) to each deployment on an interval."""
+
+    interval_s: float = 0.0  # 0: off
+    timeout_s: float = 2.0
+    only_unhealthy: bool = True  # check only deployments whose breaker is not closed
+
+
+class DeadLetterConfig(_Section, frozen=True):
+    """Requests that finally failed after their retries, kept for `sluice dlq list|replay|purge`."""
+
+    enabled: bool = False
+    redis: bool = False  # a Redis stream (resilience.redis, else ratelimit.redis) instead of the store
+    max_entries: int = 10_000  # the oldest beyond this are dropped
+    max_age_s: float = 7 * 86400.0  # entries older than this are dropped
+    max_body_bytes: int = 64 * 1024  # the (redacted) request body kept per entry, clipped
+
+
+class ResilienceConfig(_Section, frozen=True):
+    # Off by default, as in Envoy: a gateway that retries unasked multiplies an outage's load.
+    retries: int = 0  # extra attempts after the first, each on another deployment when one exists
+    # Statuses worth another attempt; connect errors and resets before any byte reached the client always are.
+    retry_on: tuple[int, ...] = (408, 409, 429, 500, 502, 503, 504)
+    backoff_base_s: float = 0.05  # exponential backoff with full jitter: uniform(0, min(max, base * 2^n))
+    backoff_max_s: float = 2.0
+    max_retry_after_s: float = 10.0  # an upstream Retry-After longer than this is not waited for
+    retry_budget: float = 0.2  # retries may be at most this fraction of the recent requests ...
+    retry_budget_floor: float = 10.0  # ... plus this many per second
+    retry_budget_window_s: float = 10.0
+    timeout_s: float = 600.0  # the total deadline of a request, all attempts included
+    timeout_header: str = "x-sluice-timeout"  # a caller's own total timeout in seconds (at most timeout_s)
+    region: str | None = None  # this instance's region (geo strategy); None: $SLUICE_REGION
+    redis: str | None = None  # for the dead-letter stream; None: ratelimit.redis
+    breaker: BreakerConfig = BreakerConfig()
+    health_check: HealthCheckConfig = HealthCheckConfig()
+    dead_letters: DeadLetterConfig = DeadLetterConfig()
+
+
 class StoreConfig(_Section, frozen=True):
     """Where keys, users, teams, roles and the audit log live (sluice.store)."""
 
@@ -276,5 +371,6 @@ class Config(_Section, frozen=True):
     ratelimit: RateLimitConfig = RateLimitConfig()
     store: StoreConfig = StoreConfig()
     auth: AuthConfig = AuthConfig()
+    resilience: ResilienceConfig = ResilienceConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, ModelConfig] = {}
