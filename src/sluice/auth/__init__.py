@@ -7,7 +7,10 @@
 - ``sluice.auth.keys``: API keys through the in-process cache and the store's change feed, tokens through
   the two above (Authenticator), and ``prepare_store`` (migrations before the workers start);
 - ``sluice.auth.principal``: who is calling (Principal), its permissions from the role table;
-- ``sluice.auth.signing``: HMAC request signatures of keys that sign, with their replay memory.
+- ``sluice.auth.signing``: HMAC request signatures of keys that sign, with their replay memory (per worker,
+  and on Redis across instances);
+- ``sluice.auth.changes``: change notices on Redis pub/sub (ChangeNotices): a committed change wakes every
+  worker's change-feed reader.
 
 The request-path stage that uses them is ``sluice.pipeline.auth``; route permissions are
 ``sluice.pipeline.rbac``'s.

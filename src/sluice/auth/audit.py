@@ -153,8 +153,11 @@ class AuditLog:
         return len(self._queue) + len(self._groups) + self._writing
 
     def stats(self) -> dict[str, int]:
+        """The counters, for /health/details and the metrics snapshot (``audit_queue_dropped``: the drops that
+        were not a client IP's flood: the queue full, or the log closed)."""
         return {"audit_pending": self.pending, "audit_dropped": self.dropped, "audit_failed": self.failed,
-                "audit_written": self.written, "audit_coalesced": self.coalesced, "audit_ip_dropped": self.ip_dropped}
+                "audit_written": self.written, "audit_coalesced": self.coalesced, "audit_ip_dropped": self.ip_dropped,
+                "audit_queue_dropped": self.dropped - self.ip_dropped}
 
     def _ip_room(self, client_ip: str | None, now: float) -> bool:
         """Counts a new group for ``client_ip``; False (and a drop) past ``max_groups_per_ip`` in its window."""

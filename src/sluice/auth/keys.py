@@ -16,7 +16,14 @@ first-seen revoked one each cost one store read.  Only an expired key is told
 so (``expired_api_key``): its holder can do something about it.
 
 **Changes** reach every worker within ``revocation_poll_s`` (+ one store round
-trip): a background task reads the store's change feed.  A changed key hash is
+trip): a background task reads the store's change feed.  With Redis
+(``auth.redis``, else ``ratelimit.redis``) a change made through the manager
+(admin API, CLI) is also announced on pub/sub (sluice.auth.changes), and each
+notice wakes the reader at once; while subscribed, the reader polls only every
+``max(revocation_poll_s, SUBSCRIBED_POLL_S)`` as a safety net (a notice lost,
+a change written behind the manager's back), and back at ``revocation_poll_s``
+as soon as the subscription is lost.  The feed stays the source of truth: a
+notice only wakes the reader.  A changed key hash is
 dropped from the cache and, if it was cached, read again at once (so the request
 path does not wait for it); a changed user or team drops the keys it owns; a
 changed role reloads the role table (store roles override the config's and the
@@ -57,10 +64,12 @@ from .principal import Principal, RoleTable, for_identity, for_key, for_static
 
 if TYPE_CHECKING:
     from ..upstream import UpstreamClient
+    from .changes import ChangeNotices
     from .introspection import Introspector
     from .jwt import JwtVerifier
 
-__all__ = ["MAX_KEY_LENGTH", "Authenticator", "expired_key", "invalid_key", "missing_key", "prepare_store"]
+__all__ = ["MAX_KEY_LENGTH", "SUBSCRIBED_POLL_S", "Authenticator", "expired_key", "invalid_key", "missing_key",
+           "prepare_store"]
 
 log = logging.getLogger("sluice.auth")
 
@@ -70,6 +79,8 @@ MAX_UNKNOWN = 10_000  # negative entries kept at most
 MAX_TOKEN_PRINCIPALS = 10_000
 LOG_EVERY_S = 10.0
 REFRESH_PER_POLL = 100  # changed keys read again per poll; past that they are only dropped
+# The fallback poll while change notices arrive by Redis pub/sub: they do the work, this catches a lost one.
+SUBSCRIBED_POLL_S = 5.0
 _BEARER_CHALLENGE = (("www-authenticate", 'Bearer realm="sluice"'),)
 _INVALID_CHALLENGE = (("www-authenticate", 'Bearer realm="sluice", error="invalid_token"'),)
 _LATEST = 2**62  # asks the change feed for its newest version
@@ -131,9 +142,11 @@ class Authenticator:
     """Keys and tokens to principals (see the module docstring).  One per worker; ``start`` inside its loop."""
 
     def __init__(self, config: AuthConfig, store: Store | None, client_factory: Callable[[], UpstreamClient], *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 notices: ChangeNotices | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
+        self.notices = notices  # Redis pub/sub: wakes the change-feed reader (closed with this object)
+        self._wake = asyncio.Event()
         self._client_factory = client_factory
         self._clock = clock
         self.roles = RoleTable(config.roles)
@@ -154,6 +167,7 @@ class Authenticator:
         self._tokens: dict[int, tuple[Identity, Principal, int]] = {}  # id(identity) -> its principal
         self.lookups = 0  # store reads of a key
         self.polls = 0  # change-feed reads that worked
+        self.wakes = 0  # reads of the feed a notice asked for
         self.store_failures = 0
         self._logged_down = -math.inf
 
@@ -357,9 +371,24 @@ class Authenticator:
     # -- the change feed ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Starts reading the change feed (in the running loop); the stage calls it at the first request."""
+        """Starts reading the change feed (in the running loop), and listening to change notices when there is
+        Redis; the stage calls it at the first request."""
         if self._poll_task is None and self.store is not None:
             self._poll_task = asyncio.get_running_loop().create_task(self._poll_forever())
+            if self.notices is not None:
+                self.notices.listen(self.wake)
+
+    def wake(self) -> None:
+        """Reads the change feed now (a change notice came, or the subscription changed state)."""
+        self.wakes += 1
+        self._wake.set()
+
+    @property
+    def poll_interval(self) -> float:
+        """``revocation_poll_s``; slower while change notices arrive by pub/sub (they are the fast path)."""
+        poll_s = self.config.revocation_poll_s
+        notices = self.notices
+        return max(poll_s, SUBSCRIBED_POLL_S) if notices is not None and notices.subscribed else poll_s
 
     async def _ready(self) -> None:
         """The feed's version and the store's roles, known before the first key is read from the store."""
@@ -400,6 +429,7 @@ class Authenticator:
     async def _poll_forever(self) -> None:
         failing = False
         while True:
+            self._wake.clear()  # a notice from now on (even during this read) asks for another read
             try:
                 if self._version is None:
                     await self._ready()
@@ -416,13 +446,15 @@ class Authenticator:
                     log.warning("auth: cannot read the key store's changes (%s: %s); cached keys go on working",
                                 type(exc).__name__, exc)
                 failing = True
-            await asyncio.sleep(self.config.revocation_poll_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
 
     async def poll(self) -> None:
         """Reads the changes since the last poll and applies them to the caches.
 
-        The background task calls it every ``revocation_poll_s``; the admin API calls it after a change, so
-        that the worker that made it applies it at once.  Applying a change twice is harmless.
+        The background task calls it every ``poll_interval`` and on each change notice; the admin API calls it
+        after a change, so that the worker that made it applies it at once.  Applying a change twice is harmless.
         """
         store = self.store
         if store is None:
@@ -462,6 +494,8 @@ class Authenticator:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.notices is not None:
+            await self.notices.aclose()
         if self._inflight:
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)
         if self.store is not None:
@@ -470,7 +504,8 @@ class Authenticator:
     def stats(self) -> dict[str, Any]:
         return {"keys_cached": len(self._keys), "unknown_cached": len(self._unknown), "static": len(self._static),
                 "lookups": self.lookups, "polls": self.polls, "store_failures": self.store_failures,
-                "version": self._version}
+                "version": self._version, "wakes": self.wakes,
+                "notices": self.notices.stats() if self.notices is not None else None}
 
 
 def prepare_store(config: Config) -> list[tuple[int, str]]:

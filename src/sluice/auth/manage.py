@@ -13,7 +13,7 @@ create and rotate, the one time they are shown.
 Nobody grants more than they hold: the ``Actor`` carries the caller's
 permissions (the CLI's operator holds ``*``).  A role may be given to a key
 (directly or through the team that owns it), a team or a user only when the
-actor holds every permission of that role (``_holds``: ``*`` covers all,
+actor holds every permission of that role (``_missing``: ``*`` covers all,
 ``admin:*`` every admin permission, a ``model:<glob>`` is held by an actor
 without model limits or with a glob that covers it); a key whose roles the
 actor could not grant cannot be changed or rotated by it either.  A role is
@@ -21,6 +21,20 @@ created or changed only with permissions the actor holds, and only an actor
 with ``*`` may create, change or delete a role whose name is built in
 (``admin``, ``user``) or comes from the config.  A refusal is a 403 with code
 ``permission_denied`` naming the missing permission.
+
+Models: an actor is model-limited when its own key has ``models`` globs
+(``Actor.models``) or its roles have ``model:<glob>`` permissions (and not
+``*``).  Such an actor grants only models it holds: every key it creates,
+changes or rotates (service accounts and team keys included) must have
+``models`` of its own, each covered by one glob of each of the actor's limits;
+each ``model:<glob>`` it puts in a role, or grants through a role, likewise;
+``*`` it does not hold in full (``*`` grants every model: ``model:*``); and it
+may not lift a model limit (change or delete a role so that it has no
+``model:<glob>`` left, or take a team's last model-limited role away), which
+would give the holders every model.  "Covered" is decided on the globs'
+text by ``sluice.auth.globs.covers``: conservative, never a wrong yes
+(``gpt-4*`` covers ``gpt-4o-mini`` and ``gpt-4o*``; ``claude-3-?`` does not
+cover ``claude-3-*``).
 
 Every refusal is a GatewayError that names the field in ``param``: 400 for bad
 input, 404 for an id that does not exist, 409 for a clash (an id taken, a key
@@ -31,7 +45,6 @@ cannot be reached.  The audit details never hold key material.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import ipaddress
 import logging
 import math
@@ -51,6 +64,7 @@ from ..pipeline.ratelimit import own_policy
 from ..pipeline.rbac import ADMIN_ALL, ADMIN_PERMISSIONS, ALL, BUILTIN_ROLES, MODEL_PREFIX, check_permission
 from ..store import MAX_PAGE, ApiKey, Role, Store, Team, User, display_prefix, generate_key, hash_key, new_id
 from .audit import AuditLog
+from .globs import covers
 
 __all__ = ["DEFAULT_GRACE_S", "Actor", "Conflict", "KeyCreate", "KeyRevoke", "KeyRotate", "KeyUpdate", "Manager",
            "RoleCreate", "RoleUpdate", "StoreDown", "TeamCreate", "TeamUpdate", "UserCreate", "UserUpdate",
@@ -91,6 +105,8 @@ class Actor(NamedTuple):
     key_prefix: str | None = None  # the display prefix of the caller's key, when it used one
     # What the actor holds (its principal's permissions): it grants no more.  The CLI's operator holds "*".
     permissions: frozenset[str] = frozenset({ALL})
+    # The model globs of the actor's own key (empty: its key does not limit them): it grants no other models.
+    models: tuple[str, ...] = ()
 
 
 # -- bodies -------------------------------------------------------------------------------------------------
@@ -350,28 +366,38 @@ def _given(body: msgspec.Struct) -> dict[str, Any]:
     return {name: value for name in body.__struct_fields__ if (value := getattr(body, name)) is not UNSET}
 
 
-def _covers(held: str, wanted: str) -> bool:
-    """Whether the model glob ``held`` allows every model ``wanted`` does (conservative: only when plainly so)."""
-    if held == wanted or held == "*":
-        return True
-    if not any(c in wanted for c in "*?["):  # one model name
-        return fnmatch.fnmatchcase(wanted, held)
-    stem = held[:-1]  # "gpt-4*" covers "gpt-4o*", "gpt-4o-mini?"
-    return held.endswith("*") and not any(c in stem for c in "*?[") and wanted.startswith(stem)
+def _model_limits(actor: Actor) -> tuple[tuple[str, ...], ...]:
+    """The glob lists that limit the actor's models: its key's and its roles' (a model must pass each)."""
+    limits = [actor.models] if actor.models else []
+    if ALL not in actor.permissions:  # "*" lifts the roles' model limits (not the key's own)
+        role_globs = tuple(p[len(MODEL_PREFIX):] for p in actor.permissions if p.startswith(MODEL_PREFIX))
+        if role_globs:
+            limits.append(role_globs)
+    return tuple(limits)
 
 
-def _holds(held: frozenset[str], permission: str) -> bool:
-    """Whether permissions ``held`` include ``permission`` (see the module docstring)."""
-    if ALL in held or permission in held:
-        return True
-    if permission == ADMIN_ALL:
-        return all(p in held for p in ADMIN_PERMISSIONS)
-    if permission.startswith("admin:"):
-        return ADMIN_ALL in held
+def _grants_models(limits: tuple[tuple[str, ...], ...], pattern: str) -> bool:
+    """Whether an actor with these limits holds every model ``pattern`` names."""
+    return all(any(covers(held, pattern) for held in globs) for globs in limits)
+
+
+def _missing(actor: Actor, permission: str) -> str | None:
+    """What the actor lacks to grant ``permission`` (None: it holds it; see the module docstring).
+
+    A model-limited actor holds ``model:<glob>`` only when the glob is within each of its limits, and does
+    not hold ``*`` in full: ``*`` grants every model (``model:*``)."""
+    held = actor.permissions
     if permission.startswith(MODEL_PREFIX):
-        globs = [p[len(MODEL_PREFIX):] for p in held if p.startswith(MODEL_PREFIX)]
-        return not globs or any(_covers(glob, permission[len(MODEL_PREFIX):]) for glob in globs)
-    return False
+        return None if _grants_models(_model_limits(actor), permission[len(MODEL_PREFIX):]) else permission
+    if permission == ALL and ALL in held:
+        return None if not _model_limits(actor) else MODEL_PREFIX + "*"
+    if ALL in held or permission in held:
+        return None
+    if permission == ADMIN_ALL:
+        return None if all(p in held for p in ADMIN_PERMISSIONS) else permission
+    if permission.startswith("admin:"):
+        return None if ADMIN_ALL in held else permission
+    return permission
 
 
 def _denied(field: str, message: str, permission: str) -> Forbidden:
@@ -418,10 +444,13 @@ class Manager:
     def __init__(self, store: Store, audit: AuditLog, *, builtin_roles: Collection[str] = (),
                  config_roles: Mapping[str, Iterable[str]] | None = None, default_grace_s: float = DEFAULT_GRACE_S,
                  on_change: Callable[[], Awaitable[None]] | None = None,
+                 publish: Callable[[str], Awaitable[object]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.audit = audit
         self.on_change = on_change  # after each change (the gateway: read the change feed now)
+        # After each change, tells every worker and instance (sluice.auth.changes: Redis pub/sub); never raises.
+        self.publish = publish
         self.config_roles = {name: tuple(perms) for name, perms in (config_roles or {}).items()}
         # Roles that exist without a record (config, built in); only an actor with "*" may change these.
         self.builtin_roles = frozenset(builtin_roles) | frozenset(BUILTIN_ROLES) | frozenset(self.config_roles)
@@ -429,10 +458,13 @@ class Manager:
         self._clock = clock
 
     async def _changed(self, actor: Actor, action: str, target: str, details: dict[str, Any]) -> None:
-        """Audits a change, then lets ``on_change`` see it (its failure only delays that)."""
+        """Audits a change (committed by then), announces it, then lets ``on_change`` see it (its failure only
+        delays that)."""
         if actor.key_prefix is not None:
             details = {**details, "actor_prefix": actor.key_prefix}
         self.audit.record(action, actor=actor.name, target=target, client_ip=actor.client_ip, details=details)
+        if self.publish is not None:
+            await self.publish(action)
         if self.on_change is not None:
             try:
                 await self.on_change()
@@ -466,16 +498,17 @@ class Manager:
 
     async def _check_grant(self, field: str, roles: Iterable[str], actor: Actor) -> None:
         """403 unless ``actor`` holds every permission of each role it would grant."""
-        if ALL in actor.permissions:
+        if ALL in actor.permissions and not actor.models:
             return
         for i, role in enumerate(roles):
             for permission in await self._role_permissions(role):
-                if not _holds(actor.permissions, permission):
-                    raise _denied(f"{field}[{i}]", f"Granting the role `{role}`", permission)
+                if (missing := _missing(actor, permission)) is not None:
+                    raise _denied(f"{field}[{i}]", f"Granting the role `{role}`", missing)
 
     async def _check_key_grant(self, key: ApiKey, actor: Actor) -> None:
-        """403 unless ``actor`` could grant all the key holds: its roles and those of the team that owns it."""
-        if ALL in actor.permissions:
+        """403 unless ``actor`` could grant all the key holds: its roles, those of the team that owns it, and
+        (for a model-limited actor) its models, which must then be limited to globs within the actor's."""
+        if ALL in actor.permissions and not actor.models:
             return
         await self._check_grant("roles", key.roles, actor)
         if key.owner_team is not None:
@@ -483,8 +516,25 @@ class Manager:
                 team = await self.store.get_team(key.owner_team)
             for role in team.roles:
                 for permission in await self._role_permissions(role):
-                    if not _holds(actor.permissions, permission):
-                        raise _denied("owner_team", f"A key of team `{team.id}` (role `{role}`)", permission)
+                    if (missing := _missing(actor, permission)) is not None:
+                        raise _denied("owner_team", f"A key of team `{team.id}` (role `{role}`)", missing)
+        limits = _model_limits(actor)
+        if not limits:
+            return
+        if not key.models:  # its roles alone may allow any model (a role without model:<glob> limits none)
+            raise _denied("models", "A key without `models` (any model its roles allow)", MODEL_PREFIX + "*")
+        for i, pattern in enumerate(key.models):
+            if not _grants_models(limits, pattern):
+                raise _denied(f"models[{i}]", f"A key limited to the models `{pattern}`", MODEL_PREFIX + pattern)
+
+    async def _check_model_limit_kept(self, field: str, what: str, before: Iterable[str], after: Iterable[str],
+                                      actor: Actor) -> None:
+        """403 when a model-limited actor would lift the model limit of a role or a team's roles: permissions
+        ``before`` had a ``model:<glob>``, ``after`` none, so their holders could use every model."""
+        if not _model_limits(actor):
+            return
+        if any(p.startswith(MODEL_PREFIX) for p in before) and not any(p.startswith(MODEL_PREFIX) for p in after):
+            raise _denied(field, f"Lifting the model limits of {what}", MODEL_PREFIX + "*")
 
     async def _key_fields(self, given: dict[str, Any], now: float) -> dict[str, Any]:
         """The checked ApiKey fields of a create or update body (``ttl_s`` becomes ``expires_at``)."""
@@ -726,6 +776,12 @@ class Manager:
 
     async def update_team(self, team_id: str, body: TeamUpdate, actor: Actor) -> dict[str, Any]:
         fields = await self._team_fields(_nonempty(body), actor)
+        if "roles" in fields and _model_limits(actor):  # the team's keys hold its roles: keep them limited
+            with _store_errors("team", team_id):
+                old = await self.store.get_team(team_id)
+            before = [p for role in old.roles for p in await self._role_permissions(role)]
+            after = [p for role in fields["roles"] for p in await self._role_permissions(role)]
+            await self._check_model_limit_kept("roles", f"the keys of team `{team_id}`", before, after, actor)
         with _store_errors("team", team_id):
             team = await self.store.update_team(team_id, **fields)
         await self._changed(actor, "team.update", team_id, {"changes": fields})
@@ -748,16 +804,18 @@ class Manager:
 
     def _check_role_change(self, name: str, actor: Actor) -> None:
         """403 unless ``actor`` may create, change or delete the role ``name`` (built-in and config names: ``*``)."""
-        if name in self.builtin_roles and ALL not in actor.permissions:
-            raise _denied("name", f"Changing the built-in or configured role `{name}`", ALL)
+        if name in self.builtin_roles and (missing := _missing(actor, ALL)) is not None:
+            raise _denied("name", f"Changing the built-in or configured role `{name}`", missing)
 
-    async def _check_role_held(self, name: str, actor: Actor) -> None:
-        """403 unless ``actor`` holds every permission the role ``name`` has now (404 when there is none)."""
+    async def _check_role_held(self, name: str, actor: Actor) -> tuple[str, ...]:
+        """403 unless ``actor`` holds every permission the role ``name`` has now (404 when there is none);
+        answers those permissions."""
         with _store_errors("role", name):
             role = await self.store.get_role(name)
         for permission in role.permissions:
-            if not _holds(actor.permissions, permission):
-                raise _denied("name", f"Changing the role `{name}`", permission)
+            if (missing := _missing(actor, permission)) is not None:
+                raise _denied("name", f"Changing the role `{name}`", missing)
+        return role.permissions
 
     @staticmethod
     def _role_fields(given: dict[str, Any], actor: Actor) -> dict[str, Any]:
@@ -765,8 +823,8 @@ class Manager:
         if "permissions" in fields:
             fields["permissions"] = _listed("permissions", fields["permissions"], _permission)
             for i, permission in enumerate(fields["permissions"]):
-                if not _holds(actor.permissions, permission):
-                    raise _denied(f"permissions[{i}]", "Granting it in a role", permission)
+                if (missing := _missing(actor, permission)) is not None:
+                    raise _denied(f"permissions[{i}]", "Granting it in a role", missing)
         if "description" in fields:
             _text("description", fields["description"], 1000)
         return fields
@@ -795,7 +853,10 @@ class Manager:
     async def update_role(self, name: str, body: RoleUpdate, actor: Actor) -> dict[str, Any]:
         self._check_role_change(name, actor)
         fields = self._role_fields(_nonempty(body), actor)
-        await self._check_role_held(name, actor)
+        before = await self._check_role_held(name, actor)
+        if "permissions" in fields:
+            await self._check_model_limit_kept("permissions", f"the role `{name}`", before, fields["permissions"],
+                                               actor)
         with _store_errors("role", name):
             role = await self.store.update_role(name, **fields)
         await self._changed(actor, "role.update", name, {"changes": fields})
@@ -803,7 +864,8 @@ class Manager:
 
     async def delete_role(self, name: str, actor: Actor) -> dict[str, Any]:
         self._check_role_change(name, actor)
-        await self._check_role_held(name, actor)
+        before = await self._check_role_held(name, actor)
+        await self._check_model_limit_kept("name", f"the role `{name}` (by deleting it)", before, (), actor)
         with _store_errors("role", name):
             await self.store.delete_role(name)
         await self._changed(actor, "role.delete", name, {})

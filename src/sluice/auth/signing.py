@@ -15,26 +15,52 @@ match (compared in constant time), or the same signature was accepted before
 
 Replays are remembered per worker process until their timestamp leaves the
 window, in a bounded map (``max_seen``; when full, the oldest are forgotten
-first: those closest to leaving the window anyway).
+first: those closest to leaving the window anyway).  That alone lets a replay
+sent to another worker or instance through, so with Redis (``redis``) every
+signature is also claimed there, once, by ``claim``: ``SET <prefix>sig:<hex> 1
+NX PX <2 x skew>`` (a timestamp is accepted within skew either side of a
+gateway's clock, so a signature can come back for at most twice the skew); the
+key existing already is a replay, whichever worker or instance saw it first.
+
+``claim`` needs only the headers (not the secret nor the body), so the auth
+stage claims a signed request's signature before its body is read; a request
+whose signature then does not match has only spent a key that no valid request
+could have used.  Redis down or slower than ``timeout_s``: the per-worker memory
+alone (the guarantee is then per worker), or, with ``fail_closed``, a 503
+(``replay_cache_unavailable``) for every signed request; either way Redis is
+not asked again for ``RETRY_S``, so an outage costs a signed request no wait.
+Unsigned requests never reach any of this.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from ..errors import Unauthorized
+from ..errors import AuthUnavailable, Unauthorized
 
-__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Signatures", "sign"]
+if TYPE_CHECKING:
+    import redis.asyncio
+
+__all__ = ["RETRY_S", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Signatures", "sign"]
+
+log = logging.getLogger("sluice.auth")
 
 SIGNATURE_HEADER = "x-sluice-signature"
 TIMESTAMP_HEADER = "x-sluice-timestamp"
 _HOW = ("sign each request: x-sluice-timestamp (unix seconds) and x-sluice-signature = hex HMAC-SHA256 of "
         "\"METHOD\\nPATH[?QUERY]\\nTIMESTAMP\\nSHA256_HEX(BODY)\" with the key's signing secret")
 _MAX_DIGITS = 12  # a timestamp's; unix seconds have 10 until the year 2286
+_HEX = frozenset("0123456789abcdef")
+RETRY_S = 1.0  # after a failed claim, Redis is not asked again for this long
+LOG_EVERY_S = 10.0
 
 
 def sign(secret: bytes, method: str, path: str, timestamp: str, body: bytes, query: str = "") -> str:
@@ -48,29 +74,97 @@ def _refused(problem: str, reason: str) -> Unauthorized:
     return Unauthorized(f"This key must {_HOW}; {problem}.", code="invalid_signature", reason=reason)
 
 
-class Signatures:
-    """Verifies signed requests and remembers the signatures it accepted (for replays)."""
+def _unavailable() -> AuthUnavailable:
+    return AuthUnavailable("The gateway cannot check this signed request for replays right now (its replay cache "
+                           "is unavailable); try again shortly, with a new signature.",
+                           code="replay_cache_unavailable", reason="replay_cache_unavailable")
 
-    def __init__(self, skew_s: float, *, max_seen: int = 200_000, clock: Callable[[], float] = time.time) -> None:
+
+class Signatures:
+    """Verifies signed requests and remembers the signatures it accepted (for replays): in this worker, and with
+    ``redis`` across workers and instances (``claim``)."""
+
+    def __init__(self, skew_s: float, *, redis: redis.asyncio.Redis | None = None, prefix: str = "sluice:auth:",
+                 fail_closed: bool = False, timeout_s: float = 0.25, max_seen: int = 200_000,
+                 clock: Callable[[], float] = time.time) -> None:
         self.skew_s = skew_s
         self.max_seen = max_seen
         self._clock = clock
         self._seen: OrderedDict[bytes, float] = OrderedDict()  # signature -> when it leaves the window
+        self._redis = redis
+        self.prefix = f"{prefix}sig:"
+        self.fail_closed = fail_closed
+        self.timeout_s = timeout_s
+        self._ttl_ms = max(1, math.ceil(2 * skew_s * 1000))
+        self._retry_at = -math.inf  # monotonic: Redis is not asked before then (it just failed)
+        self._logged = -math.inf
+        self.claims = 0  # signatures claimed on Redis
+        self.replays = 0  # claims that found the signature there already
+        self.claim_failures = 0  # claims Redis did not answer (or that were not tried, Redis having just failed)
 
-    def verify(self, secret: bytes, method: str, path: str, timestamp: str | None, signature: str | None,
-               body: bytes, query: str = "") -> None:
-        """Returns when the request is signed, fresh and new; Unauthorized otherwise."""
+    @property
+    def shared(self) -> bool:
+        """True when signatures are claimed on Redis too (``claim`` has work to do)."""
+        return self._redis is not None
+
+    def _fresh(self, timestamp: str | None, signature: str | None) -> tuple[str, str]:
+        """(timestamp, signature) when both are there and the timestamp is a fresh number; Unauthorized otherwise."""
         if not timestamp or not signature:
             raise _refused("the request carries no signature", "signature_missing")
         # Digits only, and few: int() would take "+1", "1_0" or 400 digits (whose distance overflows a float).
         if len(timestamp) > _MAX_DIGITS or not (timestamp.isascii() and timestamp.isdigit()):
             raise _refused(f"its x-sluice-timestamp is not a whole number of at most {_MAX_DIGITS} digits",
                            "signature_malformed")
-        at = int(timestamp)
-        now = self._clock()
-        if abs(now - at) > self.skew_s:
+        if abs(self._clock() - int(timestamp)) > self.skew_s:
             raise _refused(f"its timestamp is more than {self.skew_s:g}s away from the gateway's clock (check the "
                            "caller's clock)", "signature_stale")
+        return timestamp, signature
+
+    async def claim(self, timestamp: str | None, signature: str | None) -> None:
+        """Claims the signature on Redis (a no-op without): Unauthorized when any worker or instance claimed it
+        before, or when the headers are missing, stale or not shaped like a signature; AuthUnavailable when Redis
+        cannot answer and ``fail_closed`` (else the per-worker memory of ``verify`` is all there is)."""
+        client = self._redis
+        if client is None:
+            return
+        _, signature = self._fresh(timestamp, signature)
+        digest = signature.strip().lower()
+        if len(digest) != 64 or not _HEX.issuperset(digest):
+            raise _refused("its signature does not match", "signature_mismatch")  # what verify would say
+        now = time.monotonic()
+        if now < self._retry_at:
+            self.claim_failures += 1
+            self._degraded(None)
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                fresh = await client.set(self.prefix + digest, b"1", nx=True, px=self._ttl_ms)
+        except Exception as exc:  # Redis down, slow or refusing: never a 500 on the request path
+            self.claim_failures += 1
+            self._retry_at = time.monotonic() + RETRY_S
+            self._degraded(exc)
+            return
+        self.claims += 1
+        if not fresh:
+            self.replays += 1
+            raise _refused("that signature was already used (make a new one per request)", "signature_replayed")
+
+    def _degraded(self, exc: Exception | None) -> None:
+        now = time.monotonic()
+        if exc is not None and now - self._logged >= LOG_EVERY_S:
+            self._logged = now
+            then = "signed requests get 503" if self.fail_closed else "replays are caught per worker only"
+            log.warning("auth: the replay cache on Redis is unavailable (%s: %s); %s until it is back",
+                        type(exc).__name__, str(exc) or "no answer in time", then)
+        if self.fail_closed:
+            raise _unavailable()
+
+    def verify(self, secret: bytes, method: str, path: str, timestamp: str | None, signature: str | None,
+               body: bytes, query: str = "") -> None:
+        """Returns when the request is signed, fresh and new to this worker; Unauthorized otherwise."""
+        timestamp, signature = self._fresh(timestamp, signature)
+        at = int(timestamp)
+        now = self._clock()
         expected = sign(secret, method, path, timestamp, body, query)
         if not secret or not hmac.compare_digest(expected.encode(), signature.strip().lower().encode()):
             raise _refused("its signature does not match", "signature_mismatch")

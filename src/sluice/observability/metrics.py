@@ -95,6 +95,9 @@ _COUNTERS = (
      "access_log_dropped"),
     ("sluice_trace_spans_dropped", "Spans dropped because the trace exporter could not keep up.", "spans_dropped"),
 )
+# The audit log's (auth on: its fields are in the snapshots): sluice_audit_dropped_total's reasons and fields.
+_AUDIT_DROPS = (("queue_full", "audit_queue_dropped"), ("client_ip_flood", "audit_ip_dropped"),
+                ("write_failed", "audit_failed"))
 
 
 class Metrics:
@@ -172,6 +175,8 @@ class _Summed(Collector):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], sum(s["worker"].get(field, 0) for s in snapshots))
             yield counter
+        if any("audit_written" in s["worker"] for s in snapshots):
+            yield from _audit_counters([s["worker"] for s in snapshots])
         for name, (doc, labels, _) in self._counters.items():
             rows = [row for snap in snapshots for row in snap.get("counters", {}).get(name, ())]
             yield self._family(Family(name, doc, "", labels), [{"": rows}])
@@ -209,6 +214,17 @@ class _Summed(Collector):
         for path in self._dir.glob("*.json"):
             with contextlib.suppress(OSError, orjson.JSONDecodeError):
                 yield orjson.loads(path.read_bytes())
+
+
+def _audit_counters(workers: list[dict[str, Any]]) -> Iterator[Metric]:
+    """The audit log's counters, summed over every snapshot (dead workers' too: counters never go back)."""
+    records = CounterMetricFamily("sluice_audit_records", "Audit records written (a coalesced flood is one).")
+    records.add_metric([], sum(w.get("audit_written", 0) for w in workers))
+    yield records
+    dropped = CounterMetricFamily("sluice_audit_dropped", "Audit records dropped, by reason.", labels=["reason"])
+    for reason, field in _AUDIT_DROPS:
+        dropped.add_metric([reason], sum(w.get(field, 0) for w in workers))
+    yield dropped
 
 
 def _add(total: Any, value: Any) -> Any:

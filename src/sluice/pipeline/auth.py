@@ -18,6 +18,14 @@ OPTIONS: over an empty body).  It sets ``ctx.principal``, ``ctx.key_prefix`` and
 405 or 404 before it acts.  Any other method (PROPFIND, TRACE, …) is refused
 for a signing key at once (401 ``invalid_signature``): nothing would verify it
 later, and the passthrough would relay it.
+
+With Redis (``auth.redis``, else ``ratelimit.redis``) the stage opens the
+worker's change notices (sluice.auth.changes: the authenticator listens, the
+admin API publishes) and claims each signed request's signature there once the
+caller is allowed the route, before the signature is verified
+(``Signatures.claim``: a replay to another worker or instance is refused too).  That claim is the one await a signed
+request adds, so ``admit`` leaves a signing key's requests to ``admit_slow``;
+an unsigned request pays nothing for it.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..auth.changes import ChangeNotices, auth_redis_url
 from ..auth.keys import Authenticator, missing_key
 from ..auth.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, Signatures
 from ..config import Config
@@ -68,6 +77,14 @@ def _shown(token: str) -> str | None:
     return display_prefix(token) if token.startswith("sk-") and len(token) >= 20 and token.isprintable() else None
 
 
+def _check_method(ex: Exchange) -> None:
+    """A signing key's request without a body to verify later must be one signed over an empty body."""
+    if ex.method not in _BODYLESS:
+        raise Unauthorized(f"This key signs its requests, and signed requests must use GET, HEAD, DELETE, "
+                           f"OPTIONS, POST, PUT or PATCH; {ex.method[:32]} cannot be verified.",
+                           code="invalid_signature", reason="signature_method")
+
+
 def _ip_refused(ip: str, by_key: bool) -> Forbidden:
     scope = "with this credential" if by_key else "to this gateway"
     return Forbidden(f"Requests from your address ({ip[:64]}) are not allowed {scope}.", code="ip_not_allowed",
@@ -79,12 +96,18 @@ class AuthStage:
 
     def __init__(self, config: Config, client_ip: ClientIp, client_factory: Callable[[], UpstreamClient]) -> None:
         auth = config.auth
-        self.authenticator = Authenticator(auth, open_store(config.store), client_factory)
+        url = auth_redis_url(config)
+        # Made here, connected at first use: Redis down at start stops nothing.
+        self.notices = ChangeNotices(url, auth.redis_prefix, timeout_s=auth.redis_timeout_s) if url else None
+        self.authenticator = Authenticator(auth, open_store(config.store), client_factory, notices=self.notices)
         self.store = self.authenticator.store
         self.client_ip = client_ip
         rules = IpRules(parse_networks(auth.ip_allow), parse_networks(auth.ip_deny))
         self.ip_rules = rules if rules else None
-        self.signatures = Signatures(auth.signature_skew_s)
+        self.signatures = Signatures(auth.signature_skew_s, redis=self.notices.client if self.notices else None,
+                                     prefix=auth.redis_prefix, fail_closed=auth.signature_fail_closed,
+                                     timeout_s=auth.redis_timeout_s)
+        self._shared_replays = self.signatures.shared
 
     def admit(self, ex: Exchange, ctx: RequestContext) -> bool:
         """True once the caller is known and allowed here; False when that needs an await (``admit_slow``)."""
@@ -100,8 +123,8 @@ class AuthStage:
         except GatewayError:
             ctx.key_prefix = _shown(token)
             raise
-        if principal is None:
-            return False
+        if principal is None or (principal.signing_secret is not None and self._shared_replays):
+            return False  # not cached, or a signature to claim on Redis: both need an await
         self._authorize(ex, ctx, principal)
         return True
 
@@ -112,9 +135,30 @@ class AuthStage:
         except GatewayError:
             ctx.key_prefix = _shown(token)
             raise
-        self._authorize(ex, ctx, principal)
+        if principal.signing_secret is not None and self._shared_replays:
+            await self._authorize_claimed(ex, ctx, principal)
+        else:
+            self._authorize(ex, ctx, principal)
 
     def _authorize(self, ex: Exchange, ctx: RequestContext, principal: Principal) -> None:
+        self._permit(ex, ctx, principal)
+        if principal.signing_secret is not None and ex.method not in _WITH_BODY:
+            _check_method(ex)
+            self.verify_body(ex, ctx, b"")
+
+    async def _authorize_claimed(self, ex: Exchange, ctx: RequestContext, principal: Principal) -> None:
+        """``_authorize`` for a signing key when signatures are claimed on Redis: claimed before ``verify``
+        remembers it in this worker, so that a 503 (Redis down, fail-closed) leaves the request retryable."""
+        self._permit(ex, ctx, principal)
+        bodyless = ex.method not in _WITH_BODY
+        if bodyless:
+            _check_method(ex)
+        await self.signatures.claim(ex.header(TIMESTAMP_HEADER), ex.header(SIGNATURE_HEADER))
+        if bodyless:
+            self.verify_body(ex, ctx, b"")
+
+    def _permit(self, ex: Exchange, ctx: RequestContext, principal: Principal) -> None:
+        """The caller into ``ctx``, then its own IP rules and the route's permission."""
         ctx.principal = principal
         ctx.key_prefix = principal.key_prefix or principal.key_id
         ctx.user = principal.user
@@ -124,12 +168,6 @@ class AuthStage:
         permission = permission_for(ex.path)
         if permission is not None:
             require(principal, permission)
-        if principal.signing_secret is not None and ex.method not in _WITH_BODY:
-            if ex.method not in _BODYLESS:
-                raise Unauthorized(f"This key signs its requests, and signed requests must use GET, HEAD, DELETE, "
-                                   f"OPTIONS, POST, PUT or PATCH; {ex.method[:32]} cannot be verified.",
-                                   code="invalid_signature", reason="signature_method")
-            self.verify_body(ex, ctx, b"")
 
     def verify_body(self, ex: Exchange, ctx: RequestContext, body: bytes) -> None:
         """The request's signature over ``body`` (Unauthorized, invalid_signature), when the key signs."""

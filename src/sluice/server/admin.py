@@ -16,9 +16,11 @@ The routes exist only when ``auth.enabled``: without authentication they answer
 404 like any unknown path, never open to everyone.  Each handler requires its
 permission (``_require``, on top of the auth stage's check by path) and the
 checked, audited work is ``sluice.auth.manage.Manager``'s, which the CLI shares.
-The caller acts with its own permissions: it grants no role holding more than
-it holds, and only a holder of ``*`` changes the built-in or configured roles
-(403 ``permission_denied`` naming the missing permission).
+The caller acts with its own permissions and model limits: it grants no role
+holding more than it holds, no model outside its own (a model-limited caller
+makes only keys limited to its models), and only a holder of ``*`` changes the
+built-in or configured roles (403 ``permission_denied`` naming the missing
+permission).
 Every answer, errors included, carries ``cache-control: no-store`` (the
 gateway's security headers on /admin); errors are in OpenAI's shape and name
 the field at fault.
@@ -75,12 +77,13 @@ def mount_admin(config: Config, auth: AuthStage | None, audit: AuditLog | None,
 
     After each change the worker that made it reads the store's change feed at once, so that it answers
     with the change right after (a revoked key: 401); the other workers and instances within
-    ``auth.revocation_poll_s``."""
+    ``auth.revocation_poll_s``, or at once with Redis (the change announced on pub/sub)."""
     if not config.auth.enabled or auth is None or auth.store is None or audit is None:
         return None
     builtin = set(rbac.BUILTIN_ROLES) | set(config.auth.roles)
     manager = Manager(auth.store, audit, builtin_roles=builtin, config_roles=config.auth.roles,
-                      on_change=auth.authenticator.poll)
+                      on_change=auth.authenticator.poll,
+                      publish=auth.notices.publish if auth.notices is not None else None)  # Redis pub/sub
     api = AdminApi(manager, auth, min(config.server.max_body_bytes, MAX_ADMIN_BODY))
     routes.update(api.routes())
     return api
@@ -157,8 +160,8 @@ class AdminApi:
         principal = ctx.principal
         assert principal is not None  # _require ran
         prefix = principal.key_prefix if principal.kind == "key" else None  # a static key's id names it already
-        # The caller's permissions: the manager lets it grant no more than these.
-        return Actor(principal.actor, self.client_ip(ex), prefix, principal.permissions)
+        # The caller's permissions and its key's own model globs: the manager lets it grant no more than these.
+        return Actor(principal.actor, self.client_ip(ex), prefix, principal.permissions, principal.models)
 
     async def _body(self, ex: Exchange, ctx: RequestContext, kind: type[Any]) -> Any:
         body = await ex.read_body(self.max_body)
