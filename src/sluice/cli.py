@@ -1,5 +1,5 @@
 """The ``sluice`` command: serve, mock-upstream, check-config, db (migrate, version), keys, users, teams, roles,
-audit, version."""
+audit, dlq (in sluice.resilience.dlq_cli), version."""
 
 from __future__ import annotations
 
@@ -59,7 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--chunk-ms", type=float, default=0.0, help="delay between stream events")
     mock.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests that fail (0..1)")
     mock.add_argument("--error-status", type=int, default=500, help="status of those failures")
-    mock.add_argument("--seed", type=int, help="seed for the error draw (reproducible faults)")
+    mock.add_argument("--seed", type=int, help="seed for the error and fault draws (reproducible faults)")
+    mock.add_argument("--retry-after", type=float, metavar="S",
+                      help="Retry-After (seconds) of the error answers (a 429 carries 1 s without it)")
+    mock.add_argument("--fault", metavar="KIND", help="break the answers so (see sluice/mock/faults.py): "
+                      "hang-after-headers, trickle, invalid-json, close-mid-stream, error-200, reset",
+                      choices=("hang-after-headers", "trickle", "invalid-json", "close-mid-stream", "error-200",
+                               "reset"))
+    mock.add_argument("--fault-rate", type=float, default=1.0, metavar="R",
+                      help="fraction of requests --fault hits (0..1)")
+    mock.add_argument("--trickle-ms", type=float, default=10.0, metavar="MS",
+                      help="delay between the bytes of --fault trickle")
     mock.set_defaults(run=_mock)
 
     check = commands.add_parser("check-config", help="validate a config file without serving")
@@ -76,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     db_version.set_defaults(run=_db_version)
 
     _manage_parsers(commands)
+    from .resilience.dlq_cli import add_parsers as add_dlq_parsers
+
+    add_dlq_parsers(commands)  # dlq list|show|replay|purge
 
     version = commands.add_parser("version", help="print the version and the hot path in use")
     version.set_defaults(run=_version)
@@ -106,11 +119,13 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     entry = "sluice.server.entry:rsgi_app" if args.interface == "rsgi" else "sluice.server.entry:asgi_app"
     from .auth.keys import prepare_store
+    from .runner import record_config_load
     from .store import StoreError
 
     try:
         for version, name in prepare_store(config):  # once, before the workers start
             print(f"sluice: store migrated to version {version} ({name})", file=sys.stderr)
+        record_config_load(config, args.config, _cli_actor())  # the audit log's config.load (auth on)
     except StoreError as exc:
         print(f"sluice: the store failed: {exc}", file=sys.stderr)
         return EXIT_STORE
@@ -126,17 +141,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _mock(args: argparse.Namespace) -> int:
-    from .mock import MockOptions
+    import re
+
+    from .mock.server import parse_options
     from .runner import serve
 
-    if not 0.0 <= args.error_rate <= 1.0:
-        print("sluice: --error-rate must be between 0 and 1", file=sys.stderr)
+    fields = ("latency_ms", "chunk_ms", "error_rate", "error_status", "seed", "retry_after", "fault", "fault_rate",
+              "trickle_ms")
+    try:
+        options = parse_options({name: getattr(args, name) for name in fields})
+    except ValueError as exc:  # "Expected `float` <= 1.0 - at `$.error_rate`": name the flag
+        flag = re.sub(r"\$\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(exc))
+        print(f"sluice: mock-upstream: {flag}", file=sys.stderr)
         return EXIT_CONFIG
-    if not 100 <= args.error_status <= 599:
-        print("sluice: --error-status must be an HTTP status (100..599)", file=sys.stderr)
-        return EXIT_CONFIG
-    options = MockOptions(latency_ms=args.latency_ms, chunk_ms=args.chunk_ms, error_rate=args.error_rate,
-                          error_status=args.error_status, seed=args.seed)
     serve("sluice.mock.entry:rsgi_app", host=args.host, port=args.port, workers=args.workers,
           grace_period_s=5, env={"SLUICE_MOCK_OPTIONS": msgspec.json.encode(options).decode()},
           log_level="warning")
@@ -342,6 +359,7 @@ def _manage(args: argparse.Namespace) -> int:
     import asyncio
 
     from .auth.audit import AuditLog
+    from .auth.changes import ChangeNotices, auth_redis_url
     from .auth.manage import Actor, Manager
     from .errors import GatewayError
     from .pipeline.rbac import BUILTIN_ROLES
@@ -352,7 +370,10 @@ def _manage(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     store = open_store(config.store)
     audit = AuditLog(store)
-    manager = Manager(store, audit, builtin_roles=set(BUILTIN_ROLES) | set(config.auth.roles))
+    url = auth_redis_url(config)  # with Redis, each change is announced to the running gateways (pub/sub)
+    notices = ChangeNotices(url, config.auth.redis_prefix, timeout_s=config.auth.redis_timeout_s) if url else None
+    manager = Manager(store, audit, builtin_roles=set(BUILTIN_ROLES) | set(config.auth.roles),
+                      publish=notices.publish if notices is not None else None)
     outcome = {"code": 0}
 
     async def run() -> None:
@@ -370,6 +391,8 @@ def _manage(args: argparse.Namespace) -> int:
         finally:
             await audit.aclose()
             await store.aclose()
+            if notices is not None:
+                await notices.aclose()
         if audit.failed or audit.dropped:
             print("sluice: the change was made but its audit record could not be written", file=sys.stderr)
             outcome["code"] = EXIT_STORE

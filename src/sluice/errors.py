@@ -11,6 +11,7 @@
           ├── PayloadTooLarge        413
           ├── BadGateway             502 upstream unreachable, reset or malformed
           ├── AuthUnavailable        503 the key store or a token issuer cannot be reached
+          ├── NoDeployment           503 every deployment of a model and its fallbacks is failing or resting
           └── GatewayTimeout         504 upstream too slow
 
 Each error renders in the caller's wire format: OpenAI's shape on OpenAI
@@ -40,6 +41,7 @@ __all__ = [
     "GatewayTimeout",
     "InvalidRequest",
     "MethodNotAllowed",
+    "NoDeployment",
     "NotFound",
     "PayloadTooLarge",
     "SluiceError",
@@ -156,6 +158,13 @@ class AuthUnavailable(GatewayError):
     def __init__(self, message: str, *, code: str | None = None, reason: str | None = None) -> None:
         super().__init__(message, code=code, headers=(("retry-after", "1"),))
         self.reason = reason or code or "unavailable"
+
+
+class NoDeployment(GatewayError):
+    """503: no deployment can take the request now (breakers open, keys resting); it may be retried later."""
+
+    status = 503
+    type = "service_unavailable"
 
 
 class GatewayTimeout(GatewayError):

@@ -28,8 +28,10 @@ from .model import (
     PolicyConfig,
     ProviderConfig,
     RateLimitConfig,
+    ResilienceConfig,
     ServerConfig,
     StoreConfig,
+    TargetConfig,
     UpstreamConfig,
 )
 
@@ -92,7 +94,8 @@ def _interpolate_tree(node: Any, env: Mapping[str, str], path: str) -> Any:
         out = {}
         for key, value in node.items():
             if not isinstance(key, str):
-                raise ConfigError(path, f"keys must be strings, got {key!r}")
+                hint = " (YAML reads a bare on, off, yes or no as a boolean: quote it)" if isinstance(key, bool) else ""
+                raise ConfigError(path, f"keys must be strings, got {key!r}{hint}")
             out[key] = _interpolate_tree(value, env, _join(path, key))
         return out
     if isinstance(node, list):
@@ -139,6 +142,7 @@ def _decode(raw: dict[str, Any]) -> Config:
         ratelimit=_convert(raw.get("ratelimit") or {}, RateLimitConfig, "ratelimit"),
         store=_convert(raw.get("store") or {}, StoreConfig, "store"),
         auth=_convert(raw.get("auth") or {}, AuthConfig, "auth"),
+        resilience=_convert(raw.get("resilience") or {}, ResilienceConfig, "resilience"),
         providers=_named_sections(raw.get("providers"), ProviderConfig, "providers"),
         models=_named_sections(raw.get("models"), ModelConfig, "models"),
     )
@@ -176,6 +180,7 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{path}.kind", f"unknown provider kind {provider.kind!r} "
                                               f"(known: {', '.join(sorted(kinds))})")
         _check_base_url(f"{path}.base_url", provider.base_url)
+        _check_provider_routing(path, provider)
         for i, key in enumerate(provider.api_keys):
             if not key or any(c in key for c in "\r\n"):
                 raise ConfigError(f"{path}.api_keys[{i}]", "an API key must be a non-empty single line")
@@ -185,6 +190,7 @@ def _validate(config: Config) -> None:
     _check_ratelimit(config)
     _check_store(config.store)
     _check_auth(config.auth)
+    _check_auth_redis(config)
     passthrough = config.passthrough.provider
     if passthrough is not None:
         if passthrough not in config.providers:
@@ -204,6 +210,164 @@ def _validate(config: Config) -> None:
                 raise ConfigError(f"{tpath}.model", "the upstream model name is empty")
             _positive(f"{tpath}.weight", target.weight)
             _check_capabilities(f"{tpath}.capabilities", target.capabilities)
+            _check_target_routing(tpath, target)
+        _check_model_routing(config, model_name, model)
+    _check_fallback_cycles(config)
+    _check_resilience_routing(config.resilience)
+    _check_retries(config)
+
+
+# -- routing (docs/routing.md): deployments, strategies, fallbacks, A/B variants, breakers, health checks --
+
+
+def _check_provider_routing(path: str, provider: ProviderConfig) -> None:
+    seen = {provider.base_url}
+    for i, url in enumerate(provider.base_urls):
+        _check_base_url(f"{path}.base_urls[{i}]", url)
+        if url in seen:
+            raise ConfigError(f"{path}.base_urls[{i}]", f"{url!r} is listed twice (base_url included)")
+        seen.add(url)
+    _finite_positive(f"{path}.key_cooldown_s", provider.key_cooldown_s)
+    _finite_positive(f"{path}.max_cooldown_s", provider.max_cooldown_s)
+    if provider.key_cooldown_s > provider.max_cooldown_s:
+        raise ConfigError(f"{path}.key_cooldown_s", f"must not exceed max_cooldown_s ({provider.max_cooldown_s:g})")
+
+
+def _check_target_routing(path: str, target: TargetConfig) -> None:
+    if target.region is not None and not _is_label(target.region):
+        raise ConfigError(f"{path}.region", f"must be a name without spaces, got {target.region!r}")
+    for i, tag in enumerate(target.tags):
+        if not _is_label(tag):
+            raise ConfigError(f"{path}.tags[{i}]", f"must be a label without spaces, got {tag!r}")
+
+
+def _check_model_routing(config: Config, name: str, model: ModelConfig) -> None:
+    """Sticky and geo settings, fallbacks and A/B variants of one model."""
+    path = f"models.{name}"
+    on = model.sticky.on
+    header = on[len("header:"):].strip() if on.startswith("header:") else None
+    if on not in ("key", "user") and not (header and _HEADER_NAME.fullmatch(header)):
+        raise ConfigError(f"{path}.sticky.hash_on", f"must be key, user or header:<name>, got {on!r}")
+    if not _HEADER_NAME.fullmatch(model.geo.region_header):
+        raise ConfigError(f"{path}.geo.region_header", f"must be a header name, got {model.geo.region_header!r}")
+    for region, spill in model.geo.spill.items():
+        for i, to in enumerate((region, *spill)):
+            if not _is_label(to):
+                where = f"{path}.geo.spill" + ("" if i == 0 else f".{region}[{i - 1}]")
+                raise ConfigError(where, f"a region must be a name without spaces, got {to!r}")
+    if model.strategy.value == "geo" and not any(t.region for t in model.targets):
+        raise ConfigError(f"{path}.strategy", "the geo strategy needs targets with a region")
+    for i, fallback in enumerate(model.fallbacks):
+        if fallback == name:
+            raise ConfigError(f"{path}.fallbacks[{i}]", "a model cannot fall back to itself")
+        if fallback not in config.models:
+            raise ConfigError(f"{path}.fallbacks[{i}]", f"unknown model {fallback!r}")
+        if fallback in model.fallbacks[:i]:
+            raise ConfigError(f"{path}.fallbacks[{i}]", f"{fallback!r} is listed twice")
+    total = 0.0
+    names = {"control"}
+    for i, variant in enumerate(model.variants):
+        vpath = f"{path}.variants[{i}]"
+        if not _is_label(variant.name) or variant.name in names:
+            raise ConfigError(f"{vpath}.name", f"must be a unique label without spaces, not 'control', "
+                                               f"got {variant.name!r}")
+        names.add(variant.name)
+        if variant.model == name:
+            raise ConfigError(f"{vpath}.model", "a variant must be another model")
+        if variant.model not in config.models:
+            raise ConfigError(f"{vpath}.model", f"unknown model {variant.model!r}")
+        if config.models[variant.model].variants:
+            raise ConfigError(f"{vpath}.model", f"{variant.model!r} has variants of its own (a split is one level)")
+        if not 0 < variant.percent < 100:
+            raise ConfigError(f"{vpath}.percent", f"must be between 0 and 100 (both excluded), got {variant.percent}")
+        total += variant.percent
+    if total >= 100:
+        raise ConfigError(f"{path}.variants", f"the percents must sum to less than 100 (control keeps the rest), "
+                                              f"got {total:g}")
+
+
+def _check_fallback_cycles(config: Config) -> None:
+    """No chain of fallbacks leads back to where it started (a request would go round forever)."""
+    done: set[str] = set()
+    for start in config.models:
+        trail: list[str] = []
+        _walk_fallbacks(config, start, trail, set(), done)
+
+
+def _walk_fallbacks(config: Config, name: str, trail: list[str], on_trail: set[str], done: set[str]) -> None:
+    if name in on_trail:
+        cycle = " -> ".join([*trail[trail.index(name):], name])
+        raise ConfigError(f"models.{trail[-1]}.fallbacks", f"the fallbacks go round in a cycle: {cycle}")
+    if name in done:
+        return
+    trail.append(name)
+    on_trail.add(name)
+    for fallback in config.models[name].fallbacks:
+        _walk_fallbacks(config, fallback, trail, on_trail, done)
+    on_trail.discard(trail.pop())
+    done.add(name)
+
+
+def _check_resilience_routing(resilience: ResilienceConfig) -> None:
+    if resilience.region is not None and not _is_label(resilience.region):
+        raise ConfigError("resilience.region", f"must be a name without spaces, got {resilience.region!r}")
+    breaker = resilience.breaker
+    if not 0 < breaker.failure_ratio <= 1:
+        raise ConfigError("resilience.breaker.failure_ratio", f"must be more than 0 and at most 1, "
+                                                              f"got {breaker.failure_ratio}")
+    _positive("resilience.breaker.min_requests", breaker.min_requests)
+    _finite_positive("resilience.breaker.window_s", breaker.window_s)
+    _positive("resilience.breaker.consecutive_failures", breaker.consecutive_failures, allow_zero=True)
+    _finite_positive("resilience.breaker.open_s", breaker.open_s)
+    _positive("resilience.breaker.half_open_probes", breaker.half_open_probes)
+    checks = resilience.health_check
+    _finite_positive("resilience.health_check.interval_s", checks.interval_s, allow_zero=True)
+    _finite_positive("resilience.health_check.timeout_s", checks.timeout_s)
+    if checks.interval_s and checks.timeout_s > checks.interval_s:
+        raise ConfigError("resilience.health_check.timeout_s", f"must not exceed interval_s ({checks.interval_s:g})")
+
+
+def _check_retries(config: Config) -> None:
+    """Retries, their budget and backoff, the deadline, the dead letters (docs/resilience.md)."""
+    res = config.resilience
+    _positive("resilience.retries", res.retries, maximum=10, allow_zero=True)
+    for i, status in enumerate(res.retry_on):
+        if not 400 <= status <= 599:
+            raise ConfigError(f"resilience.retry_on[{i}]", f"must be an error status (400-599), got {status}")
+    _finite_positive("resilience.backoff_base_s", res.backoff_base_s, allow_zero=True)
+    _finite_positive("resilience.backoff_max_s", res.backoff_max_s, allow_zero=True)
+    if res.backoff_base_s > res.backoff_max_s:
+        raise ConfigError("resilience.backoff_base_s", f"must not exceed backoff_max_s ({res.backoff_max_s:g})")
+    _finite_positive("resilience.max_retry_after_s", res.max_retry_after_s, allow_zero=True)
+    _finite_positive("resilience.retry_budget", res.retry_budget, allow_zero=True)
+    _finite_positive("resilience.retry_budget_floor", res.retry_budget_floor, allow_zero=True)
+    _finite_positive("resilience.retry_budget_window_s", res.retry_budget_window_s)
+    _finite_positive("resilience.timeout_s", res.timeout_s)
+    if not _HEADER_NAME.fullmatch(res.timeout_header):
+        raise ConfigError("resilience.timeout_header", f"must be a header name, got {res.timeout_header!r}")
+    letters = res.dead_letters
+    _positive("resilience.dead_letters.max_entries", letters.max_entries)
+    _finite_positive("resilience.dead_letters.max_age_s", letters.max_age_s)
+    _positive("resilience.dead_letters.max_body_bytes", letters.max_body_bytes, allow_zero=True)
+    if letters.enabled and letters.redis and res.redis is None and config.ratelimit.redis is None:
+        raise ConfigError("resilience.dead_letters.redis", "a Redis stream needs resilience.redis or ratelimit.redis")
+    if res.redis is not None and not res.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("resilience.redis", f"must be a redis://, rediss:// or unix:// URL, got {res.redis!r}")
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+
+
+def _is_label(value: str) -> bool:
+    return bool(value) and value.isprintable() and not any(c.isspace() for c in value)
+
+
+def _finite_positive(path: str, value: float, *, allow_zero: bool = False) -> None:
+    import math
+
+    if not math.isfinite(value):
+        raise ConfigError(path, f"must be a finite number, got {value}")
+    _positive(path, value, allow_zero=allow_zero)
 
 
 def _positive(path: str, value: float, *, maximum: float | None = None, allow_zero: bool = False) -> None:
@@ -414,6 +578,24 @@ def _check_auth_stage(auth: AuthConfig) -> None:
     for field in ("revocation_poll_s", "signature_skew_s"):
         if not math.isfinite(getattr(auth, field)):
             raise ConfigError(f"auth.{field}", f"must be a finite number, got {getattr(auth, field)}")
+
+
+def _check_auth_redis(config: Config) -> None:
+    """auth.redis (change notices, shared replay cache) and the settings that go with it."""
+    import math
+
+    auth = config.auth
+    if auth.redis is not None and not auth.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("auth.redis", f"must be a redis://, rediss:// or unix:// URL, got {auth.redis!r}")
+    prefix = auth.redis_prefix
+    if not prefix or not prefix.isprintable() or any(c.isspace() for c in prefix):
+        raise ConfigError("auth.redis_prefix", f"must be printable, without spaces, got {prefix!r}")
+    if not math.isfinite(auth.redis_timeout_s):
+        raise ConfigError("auth.redis_timeout_s", f"must be a finite number, got {auth.redis_timeout_s}")
+    _positive("auth.redis_timeout_s", auth.redis_timeout_s, maximum=10)
+    if auth.signature_fail_closed and auth.redis is None and config.ratelimit.redis is None:
+        raise ConfigError("auth.signature_fail_closed", "needs a Redis to fail over from: set auth.redis "
+                                                        "(or ratelimit.redis)")
 
 
 def _check_algorithms(path: str, issuer: JwtIssuerConfig) -> None:

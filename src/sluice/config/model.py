@@ -121,7 +121,9 @@ class Strategy(enum.Enum):
 
 
 class StickyConfig(_Section, frozen=True):
-    on: str = "key"  # "key" (the caller's credential), "user" (the authenticated user), or "header:<name>"
+    # "key" (the caller's credential), "user" (the authenticated user), or "header:<name>".  Written
+    # hash_on in the file: YAML 1.1 reads a bare `on:` key as the boolean true.
+    on: str = msgspec.field(default="key", name="hash_on")
 
 
 class GeoConfig(_Section, frozen=True):
@@ -300,6 +302,12 @@ class AuthConfig(_Section, frozen=True):
     key_cache_size: int = 100_000  # API keys kept in each worker's cache
     jwt: tuple[JwtIssuerConfig, ...] = ()
     introspection: tuple[IntrospectionConfig, ...] = ()
+    # Redis for change notices (pub/sub: revocations everywhere at once) and the replay cache of signed
+    # requests shared by every worker and instance; None: ratelimit.redis; neither: polling, per-worker replays.
+    redis: str | None = None
+    redis_prefix: str = "sluice:auth:"  # channel <prefix>changes, keys <prefix>sig:<signature>
+    redis_timeout_s: float = 0.25  # the most one auth call to Redis waits (a signature's claim, a publish)
+    signature_fail_closed: bool = False  # Redis down: 503 to signed requests, not per-worker replay memory
 
 
 class BreakerConfig(_Section, frozen=True):

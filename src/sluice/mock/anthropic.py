@@ -39,6 +39,7 @@ __all__ = [
     "count_tokens",
     "cut_reply",
     "error_body",
+    "error_event",
     "input_tokens",
     "message",
     "message_events",
@@ -313,3 +314,8 @@ def error_body(status: int, message: str) -> bytes:
     """Anthropic's error object; its type follows the status (529: overloaded_error)."""
     kind = _ERROR_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
     return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
+def error_event(status: int, message: str) -> bytes:
+    """An error in the middle of a stream, as the API sends one (an overloaded_error mid-answer): ``event: error``."""
+    return b"event: error\ndata: " + error_body(status, message) + b"\n\n"

@@ -36,8 +36,10 @@ __all__ = [
     "MISSING_KEY_MESSAGE",
     "count_tokens",
     "error_body",
+    "error_event",
     "generate",
     "json_array_pieces",
+    "model_list",
     "prompt_token_count",
     "sse_events",
     "validate",
@@ -245,3 +247,16 @@ def error_body(status: int, message: str) -> bytes:
     """Google's error object; its status name follows the code."""
     name = _STATUSES.get(status) or ("INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
     return orjson.dumps({"error": {"code": status, "message": message, "status": name}})
+
+
+def model_list(names: tuple[str, ...]) -> bytes:
+    """GET /v1beta/models: what a health check asks for."""
+    return orjson.dumps({"models": [{"name": f"models/{name}", "displayName": name,
+                                     "supportedGenerationMethods": ["generateContent", "countTokens"]}
+                                    for name in names]})
+
+
+def error_event(status: int, message: str, *, sse: bool) -> bytes:
+    """An error in place of a stream's chunks: a ``data:`` event (alt=sse), else a JSON array holding the error."""
+    body = error_body(status, message)
+    return b"data: " + body + b"\r\n\r\n" if sse else b"[" + body + b"]"

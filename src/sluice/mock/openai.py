@@ -30,6 +30,7 @@ __all__ = [
     "completion_chunks",
     "embeddings",
     "error_body",
+    "error_event",
     "model_card",
     "prompt_tokens",
     "tool_calls",
@@ -246,3 +247,8 @@ def model_card(name: str) -> dict[str, Any]:
 
 def error_body(message: str, kind: str, code: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+def error_event(message: str, kind: str = "server_error") -> bytes:
+    """An error in the middle of a chat stream, as OpenAI sends it: a ``data:`` event holding the error object."""
+    return b"data: " + error_body(message, kind) + b"\n\n"

@@ -64,7 +64,7 @@ class Health:
         # config routes every model; breaker states make this a live check with resilience.
         models = self._router.models
         return {"config": {"ok": True, "models": len(models),
-                           "targets": sum(len(route.targets) for route in models.values())}}
+                           "targets": sum(route.target_count for route in models.values())}}
 
     async def details(self, ex: Exchange) -> tuple[int, bytes]:
         self._authorize(ex)
@@ -77,7 +77,7 @@ class Health:
             "process": process_usage(),
             "worker": self._worker_state() if self._worker_state is not None else {},
             "dependencies": await self._dependencies(),
-            "breakers": {},  # per target, with the resilience capability
+            "deployments": self._router.deployment_states(),  # breaker state, in flight, latency, key rest
             "checks": self._checks(),
         }
         return 200, orjson.dumps(body)

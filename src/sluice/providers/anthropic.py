@@ -42,6 +42,12 @@ class AnthropicProvider(Provider):
             headers.append(("anthropic-beta", beta))
         return UpstreamRequest(self.origin, "POST", self.prefix + path, headers, body)
 
+    def health_request(self, auth: tuple[tuple[str, str], ...] | None = None) -> UpstreamRequest:
+        """GET /v1/models: the model list, with the version header the API wants on every call."""
+        headers = [("accept", "application/json"), ("anthropic-version", self.config.api_version or DEFAULT_VERSION),
+                   *(self.next_auth() if auth is None else auth), *self.extra_headers()]
+        return UpstreamRequest(self.origin, "GET", self.prefix + "/v1/models", headers, None)
+
     def answer(self, call: Call, status: int, body: bytes) -> bytes:
         if call.wire == self.wire:
             return body

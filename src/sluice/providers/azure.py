@@ -27,6 +27,13 @@ class AzureProvider(Provider):
     def auth_headers(self, api_key: str) -> tuple[tuple[str, str], ...]:
         return (("api-key", api_key),) if api_key else ()
 
+    def health_request(self, auth: tuple[tuple[str, str], ...] | None = None) -> UpstreamRequest:
+        """GET /openai/models: the models of the resource."""
+        headers = [("accept", "application/json"), *(self.next_auth() if auth is None else auth),
+                   *self.extra_headers()]
+        target = f"{self.prefix}/openai/models?api-version={quote(self.config.api_version or '', safe='')}"
+        return UpstreamRequest(self.origin, "GET", target, headers, None)
+
     def prepare(self, call: Call) -> UpstreamRequest:
         operation = call.endpoint.removeprefix("/v1")  # /chat/completions, /completions, /embeddings
         target = (f"{self.prefix}/openai/deployments/{quote(call.model, safe='')}{operation}"

@@ -43,6 +43,9 @@ class Call:
     model: str = ""  # the target's name for the model
     wire: str = "openai"  # the format of body: "openai", or the provider's own
     headers: dict[str, str] | None = None  # caller headers a kind may pass on (e.g. anthropic-beta)
+    # The credential headers of the deployment it goes to (Deployment.prepare sets them); None: the
+    # provider's next key in rotation.
+    auth: tuple[tuple[str, str], ...] | None = None
     _parsed: dict[str, Any] | None = None
 
     def json(self) -> dict[str, Any]:
@@ -101,7 +104,11 @@ class StreamTranslator(Protocol):
 
 
 class Provider(ABC):
-    """A configured provider: one base URL, a pool of API keys, a wire format."""
+    """A configured provider at one base URL, with a pool of API keys, speaking a wire format.
+
+    A provider section with several base URLs becomes one instance per URL (routing.Router), each
+    key of each becoming a deployment of its own.
+    """
 
     kind: ClassVar[str]
     wire: ClassVar[str] = "openai"  # the format it speaks natively
@@ -142,8 +149,14 @@ class Provider(ABC):
         """Problems of a provider section for this kind, as (field, problem); empty when fine."""
         return []
 
+    def health_request(self, auth: tuple[tuple[str, str], ...] | None = None) -> UpstreamRequest:
+        """A cheap request that tells whether this base URL and key serve (routing.health_check): the model
+        list by default (GET {prefix}/v1/models); ``auth`` the key's headers, None: the next key's."""
+        headers = [("accept", "application/json"), *(self.next_auth() if auth is None else auth), *self._extra]
+        return UpstreamRequest(self.origin, "GET", self.prefix + "/v1/models", headers, None)
+
     def next_auth(self) -> tuple[tuple[str, str], ...]:
-        """Credentials of the next key of the pool, in rotation."""
+        """Credentials of the next key of the pool, in rotation (when no deployment names its key)."""
         return next(self._auth)
 
     def extra_headers(self) -> list[tuple[str, str]]:
@@ -151,13 +164,14 @@ class Provider(ABC):
 
     def request_headers(self, call: Call, *own: tuple[str, str]) -> list[tuple[str, str]]:
         """The headers every JSON call carries: type, what it accepts, the request id, then the kind's
-        ``own``, the next key's credentials and the configured extras."""
+        ``own``, the credentials (the deployment's key, else the next key's) and the configured extras."""
+        auth = call.auth
         return [
             ("content-type", "application/json"),
             ("accept", "text/event-stream" if call.stream else "application/json"),
             ("x-request-id", call.request_id),
             *own,
-            *self.next_auth(),
+            *(self.next_auth() if auth is None else auth),
             *self._extra,
         ]
 

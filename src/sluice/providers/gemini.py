@@ -34,6 +34,12 @@ class GeminiProvider(Provider):
         body = orjson.dumps(translate.chat_to_gemini(call.json()))
         return UpstreamRequest(self.origin, "POST", target, headers, body)
 
+    def health_request(self, auth: tuple[tuple[str, str], ...] | None = None) -> UpstreamRequest:
+        """GET /v1beta/models: the model list."""
+        headers = [("accept", "application/json"), *(self.next_auth() if auth is None else auth),
+                   *self.extra_headers()]
+        return UpstreamRequest(self.origin, "GET", self.prefix + "/v1beta/models", headers, None)
+
     def answer(self, call: Call, status: int, body: bytes) -> bytes:
         if status >= 400:
             return translate.error_to_openai(status, body)

@@ -1,5 +1,9 @@
-"""Model routing: public model name → targets → the one that serves a request."""
+"""Model routing: public model name → deployments → the one that serves a request (docs/routing.md)."""
 
-from .table import ModelRoute, Router, Target
+from .breaker import Breaker
+from .deployment import Deployment
+from .health_check import HealthChecker
+from .table import ModelRoute, Router, Target, affinity_draw, sticky_affinity
 
-__all__ = ["ModelRoute", "Router", "Target"]
+__all__ = ["Breaker", "Deployment", "HealthChecker", "ModelRoute", "Router", "Target", "affinity_draw",
+           "sticky_affinity"]

@@ -18,14 +18,12 @@ from urllib.parse import quote, unquote
 
 import orjson
 
-from .._native import USAGE_TAIL, RequestIds, token_counts, valid_request_id
-from ..config import Config, ObservabilityConfig
+from .._native import RequestIds, valid_request_id
+from ..config import Config, ObservabilityConfig, Strategy
 from ..errors import (
     AuthUnavailable,
-    BadGateway,
     Forbidden,
     GatewayError,
-    GatewayTimeout,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
@@ -50,21 +48,31 @@ from ..pipeline.validate import (
     decode,
     rename_model,
 )
-from ..providers import Call, InvalidAnswer, Provider
-from ..providers.translate.errors import UnsupportedContent
-from ..routing import Router, Target
-from ..upstream import Response, ResponseTooLarge, UpstreamClient, UpstreamError, UpstreamTimeout
+from ..providers import Call, Provider
+from ..routing import Deployment, HealthChecker, ModelRoute, Router
+from ..upstream import UpstreamClient, UpstreamError
 from .admin import mount_admin
 from .exchange import ClientGone, Exchange
-from .messages import Egress, chain, messages_call
-from .passthrough import FORWARDED_HEADERS, passthrough_route, relay_raw
-from .relay import relay_headers, relay_stream, relay_translated
+from .forward import Forwarder, variant_draw
+from .forward import count_tokens as _count_tokens
+from .forward import gateway_error as _gateway_error
+from .messages import Egress, messages_call
+from .passthrough import (
+    FORWARDED_HEADERS,
+    check_batch_upload,
+    is_file_upload,
+    passthrough_route,
+    refuse_unnamed_model,
+    relay_raw,
+)
+from .relay import relay_headers
 
 if TYPE_CHECKING:
     from ..auth.audit import AuditLog
     from ..auth.principal import Principal
     from ..observability.tracing import Trace, Tracing
     from ..pipeline.auth import AuthStage
+    from ..resilience.dead_letters import DeadLetters
 
 __all__ = ["Gateway", "create_gateway"]
 
@@ -72,9 +80,6 @@ log = logging.getLogger("sluice.gateway")
 
 JSON = "application/json"
 DISCARD_LIMIT = 16 * 2**20  # a refused body is read (and dropped) up to this much before the 413
-# gen_ai.operation.name of each endpoint (OpenTelemetry GenAI conventions).
-_OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion", "/v1/embeddings": "embeddings",
-               "/v1/messages": "chat"}
 # On every response; admin answers are never cached.  (No version banner: Granian's server header is "granian".)
 SECURITY_HEADERS: tuple[tuple[str, str], ...] = (("x-content-type-options", "nosniff"),)
 ADMIN_SECURITY_HEADERS = (*SECURITY_HEADERS, ("cache-control", "no-store"))
@@ -106,6 +111,7 @@ class RequestContext:
         "retries",
         "route",
         "security",
+        "served_model",
         "started",
         "status",
         "tokens_in",
@@ -119,6 +125,7 @@ class RequestContext:
         "upstream_status",
         "usage_asked",
         "user",
+        "variant",
         "wire",
     )
 
@@ -146,6 +153,8 @@ class RequestContext:
         self.principal: Principal | None = None  # who is calling, when auth is on (pipeline/auth.py)
         self.security = SECURITY_HEADERS
         self.retries = 0
+        self.served_model: str | None = None  # the model whose deployment answered (a fallback's, or an A/B arm's)
+        self.variant: str | None = None  # the A/B arm, for models that have variants
         self.cache: str | None = None
         # Filled by Gateway._account:
         self.at = 0.0
@@ -170,6 +179,11 @@ class RequestContext:
 
 
 Handler = Callable[[Exchange, RequestContext], Awaitable[None]]
+# A model call's route, the route that serves its first attempt (a fallback's when the model's deployments all
+# rest), that attempt's deployment, what the request needs from a target, its sticky affinity and region.
+_Plan = tuple[ModelRoute, ModelRoute, Deployment, frozenset[str], str | None, str | None]
+_NOTHING: frozenset[str] = frozenset()
+_STICKY, _GEO = Strategy.STICKY, Strategy.GEO
 
 
 class Gateway:
@@ -220,8 +234,17 @@ class Gateway:
         passthrough = config.passthrough.provider
         self.passthrough_provider = self.router.providers[passthrough] if passthrough is not None else None
         self.keep_answer = self.access_log is not None or self.metrics is not None or self.tracing is not None
+        self.dead_letters: DeadLetters | None = None
+        if config.resilience.dead_letters.enabled:
+            from ..resilience.dead_letters import open_dead_letters
+
+            self.dead_letters = open_dead_letters(config, store=self.auth.store if self.auth is not None else None)
+        self.health_checks = HealthChecker(self.router, self.client, config.resilience.health_check)
+        self.forwarder = Forwarder(config, self.router, self.client, keep_answer=self.keep_answer,
+                                   log_bodies=self.log_bodies, dead_letters=self.dead_letters)
         if self.metrics is not None:
             self.metrics.worker_state = self.worker_state
+            self.metrics.counters.update(self.forwarder.counters())
             self.routes["/metrics"] = {"GET": self._scrape}
         for path, probe in self.health.probes().items():
             self.routes[path] = {"GET": self._probe_for(probe)}
@@ -359,6 +382,10 @@ class Gateway:
             state["access_log_dropped"] = self.access_log.dropped
         if self.tracing is not None:
             state["spans_dropped"] = self.tracing.spans.dropped
+        if self.dead_letters is not None:
+            state.update(self.dead_letters.stats())
+        if self.audit is not None:  # records written and dropped (sluice_audit_*_total), pending
+            state.update(self.audit.stats())
         return state
 
     async def _scrape(self, ex: Exchange, ctx: RequestContext) -> None:
@@ -399,6 +426,7 @@ class Gateway:
                 total_timeout=up.total_timeout_s, max_connections=up.max_connections,
                 max_connections_per_origin=up.max_connections_per_origin, idle_timeout=up.idle_timeout_s,
             )
+            self.health_checks.start()  # active checks, when configured, from the first request on
         return self._client
 
     async def _proxy(self, ex: Exchange, ctx: RequestContext, *, kind: type[ModelRequest], endpoint: str) -> None:
@@ -409,108 +437,46 @@ class Gateway:
         ctx.model = request.model
         if ctx.principal is not None:
             self._authorize_call(ex, ctx, body, request.model)
-        target = self._target(request, endpoint)  # an unknown model or capability is refused before any charge
+        plan = self._plan(ex, ctx, request, endpoint)  # an unknown model or capability is refused before any charge
         limits = self.limits
         if limits is not None:
             ctx.admission = await _admit(limits, ex, endpoint, request.model, len(body), _max_tokens(request),
                                          ctx.principal)
-        call = Call(endpoint, "POST", body, bool(request.stream), ctx.request_id, target.model)
-        if not target.provider.translates(call):
-            if (self.keep_answer or ctx.admission is not None) and _usage_unasked(call, request):
-                # Someone needs the tokens the caller did not ask for: ask for them; the relay hides them.
-                ctx.usage_asked = True
-                call.body = _asking_usage(body, target.model if target.model != request.model else None)
-            elif target.model != request.model:
-                call.body = rename_model(body, target.model)
-        await self._forward(ex, ctx, target, call)
+        stream = bool(request.stream)
+        # Someone needs the tokens a streaming caller did not ask for: ask for them; the relay hides them.
+        ask_usage = stream and (self.keep_answer or ctx.admission is not None) and _usage_unasked(endpoint, request)
 
-    def _target(self, request: Any, endpoint: str) -> Target:
-        """The model's target for this request: any when all can serve it, else one that has what it needs."""
+        def build(dep: Deployment) -> tuple[Call, None]:
+            call = Call(endpoint, "POST", body, stream, ctx.request_id, dep.model)
+            ctx.usage_asked = False
+            if not dep.provider.translates(call):
+                if ask_usage:
+                    ctx.usage_asked = True
+                    call.body = _asking_usage(body, dep.model if dep.model != request.model else None)
+                elif dep.model != request.model:
+                    call.body = rename_model(body, dep.model)
+            return call, None
+
+        await self.forwarder.serve(ex, ctx, *plan, build, body)
+
+    def _plan(self, ex: Exchange, ctx: RequestContext, request: Any, endpoint: str) -> _Plan:
+        """The model's route (its A/B arm), what the request needs, and the first attempt's deployment."""
         route = self.router.get(request.model)
         if route is None:
             raise _model_not_found(request.model)
-        if route.complete:
-            return route.pick()
-        needs = needs_of(request, endpoint)
-        target = route.pick_for(needs)
-        if target is None:
-            missing = ", ".join(sorted(route.missing(needs)))
-            raise InvalidRequest(f"No target of model `{route.name}` supports what this request needs: {missing}.",
-                                 param="model", code="unsupported_capability")
-        return target
-
-    async def _forward(self, ex: Exchange, ctx: RequestContext, target: Target, call: Call,
-                       egress: Egress | None = None) -> None:
-        """Sends the call to its target and relays the answer, translated into the caller's format."""
-        provider = target.provider
-        ctx.provider = provider.name
-        try:
-            upstream = provider.prepare(call)
-        except UnsupportedContent as exc:
-            raise _unsupported(exc, provider) from None
-        trace = ctx.trace
-        if trace is not None:
-            upstream.headers.extend(trace.start_upstream(_OPERATIONS.get(call.endpoint, "chat"), call.model,
-                                                         provider.kind, provider.name, upstream.origin.host))
-        sent = time.perf_counter()
-        try:
-            response = await self.client().request(
-                upstream.origin, upstream.method, upstream.target, upstream.headers, upstream.body
-            )
-            ctx.upstream_status = response.status
-            if call.stream and response.status == 200 and _is_event_stream(response):
-                ctx.upstream_s = time.perf_counter() - sent
-                await self._relay_stream(ex, ctx, provider, call, response, egress, sent)
-                return
-            data = response.read_arrived(self.max_response)
-            if data is None:
-                data = await response.read(self.max_response)
-        except UpstreamError as exc:
-            ctx.upstream_s = time.perf_counter() - sent
-            raise _gateway_error(exc, provider.name, ctx.request_id) from None
-        ctx.upstream_s = time.perf_counter() - sent
-        status = response.status
-        translated = provider.translates(call) or egress is not None
-        if provider.translates(call):
-            try:
-                data = provider.answer(call, status, data)
-            except (InvalidAnswer, UnsupportedContent, TypeError, AttributeError, KeyError) as exc:
-                raise BadGateway(f"The upstream provider '{provider.name}' gave an answer that is not a valid "
-                                 f"{provider.kind} answer ({exc}).", code="upstream_invalid_answer") from None
-        elif call.wire != "openai" and call.endpoint != "/v1/messages/count_tokens":  # counting is not usage
-            native = provider.token_counts(call, data)
-            if native is not None:
-                ctx.tokens_in, ctx.tokens_out = native
-        if self.keep_answer:
-            # Where usage is; never hold a whole answer in the log queue (unless bodies are logged).
-            ctx.answer = data if self.log_bodies else data[-USAGE_TAIL:]
-        if trace is not None:
-            self._end_attempt(ctx, trace, status)
-        if egress is not None:
-            status, data = egress.answer(status, data)
-        headers = relay_headers(response)
-        if translated:  # the body is ours now: its type is JSON, whatever the upstream said of its own
-            headers = [(n, v) for n, v in headers if n not in ("content-type", "content-encoding")]
-            headers.append(("content-type", JSON))
-        if ctx.admission is not None:  # our limits speak for the gateway; the provider's are renamed
-            headers = [(f"x-upstream-{n[2:]}" if n.startswith("x-ratelimit-") else n, v) for n, v in headers]
-        await ex.respond(status, ctx.headers(*headers), data)
-
-    async def _relay_stream(self, ex: Exchange, ctx: RequestContext, provider: Provider, call: Call,
-                            response: Response, egress: Egress | None, sent: float) -> None:
-        translator = chain(provider.stream(call), egress.stream() if egress is not None else None)
-        headers = ctx.headers(*relay_headers(response))
-        if translator is None:
-            relayed = await relay_stream(ex, response, headers, ctx.usage_asked)
-            ctx.answer = relayed.usage
-        else:
-            relayed = await relay_translated(ex, response, headers, translator)
-            ctx.tokens_in, ctx.tokens_out = translator.usage
-        ctx.error = relayed.error
-        if relayed.first_event_at > 0:
-            ctx.ttft_s = relayed.first_event_at - sent
-        if ctx.trace is not None:
-            self._end_attempt(ctx, ctx.trace, response.status)
+        forwarder = self.forwarder
+        affinity = forwarder.affinity(ex, ctx, route) if route.strategy is _STICKY or route.variants else None
+        if route.variants:
+            route, ctx.variant = route.variant(variant_draw(affinity))
+            forwarder.count_variant(request.model, ctx.variant)
+        needs = (_NOTHING if route.complete and route.name not in forwarder.needs_checked
+                 else needs_of(request, endpoint))
+        if needs and (missing := route.missing(needs)):
+            raise InvalidRequest(f"No target of model `{route.name}` supports what this request needs: "
+                                 f"{', '.join(sorted(missing))}.", param="model", code="unsupported_capability")
+        region = forwarder.caller_region(ex, route) if route.strategy is _GEO else None
+        serving, first = forwarder.first(route, needs, affinity, region)
+        return route, serving, first, needs, affinity, region
 
     async def _passthrough(self, ex: Exchange, ctx: RequestContext) -> None:
         """Another OpenAI endpoint, relayed to an openai-kind provider as it is (server/passthrough.py)."""
@@ -525,10 +491,17 @@ class Gateway:
                 if ctx.principal is not None:
                     self._authorize_call(ex, ctx, body, None)  # the model is checked by _passthrough_target
                 body, provider = self._passthrough_target(ctx, body, provider)
+                if ctx.model is None and ctx.principal is not None and ctx.principal.model_globs is not None:
+                    refuse_unnamed_model(ex.method, ex.path, body)  # where the provider would pick the model
+            elif (ctx.principal is not None and ctx.principal.model_globs is not None
+                  and is_file_upload(ex.method, ex.path)):
+                body = await ex.read_body(self.max_body)  # a limited key's batch file: read whole, models checked
+                self._authorize_call(ex, ctx, body, None)
+                check_batch_upload(ctx.principal, content_type, body)
             elif (ctx.principal is not None and ctx.principal.model_globs is not None
                   and ctx.route not in ("/v1/files", "/v1/uploads", "/v1/batches")):
                 # A form (audio, images) names its model where the gateway does not look: a key limited
-                # to some models may not send one. Plain file uploads name none, and stay allowed.
+                # to some models may not send one. Upload parts name none, and stay allowed.
                 await ex.discard_body(DISCARD_LIMIT)  # so that the 403 is read, not reset away
                 raise Forbidden(f"This key is limited to certain models, and a {media[:100]} body to {ctx.route} "
                                 "cannot be checked for the model it names; such uploads are refused for it.",
@@ -597,16 +570,17 @@ class Gateway:
         ctx.model = request.model
         if ctx.principal is not None:
             self._authorize_call(ex, ctx, body, request.model)
-        target = self._target(request, "/v1/messages")
-        try:
-            call, egress = messages_call(request, body, target, ctx.request_id, ex.header("anthropic-beta"))
-        except UnsupportedContent as exc:
-            raise _unsupported(exc, target.provider) from None
+        plan = self._plan(ex, ctx, request, "/v1/messages")
         limits = self.limits
         if limits is not None:
             ctx.admission = await _admit(limits, ex, "/v1/messages", request.model, len(body), request.max_tokens,
                                          ctx.principal)
-        await self._forward(ex, ctx, target, call, egress)
+        beta = ex.header("anthropic-beta")
+
+        def build(dep: Deployment) -> tuple[Call, Egress | None]:
+            return messages_call(request, body, dep, ctx.request_id, beta)
+
+        await self.forwarder.serve(ex, ctx, *plan, build, body)
 
     async def _count_tokens(self, ex: Exchange, ctx: RequestContext) -> None:
         """POST /v1/messages/count_tokens: answered by the model's anthropic target."""
@@ -619,14 +593,14 @@ class Gateway:
         route = self.router.get(request.model)
         if route is None:
             raise _model_not_found(request.model)
-        target = next((t for t in route.targets if t.provider.wire == "anthropic"), None)
-        if target is None:
+        dep = next((d for d in route.deployments if d.provider.wire == "anthropic"), None)
+        if dep is None:
             raise InvalidRequest(f"Token counting is only offered by anthropic targets, and model "
                                  f"`{route.name}` has none.", param="model", code="unsupported_capability")
-        if target.model != request.model:
-            body = rename_model(body, target.model)
-        call = Call("/v1/messages/count_tokens", "POST", body, False, ctx.request_id, target.model, "anthropic")
-        await self._forward(ex, ctx, target, call)
+        if dep.model != request.model:
+            body = rename_model(body, dep.model)
+        call = Call("/v1/messages/count_tokens", "POST", body, False, ctx.request_id, dep.model, "anthropic")
+        await self.forwarder.forward(ex, ctx, dep, call)
 
     def _authorize_call(self, ex: Exchange, ctx: RequestContext, body: bytes, model: str | None) -> None:
         """Once the body is read: its signature (keys that sign) and the model (globs of the key and its roles)."""
@@ -637,14 +611,11 @@ class Gateway:
         if model is not None and not principal.may_use(model):
             raise model_not_allowed(model)
 
-    @staticmethod
-    def _end_attempt(ctx: RequestContext, trace: Trace, status: int) -> None:
-        _count_tokens(ctx)
-        trace.end_upstream(status, ctx.tokens_in, ctx.tokens_out, ctx.error)
-
     async def close(self) -> None:
         """Each part closes even when another fails: quota usage flushed, logs written, connections closed."""
-        parts = [self.audit.aclose() if self.audit is not None else None,  # before the stage closes the store
+        parts = [self.dead_letters.aclose() if self.dead_letters is not None else None,  # before the store closes
+                 self.audit.aclose() if self.audit is not None else None,  # before the stage closes the store
+                 self.health_checks.aclose(),
                  self.auth.aclose() if self.auth is not None else None,
                  self._client.close() if self._client is not None else None,
                  self.limits.aclose() if self.limits is not None else None]
@@ -663,12 +634,6 @@ class Gateway:
             self.access_log.close()
         if self.tracing is not None:
             self.tracing.close()
-
-
-def _count_tokens(ctx: RequestContext) -> None:
-    """The OpenAI usage in the answer's tail, unless a translator or a native kind counted already."""
-    if ctx.answer is not None and ctx.tokens_in < 0 and ctx.tokens_out < 0:
-        ctx.tokens_in, ctx.tokens_out = token_counts(ctx.answer)
 
 
 def _open_metrics(config: Config) -> Metrics | None:
@@ -707,9 +672,9 @@ def _open_limits(config: Config, metrics: Metrics | None) -> RateLimits | None:
     return rate_limits
 
 
-def _usage_unasked(call: Call, request: Any) -> bool:
-    """A streamed chat call whose caller did not ask for its usage (stream_options.include_usage)."""
-    if not call.stream or call.endpoint != "/v1/chat/completions":
+def _usage_unasked(endpoint: str, request: Any) -> bool:
+    """A chat request whose caller did not ask for its stream's usage (stream_options.include_usage)."""
+    if endpoint != "/v1/chat/completions":
         return False
     options = request.stream_options
     return options is None or options.include_usage is not True
@@ -761,12 +726,6 @@ def _open_access_log(config: ObservabilityConfig) -> AccessLog | None:
                      log_bodies=config.log_bodies)
 
 
-def _is_event_stream(response: Response) -> bool:
-    """An upstream may answer a stream request with plain JSON; that is relayed as it is."""
-    content_type = response.header(b"content-type")
-    return content_type is not None and content_type.lower().startswith(b"text/event-stream")
-
-
 _PATH_SAFE = "/-._~:@!$&'()*+,;="
 _QUERY_SAFE = _PATH_SAFE + "=?&%"
 
@@ -779,24 +738,9 @@ def safe_path(path: str) -> str:
     return quote(path, safe=_PATH_SAFE)
 
 
-def _unsupported(exc: UnsupportedContent, provider: Provider) -> InvalidRequest:
-    return InvalidRequest(f"{exc.field}: {exc.reason}; it cannot be sent to provider '{provider.name}' "
-                          f"(kind {provider.kind}).", param=exc.field, code="unsupported_content")
-
-
 def _model_not_found(name: str) -> NotFound:
     return NotFound(f"The model `{name[:200]}` does not exist or you do not have access to it.",
                     param="model", code="model_not_found")
-
-
-def _gateway_error(exc: UpstreamError, provider: str, request_id: str) -> GatewayError:
-    log.warning("upstream %s failed: %s", provider, exc, extra={"request_id": request_id})
-    if isinstance(exc, UpstreamTimeout):
-        return GatewayTimeout(f"The upstream provider '{provider}' did not answer in time.", code="upstream_timeout")
-    if isinstance(exc, ResponseTooLarge):
-        return BadGateway(f"The upstream provider '{provider}' answered more than the gateway accepts.",
-                          code="upstream_response_too_large")
-    return BadGateway(f"The upstream provider '{provider}' could not be reached: {exc}", code="upstream_unavailable")
 
 
 def create_gateway(config: Config) -> Gateway:

@@ -98,7 +98,8 @@ def _error_event(message: str, code: str) -> bytes:
     return b"data: " + body + b"\n\n"
 
 
-async def relay_stream(ex: Exchange, response: Response, headers: Headers, hiding_usage: bool = False) -> Relayed:
+async def relay_stream(ex: Exchange, response: Response, headers: Headers, hiding_usage: bool = False,
+                       first: bytes = b"") -> Relayed:
     """Relays an SSE stream whole events at a time, as they arrive.
 
     A slow caller slows the upstream read where the server's ``write`` waits for
@@ -107,6 +108,7 @@ async def relay_stream(ex: Exchange, response: Response, headers: Headers, hidin
     that leaves closes the upstream connection at once.  If the upstream fails mid-stream, the caller gets the
     events that were complete and then an error event, never half a line.
     ``hiding_usage``: the gateway asked for the usage, the caller did not (see ``hide_usage``).
+    ``first``: the body's first bytes, read already (to decide on a retry before anything went out).
     """
     pending = b""
     relayed = Relayed()
@@ -116,7 +118,7 @@ async def relay_stream(ex: Exchange, response: Response, headers: Headers, hidin
         stop_watch = ex.on_disconnect(response.abort)
         while True:
             try:
-                chunk = await response.next_chunk()
+                chunk, first = (first, b"") if first else (await response.next_chunk(), b"")
             except UpstreamError as exc:
                 relayed.error = "upstream_stream_error"
                 await ex.write(_error_event(f"The upstream stream failed: {exc}", relayed.error))
@@ -161,7 +163,7 @@ async def relay_stream(ex: Exchange, response: Response, headers: Headers, hidin
 
 
 async def relay_translated(ex: Exchange, response: Response, headers: Headers,
-                           translator: StreamTranslator) -> Relayed:
+                           translator: StreamTranslator, first: bytes = b"") -> Relayed:
     """Relays a stream through a translator: upstream bytes in as they arrive, whole caller events out.
 
     The translator decides what a cut or malformed upstream stream looks like to
@@ -174,7 +176,7 @@ async def relay_translated(ex: Exchange, response: Response, headers: Headers,
         stop_watch = ex.on_disconnect(response.abort)
         while True:
             try:
-                chunk = await response.next_chunk()
+                chunk, first = (first, b"") if first else (await response.next_chunk(), b"")
             except UpstreamError:
                 relayed.error = "upstream_stream_error"
                 chunk = b""

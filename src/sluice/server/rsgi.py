@@ -96,7 +96,10 @@ class RSGIExchange:
             raise ClientGone from None
 
     async def end_stream(self) -> None:
-        pass
+        # Granian ends the chunked body when the stream transport is dropped, not when the handler returns:
+        # a reference kept alive longer (an upstream error's traceback holds this exchange's frames until the
+        # cycle collector runs) would leave the caller waiting for the last chunk.
+        self._stream = None
 
     def on_disconnect(self, callback: Callable[[], object]) -> Callable[[], object]:
         watch: asyncio.Future[None] = asyncio.ensure_future(self._proto.client_disconnect())

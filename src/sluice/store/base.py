@@ -20,9 +20,13 @@ pass the last id seen as ``after``.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .records import ApiKey, AuditRecord, Change, Role, Team, User
+
+if TYPE_CHECKING:
+    from .dead_letters import Attempt, DeadLetter
 
 __all__ = ["MAX_PAGE", "Conflict", "NotFound", "Store", "StoreError", "StoreUnavailable"]
 
@@ -159,3 +163,29 @@ class Store(Protocol):
         """(ok, first bad seq, records checked).  Finds an edited record, a removed or reordered one, and
         records removed from the end (against the chain head kept beside the log)."""
         ...
+
+    # -- dead letters (sluice.store.dead_letters) ---------------------------------------------------
+    async def add_dead_letters(self, letters: Sequence[DeadLetter]) -> list[str]:
+        """Stores the letters (their ``id`` ignored) in one transaction; answers their new ids, in order."""
+        ...
+
+    async def list_dead_letters(self, *, route: str | None = None, model: str | None = None,
+                                before: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Newest first; page with ``before`` (the last id seen; ``ValueError`` for one that is no id)."""
+        ...
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter: ...
+
+    async def delete_dead_letters(self, ids: Sequence[str]) -> list[str]:
+        """Removes the letters; answers the ids that were there."""
+        ...
+
+    async def trim_dead_letters(self, *, max_entries: int | None = None, before: float | None = None) -> int:
+        """Removes the letters older than ``before`` and all but the newest ``max_entries``; answers how many."""
+        ...
+
+    async def note_dead_letter_replay(self, letter_id: str, attempt: Attempt) -> DeadLetter:
+        """Counts a failed replay of the letter and appends ``attempt`` to its attempts; answers the letter."""
+        ...
+
+    async def count_dead_letters(self) -> int: ...

@@ -26,6 +26,7 @@ import asyncpg
 from . import migrations
 from ._common import LONG_TIMEOUT_S, Dialect, Op, Query, SqlStore, Tx, Want, advisory_key, drive_async
 from .base import Conflict, StoreError, StoreUnavailable
+from .dead_letters import DeadLetterOps
 
 __all__ = ["PostgresStore", "redact_url"]
 
@@ -59,7 +60,7 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, user + host, parts.path, "", ""))
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(DeadLetterOps, SqlStore):  # DeadLetterOps: the dead_letters table
     def __init__(self, url: str, *, pool_size: int = 10, timeout_s: float = 2.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.url = url

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from . import migrations
 from ._common import LONG_TIMEOUT_S, Dialect, Op, Query, SqlStore, Tx, Want, drive
 from .base import Conflict, StoreUnavailable
+from .dead_letters import DeadLetterOps
 
 __all__ = ["SqliteStore"]
 
@@ -38,7 +39,7 @@ _BEGIN = {Tx.READ: None, Tx.SNAPSHOT: "BEGIN", Tx.WRITE: "BEGIN IMMEDIATE"}
 _UNIQUE = ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
 
 
-class SqliteStore(SqlStore):
+class SqliteStore(DeadLetterOps, SqlStore):  # DeadLetterOps: the dead_letters table
     def __init__(self, path: str, *, timeout_s: float = 2.0, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.timeout_s = timeout_s
