@@ -48,8 +48,11 @@ MODEL = "gpt-4o-mini"
 
 
 def gateway_yaml(upstream_port: int, snippet: str) -> str:
-    """The snippet (where ``{upstream}`` stands for nginx's URL, e.g. for a trace endpoint) and the route."""
+    """The snippet (where ``{upstream}`` stands for nginx's URL, e.g. for a trace endpoint) and the route,
+    unless the snippet has its own ``providers:`` and ``models:`` (e.g. several targets)."""
     snippet = snippet.replace("{upstream}", f"http://127.0.0.1:{upstream_port}")
+    if "providers:" in snippet and "models:" in snippet:
+        return snippet
     return f"""{snippet}
 providers: {{u1: {{kind: openai, base_url: "http://127.0.0.1:{upstream_port}"}}}}
 models: {{{MODEL}: {{targets: [{{provider: u1, model: {MODEL}}}]}}}}

@@ -107,6 +107,12 @@ def send(gateway: Proc, n: int, body: dict[str, object] | None = None,
         client.close()
 
 
+def report(capsys: pytest.CaptureFixture[str], line: str) -> None:
+    """A figure the issue asks to see in the test output, printed past pytest's capture."""
+    with capsys.disabled():
+        print(f"\n[chaos] {line}")
+
+
 def metric(gateway: Proc, name: str, **labels: str) -> float:
     text = call(gateway.url, "GET", "/metrics").body.decode()
     total = 0.0
@@ -122,7 +128,8 @@ def metric(gateway: Proc, name: str, **labels: str) -> float:
 # -- retries and failover against none ----------------------------------------------------
 
 
-def test_retries_and_failover_turn_transient_errors_into_successes(tmp_path: Path, mocks: list[Proc]) -> None:
+def test_retries_and_failover_turn_transient_errors_into_successes(tmp_path: Path, mocks: list[Proc],
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     for mock in mocks:
         faults(mock, error_rate=0.3, error_status=503)
     plain = serve(tmp_path, gateway_yaml(mocks, resilience="  retries: 0"))
@@ -136,15 +143,16 @@ def test_retries_and_failover_turn_transient_errors_into_successes(tmp_path: Pat
     finally:
         resilient.stop()
     with_retries = sum(status == 200 for status, _, _ in replies)
-    print(f"\nsuccess with a 30 % error rate on each of 3 deployments: without retries {without}/300, "
-          f"with retries and failover {with_retries}/300")
+    report(capsys, f"success with a 30 % error rate on each of 3 deployments: without retries {without}/300, "
+                   f"with retries and failover {with_retries}/300")
     assert without < 240  # ~70 % expected
     assert with_retries >= 276 and with_retries > without  # ~97 % expected (1 - 0.3^3)
     attempts = Counter(h["x-sluice-attempts"] for status, h, _ in replies if status == 200)
     assert set(attempts) <= {"1", "2", "3"} and attempts["2"] > 0
 
 
-def test_no_retry_storm_when_every_deployment_fails(tmp_path: Path, mocks: list[Proc]) -> None:
+def test_no_retry_storm_when_every_deployment_fails(tmp_path: Path, mocks: list[Proc],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     for mock in mocks:
         faults(mock, error_rate=1.0, error_status=503)
     budget = 0.2
@@ -157,7 +165,7 @@ def test_no_retry_storm_when_every_deployment_fails(tmp_path: Path, mocks: list[
     finally:
         gateway.stop()
     attempts = sum(received(m) for m in mocks)
-    print(f"\n200 requests, every upstream failing, retries 3, budget {budget}: {attempts} upstream attempts")
+    report(capsys, f"200 requests, every upstream failing, retries 3, budget {budget}: {attempts} upstream attempts")
     assert all(status == 503 for status, _, _ in replies)
     assert 200 < attempts <= (1 + budget) * 200
     assert retries == attempts - 200
@@ -382,7 +390,8 @@ def test_sticky_routing_keeps_a_session_on_one_healthy_deployment(tmp_path: Path
 # -- A/B split -----------------------------------------------------------------------------
 
 
-def test_an_ab_split_sends_its_share_and_labels_it(tmp_path: Path, mocks: list[Proc]) -> None:
+def test_an_ab_split_sends_its_share_and_labels_it(tmp_path: Path, mocks: list[Proc],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     variants = """    variants: [{name: canary, model: gpt-4o-canary, percent: 20}]"""
     canary = """  gpt-4o-canary:
     targets: [{provider: p1, model: gpt-4o-mini}]"""
@@ -394,7 +403,7 @@ def test_an_ab_split_sends_its_share_and_labels_it(tmp_path: Path, mocks: list[P
         gateway.stop()
     arms = Counter(h["x-sluice-model"] for _, h, _ in replies)
     share = arms["gpt-4o-canary"] / 1000
-    print(f"\nA/B split 20 %: canary got {share:.1%} of 1000 requests")
+    report(capsys, f"A/B split 20 %: canary got {share:.1%} of 1000 requests (tolerance 16-24 %)")
     assert 0.16 <= share <= 0.24  # the stated tolerance: ±4 points (3.2 standard deviations at n = 1000)
     assert arms["gpt-4o-canary"] + arms["gpt-4o-mini"] == 1000
     assert counted == {"control": arms["gpt-4o-mini"], "canary": arms["gpt-4o-canary"]}
@@ -408,7 +417,7 @@ def test_an_ab_split_sends_its_share_and_labels_it(tmp_path: Path, mocks: list[P
                                    {"fault": "trickle", "trickle_ms": 200}])
 @pytest.mark.parametrize("streamed", [False, True])
 def test_no_request_outlives_its_deadline(tmp_path: Path, mocks: list[Proc], fault: dict[str, object],
-                                          streamed: bool) -> None:
+                                          streamed: bool, capsys: pytest.CaptureFixture[str]) -> None:
     for mock in mocks[:2]:
         faults(mock, **fault)
     gateway = serve(tmp_path, gateway_yaml(mocks, resilience="  retries: 2\n  retry_budget: 1.0", targets=2))
@@ -421,7 +430,7 @@ def test_no_request_outlives_its_deadline(tmp_path: Path, mocks: list[Proc], fau
         client.close()
     finally:
         gateway.stop()
-    print(f"\n{fault} streamed={streamed}: answered {status} after {took:.3f} s (deadline {timeout} s)")
+    report(capsys, f"{fault} streamed={streamed}: answered {status} after {took:.3f} s (deadline {timeout} s)")
     assert took <= timeout + DEADLINE_MARGIN_S
     if status == 200:  # a stream that had begun: ended by an error event, not left hanging
         assert streamed and b"error" in body

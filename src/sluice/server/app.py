@@ -319,9 +319,10 @@ class Gateway:
             self.limits.settle(ctx.admission, used)
         if metrics is not None:
             metrics.in_flight -= 1
-            metrics.observe(route, ctx.model, ctx.provider, status, ctx.error, total, ctx.overhead_s,
-                            ctx.upstream_s if ctx.upstream_s > 0 else -1.0, ctx.ttft_s, ctx.tokens_in,
-                            ctx.tokens_out)
+            if metrics.observe(route, ctx.model, ctx.provider, status, ctx.error, total, ctx.overhead_s,
+                               ctx.upstream_s if ctx.upstream_s > 0 else -1.0, ctx.ttft_s, ctx.tokens_in,
+                               ctx.tokens_out):
+                metrics.schedule_flush()  # the first request since the last snapshot
         if trace is not None:
             trace.finish(status, ctx.request_id, ctx.model, ctx.error, ctx.tokens_in, ctx.tokens_out)
         if access_log is not None:
