@@ -226,6 +226,15 @@ def test_a_batch_upload_by_parts_is_refused_to_a_limited_key(gateway: Proc, mock
     assert send(gateway, FULL, "POST", "/v1/uploads", body).status != 403
 
 
+@pytest.mark.parametrize("path", ["/v1/uploads", "/v1/batches"])
+def test_a_limited_keys_upload_or_batch_must_be_json(gateway: Proc, mock: Proc, path: str) -> None:
+    before = forwarded(mock)
+    body = json.dumps({"purpose": "batch", "filename": "b.jsonl", "bytes": 10}).encode()
+    error = error_of(send(gateway, LIMITED, "POST", path, body, content_type="text/plain"), 400)
+    assert error["code"] == "unsupported_media_type"
+    assert forwarded(mock) == before  # a body the check could not read never went on
+
+
 # -- 4. the audit log's counters in /metrics -----------------------------------------------------------------
 
 

@@ -417,8 +417,11 @@ def test_replay_through_a_gateway(tmp_path: Path, mock_upstream: Proc) -> None:
     port = free_port()
     config = gateway_config(tmp_path, port, mock_upstream.url)
     path = str(config)
-    ok, broken, clipped, no_key = seed(config, letter(1), letter(2, model="broken-500"),
-                                       letter(3, max_body_bytes=20), letter(4))
+    # Bodies without secrets or personal data: a redacted body is not the client's, and is never replayed.
+    plain = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    ok, broken, clipped, no_key = seed(config, letter(1, body=plain),
+                                       letter(2, model="broken-500", body={**plain, "model": "broken-500"}),
+                                       letter(3, max_body_bytes=20, body=plain), letter(4, body=plain))
     gateway = Proc(["serve", "--config", path, "--port", str(port)], port, tmp_path / "gateway.log")
     try:
         without_key = {k: v for k, v in os.environ.items() if k != "SLUICE_API_KEY"}
@@ -443,12 +446,18 @@ def test_replay_through_a_gateway(tmp_path: Path, mock_upstream: Proc) -> None:
 
         purged = sluice("dlq", "purge", "--config", path, clipped)
         assert purged.returncode == 0
-        [fixed] = seed(config, letter(5))[-1:]
+        [fixed] = seed(config, letter(5, body=plain))[-1:]
         everything = sluice("dlq", "replay", "--config", path, "--all", "--key", REPLAY_KEY,
                             "--gateway", gateway.url)
         assert everything.returncode == 1
         assert everything.stdout.splitlines() == [f"{broken}  500: failed again, kept (replays: 2)",
                                                   f"{fixed}  200: succeeded, removed"]
+        [redacted] = seed(config, letter(6))[-1:]  # CHAT holds a key and an email address: both redacted
+        refused_redacted = sluice("dlq", "replay", "--config", path, redacted, "--key", REPLAY_KEY,
+                                  "--gateway", gateway.url)
+        assert refused_redacted.returncode == 1
+        assert refused_redacted.stdout.startswith(f"{redacted}  refused: its body was redacted")
+        assert sluice("dlq", "purge", "--config", path, redacted).returncode == 0
     finally:
         gateway.stop()
     unreachable = sluice("dlq", "replay", "--config", path, broken, "--key", REPLAY_KEY)  # the gateway is gone

@@ -297,6 +297,23 @@ def test_a_stream_that_opens_with_an_error_is_retried(tmp_path: Path, mocks: lis
         assert status == 200 and b"data: [DONE]" in body and b'"error"' not in body
 
 
+def test_streams_that_fail_before_their_first_bytes_give_their_connections_back(tmp_path: Path,
+                                                                                  mocks: list[Proc]) -> None:
+    faults(mocks[0], fault="hang-after-headers")
+    config = gateway_yaml(mocks, targets=1) + "upstream: {max_connections_per_origin: 2}\n"
+    gateway = serve(tmp_path, config)
+    try:
+        hung = [stream(gateway, {"x-sluice-timeout": "0.3"}) for _ in range(3)]  # more than the pool holds
+        faults(mocks[0], fault=None)
+        client = Client(gateway.url, timeout=10)
+        after = client.chat({**CHAT, "stream": True}, {"x-sluice-timeout": "5"})
+        client.close()
+    finally:
+        gateway.stop()
+    assert [status for status, _, _ in hung] == [504] * 3
+    assert after[0] == 200 and b"data: [DONE]" in after[2]  # the pool was not left full of dead slots
+
+
 # -- failover chains -------------------------------------------------------------------------
 
 
@@ -337,6 +354,19 @@ def test_a_fallback_that_cannot_serve_the_request_is_skipped(tmp_path: Path, moc
         gateway.stop()
     assert with_tools[0] == 503 and with_tools[1].get("x-sluice-model") == "gpt-4o-mini"  # never sent without tools
     assert plain[0] == 200 and plain[1]["x-sluice-model"] == "claude-haiku-notools"
+
+
+def test_a_fallback_of_a_kind_that_cannot_carry_the_request_is_skipped(tmp_path: Path, mocks: list[Proc]) -> None:
+    faults(mocks[0], error_rate=1.0, error_status=503)
+    gateway = serve(tmp_path, gateway_yaml(mocks, model=FAILOVER, resilience="  retries: 2\n  retry_budget: 1.0",
+                                           targets=1))
+    try:
+        two_choices = send(gateway, 1, {**CHAT, "n": 2})[0]  # Anthropic has no n
+        one = send(gateway, 1)[0]
+    finally:
+        gateway.stop()
+    assert two_choices[0] == 503 and two_choices[1]["x-sluice-model"] == "gpt-4o-mini"  # the primary's own answer
+    assert one[0] == 200 and one[1]["x-sluice-model"] == "claude-haiku"
 
 
 def test_with_every_deployment_open_requests_go_straight_to_the_fallback(tmp_path: Path, mocks: list[Proc]) -> None:
@@ -467,11 +497,11 @@ store: {{sqlite_path: "{tmp_path / 'dlq.db'}"}}"""
     config = next(tmp_path.glob("gateway-*.yaml"))
     secret = {**CHAT, "messages": [{"role": "user", "content": "my key is sk-proj-abcdefghijklmnopqrstuvwxyz123456"}]}
     try:
-        status, headers, _ = send(gateway, 1, secret)[0]
-        assert status == 503 and headers["x-sluice-attempts"] == "2"
+        plain_status, headers, _ = send(gateway, 1)[0]
+        secret_status = send(gateway, 1, secret)[0][0]
         deadline = time.monotonic() + 10
         letters: list[dict[str, object]] = []
-        while not letters and time.monotonic() < deadline:  # written off the request path
+        while len(letters) < 2 and time.monotonic() < deadline:  # written off the request path
             listed = dlq(config, "list", "--json")
             letters = json.loads(listed.stdout)["data"] if listed.returncode == 0 else []
             time.sleep(0.1)
@@ -481,9 +511,12 @@ store: {{sqlite_path: "{tmp_path / 'dlq.db'}"}}"""
         after = dlq(config, "list", "--json")
     finally:
         gateway.stop()
-    assert len(letters) == 1, letters
-    letter = letters[0]
-    assert letter["model"] == "gpt-4o-mini" and letter["status"] == 503 and len(letter["attempts"]) == 2
-    assert "sk-proj-abcdefghijklmnopqrstuvwxyz123456" not in json.dumps(letter)  # redacted
-    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
-    assert json.loads(after.stdout)["data"] == []  # a replay that succeeded removes the letter
+    assert plain_status == secret_status == 503 and headers["x-sluice-attempts"] == "2"
+    assert len(letters) == 2, letters
+    assert all(letter["model"] == "gpt-4o-mini" and letter["status"] == 503 and len(letter["attempts"]) == 2
+               for letter in letters)
+    assert "sk-proj-abcdefghijklmnopqrstuvwxyz123456" not in json.dumps(letters)  # redacted
+    # The plain one succeeds and goes; the redacted one is not what the client sent: refused, kept.
+    assert replayed.returncode == 1 and "redacted" in replayed.stdout, replayed.stdout + replayed.stderr
+    kept = json.loads(after.stdout)["data"]
+    assert len(kept) == 1 and "[secret]" in kept[0]["body"]

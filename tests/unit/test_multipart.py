@@ -34,10 +34,14 @@ def bad(data: bytes, fragment: str, boundary: str = B) -> None:
 def test_a_plain_form() -> None:
     data = body(part("purpose", b"batch"), part("file", b'{"a": 1}\n{"b": 2}\n', filename="b.jsonl",
                                                  extra="Content-Type: application/jsonl\r\n"))
-    purpose, file = read_form(b"preamble, ignored\r\n" + data + b"epilogue, ignored", B)
+    purpose, file = read_form(data + b"epilogue, ignored", B)
     assert (purpose.name, bytes(purpose.data), purpose.filename) == ("purpose", b"batch", None)
     assert (file.name, file.filename, file.content_type) == ("file", "b.jsonl", "application/jsonl")
     assert bytes(file.data) == b'{"a": 1}\n{"b": 2}\n'
+
+
+def test_a_preamble_is_refused() -> None:
+    bad(b"preamble\r\n" + body(part("purpose", b"batch")), "does not begin with its boundary")
 
 
 def test_the_boundary_of_a_content_type() -> None:
@@ -52,7 +56,7 @@ def test_the_boundary_of_a_content_type() -> None:
 def test_what_it_would_have_to_guess_about_is_refused() -> None:
     good = part("file", b"x")
     bad(body(good, close=b""), "closing boundary")
-    bad(b"no boundary here", "never occurs")
+    bad(b"no boundary here", "does not begin with its boundary")
     bad(body(good).replace(f"--{B}\r\n".encode(), f"--{B} \r\n".encode(), 1), "other than a line break")
     bad(body(part("file", b"x", extra="x-note: a\r\n  folded\r\n")), "not `Name: value`")
     bad(body(part("file", b"x", extra="content-type: a\r\ncontent-type: b\r\n")), "twice")

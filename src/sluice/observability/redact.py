@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["redact"]
+__all__ = ["MARKS", "redact"]
 
 _PATTERNS = (
     # Secrets first, so a key that looks like a number is still called a secret.
@@ -23,6 +23,9 @@ _PATTERNS = (
     ("phone", re.compile(r"\+?\(?\d{1,4}\)?[ .-]?\d{2,4}[ .-]\d{3,4}[ .-]?\d{3,4}\b")),
     ("ip", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")),
 )
+
+# What redact() leaves where it took something out ("[email]", ...): a text holding one is not the original.
+MARKS = re.compile(r"\[(?:" + "|".join(sorted({kind for kind, _ in _PATTERNS})) + r")\]")
 
 
 def redact(body: bytes, limit: int) -> str:

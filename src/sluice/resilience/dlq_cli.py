@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..observability.redact import MARKS
+
 if TYPE_CHECKING:
     from ..config import Config
     from ..upstream import UpstreamClient
@@ -226,6 +228,9 @@ async def _replay_one(letters: DeadLetters, client: UpstreamClient, gateway: str
         return False, "not found"
     if letter.clipped:
         return False, "refused: its body was clipped when recorded (it is not what the client sent); kept"
+    if MARKS.search(letter.body):
+        return False, ("refused: its body was redacted when recorded (secrets or personal data replaced: it is not "
+                       "what the client sent); kept")
     started = time.time()
     status, error = await replay_letter(client, gateway, letter, key)
     if status is not None and 200 <= status < 300:

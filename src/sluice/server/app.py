@@ -500,6 +500,12 @@ class Gateway:
                 self._authorize_call(ex, ctx, body, None)
                 check_batch_upload(ctx.principal, content_type, body)
             elif (ctx.principal is not None and ctx.principal.model_globs is not None
+                  and ex.path in ("/v1/uploads", "/v1/batches")):
+                # Their bodies are JSON, checked above: another content type could hide what the check reads.
+                await ex.discard_body(DISCARD_LIMIT)
+                raise InvalidRequest(f"{ex.path} takes an application/json body, not {media[:100]}.",
+                                     code="unsupported_media_type")
+            elif (ctx.principal is not None and ctx.principal.model_globs is not None
                   and ctx.route not in ("/v1/files", "/v1/uploads", "/v1/batches")):
                 # A form (audio, images) names its model where the gateway does not look: a key limited
                 # to some models may not send one. Upload parts name none, and stay allowed.

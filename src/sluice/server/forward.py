@@ -38,7 +38,7 @@ import orjson
 from .._native import USAGE_TAIL, token_counts
 from ..config import Config
 from ..errors import BadGateway, GatewayError, GatewayTimeout, InvalidRequest, NoDeployment
-from ..providers import Call, InvalidAnswer, Provider
+from ..providers import Call, InvalidAnswer, Provider, UpstreamRequest
 from ..providers.translate.errors import UnsupportedContent
 from ..resilience.retry import RetryBudget, backoff_s, parse_retry_after, parse_timeout
 from ..routing import affinity_draw, sticky_affinity
@@ -111,6 +111,9 @@ class Forwarder:
         self.resilient = res.retries > 0 or any(r.fallbacks for r in routes)
         self.budget = RetryBudget(res.retry_budget, res.retry_budget_floor, res.retry_budget_window_s)
         self.dead_letters = dead_letters
+        # Bodies are queued raw (the writer redacts 4 x max_body_bytes + 1 KiB of them, then clips): a byte more
+        # than that is kept per letter waiting in the queue, so that the writer still sees it was longer.
+        self.dead_letter_body = 4 * res.dead_letters.max_body_bytes + 1025
         self.retry_counts: dict[tuple[str, str], int] = {}  # (model, reason) -> retries
         self.failover_counts: dict[tuple[str, str], int] = {}  # (model, fallback) -> requests moved
         self.variant_counts: dict[tuple[str, str], int] = {}  # (model, variant) -> requests
@@ -172,19 +175,27 @@ class Forwarder:
         tried: list[Deployment] = []
         failures: list[_Failure] = []
         attempts = 0
+        refused: UnsupportedContent | None = None
         while dep is not None:
+            if not dep.available(time.monotonic()):
+                # Taken while this request awaited its admission or its backoff (a half-open breaker's
+                # probe slot, a key put to rest): another deployment, or the next model.
+                route, dep = self._another(route, primary, needs, tried, affinity, region)
+                continue
             try:
                 call, egress = build(dep)
+                upstream = self._prepared(ctx, dep, call)
             except UnsupportedContent as exc:
-                if route is primary:
-                    raise unsupported(exc, dep.provider) from None
-                # A fallback that cannot carry this request (n > 1, a content type...): the next one.
-                route, dep = self._next_model(route, primary, needs, tried, affinity, region)
+                # This deployment's kind cannot carry the request (n > 1, a content type...): never sent
+                # changed, it goes to another one, or the request is refused when none can take it.
+                refused = refused or exc
+                tried.append(dep)
+                route, dep = self._another(route, primary, needs, tried, affinity, region)
                 continue
             attempts += 1
             ctx.retries = attempts - 1
             ctx.served_model = route.name
-            failure = await self._attempt(ex, ctx, dep, call, egress, deadline, attempts)
+            failure = await self._attempt(ex, ctx, dep, call, upstream, egress, deadline, attempts)
             if failure is None:
                 return
             failures.append(failure)
@@ -200,9 +211,20 @@ class Forwarder:
             _count(self.retry_counts, (primary.name, failure.reason))
             route = next_route
         if not failures:
-            raise NoDeployment(f"No fallback of model `{primary.name}` can carry this request.",
-                               code="no_healthy_deployment")
+            if refused is not None:
+                raise unsupported(refused, first.provider)
+            raise NoDeployment(f"No deployment of model `{primary.name}` (or of its fallbacks) can take this request "
+                               "now: they are failing or resting. Retry later.", code="no_healthy_deployment",
+                               headers=(("retry-after", "1"),))
         await self._give_up(ex, ctx, failures, attempts, primary, body)
+
+    def _another(self, route: ModelRoute, primary: ModelRoute, needs: frozenset[str], tried: list[Deployment],
+                 affinity: str | None, region: str | None) -> tuple[ModelRoute, Deployment | None]:
+        """Another available deployment of ``route`` not in ``tried``, else the next fallback's."""
+        dep = route.choose(needs, affinity=affinity, region=region, exclude=tried, now=time.monotonic())
+        if dep is not None:
+            return route, dep
+        return self._next_model(route, primary, needs, tried, affinity, region)
 
     def _next(self, route: ModelRoute, primary: ModelRoute, needs: frozenset[str], tried: list[Deployment],
               affinity: str | None, region: str | None, attempts: int,
@@ -242,6 +264,8 @@ class Forwarder:
         the next attempt to finish."""
         pause = backoff_s(attempts, *self.backoff)
         if dep is failure.deployment and failure.retry_after is not None:
+            if failure.retry_after > self.max_retry_after_s:
+                return False  # the upstream asked for longer than we wait
             pause = max(pause, failure.retry_after)
         loop = self.client().loop
         left = deadline - loop.time() - pause
@@ -280,32 +304,46 @@ class Forwarder:
         last = failures[-1]
         response = last.response
         status = last.error.status if last.error is not None else (response.status if response is not None else 502)
-        error: BaseException | str = (last.error if last.error is not None
-                                      else last.data[:500].decode("utf-8", "replace"))
+        # Text, not the exception: its traceback would keep this request's frames (and bodies) alive in the queue.
+        error = (f"{type(last.error).__name__}: {last.error.message}" if last.error is not None
+                 else last.data[:500].decode("utf-8", "replace"))
         tried = [{"deployment": f.deployment.label, "status": f.response.status if f.response is not None else None,
                   "error": f.reason} for f in failures]
         principal = ctx.principal
         self.dead_letters.record(Failure(
-            ctx.request_id, ex.path, primary.name, last.deployment.provider.name, status, error, tried, body,
+            ctx.request_id, ex.path, primary.name, last.deployment.provider.name, status, error, tried,
+            body[:self.dead_letter_body],
             key_id=principal.key_id if principal is not None else None, key_prefix=ctx.key_prefix,
             content_type=ex.header("content-type"), method=ex.method))
 
     # -- one attempt ----------------------------------------------------------------------
 
+    @staticmethod
+    def _prepared(ctx: RequestContext, dep: Deployment, call: Call) -> UpstreamRequest:
+        """The upstream request of ``call`` to ``dep`` (UnsupportedContent when its kind cannot carry it)."""
+        call.auth = dep.auth
+        upstream = dep.provider.prepare(call)
+        if ctx.trace is not None:
+            upstream.headers.extend(ctx.trace.start_upstream(_OPERATIONS.get(call.endpoint, "chat"), call.model,
+                                                             dep.provider.kind, dep.provider.name,
+                                                             upstream.origin.host))
+        return upstream
+
     async def _attempt(self, ex: Exchange, ctx: RequestContext, dep: Deployment, call: Call,
-                       egress: Egress | None, deadline: float, attempts: int) -> _Failure | None:
+                       upstream: UpstreamRequest, egress: Egress | None, deadline: float,
+                       attempts: int) -> _Failure | None:
         """Sends the call to ``dep``; None once an answer reached the caller, else the failure to decide on."""
+        failure = await self._try(ex, ctx, dep, call, upstream, egress, deadline, attempts)
+        if failure is not None and ctx.trace is not None:  # the attempt's span ends now, not at the next one
+            status = failure.response.status if failure.response is not None else 0
+            ctx.trace.end_upstream(status, -1, -1, failure.reason)
+        return failure
+
+    async def _try(self, ex: Exchange, ctx: RequestContext, dep: Deployment, call: Call,
+                   upstream: UpstreamRequest, egress: Egress | None, deadline: float,
+                   attempts: int) -> _Failure | None:
         provider = dep.provider
         ctx.provider = provider.name
-        call.auth = dep.auth
-        try:
-            upstream = provider.prepare(call)
-        except UnsupportedContent as exc:
-            raise unsupported(exc, provider) from None
-        trace = ctx.trace
-        if trace is not None:
-            upstream.headers.extend(trace.start_upstream(_OPERATIONS.get(call.endpoint, "chat"), call.model,
-                                                         provider.kind, provider.name, upstream.origin.host))
         began = time.monotonic()
         dep.begin(began)
         sent = time.perf_counter()
@@ -316,13 +354,17 @@ class Forwarder:
             if call.stream and status == 200 and _is_event_stream(response):
                 # Nothing goes to the caller before the first bytes of the stream: until then a reset, a
                 # timeout or an error event is a failure like any other, and may be retried.
-                first = await response.next_chunk()
+                try:
+                    first = await response.next_chunk()
+                except BaseException:
+                    response.abort()  # the connection goes back to its pool (closed), whatever stopped the read
+                    raise
                 ctx.upstream_s += time.perf_counter() - sent
-                if self.resilient and _error_event(first):
+                if self.resilient and (not first or _error_event(first)):
                     response.abort()
                     dep.failed(time.monotonic(), time.perf_counter() - sent)
-                    error = BadGateway(f"The upstream provider '{provider.name}' began its stream with an error.",
-                                       code="upstream_stream_error")
+                    error = BadGateway(f"The upstream provider '{provider.name}' began its stream with an error "
+                                       "or ended it at once.", code="upstream_stream_error")
                     return _Failure(dep, call, egress, "invalid_answer", error=error)
                 await self._relay_stream(ex, ctx, dep, call, response, egress, sent, attempts, first)
                 return None
@@ -342,15 +384,15 @@ class Forwarder:
         ctx.upstream_s += spent
         now = time.monotonic()
         if status in self.retry_on:
+            retry_after = parse_retry_after(response.header(b"retry-after"), response.header(b"retry-after-ms"))
             if status == 429:
-                retry_after = parse_retry_after(response.header(b"retry-after"), response.header(b"retry-after-ms"))
                 dep.cool_down(now, retry_after)
-                return _Failure(dep, call, egress, "429", response=response, data=data, retry_after=retry_after)
-            if status >= 500 or status == 408:
+            elif status >= 500 or status == 408:
                 dep.failed(now, spent)
             else:
                 dep.released(now)
-            return _Failure(dep, call, egress, "5xx" if status >= 500 else str(status), response=response, data=data)
+            reason = "5xx" if status >= 500 else str(status)
+            return _Failure(dep, call, egress, reason, response=response, data=data, retry_after=retry_after)
         if status == 200 and self.resilient and not _answer_ok(data):
             dep.failed(now, spent)
             error = BadGateway(f"The upstream provider '{provider.name}' answered 200 with an error or a body that "
@@ -361,6 +403,9 @@ class Forwarder:
         except BadGateway as exc:
             dep.failed(now, spent)
             return _Failure(dep, call, egress, "invalid_answer", error=exc)
+        except BaseException:
+            dep.released(now)
+            raise
         dep.succeeded(now, spent, spent)
         await self._deliver(ex, ctx, provider, call, response, data, egress, attempts)
         return None
@@ -369,7 +414,11 @@ class Forwarder:
         """One attempt, no retries (token counting): its answer, or its failure, is the caller's."""
         deadline = self.deadline(ex)
         ctx.served_model = ctx.model
-        failure = await self._attempt(ex, ctx, dep, call, None, deadline, 1)
+        try:
+            upstream = self._prepared(ctx, dep, call)
+        except UnsupportedContent as exc:
+            raise unsupported(exc, dep.provider) from None
+        failure = await self._attempt(ex, ctx, dep, call, upstream, None, deadline, 1)
         if failure is None:
             return
         if failure.error is not None:
@@ -464,8 +513,14 @@ def _served(ctx: RequestContext, provider: Provider, attempts: int) -> tuple[tup
             ("x-sluice-attempts", str(attempts)))
 
 
+_PARSED_UP_TO = 16 * 1024  # answers above this are checked at their ends only (a full parse would stall the loop)
+
+
 def _answer_ok(data: bytes) -> bool:
     """A 200 answer is JSON and not an error object (some upstreams answer errors with 200)."""
+    if len(data) > _PARSED_UP_TO:
+        head, tail = data[:64].lstrip(), data[-64:].rstrip()
+        return head[:1] in (b"{", b"[") and tail[-1:] in (b"}", b"]") and not head.startswith(b'{"error"')
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
