@@ -2,7 +2,7 @@
 
 What the request path pays per attempt to pick a deployment and record its outcome, in a Python loop,
 for each balancing strategy: one deployment (the default strategy, breakers off: the common case, to be
-compared with the pre-resilience ``pick()``, also timed), then four deployments per strategy, with
+compared with the empty loop), then four deployments per strategy, with
 breakers off and on.  The clock is read once per request (as the caller does), affinities for sticky
 come from a pool of 1,000 callers, regions for geo alternate between two.  Best of ``--repeat`` runs,
 variants interleaved so that a drifting machine spreads over all; the empty loop's cost is printed so it
@@ -56,14 +56,6 @@ def request_loop(r: ModelRoute, n: int) -> float:
     return time.perf_counter() - start
 
 
-def pick_loop(r: ModelRoute, n: int) -> float:
-    pick = r.pick
-    start = time.perf_counter()
-    for _ in range(n):
-        pick()
-    return time.perf_counter() - start
-
-
 def empty_loop(r: ModelRoute, n: int) -> float:
     affinities = [f"caller-{i}" for i in range(1000)]
     clock = time.monotonic
@@ -81,7 +73,6 @@ def main() -> None:
     args = parser.parse_args()
     cases: list[tuple[str, Callable[[ModelRoute, int], float], ModelRoute]] = [
         ("empty loop (clock read + affinity lookup)", empty_loop, route("weighted", 1, False)),
-        ("1 deployment, pick() (the old path: no state)", pick_loop, route("weighted", 1, False)),
         ("1 deployment, weighted, breakers off", request_loop, route("weighted", 1, False)),
         ("1 deployment, weighted, breakers on", request_loop, route("weighted", 1, True)),
     ]

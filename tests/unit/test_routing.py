@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sluice.config import parse_config
-from sluice.routing import Router
+from sluice.routing import Deployment, ModelRoute, Router
 
 
 def router(weights: list[int]) -> Router:
@@ -32,10 +32,16 @@ def test_provider_base_url_prefix_and_origin() -> None:
     assert provider.origin.host_header == "api.example.com"
 
 
+def pick(route: ModelRoute, needs: frozenset[str] = frozenset()) -> Deployment:
+    chosen = route.choose(needs, now=0.0)
+    assert chosen is not None
+    return chosen
+
+
 def test_smooth_wrr_interleaves() -> None:
     route = router([5, 1, 1]).get("chat")
     assert route is not None
-    picks = [route.pick().model for _ in range(7)]
+    picks = [pick(route).model for _ in range(7)]
     assert picks == ["m0", "m0", "m1", "m0", "m2", "m0", "m0"]  # nginx's published sequence for 5,1,1
 
 
@@ -43,7 +49,7 @@ def test_smooth_wrr_interleaves() -> None:
 def test_each_window_honours_the_weights_exactly(weights: list[int], windows: int) -> None:
     route = router(weights).get("chat")
     assert route is not None
-    counts = Counter(route.pick().model for _ in range(sum(weights) * windows))
+    counts = Counter(pick(route).model for _ in range(sum(weights) * windows))
     assert counts == {f"m{i}": w * windows for i, w in enumerate(weights)}
 
 
@@ -75,9 +81,9 @@ def test_capabilities_come_from_the_kind_the_provider_or_the_target() -> None:
 def test_requests_go_to_targets_that_can_serve_them() -> None:
     route = mixed().get("mixed")
     assert route is not None
-    chats = Counter(route.pick_for(frozenset({"chat", "vision"})).model for _ in range(8))  # type: ignore[union-attr]
+    chats = Counter(pick(route, frozenset({"chat", "vision"})).model for _ in range(8))
     assert chats == {"claude": 6, "gpt": 2}  # both can: the weights hold
-    assert {route.pick_for(frozenset({"embeddings"})).model for _ in range(5)} == {"gpt"}  # type: ignore[union-attr]
+    assert {pick(route, frozenset({"embeddings"})).model for _ in range(5)} == {"gpt"}
     plain = mixed().get("plain")
-    assert plain is not None and plain.pick_for(frozenset({"chat", "vision"})) is None
+    assert plain is not None and plain.choose(frozenset({"chat", "vision"}), now=0.0) is None
     assert plain.missing(frozenset({"chat", "vision", "streaming"})) == {"vision"}

@@ -87,8 +87,6 @@ def test_every_key_resting_leaves_nothing_to_choose() -> None:
         d.begin(0.0)
         d.cool_down(0.0, 10.0)
     assert route.choose(NOTHING, now=1.0) is None
-    assert route.pick() in route.targets  # the old entry point still answers (by weight, regardless of health)
-    assert route.pick_for(frozenset({"vision"})) in route.targets
 
 
 def test_breakers_are_per_deployment_and_their_transitions_counted() -> None:

@@ -102,21 +102,6 @@ class ModelRoute:
             return d
         return self._strategy(self, None if needs <= self.common else needs, affinity, region, exclude, now)
 
-    def pick(self) -> Deployment:
-        """A deployment for any request: available if one is, else by weight regardless of health."""
-        single = self.single
-        if single is not None:
-            return single
-        chosen = self.choose(_EMPTY, now=time.monotonic()) or _by_weight(self.targets, _EMPTY)
-        assert chosen is not None  # a route has at least one deployment
-        return chosen
-
-    def pick_for(self, needs: frozenset[str]) -> Deployment | None:
-        """A deployment that has every capability in ``needs`` (available if one is); None when none has them."""
-        if needs <= self.common:
-            return self.pick()
-        return self.choose(needs, now=time.monotonic()) or _by_weight(self.targets, needs)
-
     def missing(self, needs: frozenset[str]) -> frozenset[str]:
         """What no single deployment can do, of ``needs`` (the capabilities to name in a refusal)."""
         return min((needs - d.capabilities for d in self.targets), key=len)
@@ -128,21 +113,6 @@ class ModelRoute:
             if draw < bound:
                 return route, label
         return self, "control"
-
-
-def _by_weight(deployments: list[Deployment], needs: frozenset[str]) -> Deployment | None:
-    """Smooth WRR over the deployments that have ``needs``, healthy or not (when none is available)."""
-    best: Deployment | None = None
-    total = 0
-    for d in deployments:
-        if needs <= d.capabilities:
-            d.current += d.weight
-            total += d.weight
-            if best is None or d.current > best.current:
-                best = d
-    if best is not None:
-        best.current -= total
-    return best
 
 
 def sticky_affinity(route: ModelRoute, key_hash: str | None, user: str | None,
