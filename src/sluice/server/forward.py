@@ -170,7 +170,8 @@ class Forwarder:
         """Attempts until one answer reaches the caller (see the module docstring); ``route`` and ``first``
         come from ``first()``."""
         deadline = self.deadline(ex)
-        self.budget.requested(time.monotonic())
+        if self.retries:
+            self.budget.requested(time.monotonic())
         dep: Deployment | None = first
         tried: list[Deployment] = []
         failures: list[_Failure] = []
@@ -198,6 +199,8 @@ class Forwarder:
             failure = await self._attempt(ex, ctx, dep, call, upstream, egress, deadline, attempts)
             if failure is None:
                 return
+            if ctx.trace is not None:
+                _end_failed(ctx, failure)
             failures.append(failure)
             tried.append(dep)
             next_route, dep = self._next(route, primary, needs, tried, affinity, region, attempts, failure)
@@ -291,7 +294,7 @@ class Forwarder:
         assert failure.response is not None
         provider, call = failure.deployment.provider, failure.call
         data = self._translated(provider, call, failure.response.status, failure.data)
-        await self._deliver(ex, ctx, provider, call, failure.response, data, failure.egress, attempts)
+        await ex.respond(*self._answer(ctx, provider, call, failure.response, data, failure.egress, attempts))
 
     def _dead_letter(self, ex: Exchange, ctx: RequestContext, failures: list[_Failure], primary: ModelRoute,
                      body: bytes) -> None:
@@ -333,15 +336,6 @@ class Forwarder:
                        upstream: UpstreamRequest, egress: Egress | None, deadline: float,
                        attempts: int) -> _Failure | None:
         """Sends the call to ``dep``; None once an answer reached the caller, else the failure to decide on."""
-        failure = await self._try(ex, ctx, dep, call, upstream, egress, deadline, attempts)
-        if failure is not None and ctx.trace is not None:  # the attempt's span ends now, not at the next one
-            status = failure.response.status if failure.response is not None else 0
-            ctx.trace.end_upstream(status, -1, -1, failure.reason)
-        return failure
-
-    async def _try(self, ex: Exchange, ctx: RequestContext, dep: Deployment, call: Call,
-                   upstream: UpstreamRequest, egress: Egress | None, deadline: float,
-                   attempts: int) -> _Failure | None:
         provider = dep.provider
         ctx.provider = provider.name
         began = time.monotonic()
@@ -407,7 +401,7 @@ class Forwarder:
             dep.released(now)
             raise
         dep.succeeded(now, spent, spent)
-        await self._deliver(ex, ctx, provider, call, response, data, egress, attempts)
+        await ex.respond(*self._answer(ctx, provider, call, response, data, egress, attempts))
         return None
 
     async def forward(self, ex: Exchange, ctx: RequestContext, dep: Deployment, call: Call) -> None:
@@ -419,6 +413,8 @@ class Forwarder:
         except UnsupportedContent as exc:
             raise unsupported(exc, dep.provider) from None
         failure = await self._attempt(ex, ctx, dep, call, upstream, None, deadline, 1)
+        if failure is not None and ctx.trace is not None:
+            _end_failed(ctx, failure)
         if failure is None:
             return
         if failure.error is not None:
@@ -436,9 +432,10 @@ class Forwarder:
             raise BadGateway(f"The upstream provider '{provider.name}' gave an answer that is not a valid "
                              f"{provider.kind} answer ({exc}).", code="upstream_invalid_answer") from None
 
-    async def _deliver(self, ex: Exchange, ctx: RequestContext, provider: Provider, call: Call, response: Response,
-                       data: bytes, egress: Egress | None, attempts: int) -> None:
-        """The answer (already in the call's format) in the caller's, with the gateway's headers."""
+    def _answer(self, ctx: RequestContext, provider: Provider, call: Call, response: Response, data: bytes,
+                egress: Egress | None, attempts: int) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Status, headers and body of the answer (already in the call's format) in the caller's format, with the
+        gateway's headers (a plain function: one coroutine less per request)."""
         status = response.status
         translated = provider.translates(call) or egress is not None
         # A native answer passed on untouched: its kind counts its tokens (counting tokens is not usage).
@@ -459,7 +456,7 @@ class Forwarder:
             headers.append(("content-type", JSON))
         if ctx.admission is not None:  # our limits speak for the gateway; the provider's are renamed
             headers = [(f"x-upstream-{n[2:]}" if n.startswith("x-ratelimit-") else n, v) for n, v in headers]
-        await ex.respond(status, ctx.headers(*headers, *_served(ctx, provider, attempts)), data)
+        return status, ctx.headers(*headers, *_served(ctx, provider, attempts)), data
 
     async def _relay_stream(self, ex: Exchange, ctx: RequestContext, dep: Deployment, call: Call,
                             response: Response, egress: Egress | None, sent: float, attempts: int,
@@ -533,6 +530,12 @@ def _error_event(first: bytes) -> bool:
     event: error) rather than an answer."""
     head = first[:32].lstrip()
     return head.startswith((b"event: error", b"event:error", b'data: {"error"', b'data:{"error"'))
+
+
+def _end_failed(ctx: RequestContext, failure: _Failure) -> None:
+    """A failed attempt's span ends now, not when the next attempt begins."""
+    assert ctx.trace is not None
+    ctx.trace.end_upstream(failure.response.status if failure.response is not None else 0, -1, -1, failure.reason)
 
 
 def _count(counts: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
