@@ -27,6 +27,7 @@ served), ``x-sluice-provider`` and ``x-sluice-attempts``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -111,6 +112,7 @@ class Forwarder:
         self.resilient = res.retries > 0 or any(r.fallbacks for r in routes)
         self.budget = RetryBudget(res.retry_budget, res.retry_budget_floor, res.retry_budget_window_s)
         self.dead_letters = dead_letters
+        self._loop: asyncio.AbstractEventLoop | None = None  # the upstream client's, once it exists
         # Bodies are queued raw (the writer redacts 4 x max_body_bytes + 1 KiB of them, then clips): a byte more
         # than that is kept per letter waiting in the queue, so that the writer still sees it was longer.
         self.dead_letter_body = 4 * res.dead_letters.max_body_bytes + 1025
@@ -135,7 +137,10 @@ class Forwarder:
             asked = parse_timeout(sdk)
             if asked is not None:
                 timeout = min(timeout, asked)
-        return self.client().loop.time() + timeout
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = self.client().loop
+        return loop.time() + timeout
 
     @staticmethod
     def affinity(ex: Exchange, ctx: RequestContext, route: ModelRoute) -> str | None:
@@ -506,8 +511,12 @@ class Forwarder:
 
 
 def _served(ctx: RequestContext, provider: Provider, attempts: int) -> tuple[tuple[str, str], ...]:
-    return (("x-sluice-model", ctx.served_model or ""), ("x-sluice-provider", provider.name),
-            ("x-sluice-attempts", str(attempts)))
+    return _served_headers(ctx.served_model or "", provider.name, attempts)
+
+
+@functools.lru_cache(maxsize=4096)  # models x providers x attempts of one config: built once each
+def _served_headers(model: str, provider: str, attempts: int) -> tuple[tuple[str, str], ...]:
+    return ("x-sluice-model", model), ("x-sluice-provider", provider), ("x-sluice-attempts", str(attempts))
 
 
 _PARSED_UP_TO = 16 * 1024  # answers above this are checked at their ends only (a full parse would stall the loop)
