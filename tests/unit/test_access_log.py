@@ -145,3 +145,48 @@ def test_long_bodies_are_clipped() -> None:
 def test_sampling_never_drops_errors() -> None:
     entries = run_log([record(i, status=200 if i % 2 else 500) for i in range(20)], sample_success=0.0)
     assert [entry["status"] for entry in entries] == [500] * 10
+
+
+@pytest.mark.parametrize("log_bodies", [False, True])
+def test_a_line_that_cannot_be_encoded_is_counted_and_the_others_written(log_bodies: bool, caplog) -> None:
+    async def run() -> tuple[list[str], AccessLog]:
+        with tempfile.TemporaryFile() as sink:
+            log = AccessLog(sink, flush_interval_s=60, log_bodies=log_bodies)
+            log.record(record(1, model=type("Name", (str,), {})("a str subclass")))  # msgspec refuses it
+            log.record(record(2))
+            assert log.dropped == 1
+            log.flush()  # says so in the application log
+            log.close()
+            sink.seek(0)
+            return [json.loads(line)["request_id"] for line in sink.read().splitlines()], log
+
+    ids, log = asyncio.run(run())
+    assert ids == ["r2"] and (log.written, log.dropped) == (1, 1)
+    assert any("could not be" in message for message in caplog.messages)
+
+
+def test_lines_wait_while_the_sink_is_full_and_go_out_when_it_drains() -> None:
+    reader, writer = os.pipe()
+    sink = os.fdopen(writer, "wb")
+
+    async def run() -> AccessLog:
+        log = AccessLog(sink, flush_interval_s=0.01)
+        for i in range(400):  # ~300 bytes each: more than the pipe's 64 KiB once a few flushes ran
+            log.record(record(i, path="/v1/chat/completions" + "x" * 120))
+            if i % 50 == 49:
+                await asyncio.sleep(0.02)
+        drained = asyncio.get_running_loop().run_in_executor(None, read_all, reader)
+        for _ in range(500):  # bounded: the loop writes as the reader drains
+            if log.written == 400:
+                break
+            await asyncio.sleep(0.01)
+        assert log.written == 400  # written by the loop when the sink drained, not by close()
+        log.close()
+        sink.close()
+        lines = (await drained).splitlines()
+        assert [json.loads(line)["request_id"] for line in lines] == [f"r{i}" for i in range(400)]
+        return log
+
+    log = asyncio.run(run())
+    os.close(reader)
+    assert (log.written, log.dropped) == (400, 0)

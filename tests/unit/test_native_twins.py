@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -212,3 +215,339 @@ def test_line_fields(impl) -> None:
 }))
 def test_twins_agree_on_lines(fields: dict) -> None:  # type: ignore[type-arg]
     assert _formatter(_logline).line(_entry(**fields)) == _formatter(_pure_logline).line(_entry(**fields))
+
+
+# -- batches of access-log lines, and the faster paths of the counts ---------------------------
+
+_ANSWER = (b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant",'
+           b'"content":"say \\"usage\\": {\\"prompt_tokens\\": 99}"},"finish_reason":"stop"}],'
+           b'"usage":{"prompt_tokens":9,"completion_tokens":10,"total_tokens":19,'
+           b'"prompt_tokens_details":{"cached_tokens":0}},"service_tier":"default","system_fingerprint":"fp_1"}')
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize(("answer", "counts"), [
+    (_ANSWER, (9, 10)),  # usage is not the last member; an escaped "usage" in the content is no key
+    (b'{"usage":{"prompt_tokens":1},"x":{"usage":{"prompt_tokens":2,"completion_tokens":3}}}', (2, 3)),  # the last
+    (b'{"usage":{"completion_tokens":1},"ussage":"usag","gusage":{"usag":"e"}}', (-1, 1)),
+    (b'{"usage":{"completion_tokens":1},"note":"usage"}', (-1, -1)),  # the last "usage" opens no object
+    (b'"usage":{"prompt_tokens":4}' + b" " * 4069, (4, -1)),  # starts exactly at the tail's first byte
+    (b'"usage":{"prompt_tokens":4}' + b" " * 4070, (-1, -1)),  # one byte before it
+])
+def test_token_counts_find_the_last_usage(impl, answer: bytes, counts: tuple[int, int]) -> None:
+    assert impl.token_counts(answer) == counts
+
+
+@NOT_BUILT
+@given(st.lists(_USAGE_PIECES | st.sampled_from([b"u", b"s", b"a", b"g", b"e", b'"usag', b'sage"']), max_size=60)
+       .map(b"".join), st.integers(0, 4200))
+def test_twins_agree_on_token_counts_in_long_answers(tail: bytes, padding: int) -> None:
+    answer = b"x" * padding + tail
+    assert _speedups.token_counts(answer) == _pure.token_counts(answer)
+
+
+@pytest.mark.parametrize("impl", STATS)
+def test_request_stats_say_when_a_snapshot_is_due(impl) -> None:
+    stats = impl.RequestStats({"gpt"}, (0.1,), (0.001,), (10,))
+    args = ("/v1/chat/completions", "gpt", "p", 200, None, 0.5, 0.0005, 0.4, -1.0, 12, 3)
+    assert stats.observe(*args) is True  # the first since the last snapshot (none yet)
+    assert stats.observe(*args) is False
+    stats.snapshot()
+    assert stats.observe(*args) is True
+    assert [row[-1] for row in stats.snapshot()["requests"]] == [3]
+
+
+@pytest.mark.parametrize("impl", STATS)
+def test_request_stats_rows_with_equal_labels_from_other_strings(impl) -> None:
+    stats = impl.RequestStats({"gpt"}, (0.1,), (0.001,), (10,))
+    for route, model, provider, status in [("/v1/a", "gpt", "p", 200), ("/v1/a", "gpt", "p", 200),
+                                           ("/v1/b", "gpt", "p", 500), ("/v1/a", "gpt", "q", 200),
+                                           ("/v1/a", "gpx", "p", 200), ("/v1/a", None, "p", 200)]:
+        # fresh but equal strings, as the gateway passes them (a new path and model per request)
+        route, model = "".join(list(route)), "".join(list(model)) if model is not None else None
+        stats.observe(route, model, "".join(list(provider)), status, None, 0.05, 0.0005, 0.04, -1.0, 1, 1)
+    assert sorted(stats.snapshot()["requests"]) == [["/v1/a", "gpt", "p", 200, 2], ["/v1/a", "gpt", "q", 200, 1],
+                                                    ["/v1/a", "none", "p", 200, 1], ["/v1/a", "unknown", "p", 200, 1],
+                                                    ["/v1/b", "gpt", "p", 500, 1]]
+
+
+@NOT_BUILT
+@given(st.lists(st.tuples(
+    st.sampled_from(["/v1/chat/completions", "other"]), st.sampled_from([None, "gpt", "stranger"]),
+    st.sampled_from([None, "mock"]), st.sampled_from([200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 500]),
+    st.sampled_from([None, "upstream_5xx"]), st.floats(0, 200), st.floats(0, 1), st.just(0.5), st.just(-1.0),
+    st.integers(-1, 100), st.integers(-1, 100)), max_size=80))
+def test_twins_agree_with_copied_labels_and_many_statuses(observations: list[tuple]) -> None:  # type: ignore[type-arg]
+    """More statuses than a row holds inline, and labels that are equal but not the same objects."""
+    args = ({"gpt"}, (0.001, 0.1, 10.0), (0.0001, 0.01), (1, 16))
+    compiled, pure = _stats.RequestStats(*args), _pure_stats.RequestStats(*args)
+    for route, model, *rest in observations:
+        copied = ("".join(list(route)), "".join(list(model)) if model is not None else None, *rest)
+        assert compiled.observe(*copied) == pure.observe(*copied)
+    assert compiled.snapshot() == pure.snapshot()
+
+
+def _lines(module, entries: list) -> bytes:  # type: ignore[no-untyped-def, type-arg]
+    return _formatter(module).lines(entries)
+
+
+class _Span:
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+
+
+@pytest.mark.parametrize("impl", LINES)
+def test_a_batch_of_lines_is_what_msgspec_makes_of_the_records(impl) -> None:
+    from sluice.observability.access_log import Line
+
+    entries = [
+        _entry(),
+        _entry(request_id='q"\\\x01\x1f\x7f', path="/v1/caf\u00e9\n\t" + "x" * 300, model="\U0001f600\b\f\r\x0b",
+               total_s=0.0012345, overhead_s=0.0000005, ttfb_s=0.0, ttft_s=2.5, tokens_in=0, tokens_out=7,
+               upstream_status=502, error="upstream_5xx", key_prefix="sk-abc", user="u", cache="hit", retries=2),
+        _entry(trace=_Span(), traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        _entry(traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", total_s=123456.7894999),
+        _entry(retries=True, status=2**70, total_s=1e12, overhead_s=-0.0000006),  # the general path, each
+        _entry(at=0.999, upstream_status=2**64 - 1),
+    ]
+    encoder = msgspec.json.Encoder()
+    expected = encoder.encode_lines([_formatter(_pure_logline).line(entry) for entry in entries])
+    assert _lines(impl, entries) == expected
+    decoded = [msgspec.json.decode(line) for line in expected.splitlines()]
+    assert [list(line) for line in decoded] == [list(Line.__struct_fields__[:-2])] * len(entries)
+    assert decoded[2]["trace_id"] == _Span.trace_id and decoded[3]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert decoded[1]["path"] == "/v1/caf\u00e9\n\t" + "x" * 190 and decoded[1]["duration_ms"] == 1.235
+    assert _lines(impl, []) == b""
+    with pytest.raises(TypeError):  # what msgspec cannot encode, neither twin can
+        _lines(impl, [_entry(model=type("Name", (str,), {})("sub"))])
+
+
+@pytest.mark.parametrize("impl", LINES)
+def test_lines_read_entries_of_any_class(impl) -> None:
+    """Not only request contexts: any object with the fields (its class's slots are learnt per class)."""
+    class Plain:
+        def __init__(self, **fields: object) -> None:
+            self.__dict__.update(fields)
+
+    plain = Plain(**{name: getattr(_entry(model="m"), name) for name in (
+        "at", "request_id", "method", "path", "route", "status", "total_s", "overhead_s", "retries", "trace",
+        "traceparent", "error", "ttfb_s", "ttft_s", "model", "provider", "upstream_status", "tokens_in",
+        "tokens_out", "key_prefix", "user", "cache")})
+    mixed = [_entry(model="m"), plain, _entry(model="m"), plain]
+    lines = _lines(impl, mixed).splitlines()
+    assert len(set(lines)) == 1 and len(lines) == 4
+    del plain.cache
+    with pytest.raises(AttributeError):
+        _lines(impl, [plain])
+
+
+@NOT_BUILT
+@given(st.lists(st.fixed_dictionaries({
+    "at": st.floats(min_value=0, max_value=4e9), "request_id": st.text(max_size=40),
+    "path": st.text(max_size=300), "route": st.text(max_size=20), "status": st.integers(-2**70, 2**70),
+    "total_s": st.floats(min_value=-1e3, max_value=2e9), "overhead_s": st.floats(min_value=0, max_value=1e5),
+    "ttfb_s": st.one_of(st.just(-1.0), st.floats(min_value=-2, max_value=1e5)),
+    "ttft_s": st.one_of(st.just(-1.0), st.floats(min_value=0, max_value=1e5)),
+    "tokens_in": st.integers(-1, 10**12), "tokens_out": st.integers(-3, 2**62),
+    "upstream_status": st.none() | st.integers(0, 599), "retries": st.integers(0, 3) | st.booleans(),
+    "model": st.none() | st.text(max_size=20), "error": st.none() | st.sampled_from(["upstream_5xx", "x"]),
+    "key_prefix": st.none() | st.text(max_size=12), "user": st.none() | st.text(max_size=12),
+    "traceparent": st.none() | st.text(max_size=60) | st.just("00-" + "a" * 32 + "-" + "b" * 16 + "-01"),
+}), max_size=8))
+def test_twins_agree_on_batches_of_lines(batch: list[dict]) -> None:  # type: ignore[type-arg]
+    assert _lines(_logline, [_entry(**fields) for fields in batch]) == \
+        _lines(_pure_logline, [_entry(**fields) for fields in batch])
+
+
+@NOT_BUILT
+def test_twins_escape_every_ascii_character_at_every_place_in_a_word() -> None:
+    """The compiled twin checks eight bytes at a time for one to escape: each character, each position."""
+    entries = [_entry(model="a" * offset + chr(code) + "b" * 9, user=chr(code) * 17,
+                      key_prefix="x" * (offset % 8) + chr(code), route="y" * offset + chr(code))
+               for code in [*range(0x80), 0xE9, 0x2028, 0x1F600] for offset in range(17)]
+    assert _lines(_logline, entries) == _lines(_pure_logline, entries)
+
+
+def _take(formatter) -> bytes:  # type: ignore[no-untyped-def]
+    """What the formatter's buffer gives a sink that takes everything (a regular file)."""
+    with tempfile.TemporaryFile() as sink:
+        lines = formatter.write(sink.fileno())
+        sink.seek(0)
+        data = sink.read()
+    assert lines == data.count(b"\n") and formatter.buffered == 0
+    return data
+
+
+@pytest.mark.parametrize("impl", LINES)
+def test_the_line_buffer_is_bounded_and_counts_what_it_refuses(impl) -> None:
+    formatter = _formatter(impl)
+    one = _lines(impl, [_entry()])
+    assert [formatter.add(_entry()), formatter.add(_entry()), formatter.buffered] == [1, 0, 2]
+    assert formatter.lines([_entry(request_id="other")]).count(b"\n") == 1 and formatter.buffered == 2
+    formatter.limit(3, 10 * len(one))
+    assert [formatter.add(_entry()), formatter.add(_entry()), formatter.dropped] == [0, -1, 1]  # 3 lines at most
+    assert _take(formatter) == one * 3 and _take(formatter) == b""
+    formatter.limit(100, 2 * len(one) + 1)
+    assert [formatter.add(_entry()), formatter.add_encoded(b'{"x":1}\n'), formatter.add(_entry())] == [1, 0, -1]
+    assert formatter.dropped == 2 and _take(formatter) == one + b'{"x":1}\n'
+    formatter.limit(0, 100)
+    assert formatter.add_encoded(b"{}\n") == -1 and formatter.dropped == 3
+    formatter.limit(100, 10 * len(one))
+    formatter.add(_entry())
+    assert formatter.discard() == 1 and formatter.buffered == 0 and _take(formatter) == b""
+
+
+@pytest.mark.parametrize("impl", LINES)
+def test_a_full_pipe_takes_part_of_the_buffer_and_the_rest_follows_whole(impl) -> None:
+    formatter = _formatter(impl)
+    entries = [_entry(request_id=f"r{i}", path="/" + "p" * 150) for i in range(1000)]  # ~500 KiB: > a pipe
+    for entry in entries:
+        formatter.add(entry)
+    reader, writer = os.pipe()
+    os.set_blocking(writer, False)
+    received, completed = b"", 0
+    try:
+        for _ in range(10_000):  # bounded; a few dozen rounds in fact
+            with contextlib.suppress(BlockingIOError):
+                completed += formatter.write(writer)
+            received += os.read(reader, 1 << 20)
+            assert formatter.buffered == 1000 - completed == 1000 - received.count(b"\n")
+            if not formatter.buffered:
+                break
+        with pytest.raises(BlockingIOError):
+            while True:  # fill the pipe, then one more write
+                formatter.add_encoded(b"x" * 60000 + b"\n")
+                formatter.write(writer)
+    finally:
+        os.close(reader)
+        os.close(writer)
+    assert received == _lines(impl, entries) and completed == 1000
+    with pytest.raises(OSError):  # the reader is gone (or the descriptor): os.write's error
+        formatter.write(writer)
+
+
+@pytest.mark.parametrize("impl", LINES)
+def test_a_line_that_fails_is_counted_and_leaves_nothing_in_the_buffer(impl) -> None:
+    formatter = _formatter(impl)
+    formatter.add(_entry())
+    broken = _entry()
+    del broken.model  # read half way through the line
+    assert formatter.add(broken) == -1 and isinstance(formatter.last_error, AttributeError)
+    assert formatter.add(_entry(model=type("Name", (str,), {})("sub"))) == -1  # msgspec cannot encode it either
+    assert isinstance(formatter.last_error, TypeError) and (formatter.failed, formatter.dropped) == (2, 0)
+    assert formatter.buffered == 1 and _take(formatter) == _lines(impl, [_entry()])
+
+
+@NOT_BUILT
+@given(st.lists(st.sampled_from(["add", "big", "take", "limit"]), max_size=40), st.integers(0, 6),
+       st.integers(0, 4000))
+def test_twins_agree_on_the_line_buffer(operations: list[str], lines: int, size: int) -> None:
+    compiled, pure = _formatter(_logline), _formatter(_pure_logline)
+    results: list[list[object]] = [[], []]
+    for formatter, out in zip((compiled, pure), results, strict=True):
+        for i, operation in enumerate(operations):
+            if operation == "add":
+                out.append(formatter.add(_entry(request_id=f"r{i}")))
+            elif operation == "big":
+                out.append(formatter.add(_entry(path="/" + "p" * 150, model="m" * 300)))
+            elif operation == "take":
+                out.append(_take(formatter))
+            else:
+                formatter.limit(lines, size)
+        out += [formatter.buffered, formatter.dropped, _take(formatter)]
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("impl", STATS)
+def test_request_stats_read_the_rest_from_a_context(impl) -> None:
+    """observe_context(ctx, ...) counts what observe(...) counts with the context's fields passed one by one."""
+    from sluice.server.app import RequestContext
+
+    class Plain:  # not a RequestContext: read by getattr
+        model, provider, error, overhead_s, upstream_s, ttft_s, tokens_in, tokens_out = (
+            "gpt", "p", "upstream_5xx", 0.0004, 0.0, 0.2, 3, -1)
+
+    contexts = []
+    for model, upstream_s, tokens_in in [("gpt", 0.5, 12), (None, 0.0, -1), ("other", 2.0, 4)]:
+        ctx = RequestContext("r", 0.0)
+        ctx.model, ctx.provider, ctx.upstream_s, ctx.overhead_s, ctx.tokens_in, ctx.tokens_out = (
+            model, "p", upstream_s, 0.0003, tokens_in, 5)
+        contexts.append(ctx)
+    contexts.append(Plain())
+    args = ({"gpt"}, (0.1, 1.0), (0.001,), (10, 100))
+    by_context, by_fields = impl.RequestStats(*args), impl.RequestStats(*args)
+    for i, ctx in enumerate(contexts):
+        by_context.observe_context(ctx, "/v1/chat/completions", 200 + i, 0.75)
+        by_fields.observe("/v1/chat/completions", ctx.model, ctx.provider, 200 + i, ctx.error, 0.75, ctx.overhead_s,
+                          ctx.upstream_s if ctx.upstream_s > 0 else -1.0, ctx.ttft_s, ctx.tokens_in, ctx.tokens_out)
+    assert by_context.snapshot() == by_fields.snapshot()
+    assert by_context.snapshot()["upstream"] == [["p", "gpt", [0.0, 1.0, 0.0, 0.5]],
+                                                 ["p", "unknown", [0.0, 0.0, 1.0, 2.0]]]
+    broken = RequestContext("r", 0.0)
+    del broken.tokens_out
+    with pytest.raises(AttributeError):
+        by_context.observe_context(broken, "/v1/chat/completions", 200, 0.75)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_count_tokens_fills_a_context_once(impl) -> None:
+    from sluice.server.app import RequestContext
+
+    ctx = RequestContext("r", 0.0)
+    impl.count_tokens(ctx)  # no answer: nothing counted
+    assert (ctx.tokens_in, ctx.tokens_out) == (-1, -1)
+    ctx.answer = _ANSWER
+    impl.count_tokens(ctx)
+    assert (ctx.tokens_in, ctx.tokens_out) == (9, 10)
+    ctx.answer, ctx.tokens_in, ctx.tokens_out = _ANSWER, -1, 4  # a translator counted already
+    impl.count_tokens(ctx)
+    assert (ctx.tokens_in, ctx.tokens_out) == (-1, 4)
+
+    class Plain:  # not a RequestContext: getattr and setattr
+        answer, tokens_in, tokens_out = bytearray(b'{"usage": {"completion_tokens": 2}}'), -1, -1
+
+    plain = Plain()
+    impl.count_tokens(plain)
+    assert (plain.tokens_in, plain.tokens_out) == (-1, 2)
+    del ctx.answer
+    with pytest.raises(AttributeError):
+        impl.count_tokens(ctx)
+
+
+class _Exchange:
+    """What complete() reads of an Exchange: method, path (slots, as RSGIExchange's) and header()."""
+
+    __slots__ = ("_headers", "method", "path")
+
+    def __init__(self, method: str, path: str, headers: dict[str, str]) -> None:
+        self.method, self.path, self._headers = method, path, headers
+
+    def header(self, name: str) -> str | None:
+        return self._headers.get(name)
+
+
+@pytest.mark.parametrize("impl", LINES)
+def test_add_with_the_exchange_completes_the_entry_as_the_gateway_did(impl) -> None:
+    import time
+
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    formatter = _formatter(impl)
+    before = time.time()
+    plain, traced = _entry(at=0.0, method="", path=""), _entry(at=0.0, trace=_Span())
+    formatter.add(plain, _Exchange("PUT", "/v1/files/x", {"traceparent": traceparent}))
+    formatter.add(traced, _Exchange("POST", "/v1/chat/completions", {"traceparent": traceparent}))
+    assert before <= plain.at <= time.time() and before <= traced.at <= time.time()
+    assert (plain.method, plain.path, plain.traceparent) == ("PUT", "/v1/files/x", traceparent)
+    assert traced.traceparent is None  # the span's trace id is the line's
+    assert _take(formatter) == _lines(impl, [plain, traced])
+    lines = [msgspec.json.decode(line) for line in _lines(impl, [plain, traced]).splitlines()]
+    assert [line["trace_id"] for line in lines] == ["4bf92f3577b34da6a3ce929d0e0e4736", _Span.trace_id]
+
+    class NoSlots:  # an exchange without slots: getattr
+        method, path = "GET", "/v1/models"
+
+        def header(self, name: str) -> str | None:
+            return None
+
+    again = _entry(at=0.0)
+    formatter.add(again, NoSlots())
+    assert (again.method, again.path, again.traceparent) == ("GET", "/v1/models", None)

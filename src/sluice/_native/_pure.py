@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
-__all__ = ["USAGE_TAIL", "RequestIds", "token_counts", "valid_request_id"]
+__all__ = ["USAGE_TAIL", "RequestIds", "count_tokens", "token_counts", "valid_request_id"]
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -60,3 +61,10 @@ def token_counts(answer: bytes) -> tuple[int, int]:
     prompt = _PROMPT_TOKENS.search(answer, opening.end())
     completion = _COMPLETION_TOKENS.search(answer, opening.end())
     return int(prompt.group(1)) if prompt else -1, int(completion.group(1)) if completion else -1
+
+
+def count_tokens(context: Any) -> None:
+    """Sets ``context.tokens_in`` and ``tokens_out`` from the usage in ``context.answer`` (token_counts), unless
+    there is no answer or either count is known already (>= 0: a translator or a native kind counted)."""
+    if context.answer is not None and context.tokens_in < 0 and context.tokens_out < 0:
+        context.tokens_in, context.tokens_out = token_counts(context.answer)

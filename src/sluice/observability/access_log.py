@@ -1,12 +1,19 @@
 """The access log: one JSON line per request, written off the hot path, by the event loop, never waiting.
 
-A request only appends its context to a bounded queue.  Every
-``flush_interval_s`` the event loop turns what is queued into JSON lines in one
-go (a compiled ``LineFormatter`` and msgspec's ``encode_lines``) and writes
-them.  A pipe, socket or terminal sink is made non-blocking: what it does not
-take at once waits in a bounded buffer and goes out when the loop sees the sink
-writable; past that buffer, lines are dropped and counted.  A stuck log never
-slows a request.  A regular file takes writes into the page cache at once.
+A finished request's line is formatted at once, after its response went out,
+into a bounded buffer (a compiled ``LineFormatter`` writes the JSON text straight
+from the request context, without an intermediate record; with ``log_bodies``,
+msgspec encodes a line record).  Every ``flush_interval_s`` the event loop writes
+what is buffered, from the buffer itself.  A pipe, socket or terminal sink is
+made non-blocking: what it does not take at once waits and goes out when the
+loop sees the sink writable; past ``queue_size`` lines or 4 MiB waiting, lines
+are dropped and counted.  A stuck log never slows a request.  A regular file
+takes writes into the page cache at once.
+
+Why the line is formatted at once rather than the context queued for a batch:
+a queued context (and what it holds) stayed alive for up to a flush interval,
+and the batch paid two more copies of its text; formatting costs the same either
+way (bench/README.md, "Observability within budget").
 
 Why no writer thread: every GIL hand-off to it comes out of the one core's
 budget, and formatting already runs on the loop; one run measured the thread's
@@ -17,14 +24,15 @@ is shared with whatever else writes to it; sluice writes nothing else there.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import select
 import stat
 import sys
 import time
-from collections import deque
-from typing import BinaryIO, Protocol
+from collections.abc import Callable
+from typing import Any, BinaryIO, Protocol
 
 import msgspec
 
@@ -34,12 +42,17 @@ from .traceparent import parse_traceparent
 
 __all__ = ["AccessLog", "Entry"]
 
+log = logging.getLogger("sluice.access_log")
 _MAX_PENDING_BYTES = 4 * 1024 * 1024  # formatted lines the sink has not taken yet; past this they are dropped
 _BODY_LIMIT = 4096  # characters of a logged body (log_bodies only)
 
 
 class Entry(Protocol):
-    """A finished request as the gateway saw it (its RequestContext)."""
+    """A finished request as the gateway saw it (its RequestContext).
+
+    ``at``, ``method``, ``path`` and ``traceparent`` are filled from the request's exchange when the entry is
+    added with it (LineFormatter.complete).
+    """
 
     at: float  # time.time() at the end
     request_id: str
@@ -64,9 +77,7 @@ class Entry(Protocol):
     user: str | None
     retries: int
     cache: str | None  # hit, miss, coalesced
-
-    @property
-    def trace_id(self) -> str | None: ...
+    trace: Any  # the request's span (it has a trace_id) when tracing is on, else None
 
 
 class Line(msgspec.Struct, omit_defaults=True):
@@ -107,77 +118,90 @@ class AccessLog:
         self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
         if self._pollable:
             os.set_blocking(self._fd, False)
-        self._entries: deque[Entry] = deque()
-        self._queue_size = queue_size
         self._sample_success = sample_success
+        self._sampled = sample_success < 1.0
         self._interval = flush_interval_s
         self._random = random.Random()
         self._timer: asyncio.TimerHandle | None = None
-        self._formatter = LineFormatter(Line, _trace_id)
-        self._format = self._with_bodies if log_bodies else self._formatter.line
-        self._pending = bytearray()  # formatted, not yet taken by the sink
+        # Formats each line as it is recorded and holds it until the sink takes it (compiled).
+        self._lines = LineFormatter(Line, _trace_id)
+        self._lines.limit(queue_size, _MAX_PENDING_BYTES)
+        # The hot path, called with a finished request's context and exchange (which complete the context: its
+        # end time, method, path, the caller's traceparent): the compiled call itself when every line is logged
+        # as it is, no method around it.  It answers 1 for the first line since the sink took the last; the
+        # caller then calls schedule_flush (record() does both).  It never raises for the entry.
+        self.add: Callable[..., int] = self._lines.add  # (entry, exchange=None)
+        if log_bodies or self._sampled:
+            self.add = self._add_sampled_or_with_bodies
+        self._log_bodies = log_bodies
         self._watching: asyncio.AbstractEventLoop | None = None  # the loop waiting for the sink to be writable
-        self.dropped = 0
+        self._lost = 0  # lines lost to a sink gone or too slow at shutdown, or bodies that could not be encoded
+        self._failed_reported = 0
         self.written = 0
 
+    @property
+    def dropped(self) -> int:
+        """Lines not written: past the bounds while the sink could not keep up, not encodable, or lost."""
+        return self._lines.dropped + self._lines.failed + self._lost
+
     def record(self, entry: Entry) -> None:
-        """Queues one request's entry (the hot path: an append, or a counted drop)."""
-        if entry.status < 400 and self._sample_success < 1.0 and self._random.random() >= self._sample_success:
-            return
-        if len(self._entries) < self._queue_size:
-            self._entries.append(entry)
-            if self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
-        else:
-            self.dropped += 1
+        """Formats one request's line into the buffer (no I/O, no await), or counts it dropped."""
+        if self.add(entry) > 0:
+            self.schedule_flush()
+
+    def schedule_flush(self) -> None:
+        """Arms the next write (after a line added to an empty buffer; unless the sink is being waited for)."""
+        if self._timer is None and self._watching is None:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
 
     def flush(self) -> None:
-        """Formats what is queued and writes what the sink takes (on the event loop, off any request)."""
+        """Writes the buffered lines that the sink takes (on the event loop, off any request)."""
         self._timer = None
-        entries = self._entries
-        if not entries:
-            return
-        count = len(entries)
-        lines = list(map(self._format, entries))
-        entries.clear()  # nothing else runs on the loop meanwhile: no entry was added since
-        data = _encoder.encode_lines(lines)
-        if len(self._pending) + len(data) > _MAX_PENDING_BYTES:
-            self.dropped += count
-            return
-        self._pending += data
-        if self._watching is None:
+        if self._lines.failed != self._failed_reported:
+            log.warning("%d access-log line(s) could not be made and were dropped; the last error: %r",
+                        self._lines.failed - self._failed_reported, self._lines.last_error)
+            self._failed_reported = self._lines.failed
+        if self._watching is None:  # else the sink is full: the lines wait for it to be writable
             self._write_pending()
 
-    def _with_bodies(self, entry: Entry) -> Line:
-        """A line with the redacted bodies (log_bodies only)."""
-        line: Line = self._formatter.line(entry)
-        if entry.request_body is not None:
-            line.request_body = redact(entry.request_body, _BODY_LIMIT)
-        if entry.answer is not None:
-            line.response_body = redact(entry.answer, _BODY_LIMIT)
-        return line
+    def _add_sampled_or_with_bodies(self, entry: Entry, exchange: Any = None) -> int:
+        """``add`` when successes are sampled or bodies logged (the latter a debugging aid)."""
+        if self._sampled and entry.status < 400 and self._random.random() >= self._sample_success:
+            return 0
+        if not self._log_bodies:
+            return self._lines.add(entry, exchange)
+        try:
+            if exchange is not None:
+                self._lines.complete(entry, exchange)
+            line: Line = self._lines.line(entry)
+            if entry.request_body is not None:
+                line.request_body = redact(entry.request_body, _BODY_LIMIT)
+            if entry.answer is not None:
+                line.response_body = redact(entry.answer, _BODY_LIMIT)
+            encoded = _encoder.encode(line) + b"\n"
+        except Exception:  # as add does: counted, never raised into the request
+            log.exception("an access-log line could not be made")
+            self._lost += 1
+            return -1
+        return self._lines.add_encoded(encoded)
 
     def _write_pending(self) -> None:
         """Writes what the sink takes now; the rest when the loop sees the sink writable."""
-        while self._pending and self._write_some():
+        while self._lines.buffered and self._write_some():
             pass
-        if self._pending and self._pollable and self._watching is None:
+        if self._lines.buffered and self._pollable and self._watching is None:
             self._watching = asyncio.get_running_loop()
             self._watching.add_writer(self._fd, self._writable)
 
     def _write_some(self) -> bool:
-        """One write of what is pending; False when the sink takes nothing now."""
-        pending = self._pending
+        """One write of what is buffered; False when the sink takes nothing now."""
         try:
-            written = os.write(self._fd, pending)
+            self.written += self._lines.write(self._fd)
         except BlockingIOError:
             return False
-        except OSError:  # the sink is gone (closed pipe, full disk): what is pending is lost
-            self.dropped += pending.count(b"\n")
-            pending.clear()
+        except OSError:  # the sink is gone (closed pipe, full disk): what is buffered is lost
+            self._lost += self._lines.discard()
             return False
-        self.written += pending.count(b"\n", 0, written)
-        del pending[:written]
         return True
 
     def _writable(self) -> None:
@@ -190,19 +214,16 @@ class AccessLog:
             self._watching = None
 
     def close(self, timeout: float = 2.0) -> None:
-        """Writes what is queued, waiting at most ``timeout`` for a slow sink (at shutdown)."""
+        """Writes what is buffered, waiting at most ``timeout`` for a slow sink (at shutdown)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._stop_watching()
-        self._pending += _encoder.encode_lines(list(map(self._format, self._entries)))
-        self._entries.clear()
         deadline = time.monotonic() + timeout
-        while self._pending and (remaining := deadline - time.monotonic()) > 0:
+        while self._lines.buffered and (remaining := deadline - time.monotonic()) > 0:
             select.select([], [self._fd], [], remaining)
             self._write_some()
-        self.dropped += self._pending.count(b"\n")
-        self._pending.clear()
+        self._lost += self._lines.discard()
 
 
 def _trace_id(traceparent: str | None) -> str | None:

@@ -1,7 +1,7 @@
 """Prometheus metrics, correct across Granian workers.
 
 A request updates in-process aggregates with one call (``RequestStats``,
-compiled: dict increments and bucket scans, no locks, no I/O).  Each worker
+compiled: a row of C counters and histograms per label set, no locks, no I/O).  Each worker
 writes a snapshot of its aggregates, and of its own state (in-flight requests,
 connection pool, memory, file descriptors, dropped log lines), to
 ``<dir>/<pid>.json`` every ``flush_interval_s`` while it is busy and whenever it
@@ -109,6 +109,10 @@ class Metrics:
         self._interval = flush_interval_s
         self._timer: asyncio.TimerHandle | None = None
         self.stats = RequestStats(models, DURATION_BUCKETS, OVERHEAD_BUCKETS, TOKEN_BUCKETS)
+        # The hot path, called with a finished request's context, route, status and duration: the compiled call
+        # itself, no method around it (it reads the rest from the context's slots).  It answers True for the
+        # first request since the last snapshot; the caller then calls schedule_flush.
+        self.observe_context = self.stats.observe_context
         self.in_flight = 0
         self.worker_state: WorkerState | None = None  # the gateway's pool and log counters
         # Labelled counters of other capabilities (rate limits, ...): name -> (doc, labels, counts source),
@@ -117,12 +121,8 @@ class Metrics:
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_Summed(self._dir, provider_kinds or {}, self.counters))
 
-    def observe(self, route: str, model: str | None, provider: str | None, status: int, error: str | None,
-                duration: float, overhead: float, upstream: float, ttft: float, tokens_in: int,
-                tokens_out: int) -> None:
-        """One finished request (the hot path: one compiled call, and a timer armed while busy)."""
-        self.stats.observe(route, model, provider, status, error, duration, overhead, upstream, ttft, tokens_in,
-                           tokens_out)
+    def schedule_flush(self) -> None:
+        """Arms the next snapshot (after a request observed since the last one: a timer only while busy)."""
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
 
@@ -130,10 +130,13 @@ class Metrics:
         """Writes this worker's snapshot (atomically: readers never see half a file)."""
         if not in_scrape:
             self._timer = None
+        # First: the stats' snapshot re-arms observe's "first since the last snapshot", so that a failure below
+        # (a full disk) still lets the next request schedule another try.
+        stats = self.stats.snapshot()
         worker = {"in_flight": self.in_flight - in_scrape, **process_usage()}  # a scrape does not count itself
         if self.worker_state is not None:
             worker.update(self.worker_state())
-        snapshot = {"pid": os.getpid(), "worker": worker, **self.stats.snapshot(),
+        snapshot = {"pid": os.getpid(), "worker": worker, **stats,
                     "counters": {name: [[*key, count] for key, count in source().items()]
                                  for name, (_, _, source) in self.counters.items()}}
         partial = self._file.with_suffix(".tmp")

@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 
-from .._native import RequestIds, valid_request_id
+from .._native import RequestIds, count_tokens, valid_request_id
 from ..config import Config, ObservabilityConfig, Strategy
 from ..errors import (
     AuthUnavailable,
@@ -54,7 +54,6 @@ from ..upstream import UpstreamClient, UpstreamError
 from .admin import mount_admin
 from .exchange import ClientGone, Exchange
 from .forward import Forwarder, variant_draw
-from .forward import count_tokens as _count_tokens
 from .forward import gateway_error as _gateway_error
 from .messages import Egress, messages_call
 from .passthrough import (
@@ -89,8 +88,8 @@ _AUTH_ERRORS = (Unauthorized, Forbidden, AuthUnavailable)
 class RequestContext:
     """What the gateway learns about one request on its way, for headers, metrics, traces and the access log.
 
-    The access log queues the context itself (no per-request copy); nothing
-    changes it after ``Gateway._account``.
+    ``Gateway._account`` completes it at the end; the access log's compiled formatter reads its
+    slots directly (no per-request copy) to write the request's line.
     """
 
     __slots__ = (
@@ -162,10 +161,6 @@ class RequestContext:
         self.status = 0
         self.total_s = 0.0
         self.tokens_in = self.tokens_out = -1
-
-    @property
-    def trace_id(self) -> str | None:
-        return self.trace.trace_id if self.trace is not None else None
 
     def headers(self, *extra: tuple[str, str]) -> list[tuple[str, str]]:
         """Our response headers: request id and the gateway's overhead so far (total minus upstream)."""
@@ -308,7 +303,7 @@ class Gateway:
         ctx.route = route = ctx.route or (ex.path if ex.path in self.routes else "other")
         if ctx.error is None and status >= 400:
             ctx.error = "upstream_4xx" if status < 500 else "upstream_5xx"
-        _count_tokens(ctx)
+        count_tokens(ctx)  # compiled: the usage in the answer's tail, unless counted already
         if ctx.admission is not None and self.limits is not None:
             # An embedding's usage has no completion tokens: its prompt tokens are all it used.
             used = ctx.tokens_in + max(ctx.tokens_out, 0) if ctx.tokens_in >= 0 else -1
@@ -319,18 +314,13 @@ class Gateway:
             self.limits.settle(ctx.admission, used)
         if metrics is not None:
             metrics.in_flight -= 1
-            if metrics.observe(route, ctx.model, ctx.provider, status, ctx.error, total, ctx.overhead_s,
-                               ctx.upstream_s if ctx.upstream_s > 0 else -1.0, ctx.ttft_s, ctx.tokens_in,
-                               ctx.tokens_out):
+            if metrics.observe_context(ctx, route, status, total):  # compiled: reads the rest of ctx itself
                 metrics.schedule_flush()  # the first request since the last snapshot
         if trace is not None:
             trace.finish(status, ctx.request_id, ctx.model, ctx.error, ctx.tokens_in, ctx.tokens_out)
-        if access_log is not None:
-            ctx.at = time.time()
-            ctx.method, ctx.path = ex.method, ex.path
-            if trace is None:
-                ctx.traceparent = ex.header("traceparent")
-            access_log.record(ctx)
+        # Compiled: completes ctx from ex (end time, method, path, the caller's traceparent), formats its line.
+        if access_log is not None and access_log.add(ctx, ex) > 0:
+            access_log.schedule_flush()  # the first line since the sink took the last
 
     async def _no_route(self, ex: Exchange, ctx: RequestContext) -> None:
         """Paths outside the exact table (/v1/models/{id}), unknown paths and wrong methods."""
