@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .._native import USAGE_TAIL, token_counts
+from .._native import USAGE_TAIL, count_tokens
 from ..config import Config
 from ..errors import BadGateway, GatewayError, GatewayTimeout, InvalidRequest, NoDeployment
 from ..providers import Call, InvalidAnswer, Provider, UpstreamRequest
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from .app import RequestContext
     from .exchange import Exchange
 
-__all__ = ["Build", "Forwarder", "count_tokens", "gateway_error", "unsupported", "variant_draw"]
+__all__ = ["Build", "Forwarder", "gateway_error", "unsupported", "variant_draw"]
 
 log = logging.getLogger("sluice.gateway")
 
@@ -549,12 +549,6 @@ def _end_failed(ctx: RequestContext, failure: _Failure) -> None:
 
 def _count(counts: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
     counts[key] = counts.get(key, 0) + 1
-
-
-def count_tokens(ctx: RequestContext) -> None:
-    """The OpenAI usage in the answer's tail, unless a translator or a native kind counted already."""
-    if ctx.answer is not None and ctx.tokens_in < 0 and ctx.tokens_out < 0:
-        ctx.tokens_in, ctx.tokens_out = token_counts(ctx.answer)
 
 
 def _end_attempt(ctx: RequestContext, status: int) -> None:
