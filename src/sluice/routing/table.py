@@ -49,8 +49,8 @@ _EMPTY: frozenset[str] = frozenset()
 class ModelRoute:
     """A public model: its deployments, its strategy, and where it fails over and splits to."""
 
-    __slots__ = ("_strategy", "common", "fallbacks", "geo_any", "geo_groups", "name", "region", "region_header",
-                 "rng", "single", "sticky_header", "sticky_on", "strategy", "target_count", "targets",
+    __slots__ = ("_strategy", "common", "complete", "fallbacks", "geo_any", "geo_groups", "name", "region",
+                 "region_header", "rng", "single", "sticky_header", "sticky_on", "strategy", "target_count", "targets",
                  "total_weight", "uniform_weights", "variants")
 
     def __init__(self, name: str, targets: list[Deployment], config: ModelConfig | None = None, *,
@@ -61,6 +61,9 @@ class ModelRoute:
         self.target_count = len(config.targets) or len(targets)  # configured targets
         self.total_weight = sum(d.weight for d in targets)
         self.common = frozenset.intersection(*(d.capabilities for d in targets)) if targets else _EMPTY
+        # Every deployment can do everything: no request needs a capability check.  An attribute, not a
+        # property: it is read per request, and comparing the sets each time cost ~1,500 instructions.
+        self.complete = self.common == CAPABILITIES
         self.uniform_weights = len({d.weight for d in targets}) <= 1
         self.single = targets[0] if len(targets) == 1 else None
         self.strategy = config.strategy
@@ -80,11 +83,6 @@ class ModelRoute:
     @property
     def deployments(self) -> list[Deployment]:
         return self.targets
-
-    @property
-    def complete(self) -> bool:
-        """Every deployment can do everything: no request needs a capability check."""
-        return self.common == CAPABILITIES
 
     def choose(self, needs: frozenset[str], *, affinity: str | None = None, region: str | None = None,
                exclude: Collection[Deployment] = (), now: float) -> Deployment | None:

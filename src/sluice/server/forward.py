@@ -112,7 +112,9 @@ class Forwarder:
         self.resilient = res.retries > 0 or any(r.fallbacks for r in routes)
         self.budget = RetryBudget(res.retry_budget, res.retry_budget_floor, res.retry_budget_window_s)
         self.dead_letters = dead_letters
-        self._loop: asyncio.AbstractEventLoop | None = None  # the upstream client's, once it exists
+        # The worker's upstream client, once the first request made it (in the running loop): kept, so that a
+        # request does not call for it again (it is never replaced).
+        self._upstream: UpstreamClient | None = None
         # Bodies are queued raw (the writer redacts 4 x max_body_bytes + 1 KiB of them, then clips): a byte more
         # than that is kept per letter waiting in the queue, so that the writer still sees it was longer.
         self.dead_letter_body = 4 * res.dead_letters.max_body_bytes + 1025
@@ -137,10 +139,10 @@ class Forwarder:
             asked = parse_timeout(sdk)
             if asked is not None:
                 timeout = min(timeout, asked)
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = self.client().loop
-        return loop.time() + timeout
+        upstream = self._upstream
+        if upstream is None:
+            upstream = self._upstream = self.client()
+        return upstream.loop.time() + timeout
 
     @staticmethod
     def affinity(ex: Exchange, ctx: RequestContext, route: ModelRoute) -> str | None:
@@ -275,8 +277,7 @@ class Forwarder:
             if failure.retry_after > self.max_retry_after_s:
                 return False  # the upstream asked for longer than we wait
             pause = max(pause, failure.retry_after)
-        loop = self.client().loop
-        left = deadline - loop.time() - pause
+        left = deadline - self.client().loop.time() - pause
         if left <= 0 or left < dep.ewma_latency_s:
             return False
         if pause > 0:
@@ -343,12 +344,13 @@ class Forwarder:
         """Sends the call to ``dep``; None once an answer reached the caller, else the failure to decide on."""
         provider = dep.provider
         ctx.provider = provider.name
-        began = time.monotonic()
-        dep.begin(began)
+        client = self._upstream
+        assert client is not None  # deadline() made it
+        dep.begin(time.monotonic())
         sent = time.perf_counter()
         try:
-            response = await self.client().request(upstream.origin, upstream.method, upstream.target,
-                                                   upstream.headers, upstream.body, deadline=deadline)
+            response = await client.request(upstream.origin, upstream.method, upstream.target, upstream.headers,
+                                            upstream.body, deadline=deadline)
             ctx.upstream_status = status = response.status
             if call.stream and status == 200 and _is_event_stream(response):
                 # Nothing goes to the caller before the first bytes of the stream: until then a reset, a
@@ -442,9 +444,10 @@ class Forwarder:
         """Status, headers and body of the answer (already in the call's format) in the caller's format, with the
         gateway's headers (a plain function: one coroutine less per request)."""
         status = response.status
-        translated = provider.translates(call) or egress is not None
+        translates = provider.translates(call)
+        translated = translates or egress is not None
         # A native answer passed on untouched: its kind counts its tokens (counting tokens is not usage).
-        if call.wire != "openai" and not provider.translates(call) and call.endpoint != "/v1/messages/count_tokens":
+        if call.wire != "openai" and not translates and call.endpoint != "/v1/messages/count_tokens":
             native = provider.token_counts(call, data)
             if native is not None:
                 ctx.tokens_in, ctx.tokens_out = native
