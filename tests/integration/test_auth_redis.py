@@ -300,76 +300,190 @@ class Request:
         return [] if value is None else [value]
 
 
-def test_the_stage_claims_signed_requests_only(tmp_path: Path, redis_server: Any, prefix: str) -> None:
-    store = migrated(StoreConfig(sqlite_path=str(tmp_path / "store.db")))
+def claim_keys(server: Any, prefix: str) -> int:
+    """How many signatures are claimed under the test's prefix, read from Redis itself."""
+    pattern = "".join("\\" + c if c in "[]*?\\" else c for c in f"{prefix}:sig:") + "*"  # [sqlite]: literal
+    return int(command(server.port, "EVAL", "return #redis.call('KEYS', ARGV[1])", "0", pattern)[1:])
+
+
+@asynccontextmanager
+async def stages(store: StoreConfig, url: str, prefix: str) -> AsyncIterator[tuple[list[Any], Manager]]:
+    """Two instances' auth stages on one (migrated) store and one Redis (``ratelimit.redis``: auth's too), and a
+    Manager."""
+    from sluice.pipeline.auth import AuthStage
+    from sluice.pipeline.iprules import ClientIp
+
     config = parse_config(f"store: {{sqlite_path: '{store.sqlite_path}'}}\n"
                           f"auth: {{enabled: true, redis_prefix: '{prefix}:'}}\n"
-                          f"ratelimit: {{redis: '{redis_server.url}'}}\n", {})  # auth.redis: this one
+                          f"ratelimit: {{redis: '{url}'}}\n", {})
+    writer = open_store(store)
+    audit = AuditLog(writer)
+    both = [AuthStage(config, ClientIp(()), no_client) for _ in range(2)]
+    try:
+        yield both, Manager(writer, audit)
+    finally:
+        for stage in both:
+            await stage.aclose()
+        await audit.aclose()
+        await writer.aclose()
 
-    def claimed() -> int:
-        return int(command(redis_server.port, "EVAL", f"return #redis.call('KEYS', '{prefix}:sig:*')", "0")[1:])
+
+def context(request_id: str = "r") -> Any:
+    from sluice.server.app import RequestContext
+
+    return RequestContext(request_id, 0.0)
+
+
+async def handled(stage: Any, request: Request, body: bytes = b"") -> None:
+    """What the gateway does with a request before it acts: admission, then for a body the handler's
+    ``verify_body`` and the claim it returns."""
+    ctx = context()
+    if not stage.admit(request, ctx):
+        await stage.admit_slow(request, ctx)
+    if request.method in ("POST", "PUT", "PATCH") and (claim := stage.verify_body(request, ctx, body)) is not None:
+        await claim
+
+
+def signed_by(key: str, signature: str, timestamp: str | None = None) -> dict[str, str]:
+    return {**bearer(key), "x-sluice-timestamp": timestamp or str(int(time.time())), "x-sluice-signature": signature}
+
+
+def test_the_stage_claims_signed_requests_only(tmp_path: Path, redis_server: Any, prefix: str) -> None:
+    store = migrated(StoreConfig(sqlite_path=str(tmp_path / "store.db")))
 
     async def body() -> None:
-        from sluice.pipeline.auth import AuthStage
-        from sluice.pipeline.iprules import ClientIp
-        from sluice.server.app import RequestContext
-
-        writer = open_store(store)
-        audit = AuditLog(writer)
-        manager = Manager(writer, audit)
-        stages = [AuthStage(config, ClientIp(()), no_client) for _ in range(2)]
-        try:
+        async with stages(store, redis_server.url, prefix) as (both, manager):
             plain = (await manager.create_key(KeyCreate(name="plain"), ACTOR))["key"]
             signing = await manager.create_key(KeyCreate(name="signs", signing=True), ACTOR)
             secret = signing["signing_secret"].encode()
             ask = Request("GET", "/v1/models", bearer(plain))
-            assert not stages[0].admit(ask, RequestContext("r1", 0.0))  # not cached yet
-            await stages[0].admit_slow(ask, RequestContext("r1", 0.0))
-            assert stages[0].admit(ask, RequestContext("r2", 0.0))  # cached, unsigned: no await, no Redis
-            assert claimed() == 0 and stages[0].signatures.claims == 0
+            assert not both[0].admit(ask, context())  # not cached yet
+            await both[0].admit_slow(ask, context())
+            assert both[0].admit(ask, context())  # cached, unsigned: no await, no Redis
+            assert claim_keys(redis_server, prefix) == 0 and both[0].signatures.claims == 0
             timestamp = str(int(time.time()))
-            sent = Request("GET", "/v1/models", {**bearer(signing["key"]), "x-sluice-timestamp": timestamp,
-                                                 "x-sluice-signature": sign(secret, "GET", "/v1/models", timestamp,
-                                                                            b"")})
-            for stage in stages:
-                assert not stage.admit(sent, RequestContext("r3", 0.0))  # cached or not: a claim to make
-            await stages[0].admit_slow(sent, RequestContext("r3", 0.0))
-            assert claimed() == 1
+            sent = Request("GET", "/v1/models", signed_by(signing["key"], sign(secret, "GET", "/v1/models",
+                                                                               timestamp, b""), timestamp))
+            for stage in both:
+                assert not stage.admit(sent, context())  # cached or not: a claim to make
+            await both[0].admit_slow(sent, context())
+            assert claim_keys(redis_server, prefix) == 1
             with pytest.raises(Unauthorized) as replay:  # the other instance
-                await stages[1].admit_slow(sent, RequestContext("r4", 0.0))
+                await both[1].admit_slow(sent, context())
             assert replay.value.reason == "signature_replayed"
-        finally:
-            for stage in stages:
-                await stage.aclose()
-            await audit.aclose()
-            await writer.aclose()
+            # With a body: admitted at once (cached), the claim left to verify_body, once the body is read.
+            post = Request("POST", "/v1/chat/completions", signed_by(signing["key"], "0" * 64))
+            assert both[0].admit(post, context())
+            assert claim_keys(redis_server, prefix) == 1 and both[0].signatures.claims == 1
 
     run(body)
+
+
+def test_a_wrong_signature_is_refused_without_touching_redis(tmp_path: Path, redis_server: Any,
+                                                             prefix: str) -> None:
+    store = migrated(StoreConfig(sqlite_path=str(tmp_path / "store.db")))
+
+    async def body() -> None:
+        async with stages(store, redis_server.url, prefix) as (both, manager):
+            made = await manager.create_key(KeyCreate(name="signs", signing=True), ACTOR)
+            key, secret = made["key"], made["signing_secret"].encode()
+            timestamp = str(int(time.time()))  # fresh: only the signature is wrong
+            chat_body = b'{"model": "gpt-4o-mini", "messages": []}'
+            for method, path, sent, signature in (
+                    ("GET", "/v1/models", b"", sign(b"not the secret", "GET", "/v1/models", timestamp, b"")),
+                    ("DELETE", "/v1/files/file-1", b"", "ab" * 32),
+                    ("POST", "/v1/chat/completions", chat_body,
+                     sign(secret, "POST", "/v1/chat/completions", timestamp, b"another body")),
+                    ("POST", "/v1/chat/completions", chat_body, "not-hex")):
+                for stage in both:  # not cached yet, then cached
+                    with pytest.raises(Unauthorized) as refused:
+                        await handled(stage, Request(method, path, signed_by(key, signature, timestamp)), sent)
+                    assert (refused.value.status, refused.value.code, refused.value.reason) == (
+                        401, "invalid_signature", "signature_mismatch"), (method, signature)
+            assert claim_keys(redis_server, prefix) == 0, "a signature that does not match was claimed"
+            for stage in both:
+                counted = stage.signatures
+                assert (counted.claims, counted.replays, counted.claim_failures) == (0, 0, 0)
+
+    run(body)
+
+
+def test_a_signature_seen_on_the_wire_cannot_be_spent_before_its_request(tmp_path: Path, redis_server: Any,
+                                                                         prefix: str) -> None:
+    """A bearer of the key without its secret copies a signed request's headers onto a body of its own and sends
+    it first, to the other instance: refused, and the real request is not spent by it (claimed once, replay
+    refused)."""
+    store = migrated(StoreConfig(sqlite_path=str(tmp_path / "store.db")))
+
+    async def body() -> None:
+        async with stages(store, redis_server.url, prefix) as (both, manager):
+            made = await manager.create_key(KeyCreate(name="signs", signing=True), ACTOR)
+            key, secret = made["key"], made["signing_secret"].encode()
+            timestamp = str(int(time.time()))
+            real = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+            wire = signed_by(key, sign(secret, "POST", "/v1/chat/completions", timestamp, real), timestamp)
+            sent = Request("POST", "/v1/chat/completions", wire)
+            with pytest.raises(Unauthorized) as forged:
+                await handled(both[1], sent, b'{"model": "gpt-4o", "messages": []}')
+            assert forged.value.reason == "signature_mismatch"
+            assert claim_keys(redis_server, prefix) == 0, "a forged request claimed the signature it copied"
+            await handled(both[0], sent, real)  # accepted: not spent by the forgery
+            assert claim_keys(redis_server, prefix) == 1 and both[0].signatures.claims == 1
+            with pytest.raises(Unauthorized) as replay:  # the real request replayed to the other instance
+                await handled(both[1], sent, real)
+            assert replay.value.reason == "signature_replayed"
+            assert claim_keys(redis_server, prefix) == 1 and both[1].signatures.replays == 1
+
+    run(body)
+
+
+def test_a_bodyless_signature_seen_on_the_wire_cannot_be_spent_before_its_request(tmp_path: Path,
+                                                                                  redis_server: Any,
+                                                                                  prefix: str) -> None:
+    """The same for a GET, verified (over an empty body) and claimed by the stage itself."""
+    store = migrated(StoreConfig(sqlite_path=str(tmp_path / "store.db")))
+
+    async def body() -> None:
+        async with stages(store, redis_server.url, prefix) as (both, manager):
+            made = await manager.create_key(KeyCreate(name="signs", signing=True), ACTOR)
+            key, secret = made["key"], made["signing_secret"].encode()
+            timestamp = str(int(time.time()))
+            wire = signed_by(key, sign(secret, "GET", "/v1/models/gpt-4o-mini", timestamp, b""), timestamp)
+            with pytest.raises(Unauthorized) as forged:  # the same headers on another path
+                await handled(both[1], Request("GET", "/v1/models/gpt-4o", wire))
+            assert forged.value.reason == "signature_mismatch"
+            assert claim_keys(redis_server, prefix) == 0, "a forged request claimed the signature it copied"
+            sent = Request("GET", "/v1/models/gpt-4o-mini", wire)
+            await handled(both[0], sent)
+            assert claim_keys(redis_server, prefix) == 1 and both[0].signatures.claims == 1
+            with pytest.raises(Unauthorized) as replay:
+                await handled(both[1], sent)
+            assert replay.value.reason == "signature_replayed"
+            with pytest.raises(Unauthorized, match="already used"):  # and to the same one: its own memory
+                await handled(both[0], sent)
+            assert claim_keys(redis_server, prefix) == 1 and (both[0].signatures.claims, both[1].signatures.claims,
+                                                              both[1].signatures.replays) == (1, 1, 1)
+
+    run(body)
+
+
+def verified(signatures: Signatures, timestamp: str, signature: str, path: str = "/v1/models") -> bytes:
+    return signatures.verify(SECRET, "GET", path, timestamp, signature, b"")
 
 
 def test_a_replay_to_another_instance_is_refused(redis_server: Any, prefix: str) -> None:
     async def body() -> None:
         async with shared(redis_server.url, prefix + ":") as (first, second):
             timestamp, signature = headers()
-            await first.claim(timestamp, signature)
-            first.verify(SECRET, "GET", "/v1/models", timestamp, signature, b"")
+            await first.claim(verified(first, timestamp, signature))
             with pytest.raises(Unauthorized) as replay:
-                await second.claim(timestamp, signature)
+                await second.claim(verified(second, timestamp, signature.upper()))  # new to that worker
             assert replay.value.reason == "signature_replayed" and replay.value.code == "invalid_signature"
-            with pytest.raises(Unauthorized, match="already used"):  # the same instance again too
-                await first.claim(timestamp, signature.upper())
-            assert (first.claims, second.claims, second.replays) == (2, 1, 1)
+            with pytest.raises(Unauthorized, match="already used"):  # the same instance again: its own memory
+                verified(first, timestamp, signature)
+            assert (first.claims, second.claims, second.replays) == (1, 1, 1)
             ttl = int(command(redis_server.port, "PTTL", f"{prefix}:sig:{signature}")[1:].strip())
             assert 0 < ttl <= 600_000  # 2 x skew
-            # What claim can tell without the secret, it refuses as verify would, asking Redis nothing.
-            for stamp, sig, reason in ((None, signature, "signature_missing"), (timestamp, None, "signature_missing"),
-                                       ("+1", signature, "signature_malformed"),
-                                       (str(int(time.time()) - 400), signature, "signature_stale"),
-                                       (timestamp, "not-hex", "signature_mismatch")):
-                with pytest.raises(Unauthorized) as refusal:
-                    await second.claim(stamp, sig)
-                assert refusal.value.reason == reason
-            assert second.claims == 1
 
     run(body)
 
@@ -378,17 +492,12 @@ def test_without_redis_each_instance_remembers_only_its_own() -> None:
     first, second = Signatures(300), Signatures(300)
     timestamp, signature = headers()
     assert not first.shared
-
-    async def claims() -> None:
-        await first.claim(timestamp, signature)  # a no-op without Redis
-        await first.claim(timestamp, signature)
-
-    run(claims)
-    first.verify(SECRET, "GET", "/v1/models", timestamp, signature, b"")
-    second.verify(SECRET, "GET", "/v1/models", timestamp, signature, b"")  # documented: per worker
+    digest = verified(first, timestamp, signature)
+    run(lambda: first.claim(digest))  # a no-op without Redis
+    verified(second, timestamp, signature)  # documented: per worker
     for signatures in (first, second):
         with pytest.raises(Unauthorized, match="already used"):
-            signatures.verify(SECRET, "GET", "/v1/models", timestamp, signature, b"")
+            verified(signatures, timestamp, signature)
 
 
 async def claimed_again(signatures: Signatures, within: float = 10.0) -> bool:
@@ -396,8 +505,10 @@ async def claimed_again(signatures: Signatures, within: float = 10.0) -> bool:
     deadline = time.monotonic() + within
     before = signatures.claims
     while time.monotonic() < deadline:
+        path = f"/v1/files/{time.monotonic_ns()}"
+        timestamp, signature = headers("DELETE", path)
         with suppress(AuthUnavailable):  # fail-closed: still down
-            await signatures.claim(*headers("DELETE", f"/v1/files/{time.monotonic_ns()}"))
+            await signatures.claim(signatures.verify(SECRET, "DELETE", path, timestamp, signature, b""))
         if signatures.claims > before:
             return True
         await asyncio.sleep(0.05)
@@ -409,12 +520,10 @@ def test_redis_down_falls_back_to_each_instance_memory(redis: Any, prefix: str) 
         redis.stop()
         async with shared(redis.url, prefix + ":") as (first, second):
             timestamp, signature = headers()
-            await first.claim(timestamp, signature)  # Redis down: no refusal, the local memory decides
-            first.verify(SECRET, "GET", "/v1/models", timestamp, signature, b"")
+            await first.claim(verified(first, timestamp, signature))  # Redis down: no refusal, memory decides
             with pytest.raises(Unauthorized, match="already used"):
-                first.verify(SECRET, "GET", "/v1/models", timestamp, signature, b"")
-            await second.claim(timestamp, signature)
-            second.verify(SECRET, "GET", "/v1/models", timestamp, signature, b"")  # per worker, as documented
+                verified(first, timestamp, signature)
+            await second.claim(verified(second, timestamp, signature))  # per worker, as documented
             assert first.claim_failures == 1 and first.claims == 0
             redis.start()
             assert await claimed_again(first), "Redis never used again"
@@ -428,11 +537,11 @@ def test_redis_down_fails_closed_when_configured(redis: Any, prefix: str) -> Non
         async with shared(redis.url, prefix + ":", fail_closed=True) as (first, _):
             timestamp, signature = headers()
             for _ in range(3):  # the first asks Redis, the next ones within RETRY_S do not
-                with pytest.raises(AuthUnavailable) as down:
-                    await first.claim(timestamp, signature)
+                with pytest.raises(AuthUnavailable) as down:  # verified again each time: a 503 does not spend it
+                    await first.claim(verified(first, timestamp, signature))
                 assert down.value.status == 503 and down.value.code == "replay_cache_unavailable"
             assert first.claim_failures == 3
-            first.verify(SECRET, "GET", "/v1/models", timestamp, signature, b"")  # not remembered by the 503s
+            verified(first, timestamp, signature)  # not remembered by the 503s
             redis.start()
             assert await claimed_again(first), "Redis never used again"
 
@@ -495,3 +604,57 @@ def test_two_gateways_revocations_by_pub_sub_and_replays_across(store_config: St
     finally:
         first.stop()
         second.stop()
+
+
+def refused_with(reply: Any, words: bytes) -> None:
+    """401 invalid_signature, in the OpenAI error format or Anthropic's (which has no code)."""
+    assert reply.status == 401 and words in reply.body, (reply.status, reply.body[:300])
+    if reply.json().get("type") != "error":
+        assert openai_error(reply, 401)["code"] == "invalid_signature"
+
+
+def test_two_gateways_claim_only_verified_signatures(store_config: StoreConfig, mock_upstream: Proc,
+                                                     redis_server: Any, prefix: str, tmp_path: Path) -> None:
+    """Through each handler that verifies a signature (a GET in the stage, a chat, a message, an admin call, a
+    model refused): a wrong signature is refused without a key on Redis, even with the real request's headers
+    (sent first to the other gateway), and the real request is then claimed once, its replay refused."""
+    config = migrated(store_config)
+    extra = f"  redis: '{redis_server.url}'\n  redis_prefix: '{prefix}:'\n"
+    first = serve(tmp_path, gateway_yaml(config, mock_upstream.url, extra_auth=extra))
+    second = serve(tmp_path, gateway_yaml(config, mock_upstream.url, extra_auth=extra))
+    try:
+        user = admin(first, "POST", "/admin/keys", {"name": "signs", "roles": ["user"], "signing": True})
+        ops = admin(first, "POST", "/admin/keys", {"name": "ops", "roles": ["admin"], "signing": True})
+        mini = admin(first, "POST", "/admin/keys", {"name": "mini", "roles": ["mini"], "signing": True})
+        chat_body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        message = json.dumps({"model": "gpt-4o-mini", "max_tokens": 16,
+                              "messages": [{"role": "user", "content": "hi"}]}).encode()
+        cases = [(user, "GET", "/v1/models", b"", 200), (user, "POST", "/v1/chat/completions", chat_body, 200),
+                 (user, "POST", "/v1/messages", message, 200),
+                 (ops, "POST", "/admin/keys", json.dumps({"name": "made-signed"}).encode(), 201)]
+        claimed = 0
+        for made, method, path, body, status in cases:
+            secret = made["signing_secret"]
+            wire = {**bearer(made["key"]), "content-type": "application/json", **signed(secret, method, path, body)}
+            wrong = {**wire, **signed("not-the-secret", method, path, body)}
+            forged_path = path + "/x" if method == "GET" else path
+            for gateway, headers, target, sent in ((first, wrong, path, body),  # wrong secret
+                                                   (second, wire, forged_path, body + b" ")):  # copied headers
+                refused_with(call(gateway.url, method, target, sent, headers), b"does not match")
+            assert claim_keys(redis_server, prefix) == claimed, f"{method} {path}: a wrong signature was claimed"
+            assert call(first.url, method, path, body, wire).status == status, (method, path)
+            claimed += 1
+            assert claim_keys(redis_server, prefix) == claimed
+            refused_with(call(second.url, method, path, body, wire), b"already used")
+            assert claim_keys(redis_server, prefix) == claimed
+        # Verified but refused for its model: not claimed (and its claim not left unawaited).
+        gpt_4o = chat_body.replace(b"gpt-4o-mini", b"gpt-4o")
+        limited = {**bearer(mini["key"]), **signed(mini["signing_secret"], "POST", "/v1/chat/completions", gpt_4o)}
+        refused = call(first.url, "POST", "/v1/chat/completions", gpt_4o, limited)
+        assert openai_error(refused, 403)["code"] == "model_not_allowed"
+        assert claim_keys(redis_server, prefix) == claimed
+    finally:
+        first.stop()
+        second.stop()
+    for gateway in (first, second):
+        assert b"never awaited" not in gateway.log.read_bytes()

@@ -22,14 +22,18 @@ NX PX <2 x skew>`` (a timestamp is accepted within skew either side of a
 gateway's clock, so a signature can come back for at most twice the skew); the
 key existing already is a replay, whichever worker or instance saw it first.
 
-``claim`` needs only the headers (not the secret nor the body), so the auth
-stage claims a signed request's signature before its body is read; a request
-whose signature then does not match has only spent a key that no valid request
-could have used.  Redis down or slower than ``timeout_s``: the per-worker memory
-alone (the guarantee is then per worker), or, with ``fail_closed``, a 503
-(``replay_cache_unavailable``) for every signed request; either way Redis is
-not asked again for ``RETRY_S``, so an outage costs a signed request no wait.
-Unsigned requests never reach any of this.
+``claim`` takes what ``verify`` returns: the signature it checked against the
+secret and found fresh and new to this worker.  So a signature is claimed only
+once it is known to be valid, after the body was read: only a holder of the
+secret can spend one (a bearer of the key alone cannot claim the signatures it
+sees on the wire ahead of their requests), and a request whose signature does
+not match is refused without a round trip to Redis nor a key left there.
+Redis down or slower than ``timeout_s``: the per-worker memory alone (the
+guarantee is then per worker), or, with ``fail_closed``, a 503
+(``replay_cache_unavailable``) for every signed request, whose signature this
+worker then forgets again (resending it works once Redis is back); either way
+Redis is not asked again for ``RETRY_S``, so an outage costs a signed request
+no wait.  Unsigned requests never reach any of this.
 """
 
 from __future__ import annotations
@@ -58,7 +62,6 @@ TIMESTAMP_HEADER = "x-sluice-timestamp"
 _HOW = ("sign each request: x-sluice-timestamp (unix seconds) and x-sluice-signature = hex HMAC-SHA256 of "
         "\"METHOD\\nPATH[?QUERY]\\nTIMESTAMP\\nSHA256_HEX(BODY)\" with the key's signing secret")
 _MAX_DIGITS = 12  # a timestamp's; unix seconds have 10 until the year 2286
-_HEX = frozenset("0123456789abcdef")
 RETRY_S = 1.0  # after a failed claim, Redis is not asked again for this long
 LOG_EVERY_S = 10.0
 
@@ -120,48 +123,10 @@ class Signatures:
                            "caller's clock)", "signature_stale")
         return timestamp, signature
 
-    async def claim(self, timestamp: str | None, signature: str | None) -> None:
-        """Claims the signature on Redis (a no-op without): Unauthorized when any worker or instance claimed it
-        before, or when the headers are missing, stale or not shaped like a signature; AuthUnavailable when Redis
-        cannot answer and ``fail_closed`` (else the per-worker memory of ``verify`` is all there is)."""
-        client = self._redis
-        if client is None:
-            return
-        _, signature = self._fresh(timestamp, signature)
-        digest = signature.strip().lower()
-        if len(digest) != 64 or not _HEX.issuperset(digest):
-            raise _refused("its signature does not match", "signature_mismatch")  # what verify would say
-        now = time.monotonic()
-        if now < self._retry_at:
-            self.claim_failures += 1
-            self._degraded(None)
-            return
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                fresh = await client.set(self.prefix + digest, b"1", nx=True, px=self._ttl_ms)
-        except Exception as exc:  # Redis down, slow or refusing: never a 500 on the request path
-            self.claim_failures += 1
-            self._retry_at = time.monotonic() + RETRY_S
-            self._degraded(exc)
-            return
-        self.claims += 1
-        if not fresh:
-            self.replays += 1
-            raise _refused("that signature was already used (make a new one per request)", "signature_replayed")
-
-    def _degraded(self, exc: Exception | None) -> None:
-        now = time.monotonic()
-        if exc is not None and now - self._logged >= LOG_EVERY_S:
-            self._logged = now
-            then = "signed requests get 503" if self.fail_closed else "replays are caught per worker only"
-            log.warning("auth: the replay cache on Redis is unavailable (%s: %s); %s until it is back",
-                        type(exc).__name__, str(exc) or "no answer in time", then)
-        if self.fail_closed:
-            raise _unavailable()
-
     def verify(self, secret: bytes, method: str, path: str, timestamp: str | None, signature: str | None,
-               body: bytes, query: str = "") -> None:
-        """Returns when the request is signed, fresh and new to this worker; Unauthorized otherwise."""
+               body: bytes, query: str = "") -> bytes:
+        """The signature (its 32 bytes, for ``claim``) when the request is signed, fresh and new to this worker,
+        which remembers it from then on; Unauthorized otherwise."""
         timestamp, signature = self._fresh(timestamp, signature)
         at = int(timestamp)
         now = self._clock()
@@ -174,6 +139,43 @@ class Signatures:
             raise _refused("that signature was already used (make a new one per request)", "signature_replayed")
         self._forget(now)
         seen[digest] = at + self.skew_s
+        return digest
+
+    async def claim(self, digest: bytes) -> None:
+        """Claims on Redis a signature ``verify`` accepted (what it returned), a no-op without Redis: Unauthorized
+        when any worker or instance claimed it before; when Redis cannot answer, AuthUnavailable with
+        ``fail_closed`` (and this worker forgets the signature, so the request can be sent again), else nothing
+        (the per-worker memory of ``verify`` is all there is)."""
+        client = self._redis
+        if client is None:
+            return
+        if time.monotonic() < self._retry_at:
+            self.claim_failures += 1
+            self._degraded(digest, None)
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                fresh = await client.set(self.prefix + digest.hex(), b"1", nx=True, px=self._ttl_ms)
+        except Exception as exc:  # Redis down, slow or refusing: never a 500 on the request path
+            self.claim_failures += 1
+            self._retry_at = time.monotonic() + RETRY_S
+            self._degraded(digest, exc)
+            return
+        self.claims += 1
+        if not fresh:
+            self.replays += 1
+            raise _refused("that signature was already used (make a new one per request)", "signature_replayed")
+
+    def _degraded(self, digest: bytes, exc: Exception | None) -> None:
+        now = time.monotonic()
+        if exc is not None and now - self._logged >= LOG_EVERY_S:
+            self._logged = now
+            then = "signed requests get 503" if self.fail_closed else "replays are caught per worker only"
+            log.warning("auth: the replay cache on Redis is unavailable (%s: %s); %s until it is back",
+                        type(exc).__name__, str(exc) or "no answer in time", then)
+        if self.fail_closed:
+            self._seen.pop(digest, None)  # not spent: the 503 asks for the request again
+            raise _unavailable()
 
     def _forget(self, now: float) -> None:
         seen = self._seen

@@ -13,7 +13,8 @@ the permission the route needs (sluice.pipeline.rbac), and, for a key that signs
 its requests, the signature of a request without a body (GET, HEAD, DELETE,
 OPTIONS: over an empty body).  It sets ``ctx.principal``, ``ctx.key_prefix`` and
 ``ctx.user``.  The handlers that read a body (POST, PUT, PATCH) call
-``verify_body`` (a no-op unless the key signs) and check the model
+``verify_body`` (a no-op unless the key signs; with Redis, it returns the
+signature's claim to await, below) and check the model
 (``rbac.require_model``); a route that takes no body for those methods answers
 405 or 404 before it acts.  Any other method (PROPFIND, TRACE, …) is refused
 for a signing key at once (401 ``invalid_signature``): nothing would verify it
@@ -21,17 +22,23 @@ later, and the passthrough would relay it.
 
 With Redis (``auth.redis``, else ``ratelimit.redis``) the stage opens the
 worker's change notices (sluice.auth.changes: the authenticator listens, the
-admin API publishes) and claims each signed request's signature there once the
-caller is allowed the route, before the signature is verified
-(``Signatures.claim``: a replay to another worker or instance is refused too).  That claim is the one await a signed
-request adds, so ``admit`` leaves a signing key's requests to ``admit_slow``;
-an unsigned request pays nothing for it.
+admin API publishes) and claims each signed request's signature there
+(``Signatures.claim``: a replay to another worker or instance is refused too),
+once it is verified: only a signature made with the key's secret is claimed, a
+wrong one costs Redis nothing.  That claim is the one await a signed request
+adds: for a request without a body in ``admit_slow`` (``admit`` leaves those
+of a signing key to it), for one with a body where the handler verifies it::
+
+    if (claim := stage.verify_body(ex, ctx, body)) is not None:
+        await claim                       # a signing key, signatures shared
+
+An unsigned request pays nothing for it, nor a signed one without Redis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from ..auth.changes import ChangeNotices, auth_redis_url
 from ..auth.keys import Authenticator, missing_key
@@ -123,8 +130,9 @@ class AuthStage:
         except GatewayError:
             ctx.key_prefix = _shown(token)
             raise
-        if principal is None or (principal.signing_secret is not None and self._shared_replays):
-            return False  # not cached, or a signature to claim on Redis: both need an await
+        if principal is None or (principal.signing_secret is not None and self._shared_replays
+                                 and ex.method not in _WITH_BODY):
+            return False  # not cached, or a signature to claim on Redis now: both need an await
         self._authorize(ex, ctx, principal)
         return True
 
@@ -135,27 +143,26 @@ class AuthStage:
         except GatewayError:
             ctx.key_prefix = _shown(token)
             raise
-        if principal.signing_secret is not None and self._shared_replays:
-            await self._authorize_claimed(ex, ctx, principal)
+        secret = principal.signing_secret
+        if secret is not None and self._shared_replays and ex.method not in _WITH_BODY:
+            await self._authorize_claimed(ex, ctx, principal, secret)
         else:
             self._authorize(ex, ctx, principal)
 
     def _authorize(self, ex: Exchange, ctx: RequestContext, principal: Principal) -> None:
         self._permit(ex, ctx, principal)
-        if principal.signing_secret is not None and ex.method not in _WITH_BODY:
+        secret = principal.signing_secret
+        if secret is not None and ex.method not in _WITH_BODY:
             _check_method(ex)
-            self.verify_body(ex, ctx, b"")
+            self._verify(ex, secret, b"")
 
-    async def _authorize_claimed(self, ex: Exchange, ctx: RequestContext, principal: Principal) -> None:
-        """``_authorize`` for a signing key when signatures are claimed on Redis: claimed before ``verify``
-        remembers it in this worker, so that a 503 (Redis down, fail-closed) leaves the request retryable."""
+    async def _authorize_claimed(self, ex: Exchange, ctx: RequestContext, principal: Principal,
+                                 secret: bytes) -> None:
+        """``_authorize`` for a signing key's request without a body when signatures are claimed on Redis: its
+        signature verified over an empty body, then claimed."""
         self._permit(ex, ctx, principal)
-        bodyless = ex.method not in _WITH_BODY
-        if bodyless:
-            _check_method(ex)
-        await self.signatures.claim(ex.header(TIMESTAMP_HEADER), ex.header(SIGNATURE_HEADER))
-        if bodyless:
-            self.verify_body(ex, ctx, b"")
+        _check_method(ex)
+        await self.signatures.claim(self._verify(ex, secret, b""))
 
     def _permit(self, ex: Exchange, ctx: RequestContext, principal: Principal) -> None:
         """The caller into ``ctx``, then its own IP rules and the route's permission."""
@@ -169,13 +176,19 @@ class AuthStage:
         if permission is not None:
             require(principal, permission)
 
-    def verify_body(self, ex: Exchange, ctx: RequestContext, body: bytes) -> None:
-        """The request's signature over ``body`` (Unauthorized, invalid_signature), when the key signs."""
+    def verify_body(self, ex: Exchange, ctx: RequestContext, body: bytes) -> Coroutine[Any, Any, None] | None:
+        """The request's signature over ``body`` (Unauthorized, invalid_signature), when the key signs; then, when
+        signatures are shared, its claim on Redis, returned for the caller to await before the request acts (None:
+        nothing to await)."""
         principal = ctx.principal
         if principal is None or principal.signing_secret is None:
-            return
-        self.signatures.verify(principal.signing_secret, ex.method, ex.path, ex.header(TIMESTAMP_HEADER),
-                               ex.header(SIGNATURE_HEADER), body, ex.query)
+            return None
+        digest = self._verify(ex, principal.signing_secret, body)
+        return self.signatures.claim(digest) if self._shared_replays else None
+
+    def _verify(self, ex: Exchange, secret: bytes, body: bytes) -> bytes:
+        return self.signatures.verify(secret, ex.method, ex.path, ex.header(TIMESTAMP_HEADER),
+                                      ex.header(SIGNATURE_HEADER), body, ex.query)
 
     async def aclose(self) -> None:
         await self.authenticator.aclose()

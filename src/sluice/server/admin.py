@@ -165,7 +165,8 @@ class AdminApi:
 
     async def _body(self, ex: Exchange, ctx: RequestContext, kind: type[Any]) -> Any:
         body = await ex.read_body(self.max_body)
-        self.auth.verify_body(ex, ctx, body)  # a signing key signs its admin requests' bodies too
+        if (claim := self.auth.verify_body(ex, ctx, body)) is not None:  # a signing key signs admin bodies too
+            await claim  # its signature, verified, claimed on Redis
         return decode_body(body, kind)
 
     def _create(self, kind: type[Any], create: Callable[[Any, Actor], Awaitable[dict[str, Any]]]) -> Work:

@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
@@ -426,8 +426,8 @@ class Gateway:
             ctx.request_body = body
         request: Any = decode(body, kind)
         ctx.model = request.model
-        if ctx.principal is not None:
-            self._authorize_call(ex, ctx, body, request.model)
+        if ctx.principal is not None and (claim := self._authorize_call(ex, ctx, body, request.model)) is not None:
+            await claim
         plan = self._plan(ex, ctx, request, endpoint)  # an unknown model or capability is refused before any charge
         limits = self.limits
         if limits is not None:
@@ -479,15 +479,16 @@ class Gateway:
             media = content_type.split(";", 1)[0].strip().lower()  # media types are case-insensitive
             if not media or media == "application/json":
                 body = await ex.read_body(self.max_body)
-                if ctx.principal is not None:
-                    self._authorize_call(ex, ctx, body, None)  # the model is checked by _passthrough_target
+                if ctx.principal is not None and (claim := self._authorize_call(ex, ctx, body, None)) is not None:
+                    await claim  # the model is checked by _passthrough_target
                 body, provider = self._passthrough_target(ctx, body, provider)
                 if ctx.model is None and ctx.principal is not None and ctx.principal.model_globs is not None:
                     refuse_unnamed_model(ex.method, ex.path, body)  # where the provider would pick the model
             elif (ctx.principal is not None and ctx.principal.model_globs is not None
                   and is_file_upload(ex.method, ex.path)):
                 body = await ex.read_body(self.max_body)  # a limited key's batch file: read whole, models checked
-                self._authorize_call(ex, ctx, body, None)
+                if (claim := self._authorize_call(ex, ctx, body, None)) is not None:
+                    await claim
                 check_batch_upload(ctx.principal, content_type, body)
             elif (ctx.principal is not None and ctx.principal.model_globs is not None
                   and ex.path in ("/v1/uploads", "/v1/batches")):
@@ -505,7 +506,8 @@ class Gateway:
                                 code="model_not_allowed", reason="model_not_allowed")
             elif ctx.principal is not None and ctx.principal.signing_secret is not None:
                 body = await ex.read_body(self.max_body)  # a signed upload is verified whole before it goes on
-                self._authorize_call(ex, ctx, body, None)
+                if (claim := self._authorize_call(ex, ctx, body, None)) is not None:
+                    await claim
             else:
                 body = ex.body_chunks(self.max_body)  # uploads go through as they arrive
         if provider is None:
@@ -565,8 +567,8 @@ class Gateway:
             ctx.request_body = body
         request: Any = decode(body, MessagesRequest)
         ctx.model = request.model
-        if ctx.principal is not None:
-            self._authorize_call(ex, ctx, body, request.model)
+        if ctx.principal is not None and (claim := self._authorize_call(ex, ctx, body, request.model)) is not None:
+            await claim
         plan = self._plan(ex, ctx, request, "/v1/messages")
         limits = self.limits
         if limits is not None:
@@ -585,8 +587,8 @@ class Gateway:
         body = await ex.read_body(self.max_body)
         request: Any = decode(body, CountTokensRequest)
         ctx.model = request.model
-        if ctx.principal is not None:
-            self._authorize_call(ex, ctx, body, request.model)
+        if ctx.principal is not None and (claim := self._authorize_call(ex, ctx, body, request.model)) is not None:
+            await claim
         route = self.router.get(request.model)
         if route is None:
             raise _model_not_found(request.model)
@@ -599,14 +601,18 @@ class Gateway:
         call = Call("/v1/messages/count_tokens", "POST", body, False, ctx.request_id, dep.model, "anthropic")
         await self.forwarder.forward(ex, ctx, dep, call)
 
-    def _authorize_call(self, ex: Exchange, ctx: RequestContext, body: bytes, model: str | None) -> None:
-        """Once the body is read: its signature (keys that sign) and the model (globs of the key and its roles)."""
+    def _authorize_call(self, ex: Exchange, ctx: RequestContext, body: bytes,
+                        model: str | None) -> Coroutine[Any, Any, None] | None:
+        """Once the body is read: its signature (keys that sign) and the model (globs of the key and its roles);
+        returns the verified signature's claim on Redis, when one is owed, to await before the request goes on."""
         principal = ctx.principal
         assert principal is not None and self.auth is not None
-        if principal.signing_secret is not None:
-            self.auth.verify_body(ex, ctx, body)
+        claim = self.auth.verify_body(ex, ctx, body) if principal.signing_secret is not None else None
         if model is not None and not principal.may_use(model):
+            if claim is not None:
+                claim.close()  # refused here: nothing to claim
             raise model_not_allowed(model)
+        return claim
 
     async def close(self) -> None:
         """Each part closes even when another fails: quota usage flushed, logs written, connections closed."""
