@@ -190,3 +190,186 @@ def test_two_serve_instances_in_hybrid_mode_stay_within_the_stated_slack(tmp_pat
     assert 30 <= first_ok <= 30 + 30 + 1, first_ok
     assert second_ok <= 1, second_ok  # the overshoot became debt that both instances see
     assert all(reply.headers["x-ratelimit-limit-requests"] == "30" for _, reply in first)
+
+
+# -- a flood of distinct subjects: the maps stay within hybrid_max_subjects -------------------
+
+class Peer:
+    """A request from behind a trusted proxy (127.0.0.1), for the address in X-Forwarded-For."""
+
+    def __init__(self, ip: str) -> None:
+        self.client = "127.0.0.1:5000"
+        self._forwarded = ip
+
+    def header(self, name: str) -> str | None:
+        return self._forwarded if name == "x-forwarded-for" else None
+
+    def header_all(self, name: str) -> list[str]:
+        return [self._forwarded] if name == "x-forwarded-for" else []
+
+
+def per_ip(url: str, *, rate: float, period: float, burst: float, bound: int, sync_chunk: int = 1000) -> RateLimits:
+    """One instance with one hybrid per-IP policy, at most ``bound`` subjects held (the test syncs by hand)."""
+    config = msgspec.convert({
+        "redis": url, "redis_timeout_s": 1.0, "sync_interval_s": 3600.0, "trusted_proxies": ["127.0.0.0/8"],
+        "hybrid_max_subjects": bound,
+        "policies": [{"name": "per-ip", "scope": "ip", "rate": rate, "period_s": period, "burst": burst,
+                      "mode": "hybrid"}],
+    }, RateLimitConfig)
+    return RateLimits(config, RedisLimiter(connect(url, 1.0), timeout_s=1.0, sync_chunk=sync_chunk))
+
+
+async def ask(instance: RateLimits, ip: str) -> bool:
+    """One request the way the server admits it: locally when it can, else awaiting Redis."""
+    try:
+        if instance.admit_local(Peer(ip), "/v1/chat/completions", "m", 0, 1) == "await":
+            await instance.admit(Peer(ip), "/v1/chat/completions", "m", 0, 1)
+    except RateLimited:
+        return False
+    return True
+
+
+def held(instance: RateLimits) -> tuple[int, int, int]:
+    return len(instance._credit), len(instance._active), len(instance._unsynced)
+
+
+async def redis_levels(url: str, ips: list[str], *, rate: float, period: float, burst: float) -> list[float]:
+    """What Redis holds for each subject now (a take of 0 through a fresh limiter)."""
+    from sluice.state.redis_limits import Check
+
+    reader = RedisLimiter(connect(url, 1.0), timeout_s=1.0)
+    try:
+        return await reader.sync([Check("per-ip", f"ip:{ip}", "token_bucket", rate, period, burst, 0.0)
+                                  for ip in ips])
+    finally:
+        await reader.aclose()
+
+
+def test_a_flood_of_distinct_ips_stays_within_the_bound_and_every_take_reaches_redis(redis: RedisServer) -> None:
+    """200 random IPs against a bound of 50, while two clients keep sending: the maps never pass 50,
+    the clients get exactly their burst (5), and Redis holds every admitted request after the syncs."""
+    rate, period, burst_size, bound = 5.0, 3600.0, 5.0, 50
+    flood = [f"10.{i // 250}.{i % 250}.1" for i in range(200)]
+    early, late = "203.0.113.1", "203.0.113.2"  # the first held before the flood, the second meets the bound
+
+    async def scenario() -> dict[str, Any]:
+        instance = per_ip(redis.url, rate=rate, period=period, burst=burst_size, bound=bound, sync_chunk=16)
+        seen: dict[str, Any] = {"early": int(await ask(instance, early)), "late": 0, "most": (0, 0, 0)}
+        for i, ip in enumerate(flood):
+            assert await ask(instance, ip)  # each sends once: always within its burst
+            if i % 10 == 0:
+                seen["early"] += await ask(instance, early)
+                if i >= bound:
+                    seen["late"] += await ask(instance, late)
+            if i % 40 == 39:
+                await instance.sync()
+            seen["most"] = tuple(max(a, b) for a, b in zip(seen["most"], held(instance), strict=True))
+        seen["early_held"] = ((instance.policies[0], f"ip:{early}") in instance._credit)
+        seen["late_held"] = ((instance.policies[0], f"ip:{late}") in instance._credit)
+        seen["counts"] = instance.decision_counts()
+        await instance.aclose()  # the last sync
+        seen["levels"] = await redis_levels(redis.url, [early, late, *flood], rate=rate, period=period,
+                                            burst=burst_size)
+        return seen
+
+    seen = run(scenario)
+    assert max(seen["most"]) <= bound, seen["most"]
+    assert seen["early"] == 5 and seen["early_held"]  # 21 asked, held here all along: its burst, no more
+    assert seen["late"] == 5 and not seen["late_held"]  # 15 asked, each checked on Redis: exact
+    counts = seen["counts"]
+    assert counts[("per-ip", "overflow")] == 200 - (bound - 1) + 15  # every request of a subject not held
+    assert counts[("per-ip", "admitted")] == 5 + 5 + 200
+    # Each level is burst - what it took (a refill of 5/h adds at most ~0.05 during the test).
+    expected = [0.0, 0.0] + [burst_size - 1] * len(flood)
+    assert all(math.isclose(level, want, abs_tol=0.1) for level, want in zip(seen["levels"], expected,
+                                                                              strict=True)), seen["levels"]
+
+
+def test_subjects_synced_and_full_again_leave_at_the_bound_and_new_ones_are_held_again(redis: RedisServer) -> None:
+    """A fast refill (1000/s): once their takes are pushed and refilled, the flood's subjects are forgotten
+    (no ten intervals' grace at the bound), and a new subject is admitted locally again."""
+
+    async def scenario() -> tuple[tuple[int, int, int], tuple[int, int, int], int, int]:
+        instance = per_ip(redis.url, rate=1000, period=1, burst=10, bound=20)
+        for i in range(30):
+            assert await ask(instance, f"10.0.0.{i}")
+        full = held(instance)
+        await instance.sync()  # pushes the 20 held: nothing unsynced is forgotten
+        await asyncio.sleep(0.05)  # refilled on Redis
+        await instance.sync()  # adopts the full levels
+        await asyncio.sleep(0.02)
+        await instance.sync()  # idle and full again: forgotten
+        drained = held(instance)
+        overflow = instance.decision_counts()[("per-ip", "overflow")]
+        assert await ask(instance, "10.0.1.1")
+        again = instance.decision_counts()[("per-ip", "overflow")] - overflow
+        await instance.aclose()
+        return full, drained, overflow, again
+
+    full, drained, overflow, again = run(scenario)
+    assert full == (20, 20, 20)
+    assert drained == (0, 0, 0)
+    assert overflow == 10 and again == 0
+
+
+def test_a_failed_round_trip_keeps_its_takes_and_the_later_ones_for_the_next_sync(redis: RedisServer) -> None:
+    """Chunks of 7: in the third, Redis refuses one take (a key of the wrong type) and applies the six
+    others; the fourth and fifth are not sent.  The refused take and the unsent ones (1 + 9) are pushed
+    by the next sync: every take reaches Redis exactly once."""
+    from tests.integration.test_redis_limits import raw
+
+    ips = [f"10.0.0.{i}" for i in range(30)]
+
+    async def scenario() -> tuple[int, list[float], int]:
+        instance = per_ip(redis.url, rate=5, period=3600, burst=5, bound=100, sync_chunk=7)
+        for ip in ips:
+            assert await ask(instance, ip)
+        from sluice.state.redis_limits import key_name
+
+        poisoned = key_name("sluice:rl", "token_bucket", "per-ip", f"ip:{ips[16]}")  # in the third chunk
+        async with raw(redis.url) as client:
+            await client.set(poisoned, "not a bucket")
+            await instance.sync()
+            kept = len(instance._unsynced)
+            await client.delete(poisoned)
+        await instance.sync()
+        left = len(instance._unsynced)
+        await instance.aclose()
+        return kept, await redis_levels(redis.url, ips, rate=5, period=3600, burst=5), left
+
+    kept, levels, left = run(scenario)
+    assert kept == 1 + 9 and left == 0
+    assert [i for i, level in enumerate(levels) if not math.isclose(level, 4.0, abs_tol=0.05)] == [], levels
+
+
+def test_at_the_bound_with_redis_down_a_new_subject_falls_back_like_a_distributed_policy(redis: RedisServer) -> None:
+    """Fail open: a subject not held is checked on this process's compiled bucket (its burst, then 429);
+    fail closed: 503.  Neither enters the maps."""
+
+    async def scenario() -> dict[str, Any]:
+        config = {"redis": redis.url, "redis_timeout_s": 0.2, "sync_interval_s": 3600.0, "hybrid_max_subjects": 2,
+                  "trusted_proxies": ["127.0.0.0/8"]}
+        policy = {"name": "per-ip", "scope": "ip", "rate": 3, "period_s": 3600, "burst": 3, "mode": "hybrid"}
+        pair = [RateLimits(msgspec.convert({**config, "policies": [{**policy, "fail_open": fail_open}]},
+                                           RateLimitConfig), RedisLimiter(connect(redis.url, 0.2), timeout_s=0.2))
+                for fail_open in (True, False)]
+        for instance in pair:
+            assert await ask(instance, "10.0.0.1") and await ask(instance, "10.0.0.2")
+        redis.kill()
+        seen: dict[str, Any] = {"open": [await ask(pair[0], "10.0.0.3") for _ in range(5)]}
+        try:
+            await ask(pair[1], "10.0.0.3")
+        except LimiterDown as exc:
+            seen["closed"] = exc.code
+        seen["held"] = [held(instance) for instance in pair]
+        seen["counts"] = pair[0].decision_counts()
+        for instance in pair:
+            await instance.aclose()  # its last sync fails (counted), bounded by the timeout
+        return seen
+
+    seen = run(scenario)
+    assert seen["open"] == [True, True, True, False, False]
+    assert seen["closed"] == "ratelimiter_unavailable"
+    assert seen["held"] == [(2, 2, 2), (2, 2, 2)]
+    assert seen["counts"][("per-ip", "overflow")] == 5 and seen["counts"][("per-ip", "redis_unavailable")] == 5
+    assert seen["counts"][("per-ip", "admitted")] == 2 + 3 and seen["counts"][("per-ip", "rejected")] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -18,9 +19,12 @@ from sluice.state.quota_store import KEEP_AFTER_END_S, QuotaStoreUnavailable, Re
 from sluice.state.redis_limits import connect
 from tests.integration.test_redis_limits import raw
 from tests.redis_server import RedisServer, encode
-from tests.unit.test_quotas import Clock, at, limits, run, store_contract, want
+from tests.unit.test_quotas import Clock, ask, at, bounded, flood, limits, run, store_contract, want
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+# The stage's tests run on a fixed day after today's: Redis expires a counter by the real clock
+# (EXPIREAT, a day after its period ends), so a past day's counters would vanish as they are written.
 
 
 @asynccontextmanager
@@ -98,7 +102,7 @@ def test_a_stalled_redis_is_unavailable_within_the_timeout(redis: RedisServer, p
 
 
 def test_two_gateways_share_quotas_through_redis(redis_server: RedisServer, prefix: str) -> None:
-    clock = Clock(at("UTC", 2026, 11, 23, 12))
+    clock = Clock(at("UTC", 2037, 11, 23, 12))
     config = limits({"name": "daily", "scope": "key", "limit": 5})
 
     async def scenario() -> None:
@@ -126,7 +130,7 @@ def test_two_gateways_share_quotas_through_redis(redis_server: RedisServer, pref
             await a.aclose()
             await b.aclose()
         async with raw(redis_server.url) as client:
-            assert float(await client.get(f"{prefix}:{{daily:key:k1}}:2026-11-23")) == 6.0
+            assert float(await client.get(f"{prefix}:{{daily:key:k1}}:2037-11-23")) == 6.0
 
     run(scenario)
 
@@ -144,3 +148,64 @@ def test_redis_cluster_store(tmp_path: Path, prefix: str) -> None:
 
     with RedisServer(tmp_path / "cluster", cluster=True) as server:
         run(lambda: scenario(server.url))
+
+
+def test_a_flood_of_keys_stays_within_the_bound_and_redis_holds_every_admitted_request(
+        redis_server: RedisServer, prefix: str) -> None:
+    """200 keys against a bound of 50, a key asking 20 times on a limit of 3: the counters never pass 50,
+    the key gets exactly 3, and Redis counts every request admitted, once."""
+    clock = Clock(at("UTC", 2037, 11, 23, 12))
+    keys = [f"flood-{i}" for i in range(200)]
+
+    async def scenario() -> tuple[int, int, list[Any]]:
+        store = RedisQuotaStore(connect(redis_server.url, 1.0), prefix=prefix, timeout_s=1.0)
+        quotas = Quotas(bounded(50, {"name": "daily", "scope": "key", "limit": 3}), store, clock)
+        steady, most = await flood(quotas, keys, "steady")
+        await quotas.aclose()
+        async with raw(redis_server.url) as client:
+            used = [await client.get(quota_key(prefix, "daily", f"key:{k}", "2037-11-23"))
+                    for k in [*keys, "steady"]]
+        return steady, most, used
+
+    steady, most, used = run(scenario)
+    assert most <= 50 and steady == 3
+    assert [float(u) for u in used] == [1.0] * 200 + [3.0]
+
+
+def test_with_the_store_down_and_every_counter_unsent_new_keys_go_uncounted(
+        redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The only usage ever dropped: Redis is down and the 5 counters held all carry usage it has not taken.
+    New keys are admitted uncounted (quotas fail open), counted and warned about once; the 5 are kept
+    and reach Redis when it is back."""
+    clock = Clock(at("UTC", 2037, 11, 23, 12))
+
+    async def scenario() -> tuple[int, dict[tuple[str, ...], int], list[Any]]:
+        store = RedisQuotaStore(connect(redis.url, 0.2), prefix=prefix, timeout_s=0.2)
+        quotas = Quotas(bounded(5, {"name": "daily", "scope": "key", "limit": 3}), store, clock)
+        await flood(quotas, [f"before-{i}" for i in range(5)], "before-0")
+        await quotas.flush()
+        redis.kill()
+        with caplog.at_level(logging.WARNING, logger="sluice.quotas"):
+            await flood(quotas, [f"during-{i}" for i in range(5)], "during-0")  # the 5 before are forgotten
+            most = 0
+            for i in range(20):
+                assert await ask(quotas, f"uncounted-{i}")
+                most = max(most, len(quotas._current))
+        redis.restart()
+        await quotas.flush()
+        await ask(quotas, "after")  # room again: counted
+        counts = quotas.decision_counts()
+        await quotas.aclose()
+        async with raw(redis.url) as client:
+            used = [await client.get(quota_key(prefix, "daily", f"key:{k}", "2037-11-23"))
+                    for k in ["during-0", "during-4", "uncounted-0", "after"]]
+        return most, counts, used
+
+    most, counts, used = run(scenario)
+    assert most == 5
+    assert counts[("daily", "unrecorded")] == 20 and counts[("daily", "evicted")] == 5 + 1
+    assert [r.getMessage() for r in caplog.records].count(
+        "quotas hold 5 counters with usage the store has not taken (ratelimit.quota_max_subjects): new subjects "
+        "are admitted uncounted while there is no room") == 1
+    assert used[0] is not None and float(used[0]) == 2.0 and float(used[1]) == 1.0  # kept while Redis was down
+    assert used[2] is None and float(used[3]) == 1.0

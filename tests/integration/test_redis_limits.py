@@ -317,3 +317,42 @@ def test_cluster_path_is_all_or_nothing_by_refund(tmp_path: Path, prefix: str) -
 
     with RedisServer(tmp_path / "cluster", cluster=True) as server:
         run(lambda: scenario(server.url))
+
+
+class CountingLimiter(RedisLimiter):
+    """A RedisLimiter that records how many calls each pipeline round trip carries."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.round_trips: list[int] = []
+
+    async def _run_pipeline(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        self.round_trips.append(len(calls))
+        return await super()._run_pipeline(calls)
+
+
+@pytest.mark.parametrize(("chunk", "takes", "round_trips"), [(7, 50, [7] * 7 + [1]), (None, 2500, [1000, 1000, 500])])
+def test_a_sync_of_more_keys_than_a_chunk_goes_in_round_trips_of_a_chunk(redis_server: RedisServer, prefix: str,
+                                                                          chunk: int | None, takes: int,
+                                                                          round_trips: list[int]) -> None:
+    checks = [bucket("hybrid", f"ip:10.0.{i // 250}.{i % 250}", 10, HOUR, 10, cost=i % 5) for i in range(takes)]
+
+    async def scenario() -> tuple[list[float], list[int], list[Any]]:
+        options = {} if chunk is None else {"sync_chunk": chunk}
+        limits = CountingLimiter(connect(redis_server.url, 1.0), prefix=prefix, timeout_s=1.0, **options)
+        try:
+            levels = await limits.sync(checks)
+            async with raw(redis_server.url) as client:
+                stored = [await client.hget(key_name(prefix, "token_bucket", c.policy_id, c.key), "t")
+                          for c in checks[:60]]
+            return levels, limits.round_trips, stored
+        finally:
+            await limits.aclose()
+
+    levels, trips, stored = run(scenario)
+    assert trips == round_trips
+    assert [round(level, 2) for level in levels] == [10.0 - i % 5 for i in range(takes)]  # every take, in order
+    full = 10.0  # a full bucket is an absent key (a take of 0 leaves it full)
+    assert [full if t is None else round(float(t), 2) for t in stored] == [10.0 - i % 5 for i in range(len(stored))]
+    with pytest.raises(ValueError, match="sync_chunk"):
+        RedisLimiter(connect(redis_server.url, 1.0), sync_chunk=0)

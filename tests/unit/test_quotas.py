@@ -215,7 +215,9 @@ def test_sqlite_stores_of_two_processes_share_one_file(tmp_path: Path) -> None:
 # -- the stage ---------------------------------------------------------------------------------
 
 def sqlite(tmp_path: Path, name: str = "quotas.db") -> SqliteQuotaStore:
-    return SqliteQuotaStore(str(tmp_path / name))
+    # Its clock only decides when old rows go (tested above with a clock of its own): frozen at 0, so
+    # the fixed past days these tests run on are never deleted as real time moves on.
+    return SqliteQuotaStore(str(tmp_path / name), clock=lambda: 0.0)
 
 
 def test_which_quotas_apply(tmp_path: Path) -> None:
@@ -568,3 +570,89 @@ def test_at_period_end_old_deltas_still_go_to_their_period(tmp_path: Path) -> No
         await quotas.aclose()
 
     run(scenario)
+
+
+# -- a flood of distinct subjects: at most quota_max_subjects counters ---------------------------
+
+def bounded(bound: int, *quotas: dict[str, Any]) -> RateLimitConfig:
+    return msgspec.convert({"quotas": list(quotas), "quota_sync_s": 3600.0, "quota_max_subjects": bound},
+                           RateLimitConfig)
+
+
+async def ask(quotas: Quotas, key: str) -> bool:
+    """One request the way the rate limits ask: from memory when they can, else awaiting the store."""
+    try:
+        wanted = want(quotas, key=key)
+        quotas.admit_cached(wanted) or await quotas.admit(wanted)
+    except QuotaExceeded:
+        return False
+    return True
+
+
+async def flood(quotas: Quotas, keys: list[str], steady: str, every: int = 10) -> tuple[int, int]:
+    """One request per key, ``steady`` asking again every ``every``: (steady's admitted, most counters held)."""
+    admitted = most = 0
+    for i, key in enumerate(keys):
+        assert await ask(quotas, key)
+        if i % every == 0:
+            admitted += await ask(quotas, steady)
+        most = max(most, len(quotas._current))
+    return admitted, most
+
+
+def test_a_flood_of_keys_keeps_the_counters_within_the_bound_and_loses_no_usage(tmp_path: Path) -> None:
+    """200 keys against a bound of 50 within one sync interval (every counter has usage unsent: the
+    requests wait for early syncs), a key asking 20 times on a limit of 3: exactly 3, nothing lost."""
+    clock = Clock(at("UTC", 2026, 11, 23, 12))  # one instant: the oldest counter is the first one made
+    quotas = Quotas(bounded(50, {"name": "daily", "scope": "key", "limit": 3}), sqlite(tmp_path), clock)
+    keys = [f"flood-{i}" for i in range(200)]
+
+    async def scenario() -> tuple[int, int, dict[tuple[str, ...], int]]:
+        steady, most = await flood(quotas, keys, "steady")
+        counts = quotas.decision_counts()
+        await quotas.aclose()
+        return steady, most, counts
+
+    steady, most, counts = run(scenario)
+    assert most <= 50
+    assert steady == 3
+    assert counts[("daily", "evicted")] >= 200 + 1 - 50 and ("daily", "unrecorded") not in counts
+    used = run(lambda: reopened(tmp_path, [("daily", f"key:{k}", "2026-11-23") for k in [*keys, "steady"]]))
+    assert used == [1.0] * 200 + [3.0]  # every admitted request, once
+
+
+class CountingStore(FlakyStore):
+    """A real store recording the size of each ``add``, failing the ``fail_at``-th one (1-based) if set."""
+
+    def __init__(self, inner: QuotaStore, fail_at: int = 0) -> None:
+        super().__init__(inner)
+        self.adds: list[int] = []
+        self.fail_at = fail_at
+
+    async def add(self, entries: Sequence[tuple[str, str, str, float, float]]) -> list[float]:
+        self.adds.append(len(entries))
+        self.down = len(self.adds) == self.fail_at
+        return await super().add(entries)
+
+
+def test_a_sync_sends_at_most_a_chunk_per_call_and_a_failed_call_keeps_its_deltas(tmp_path: Path) -> None:
+    clock = Clock(at("UTC", 2026, 11, 23, 12))
+    store = CountingStore(sqlite(tmp_path), fail_at=3)
+    quotas = Quotas(bounded(100, {"name": "daily", "scope": "key", "limit": 9}), store, clock)
+    quotas.push_chunk = 7
+    keys = [f"k{i}" for i in range(50)]
+    entries = [("daily", f"key:{k}", "2026-11-23") for k in keys]
+
+    async def scenario() -> tuple[list[float], list[float]]:
+        for key in keys:
+            assert await ask(quotas, key)
+        await quotas.flush()  # 7 + 7 sent, the third call fails: the rest waits
+        after_failure = await store.inner.load(entries)
+        await quotas.flush()
+        await quotas.aclose()
+        return after_failure, await reopened(tmp_path, entries)
+
+    after_failure, used = run(scenario)
+    assert store.adds[:3] == [7, 7, 7] and max(store.adds) == 7
+    assert sorted(after_failure) == [0.0] * 36 + [1.0] * 14
+    assert used == [1.0] * 50  # every request once: none lost, none sent twice

@@ -408,6 +408,8 @@ def _check_ratelimit(config: Config) -> None:
         raise ConfigError("ratelimit.redis", f"must be a redis://, rediss:// or unix:// URL, got {limits.redis!r}")
     _positive("ratelimit.redis_timeout_s", limits.redis_timeout_s)
     _positive("ratelimit.sync_interval_s", limits.sync_interval_s)
+    _positive("ratelimit.hybrid_max_subjects", limits.hybrid_max_subjects)
+    _positive("ratelimit.quota_max_subjects", limits.quota_max_subjects)
     _positive("ratelimit.default_max_tokens", limits.default_max_tokens)
     if limits.soft_limit is not None:
         _ratio("ratelimit.soft_limit", limits.soft_limit)

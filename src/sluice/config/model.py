@@ -225,6 +225,12 @@ class RateLimitConfig(_Section, frozen=True):
     redis: str | None = None  # redis://host:port/db for distributed limits
     redis_timeout_s: float = 0.05  # the most a slow Redis adds to a request
     sync_interval_s: float = 0.1  # hybrid policies: how often each instance pushes its takes to Redis
+    # The most (policy, subject) pairs hybrid policies keep per process; past it a new subject is checked
+    # on Redis per request (exact) until the syncs forget idle ones.
+    hybrid_max_subjects: int = 100_000
+    # The most (quota, subject) counters quotas keep per process; past it the ones the store holds in full
+    # are forgotten (loaded again if their subject comes back).
+    quota_max_subjects: int = 100_000
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
     default_max_tokens: int = 1024  # token reservation for a request that names no max_tokens
     soft_limit: float | None = None  # default for every policy

@@ -47,12 +47,27 @@ is logged per failure episode, and pending deltas are kept for the next sync,
 never dropped.  While the store is down a new counter is not loaded at all
 (no request waits for a store known to be down); the next sync that succeeds
 brings every counter back in line.
+
+**Bounded memory.**  A process keeps at most ``quota_max_subjects`` counters (a
+flood of random keys cannot grow it).  A new subject meeting the bound first
+makes room by forgetting the counters whose usage the store holds in full
+(nothing pending or in flight), the least recently asked first, down to nine
+tenths of the bound (counted as ``evicted``): no usage is lost, and a subject
+that comes back loads its counter from the store again, exact.  When every
+counter still carries usage not sent (more new subjects within one
+``quota_sync_s`` than the bound), the request waits for one early sync (shared
+by every request waiting for room), which makes them forgettable.  Only while
+the store fails is there nothing to forget: then, as quotas fail open, a new
+subject is admitted without a counter (counted as ``unrecorded``, one warning
+per episode): the only usage ever dropped.  Syncs send at most ``PUSH_CHUNK``
+counters per call to the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import math
 import time
@@ -75,6 +90,12 @@ log = logging.getLogger("sluice.quotas")
 
 _SWEEP_EVERY_S = 60.0
 _REFRESHED_FOR_S = 60.0  # a counter asked for within this is refreshed at every sync
+PUSH_CHUNK = 1000  # the most counters one call to the store carries
+_ROOM_TRIES = 3  # early syncs a request waits for before a new subject goes uncounted
+
+
+class _Full(Exception):
+    """No room for a new counter without waiting (``_counter``)."""
 
 
 class QuotaExceeded(RateLimited):
@@ -209,6 +230,11 @@ class Quotas:
         self._closed = False
         self._sweep_at = 0.0
         self._own: dict[str | None, tuple[tuple[dict[str, Any], ...], list[Quota]]] = {}  # keys' own quotas
+        self.max_subjects = config.quota_max_subjects  # the most counters in _current
+        self.push_chunk = PUSH_CHUNK
+        self._early: asyncio.Task[None] | None = None  # a sync to make room, shared by the requests waiting
+        self._full_warned = False  # the bound was met with nothing to forget: warned once per episode
+        self._scanned_dry = False  # the last _make_room found too few to forget: no scan before a push
 
     def wanted(self, route: str, model: str, key_id: str | None, user: str | None, team: str | None,
                tokens_estimate: float, own: Sequence[Quota] = ()) -> list[QuotaWant]:
@@ -243,14 +269,17 @@ class Quotas:
         Raises QuotaExceeded.
         """
         now = self._clock()
-        counters = [self._counter(w, now) for w in wanted]
+        try:
+            counters = [self._counter(w, now) for w in wanted]
+        except _Full:  # admit() makes room
+            return None
         if not all(c.loaded for c in counters):
             return None
         return self._take(wanted, counters, now)
 
     async def admit(self, wanted: list[QuotaWant]) -> QuotaTaken:
         """Admits the request (loading the counters met for the first time) or raises QuotaExceeded."""
-        counters = [self._counter(w, self._clock()) for w in wanted]
+        wanted, counters = await self._counters(wanted)
         missing = [c for c in counters if not c.loaded]
         while missing:
             await self._load(missing)
@@ -277,7 +306,8 @@ class Quotas:
         return _headers(list(zip(taken.entries, taken.remaining, strict=True)), self._clock())
 
     def decision_counts(self) -> dict[tuple[str, ...], int]:
-        """(quota, decision) -> count, for /metrics; decisions are admitted, rejected and store_unavailable."""
+        """(quota, decision) -> count, for /metrics; decisions are admitted, rejected, store_unavailable,
+        evicted and unrecorded."""
         return {(q.name, decision): n for q in self.quotas for decision, n in q.counts.items()}
 
     async def flush(self) -> None:
@@ -310,14 +340,67 @@ class Quotas:
             bounds = self._bounds[period] = (ident, ends, now)
         return bounds[0], bounds[1]
 
+    async def _counters(self, wanted: list[QuotaWant]) -> tuple[list[QuotaWant], list[_Counter]]:
+        """The counters of ``wanted``, room made for new ones (``_make_room``); when the store fails and
+        there is none, the wants without a counter are left out: admitted uncounted, as quotas fail open."""
+        for _ in range(_ROOM_TRIES):
+            try:
+                return wanted, [self._counter(w, self._clock()) for w in wanted]
+            except _Full:
+                if self._down:  # nothing to wait for: no sync succeeds while the store fails
+                    break
+                await self._sync_early()
+        kept: list[QuotaWant] = []
+        counters: list[_Counter] = []
+        for want in wanted:
+            try:
+                counters.append(self._counter(want, self._clock()))
+                kept.append(want)
+            except _Full:
+                want.quota.count("unrecorded")
+                if not self._full_warned:
+                    self._full_warned = True
+                    log.warning("quotas hold %d counters with usage the store has not taken "
+                                "(ratelimit.quota_max_subjects): new subjects are admitted uncounted while there is "
+                                "no room", len(self._current))
+        return kept, counters
+
+    async def _sync_early(self) -> None:
+        """One sync now, shared by every request waiting for room: it makes the counters forgettable."""
+        task = self._early
+        if task is None or task.done():
+            task = self._early = asyncio.get_running_loop().create_task(self.flush(), name="sluice-quota-room")
+        await asyncio.shield(task)
+
+    def _make_room(self) -> bool:
+        """Forgets the counters the store holds in full (nothing pending, in flight, loading or to send),
+        the least recently asked first, down to nine tenths of the bound; False if none could go."""
+        if self._scanned_dry:  # a scan per new subject would cost O(bound) each: wait for a push
+            return False
+        touched = self._touched
+        idle = [(counter.asked_at, key) for key, counter in self._current.items()
+                if not counter.pending and not counter.inflight and counter.loading is None
+                and counter not in touched]
+        excess = len(self._current) - (self.max_subjects - max(1, self.max_subjects // 10))
+        self._scanned_dry = len(idle) < excess
+        if not idle:
+            return False
+        for _, key in heapq.nsmallest(excess, idle, key=lambda entry: entry[0]):
+            self._current.pop(key).quota.count("evicted")
+        self._full_warned = False
+        return True
+
     def _counter(self, want: QuotaWant, now: float) -> _Counter:
+        """Raises _Full when it would be new and there is no room without a sync."""
         ident, ends = self._period(want.quota.period, now)
         key = (want.quota.name, want.subject)
         counter = self._current.get(key)
         if counter is not None and counter.quota is not want.quota:
             counter.quota = want.quota  # the key's quota changed (a new limit): it counts from now on
         if counter is None or counter.period != ident:  # a new subject, or a new period: from 0 in it
-            counter = self._current[key] = _Counter(want.quota, want.subject, ident, ends)
+            if counter is None and len(self._current) >= self.max_subjects and not self._make_room():
+                raise _Full
+            counter = self._current[key] = _Counter(want.quota, want.subject, ident, ends, asked_at=now)
             if self._down:  # no request waits for a store known to be down: 0 stands in until a sync answers
                 counter.loaded = True
                 self._touched.add(counter)
@@ -383,31 +466,44 @@ class Quotas:
             counter.loaded = True
 
     async def _push(self) -> None:
-        """One ``add`` of every touched counter's pending delta; their ``used`` becomes the store's answer."""
+        """``add`` of every touched counter's pending delta, ``push_chunk`` counters per call; their ``used``
+        becomes the store's answer.  A call that fails ends the sync: its counters and the later ones
+        keep their deltas for the next."""
         recent = self._clock() - _REFRESHED_FOR_S
         batch = list(self._touched.union(c for c in self._current.values() if c.loaded and c.asked_at >= recent))
         self._touched.clear()
-        if not batch:
-            self._sweep(self._clock())
-            return
-        for counter in batch:
+        sent = 0
+        try:
+            while sent < len(batch):
+                chunk = batch[sent:sent + self.push_chunk]
+                if not await self._push_chunk(chunk):
+                    return
+                sent += len(chunk)
+        finally:
+            if sent < len(batch):
+                self._touched.update(batch[sent:])  # sent at the next sync, never lost
+        self._sweep(self._clock())
+
+    async def _push_chunk(self, chunk: list[_Counter]) -> bool:
+        """One ``add``; False when the store failed (the deltas are pending again)."""
+        for counter in chunk:
             counter.inflight, counter.pending = counter.pending, 0.0
         try:
-            totals = await self.store.add([(c.quota.name, c.subject, c.period, c.inflight, c.ends) for c in batch])
+            totals = await self.store.add([(c.quota.name, c.subject, c.period, c.inflight, c.ends) for c in chunk])
         except BaseException as exc:
-            for counter in batch:  # kept for the next sync, never lost
+            for counter in chunk:  # kept for the next sync, never lost
                 counter.pending += counter.inflight
                 counter.inflight = 0.0
-            self._touched.update(batch)
             if not isinstance(exc, QuotaStoreUnavailable):
                 raise
-            self._failed(exc, batch, "syncing")
-            return
+            self._failed(exc, chunk, "syncing")
+            return False
         self._recovered()
-        for counter, total in zip(batch, totals, strict=True):
+        for counter, total in zip(chunk, totals, strict=True):
             counter.used = total
             counter.inflight = 0.0
-        self._sweep(self._clock())
+        self._scanned_dry = False  # these may be forgotten now
+        return True
 
     def _sweep(self, now: float) -> None:
         """Forgets the counters of periods that ended (their deltas were sent)."""

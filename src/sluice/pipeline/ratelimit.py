@@ -33,6 +33,17 @@ overspent, so its overshoot would come back every period.  A subject an
 instance has not synced yet (or forgot, idle long enough to be full again)
 starts full there.  While Redis fails, hybrid policies go on from their credit
 (``fail_open``, refilled by nothing) or answer 503 until a sync succeeds.
+
+**Bounded memory.**  A process keeps at most ``hybrid_max_subjects`` (policy,
+subject) pairs of hybrid policies (a flood of random IPs or keys cannot grow it).
+At the bound a subject it does not hold is checked on Redis per request, as a
+distributed policy would (the same bucket: exact, one round trip; ``overflow``
+in the decision counts, a warning logged once per episode), and never enters
+the maps; nothing is evicted that is not synced, so no usage is lost and no
+subject gets a fresh bucket because of the bound.  A pair leaves only through
+a sync: once pushed, and idle until its bucket would be full again (at the
+bound, without the ten intervals' grace).  Syncs go in round trips of at most
+``SYNC_CHUNK`` keys.
 """
 
 from __future__ import annotations
@@ -43,7 +54,8 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
@@ -149,6 +161,7 @@ class Policy:
     local: LocalLimiter
     capacity: float = 0.0  # what the headers call the limit: the burst, or a window's limit
     counts: dict[str, int] = field(default_factory=dict)  # decision -> count
+    twin: Policy | None = None  # a hybrid policy's distributed twin (``distributed_twin``)
 
     def __post_init__(self) -> None:
         self.capacity = self.burst if self.algorithm == "token_bucket" else self.limit
@@ -167,6 +180,13 @@ class Policy:
 
     def count(self, decision: str) -> None:
         self.counts[decision] = self.counts.get(decision, 0) + 1
+
+    def distributed_twin(self) -> Policy:
+        """This hybrid policy checked on Redis per request, for a subject the process has no room for:
+        the same name (so the same Redis bucket), limits, local fallback and decision counts."""
+        if self.twin is None:
+            self.twin = replace(self, distributed=True, hybrid=False)
+        return self.twin
 
 
 # What one policy took: (policy, subject, cost, on Redis, remaining after, seconds to full).
@@ -203,7 +223,13 @@ class RateLimits:
         self._unsynced: dict[tuple[Policy, str], float] = {}  # hybrid: taken here since the last sync
         self._credit: dict[tuple[Policy, str], float] = {}  # hybrid: Redis' level at the last sync - takes since
         self._active: dict[tuple[Policy, str], float] = {}  # hybrid: last local take, to refresh the view
+        # The three hold the same pairs (_unsynced some of them), at most max_subjects: a pair enters at a
+        # take when there is room and leaves at a sync, once synced and idle (``sync``).
+        self.max_subjects = config.hybrid_max_subjects
+        self._synced_at = -math.inf  # when _credit last adopted Redis' levels (monotonic)
+        self._full_warned = False  # the bound was met: warned once, until a sync finds room again
         self._sync_task: asyncio.Task[None] | None = None
+        self._syncing = False  # the sync task is inside sync(): aclose lets it finish instead of cancelling
         self._closing = False
         self.hybrid_down = False  # the last hybrid sync failed
 
@@ -217,6 +243,8 @@ class RateLimits:
         wanted, quota_wanted = self._wants(ex, route, model, body_size, max_tokens, caller)
         if any(policy.distributed for policy, _, _ in wanted):
             return "await"
+        if len(self._credit) >= self.max_subjects and self._overflowing(wanted):
+            return "await"  # a hybrid subject this process has no room for: checked on Redis
         quota = None
         if quota_wanted:
             assert self.quotas is not None
@@ -292,6 +320,8 @@ class RateLimits:
     async def _admit_policies(self, wanted: list[Wanted], admission: Admission) -> Admission:
         if self.hybrid_down:
             _refuse_unsynced(wanted)
+        if len(self._credit) >= self.max_subjects:
+            wanted = self._overflow(wanted)
         now = time.monotonic()
         local = [w for w in wanted if not w[0].distributed]
         remote = [w for w in wanted if w[0].distributed]
@@ -364,7 +394,8 @@ class RateLimits:
             if policy.hybrid:
                 wait = self._hybrid_wait(policy, subject, cost)
                 if wait > 0:
-                    self._active[policy, subject] = now  # still asked for: kept in the sync
+                    if (policy, subject) in self._credit:
+                        self._active[policy, subject] = now  # still asked for: kept in the sync
                     self._reject(policy, wait, [(policy, subject, cost, False, *self._hybrid_view(policy, subject))])
                 continue
             wait = policy.local.check(subject, cost, now)
@@ -446,9 +477,38 @@ class RateLimits:
 
     # -- hybrid mode -------------------------------------------------------------------------
 
+    def _overflowing(self, wanted: list[Wanted]) -> bool:
+        credit = self._credit
+        return any(policy.hybrid and (policy, subject) not in credit for policy, subject, _ in wanted)
+
+    def _overflow(self, wanted: list[Wanted]) -> list[Wanted]:
+        """At the bound: the hybrid checks of subjects this process does not hold go to Redis, exact."""
+        if not self._overflowing(wanted):
+            return wanted
+        if not self._full_warned:
+            self._full_warned = True
+            log.warning("hybrid rate limits hold %d subjects (ratelimit.hybrid_max_subjects): new subjects are "
+                        "checked on Redis, one round trip per request, until syncs forget idle ones",
+                        len(self._credit))
+        routed: list[Wanted] = []
+        for policy, subject, cost in wanted:
+            if policy.hybrid and (policy, subject) not in self._credit:
+                policy.count("overflow")
+                policy = policy.distributed_twin()
+            routed.append((policy, subject, cost))
+        return routed
+
     def _hybrid_take(self, policy: Policy, subject: str, cost: float, now: float) -> None:
         key = (policy, subject)
-        self._credit[key] = self._credit.get(key, policy.capacity) - cost
+        credit = self._credit.get(key)
+        if credit is None:
+            if len(self._credit) >= self.max_subjects:
+                # No room (filled while this request waited, or a settlement after a sync forgot it):
+                # the units go straight to the Redis bucket, never lost.
+                self._adjust_remote(policy, subject, -cost)
+                return
+            credit = policy.capacity
+        self._credit[key] = credit - cost
         self._unsynced[key] = self._unsynced.get(key, 0.0) + cost
         self._active[key] = now
         if self._sync_task is None:
@@ -478,31 +538,48 @@ class RateLimits:
         # which sync() takes for Redis failing.
         while not self._closing:
             await asyncio.sleep(self.sync_interval)
-            await self.sync()
+            self._syncing = True
+            try:
+                await self.sync()
+            finally:
+                self._syncing = False
 
     async def sync(self) -> None:
         """Pushes the hybrid takes of this instance to Redis and adopts Redis' levels as its credit.
 
         Subjects taken from in the last ten intervals are refreshed even when idle here, so that
-        another instance's spending reaches this one's view before its next request.
+        another instance's spending reaches this one's view before its next request.  A subject
+        leaves only here, with nothing unsynced and idle until its bucket would be full again (at
+        ``max_subjects``, without the ten intervals' grace): coming back, it starts full, as it
+        would be.  Round trips of at most ``SYNC_CHUNK`` keys (``RedisLimiter.sync``).
         """
         assert self.redis is not None
         from ..state.redis_limits import Check, LimiterUnavailable
 
         now = time.monotonic()
-        self._active = {key: at for key, at in self._active.items() if not self._forgotten(key, at, now)}
+        full = len(self._credit) >= self.max_subjects
+        grace = 0.0 if full else 10 * self.sync_interval
+        unsynced = self._unsynced
+        self._active = {key: at for key, at in self._active.items()
+                        if key in unsynced or not self._forgotten(key, at, now, grace)}
         for key in self._credit.keys() - self._active.keys():
             del self._credit[key]
-        pushed, self._unsynced = self._unsynced, {}
-        keys = list(self._active.keys() | pushed.keys())
+        if self._full_warned and len(self._credit) < self.max_subjects:
+            self._full_warned = False
+        pushed, self._unsynced = unsynced, {}
+        keys = list(self._active)  # every pair pushed is in it: unsynced ones are never forgotten
         if not keys:
             return
         takes = [Check(p.name, s, p.algorithm, p.limit, p.period, p.burst, pushed.get((p, s), 0.0)) for p, s in keys]
         try:
             levels = await self.redis.sync(takes, self._sync_timeout)
         except BaseException as exc:
-            for key, cost in pushed.items():  # kept for the next sync: nothing taken here is forgotten
-                self._unsynced[key] = self._unsynced.get(key, 0.0) + cost
+            answered = exc.answered if isinstance(exc, LimiterUnavailable) else []
+            for i, key in enumerate(keys):  # not applied (or maybe, unanswered): kept for the next sync
+                cost = pushed.get(key)
+                if cost is not None and (i >= len(answered) or answered[i] is None):
+                    self._unsynced[key] = self._unsynced.get(key, 0.0) + cost
+            self._adopt(keys, answered)
             if not isinstance(exc, LimiterUnavailable):
                 raise  # cancelled (shutdown: aclose pushes them once more) or a bug
             for policy in {p for p, _ in keys}:
@@ -513,22 +590,32 @@ class RateLimits:
             self.hybrid_down = True
             return
         self.hybrid_down = False
-        for key, level in zip(keys, levels, strict=True):
-            # What was taken here while Redis answered is not in Redis' level yet.
-            self._credit[key] = level - self._unsynced.get(key, 0.0)
+        self._adopt(keys, levels)
 
-    def _forgotten(self, key: tuple[Policy, str], at: float, now: float) -> bool:
-        """A subject nobody asked for here in ten sync intervals, long enough that its bucket is full
-        again unless others took from it: it leaves the sync, and starts full here if it comes back."""
+    def _adopt(self, keys: list[tuple[Policy, str]], levels: Sequence[float | None]) -> None:
+        """Redis' levels (of the first ``len(levels)`` keys, but None) become this instance's credit."""
+        if not levels:
+            return
+        unsynced = self._unsynced
+        for key, level in zip(keys, levels, strict=False):
+            if level is not None:  # what was taken here while Redis answered is not in its level yet
+                self._credit[key] = level - unsynced.get(key, 0.0)
+        self._synced_at = time.monotonic()  # no earlier than Redis read them: refills are counted from here
+
+    def _forgotten(self, key: tuple[Policy, str], at: float, now: float, grace: float) -> bool:
+        """A subject nobody asked for here in ``grace`` and whose bucket is full again by now unless others
+        took from it (its credit refilling since the later of its last take and the last sync): it leaves
+        the sync, and starts full here if it comes back."""
         policy = key[0]
         refill = (policy.capacity - self._credit.get(key, policy.capacity)) * policy.period / policy.limit
-        return now - at > max(10 * self.sync_interval, refill)
+        return now - at > grace and now - max(at, self._synced_at) > refill
 
     async def aclose(self) -> None:
         """Stops the hybrid sync after a last push, and closes the Redis client."""
         self._closing = True
         if self._sync_task is not None:
-            self._sync_task.cancel()
+            if not self._syncing:  # asleep; a sync under way ends by itself (cancelled, its pushed
+                self._sync_task.cancel()  # round trips would be pushed again below)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sync_task
             self._sync_task = None

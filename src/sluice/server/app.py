@@ -666,12 +666,12 @@ def _open_limits(config: Config, metrics: Metrics | None) -> RateLimits | None:
     rate_limits = RateLimits(limits, redis, quotas)
     if metrics is not None:
         metrics.counters["sluice_ratelimit_decisions"] = (
-            "Rate-limit decisions by policy: admitted, rejected, warned, redis_unavailable.", ("policy", "decision"),
-            rate_limits.decision_counts)
+            "Rate-limit decisions by policy: admitted, rejected, warned, redis_unavailable, overflow.",
+            ("policy", "decision"), rate_limits.decision_counts)
         if quotas is not None:
             metrics.counters["sluice_quota_decisions"] = (
-                "Quota decisions by quota: admitted, rejected, store_unavailable.", ("quota", "decision"),
-                quotas.decision_counts)
+                "Quota decisions by quota: admitted, rejected, store_unavailable, evicted, unrecorded.",
+                ("quota", "decision"), quotas.decision_counts)
     return rate_limits
 
 

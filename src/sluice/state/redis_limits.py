@@ -70,7 +70,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-__all__ = ["Check", "Decision", "LimiterUnavailable", "RedisLimiter", "Result", "connect", "key_name"]
+__all__ = ["SYNC_CHUNK", "Check", "Decision", "LimiterUnavailable", "RedisLimiter", "Result", "connect", "key_name"]
 
 SCRIPT = """
 -- sluice rate limits; the model is in sluice/state/redis_limits.py.
@@ -228,6 +228,7 @@ return reply
 
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 _NO_FLOOR = "-1e300"  # a bucket's debt, kept in full
+SYNC_CHUNK = 1000  # the most keys one round trip of a hybrid sync carries
 
 _ALGORITHMS = {"token_bucket": "tb", "sliding_window": "sw"}
 _POLICY_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
@@ -239,7 +240,16 @@ _FAILURES = (TimeoutError, RedisError, RedisClusterException, OSError)
 
 
 class LimiterUnavailable(Exception):
-    """Redis did not answer within the timeout, or failed; ``__cause__`` holds why."""
+    """Redis did not answer within the timeout, or failed; ``__cause__`` holds why.
+
+    From ``RedisLimiter.sync``, ``answered`` holds the level of each take answered before the failure, in
+    order, None for one that Redis refused (not applied); the takes past its end got no answer (those
+    of a round trip that timed out may still be applied).  Empty otherwise.
+    """
+
+    def __init__(self, message: str, answered: Sequence[float | None] = ()) -> None:
+        super().__init__(message)
+        self.answered = list(answered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,10 +309,13 @@ class RedisLimiter:
     """Rate-limit checks on Redis: one round trip per request, atomic per policy, Redis' clock."""
 
     def __init__(self, client: redis.asyncio.Redis | redis.asyncio.RedisCluster, *, prefix: str = "sluice:rl",
-                 timeout_s: float = 0.05) -> None:
+                 timeout_s: float = 0.05, sync_chunk: int = SYNC_CHUNK) -> None:
+        if sync_chunk < 1:
+            raise ValueError(f"sync_chunk must be at least 1, got {sync_chunk}")
         self.client = client
         self.prefix = prefix
         self.timeout_s = timeout_s
+        self.sync_chunk = sync_chunk
         self._cluster = isinstance(client, redis.asyncio.RedisCluster)
         self._loaded = False
 
@@ -339,20 +352,30 @@ class RedisLimiter:
         """Takes each check's cost without checking it (a negative cost gives back) and answers each
         subject's remaining units, signed: the hybrid mode's batched sync.
 
-        One pipelined round trip of ``adjust`` calls (one per node on a cluster).  The debt of a
-        bucket is kept in full (not clamped at -burst as settlements are): it is what the instances
-        overspent together, and paying it back is what brings them back to the limit.
+        Pipelined ``adjust`` calls, at most ``sync_chunk`` per round trip (one per node on a
+        cluster), the round trips one after the other, each bounded by ``timeout_s``: a sync of many
+        subjects never builds one unbounded command.  The first that fails ends the sync with
+        LimiterUnavailable, whose ``answered`` holds the levels of the takes answered (applied; None
+        for one Redis refused, not applied); a round trip that got no answer may have been applied,
+        the later ones were not sent.
+        The debt of a bucket is kept in full (not clamped at -burst as settlements are): it is what
+        the instances overspent together, and paying it back is what brings them back to the limit.
         """
-        if not takes:
-            return []
-        calls = [(key_name(self.prefix, c.algorithm, c.policy_id, c.key), "adjust", _code(c.algorithm), c.limit,
-                  c.period, c.burst, -c.cost, _NO_FLOOR) for c in takes]
-        try:
-            async with asyncio.timeout(self.timeout_s if timeout_s is None else timeout_s):
-                replies = await self._pipeline(calls)
-        except _FAILURES as exc:
-            raise LimiterUnavailable(f"rate-limit Redis: {_describe(exc)}") from exc
-        return [float(reply[0]) for reply in replies]
+        answered: list[float | None] = []
+        for start in range(0, len(takes), self.sync_chunk):
+            calls = [(key_name(self.prefix, c.algorithm, c.policy_id, c.key), "adjust", _code(c.algorithm), c.limit,
+                      c.period, c.burst, -c.cost, _NO_FLOOR) for c in takes[start:start + self.sync_chunk]]
+            try:
+                async with asyncio.timeout(self.timeout_s if timeout_s is None else timeout_s):
+                    replies = await self._pipeline(calls, raise_errors=False)
+            except _FAILURES as exc:
+                raise LimiterUnavailable(f"rate-limit Redis: {_describe(exc)}", answered) from exc
+            # A refused call (an error reply) is not applied; the others of its round trip are.
+            answered += [None if isinstance(reply, Exception) else float(reply[0]) for reply in replies]
+            refused = next((reply for reply in replies if isinstance(reply, Exception)), None)
+            if refused is not None:
+                raise LimiterUnavailable(f"rate-limit Redis: {_describe(refused)}", answered) from refused
+        return [level for level in answered if level is not None]  # all of them: none was refused
 
     async def ping(self) -> float:
         """The round trip to Redis in seconds (readiness, health details); raises LimiterUnavailable."""
@@ -397,8 +420,10 @@ class RedisLimiter:
                 results[i] = Result(True, float(refund[0]), float(refund[1]), 0.0)
         return Decision(allowed, results)
 
-    async def _pipeline(self, calls: list[tuple[Any, ...]]) -> list[Any]:
-        """EVALSHA of one key each, pipelined (grouped by node); NOSCRIPT ones are loaded and retried once."""
+    async def _pipeline(self, calls: list[tuple[Any, ...]], *, raise_errors: bool = True) -> list[Any]:
+        """EVALSHA of one key each, pipelined (grouped by node); NOSCRIPT ones are loaded and retried once.
+
+        The first error reply is raised, or with ``raise_errors=False`` answered in its call's place."""
         if not calls:
             return []
         if not self._loaded:
@@ -409,9 +434,10 @@ class RedisLimiter:
             await self._load()
             for i, reply in zip(missing, await self._run_pipeline([calls[i] for i in missing]), strict=True):
                 replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        if raise_errors:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
         return replies
 
     async def _run_pipeline(self, calls: list[tuple[Any, ...]]) -> list[Any]:
