@@ -112,8 +112,8 @@ cdef class LineFormatter:
     cdef readonly object last_error  # the exception of the last of those
     cdef type _class  # the class whose slot offsets are in _offsets
     cdef Py_ssize_t _offsets[FIELD_COUNT]  # -1: read by getattr
-    cdef type _exchange_class  # the class of the exchanges whose method and path offsets follow
-    cdef Py_ssize_t _method_at, _path_at
+    cdef type _exchange_class  # the class of the exchanges whose method, path and header map offsets follow
+    cdef Py_ssize_t _method_at, _path_at, _headers_at
 
     def __init__(self, line_type, trace_id_of):
         self._line_type = line_type
@@ -212,14 +212,23 @@ cdef class LineFormatter:
         if type(exchange) is not self._exchange_class:
             self._method_at = slot_offset(type(exchange), "method")
             self._path_at = slot_offset(type(exchange), "path")
+            self._headers_at = slot_offset(type(exchange), "_headers")
             self._exchange_class = type(exchange)
         clock_gettime(CLOCK_REALTIME, &now)  # what time.time() reads
         self._set(entry, AT, now.tv_sec + now.tv_nsec * 1e-9)
         self._set(entry, METHOD, self._exchange_field(exchange, self._method_at, "method"))
         self._set(entry, PATH, self._exchange_field(exchange, self._path_at, "path"))
         if self._get(entry, TRACE) is None:
-            self._set(entry, TRACEPARENT, exchange.header("traceparent"))
+            self._set(entry, TRACEPARENT, self._traceparent(exchange))
         return 0
+
+    cdef object _traceparent(self, object exchange):
+        """The caller's traceparent: from the exchange's header map (``Exchange``'s ``_headers``: the mapping its
+        ``header`` reads, once it is there) without the method around it, or by ``header``."""
+        cdef PyObject* headers = slot_value(exchange, self._headers_at)
+        if headers == NULL or <object>headers is None:
+            return exchange.header("traceparent")
+        return (<object>headers).get("traceparent")
 
     cdef object _exchange_field(self, object exchange, Py_ssize_t offset, str name):
         cdef PyObject* value = slot_value(exchange, offset)

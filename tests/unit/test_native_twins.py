@@ -513,6 +513,46 @@ def test_count_tokens_fills_a_context_once(impl) -> None:
         impl.count_tokens(ctx)
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_finish_completes_a_context_as_the_gateway_did(impl) -> None:
+    import time
+
+    from sluice.server.app import RequestContext
+
+    routes = {"/v1/chat/completions": {}}
+    started = time.perf_counter()
+    ok = RequestContext("r", started)
+    ok.upstream_s, ok.answer = 0.0005, _ANSWER
+    impl.finish(ok, 200, "/v1/chat/completions", routes)
+    assert 0 < ok.total_s <= time.perf_counter() - started
+    assert ok.overhead_s == pytest.approx(ok.total_s - 0.0005)
+    assert (ok.status, ok.route, ok.error, ok.tokens_in, ok.tokens_out) == (200, "/v1/chat/completions", None, 9, 10)
+
+    failed = RequestContext("r", started)
+    failed.overhead_s, failed.route = 0.25, "/v1/embeddings"  # set by the response head and the handler
+    impl.finish(failed, 503, "/v1/chat/completions", routes)
+    assert (failed.overhead_s, failed.route, failed.error) == (0.25, "/v1/embeddings", "upstream_5xx")
+    refused = RequestContext("r", started)
+    impl.finish(refused, 404, "/nowhere", routes)
+    assert (refused.status, refused.route, refused.error, refused.tokens_in) == (404, "other", "upstream_4xx", -1)
+    named = RequestContext("r", started)
+    named.error = "rate_limited"
+    impl.finish(named, 429, "/v1/chat/completions", routes)
+    assert named.error == "rate_limited"
+
+    class Plain:  # not a RequestContext: getattr and setattr
+        started, overhead_s, upstream_s, route, error = 0.0, -1.0, 0.0, "", None
+        answer, tokens_in, tokens_out = None, -1, -1
+
+    plain = Plain()
+    impl.finish(plain, 400, "/v1/chat/completions", routes)
+    assert (plain.route, plain.error, plain.status) == ("/v1/chat/completions", "upstream_4xx", 400)
+    assert plain.total_s == plain.overhead_s > 0
+    del ok.started
+    with pytest.raises(AttributeError):
+        impl.finish(ok, 200, "/v1/chat/completions", routes)
+
+
 class _Exchange:
     """What complete() reads of an Exchange: method, path (slots, as RSGIExchange's) and header()."""
 
@@ -551,3 +591,13 @@ def test_add_with_the_exchange_completes_the_entry_as_the_gateway_did(impl) -> N
     again = _entry(at=0.0)
     formatter.add(again, NoSlots())
     assert (again.method, again.path, again.traceparent) == ("GET", "/v1/models", None)
+
+    class Lazy(_Exchange):  # ASGIExchange's header map: None until header() first builds it
+        __slots__ = ()
+
+        def header(self, name: str) -> str | None:
+            return traceparent if name == "traceparent" else None
+
+    lazy = _entry(at=0.0)
+    formatter.add(lazy, Lazy("GET", "/v1/models", None))
+    assert lazy.traceparent == traceparent

@@ -1,3 +1,4 @@
+from collections.abc import Container
 from typing import Any
 
 class RequestIds:
@@ -10,3 +11,4 @@ USAGE_TAIL: int
 
 def token_counts(answer: bytes) -> tuple[int, int]: ...
 def count_tokens(context: Any) -> None: ...
+def finish(context: Any, status: int, path: str, routes: Container[str]) -> None: ...

@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 
-from .._native import RequestIds, count_tokens, valid_request_id
+from .._native import RequestIds, finish, valid_request_id
 from ..config import Config, ObservabilityConfig, Strategy
 from ..errors import (
     AuthUnavailable,
@@ -296,14 +296,9 @@ class Gateway:
         metrics, access_log, trace = self.metrics, self.access_log, ctx.trace
         if metrics is None and access_log is None and trace is None and ctx.admission is None:
             return
-        ctx.total_s = total = time.perf_counter() - ctx.started
-        if ctx.overhead_s < 0:
-            ctx.overhead_s = total - ctx.upstream_s
-        ctx.status = status = ex.status
-        ctx.route = route = ctx.route or (ex.path if ex.path in self.routes else "other")
-        if ctx.error is None and status >= 400:
-            ctx.error = "upstream_4xx" if status < 500 else "upstream_5xx"
-        count_tokens(ctx)  # compiled: the usage in the answer's tail, unless counted already
+        # Compiled: total and overhead time, status, route, error class, the usage in the answer's tail.
+        finish(ctx, ex.status, ex.path, self.routes)
+        route, status = ctx.route, ctx.status
         if ctx.admission is not None and self.limits is not None:
             # An embedding's usage has no completion tokens: its prompt tokens are all it used.
             used = ctx.tokens_in + max(ctx.tokens_out, 0) if ctx.tokens_in >= 0 else -1
@@ -314,7 +309,7 @@ class Gateway:
             self.limits.settle(ctx.admission, used)
         if metrics is not None:
             metrics.in_flight -= 1
-            if metrics.observe_context(ctx, route, status, total):  # compiled: reads the rest of ctx itself
+            if metrics.observe_context(ctx, route, status, ctx.total_s):  # compiled: reads the rest of ctx
                 metrics.schedule_flush()  # the first request since the last snapshot
         if trace is not None:
             trace.finish(status, ctx.request_id, ctx.model, ctx.error, ctx.tokens_in, ctx.tokens_out)

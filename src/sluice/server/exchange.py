@@ -24,6 +24,9 @@ class ClientGone(Exception):
 
 
 class Exchange(Protocol):
+    """One request and its response.  An adapter that keeps its header map in a ``_headers`` slot keeps there,
+    once set, a mapping whose ``get(name)`` answers ``header(name)``: the access log reads it directly."""
+
     method: str
     path: str
     started: bool  # a response (or a stream) has begun
