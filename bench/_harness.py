@@ -274,6 +274,11 @@ def _group_ticks(pgids: set[int]) -> dict[int, int]:
     return ticks
 
 
+def cpu_ticks(proc: Proc) -> float:
+    """CPU seconds (user + system) spent so far by ``proc``'s process group (a server and its workers)."""
+    return _group_ticks({proc.popen.pid})[proc.popen.pid] / _TICK
+
+
 def _children_ticks() -> float:
     import resource
 
