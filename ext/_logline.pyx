@@ -96,11 +96,44 @@ cdef inline double ms(double seconds) noexcept:
     return floor(seconds * 1e6 + 0.5) / 1000.0
 
 
+cdef inline bint is_lower_hex(const char* s, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if not (b'0' <= s[i] <= b'9' or b'a' <= s[i] <= b'f'):
+            return False
+    return True
+
+
+cdef inline bint all_zero(const char* s, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if s[i] != b'0':
+            return False
+    return True
+
+
+cdef object traceparent_id(object traceparent):
+    """The trace id of a valid version-00 ``traceparent``, else None: parse_traceparent's rules
+    (sluice/observability/traceparent.py), without a Python call per line."""
+    cdef Py_ssize_t n
+    cdef const char* s
+    if not PyUnicode_CheckExact(traceparent) or not PyUnicode_IS_COMPACT_ASCII(traceparent):
+        return None  # not a str, or not ASCII: no hex digits there
+    s = PyUnicode_AsUTF8AndSize(traceparent, &n)
+    if n != 55 or s[0] != b'0' or s[1] != b'0' or s[2] != b'-' or s[35] != b'-' or s[52] != b'-':
+        return None
+    if not (is_lower_hex(s + 3, 32) and is_lower_hex(s + 36, 16) and is_lower_hex(s + 53, 2)):
+        return None
+    if all_zero(s + 3, 32) or all_zero(s + 36, 16):
+        return None
+    return traceparent[3:35]
+
+
 @cython.final
 cdef class LineFormatter:
-    """Makes ``line_type`` records from request contexts; ``trace_id_of`` reads a caller's traceparent."""
+    """Makes ``line_type`` records from request contexts."""
 
-    cdef object _line_type, _trace_id_of, _encoder
+    cdef object _line_type, _encoder
     cdef long long _second
     cdef str _second_text
     cdef char _second_bytes[20]  # _second_text for the written lines, then 1 when it is valid
@@ -115,9 +148,8 @@ cdef class LineFormatter:
     cdef type _exchange_class  # the class of the exchanges whose method, path and header map offsets follow
     cdef Py_ssize_t _method_at, _path_at, _headers_at
 
-    def __init__(self, line_type, trace_id_of):
+    def __init__(self, line_type):
         self._line_type = line_type
-        self._trace_id_of = trace_id_of
         self._encoder = msgspec.json.Encoder()
         self._second = -1
         self._second_text = ""
@@ -143,7 +175,7 @@ cdef class LineFormatter:
             if trace_id is not None:
                 return trace_id
         if traceparent is not None:
-            return self._trace_id_of(traceparent)
+            return traceparent_id(traceparent)
         return None
 
     def line(self, entry):
@@ -202,7 +234,8 @@ cdef class LineFormatter:
     def complete(self, entry, exchange):
         """Completes ``entry`` from its request's ``exchange`` as the gateway does when the request ends: ``at``
         is now, ``method`` and ``path`` are the exchange's, and ``traceparent`` is the caller's header unless the
-        entry has a ``trace`` (whose trace id the line then carries)."""
+        entry has a ``trace`` (whose trace id the line then carries) or a ``traceparent`` already (an unsampled
+        trace's, which the gateway carried upstream)."""
         self._complete(entry, exchange)
 
     cdef int _complete(self, object entry, object exchange) except -1:
@@ -218,7 +251,7 @@ cdef class LineFormatter:
         self._set(entry, AT, now.tv_sec + now.tv_nsec * 1e-9)
         self._set(entry, METHOD, self._exchange_field(exchange, self._method_at, "method"))
         self._set(entry, PATH, self._exchange_field(exchange, self._path_at, "path"))
-        if self._get(entry, TRACE) is None:
+        if self._get(entry, TRACE) is None and self._get(entry, TRACEPARENT) is None:
             self._set(entry, TRACEPARENT, self._traceparent(exchange))
         return 0
 

@@ -9,6 +9,11 @@
 # processes differ by their seeds; the ids still look random, so they leak
 # neither the request count nor the order.
 #
+# Trace contexts of unsampled requests (TraceIds): trace and span ids drawn the
+# same way from a seed of their own, written as hex without a Python integer in
+# between; a new trace is sampled when its id's low 64 bits fall under
+# ratio x 2**64, as OpenTelemetry's TraceIdRatioBased decides.
+#
 # Validation.  A client's x-request-id is kept when it is 1..128 visible ASCII
 # characters (0x21..0x7e); anything else could forge log lines or headers.
 #
@@ -38,7 +43,7 @@
 # and writes, done on the context's slots.
 
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy
 from cpython.object cimport PyObject
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 cimport cython
@@ -83,6 +88,56 @@ cdef class RequestIds:
         put_hex(buf, self._seed)
         put_hex(buf + 16, splitmix64(self._state))
         return buf[:32].decode("ascii")
+
+
+@cython.final
+cdef class TraceIds:
+    """W3C trace contexts for requests that are not sampled: TraceIds(seed).new_trace(ratio), .child(trace_id)."""
+
+    cdef uint64_t _state
+
+    def __cinit__(self, uint64_t seed):
+        self._state = seed
+
+    cdef inline uint64_t _draw(self) noexcept:
+        self._state += GOLDEN
+        return splitmix64(self._state)
+
+    cpdef str new_trace(self, double ratio):
+        """A new trace's ``traceparent`` (``00-<trace id>-<span id>-00``) when it is not sampled; None when it is:
+        its id's low 64 bits under ratio x 2**64 (TraceIdRatioBased's rule), and the SDK starts it."""
+        cdef uint64_t high = self._draw()
+        cdef uint64_t low = self._draw()
+        if ratio >= 1.0 or <double>low < ratio * 18446744073709551616.0:
+            return None
+        if high == 0 and low == 0:
+            low = 1  # an all-zero id is invalid
+        cdef char buf[55]
+        buf[0] = buf[1] = b'0'
+        buf[2] = buf[35] = buf[52] = b'-'
+        put_hex(buf + 3, high)
+        put_hex(buf + 19, low)
+        self._span(buf)
+        return buf[:55].decode("ascii")
+
+    cpdef str child(self, str trace_id):
+        """``00-<trace_id>-<a new span id>-00``: an unsampled caller's trace, carried on by this hop."""
+        cdef Py_ssize_t n
+        cdef const char* ident = PyUnicode_AsUTF8AndSize(trace_id, &n)
+        if n != 32:
+            raise ValueError("a trace id is 32 hex digits")
+        cdef char buf[55]
+        buf[0] = buf[1] = b'0'
+        buf[2] = buf[35] = buf[52] = b'-'
+        memcpy(buf + 3, ident, 32)
+        self._span(buf)
+        return buf[:55].decode("ascii")
+
+    cdef inline void _span(self, char* buf) noexcept:
+        """A new span id and unsampled flags into ``buf[36:55]``."""
+        cdef uint64_t span = self._draw()
+        put_hex(buf + 36, span if span != 0 else 1)  # an all-zero id is invalid
+        buf[53] = buf[54] = b'0'
 
 
 cpdef bint valid_request_id(str value):

@@ -149,7 +149,10 @@ def test_one_trace_per_request_with_spans_attributes_and_propagation(tmp_path, m
         assert server["name"] == "POST /v1/chat/completions"
         assert server["attributes"]["http.response.status_code"] == 200
         assert server["attributes"]["gen_ai.request.model"] == "gpt-4o-mini"
-        (attempt,) = children
+        assert sorted(s["name"] for s in children) == ["chat gpt-4o-mini", "routing"]  # no auth, no limits here
+        routing, attempt = sorted(children, key=lambda s: s["name"] != "routing")
+        assert (routing["kind"], routing["parent"]) == ("internal", server["span_id"])
+        assert routing["attributes"] == {"gen_ai.request.model": "gpt-4o-mini", "sluice.provider": "mock"}
         assert (attempt["kind"], attempt["name"], attempt["parent"]) == ("client", "chat gpt-4o-mini",
                                                                         server["span_id"])
         attrs = attempt["attributes"]
@@ -162,7 +165,8 @@ def test_one_trace_per_request_with_spans_attributes_and_propagation(tmp_path, m
         assert headers["traceparent"][:-3] == f"00-{attempt['trace_id']}-{attempt['span_id']}"
         assert sampled(headers["traceparent"])
     # the caller's trace is continued, its parent kept, and carried upstream with its tracestate
-    server, (attempt,) = by_request["t-caller"]
+    server, children = by_request["t-caller"]
+    attempt = next(s for s in children if s["kind"] == "client")
     assert (server["trace_id"], server["parent"]) == (CALLER_TRACE, CALLER_SPAN)
     assert attempt["attributes"]["gen_ai.usage.output_tokens"] == 10  # from the stream's usage event
     headers = forwarded(mock_upstream.url, "t-caller")
@@ -170,7 +174,8 @@ def test_one_trace_per_request_with_spans_attributes_and_propagation(tmp_path, m
     assert sampled(headers["traceparent"])
     assert headers["tracestate"] == "vendor=1"
     # errors are marked on both spans (status code 2 = ERROR)
-    server, (attempt,) = by_request["t-broken"]
+    server, children = by_request["t-broken"]
+    attempt = next(s for s in children if s["kind"] == "client")
     assert server["status"] == 2 and server["attributes"]["error.type"] == "upstream_5xx"
     assert attempt["status"] == 2 and attempt["attributes"]["http.response.status_code"] == 503
     server, children = by_request["t-lost"]
@@ -213,6 +218,72 @@ def test_sampling_is_parent_based(tmp_path, mock_upstream, receiver) -> None:
     assert list(traces) == [CALLER_TRACE]  # only the caller's sampled trace
     unsampled = forwarded(mock_upstream.url, "s-0")["traceparent"]
     assert unsampled.startswith("00-") and not sampled(unsampled)
+
+
+def test_auth_rate_limits_and_routing_have_spans_of_their_own(tmp_path, mock_upstream, receiver) -> None:
+    gateway = start_gateway(tmp_path, f"""
+store: {{sqlite_path: {json.dumps(str(tmp_path / "store.db"))}}}
+auth:
+  enabled: true
+  static_keys: [{{name: caller, key: sk-traced-caller-0123456789, roles: [user]}}]
+ratelimit:
+  policies: [{{name: per-key, scope: key, rate: 2, period_s: 600}}]
+observability: {{tracing: {{enabled: true, endpoint: "{receiver.url}", flush_interval_s: 0.1}}}}
+providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}
+models: {{gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}}}
+""")
+    key = {"authorization": "Bearer sk-traced-caller-0123456789"}
+    try:
+        statuses = [call(gateway.url, "POST", "/v1/chat/completions", CHAT, {**key, "x-request-id": f"k-{i}"}).status
+                    for i in range(3)]
+        refused = call(gateway.url, "POST", "/v1/chat/completions", CHAT,
+                       {"authorization": "Bearer sk-wrong", "x-request-id": "k-bad"}).status
+        traces = receiver.traces(4)
+    finally:
+        gateway.stop()
+    assert (statuses, refused) == ([200, 200, 429], 401)
+    by_request = {}
+    for spans in traces.values():
+        (server,) = [s for s in spans if s["kind"] == "server"]
+        assert all(s["parent"] == server["span_id"] for s in spans if s is not server)  # children of the request
+        by_request[server["attributes"]["sluice.request_id"]] = {s["name"]: s for s in spans if s is not server}
+    assert set(by_request["k-0"]) == {"auth", "routing", "rate_limits", "chat gpt-4o-mini"}
+    assert all(s["status"] != 2 for s in by_request["k-0"].values())
+    limited = by_request["k-2"]  # refused by the limit: no attempt, the limits' span says why
+    assert set(limited) == {"auth", "routing", "rate_limits"}
+    assert limited["rate_limits"]["status"] == 2 and limited["rate_limits"]["attributes"]["error.type"] == (
+        "rate_limit_exceeded")
+    bad = by_request["k-bad"]  # refused at the door: nothing after auth
+    assert set(bad) == {"auth"} and bad["auth"]["status"] == 2
+    assert bad["auth"]["attributes"]["error.type"] == "invalid_api_key"
+
+
+def test_an_unsampled_trace_goes_upstream_and_into_the_access_log(tmp_path, mock_upstream, receiver) -> None:
+    log = tmp_path / "access.jsonl"
+    gateway = start_gateway(tmp_path, f"""
+observability:
+  access_log: true
+  access_log_path: "{log}"
+  tracing: {{enabled: true, endpoint: "{receiver.url}", flush_interval_s: 0.1, sample_ratio: 0}}
+providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}
+models: {{gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}}}
+""")
+    try:
+        assert call(gateway.url, "POST", "/v1/chat/completions", CHAT, {"x-request-id": "u-new"}).status == 200
+        caller = f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"  # the caller's trace, not sampled
+        assert call(gateway.url, "POST", "/v1/chat/completions", CHAT,
+                    {"x-request-id": "u-caller", "traceparent": caller, "tracestate": "vendor=2"}).status == 200
+        time.sleep(0.5)  # an export would have arrived by now (flush every 0.1 s)
+    finally:
+        gateway.stop()  # writes the queued lines
+    assert receiver.spans == []
+    new, carried = forwarded(mock_upstream.url, "u-new"), forwarded(mock_upstream.url, "u-caller")
+    assert new["traceparent"].startswith("00-") and new["traceparent"].endswith("-00") and new.get("tracestate") is None
+    assert carried["traceparent"].startswith(f"00-{CALLER_TRACE}-") and carried["traceparent"].endswith("-00")
+    assert carried["traceparent"] != caller and carried["tracestate"] == "vendor=2"  # a span id of this hop's
+    lines = {line["request_id"]: line for line in map(json.loads, log.read_text().splitlines())}
+    assert lines["u-new"]["trace_id"] == new["traceparent"][3:35]
+    assert lines["u-caller"]["trace_id"] == CALLER_TRACE
 
 
 def test_a_dead_exporter_costs_dropped_spans_not_requests(tmp_path, mock_upstream) -> None:

@@ -76,6 +76,40 @@ def test_twins_agree_on_id_sequences(seed: int, count: int) -> None:
     assert [compiled.next() for _ in range(count)] == [pure.next() for _ in range(count)]
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_trace_ids_are_valid_unsampled_contexts_sampled_at_the_ratio(impl) -> None:
+    from sluice.observability.traceparent import parse_traceparent
+
+    ids = impl.TraceIds(2024)
+    drawn = [ids.new_trace(0.25) for _ in range(20000)]
+    sampled = drawn.count(None)
+    assert 0.23 * 20000 < sampled < 0.27 * 20000  # the id's low half under a quarter of its range
+    contexts = [parse_traceparent(t) for t in drawn if t is not None]
+    assert all(c is not None and not c[2] for c in contexts)  # well formed, flags 00 (not sampled)
+    assert len({c[0] for c in contexts if c}) == len(contexts) and len({c[1] for c in contexts if c}) == len(contexts)
+    assert all(ids.new_trace(1.0) is None for _ in range(100))  # everything sampled: the SDK makes the ids
+    assert all(ids.new_trace(0.0) is not None for _ in range(100))
+    caller = "4bf92f3577b34da6a3ce929d0e0e4736"
+    children = {ids.child(caller) for _ in range(100)}
+    assert len(children) == 100 and all(parse_traceparent(c) is not None and c[3:35] == caller for c in children)
+    assert all(c.endswith("-00") for c in children)
+    for bad in ("", "abc", caller + "0", "é" * 32):
+        with pytest.raises(ValueError):
+            ids.child(bad)
+    with pytest.raises(OverflowError):
+        impl.TraceIds(-1)
+
+
+@NOT_BUILT
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.floats(min_value=0.0, max_value=1.0),
+       st.integers(min_value=1, max_value=30))
+def test_twins_agree_on_trace_ids(seed: int, ratio: float, count: int) -> None:
+    compiled, pure = _speedups.TraceIds(seed), _pure.TraceIds(seed)
+    caller = "0af7651916cd43dd8448eb211c80319c"
+    assert [(compiled.new_trace(ratio), compiled.child(caller)) for _ in range(count)] == [
+        (pure.new_trace(ratio), pure.child(caller)) for _ in range(count)]
+
+
 def test_generated_ids_pass_validation() -> None:
     ids = native.RequestIds(7)
     assert all(native.valid_request_id(ids.next()) for _ in range(100))
@@ -183,12 +217,31 @@ def _entry(**fields):  # type: ignore[no-untyped-def]
 
 
 def _formatter(module):  # type: ignore[no-untyped-def]
-    from sluice.observability.access_log import Line, _trace_id
+    from sluice.observability.access_log import Line
 
-    return module.LineFormatter(Line, _trace_id)
+    return module.LineFormatter(Line)
 
 
 LINES = [pytest.param(_pure_logline, id="pure"), pytest.param(_logline, id="compiled", marks=NOT_BUILT)]
+
+
+_GOOD_PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize("impl", LINES)
+@pytest.mark.parametrize("traceparent", [
+    _GOOD_PARENT, _GOOD_PARENT[:-2] + "00", _GOOD_PARENT[:-2] + "ff", "01" + _GOOD_PARENT[2:],
+    _GOOD_PARENT.upper(), _GOOD_PARENT + " ", _GOOD_PARENT[:-1], _GOOD_PARENT.replace("-", "_", 1),
+    f"00-{'0' * 32}-00f067aa0ba902b7-01", f"00-4bf92f3577b34da6a3ce929d0e0e4736-{'0' * 16}-01",
+    _GOOD_PARENT[:10] + "g" + _GOOD_PARENT[11:], _GOOD_PARENT[:40] + "é" + _GOOD_PARENT[41:], _GOOD_PARENT[:-1] + "x",
+    "", "00-",
+])
+def test_a_lines_trace_id_is_a_valid_traceparents_by_the_parsers_rules(impl, traceparent: str) -> None:
+    from sluice.observability.traceparent import parse_traceparent
+
+    parsed = parse_traceparent(traceparent)
+    (line,) = _lines(impl, [_entry(traceparent=traceparent)]).splitlines()
+    assert msgspec.json.decode(line).get("trace_id") == (parsed[0] if parsed is not None else None)
 
 
 @pytest.mark.parametrize("impl", LINES)
@@ -591,6 +644,13 @@ def test_add_with_the_exchange_completes_the_entry_as_the_gateway_did(impl) -> N
     again = _entry(at=0.0)
     formatter.add(again, NoSlots())
     assert (again.method, again.path, again.traceparent) == ("GET", "/v1/models", None)
+
+    # An unsampled trace's traceparent, set by the gateway, is the line's: not the caller's header.
+    ours = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    unsampled = _entry(at=0.0, traceparent=ours)
+    formatter.add(unsampled, _Exchange("POST", "/v1/chat/completions", {"traceparent": traceparent}))
+    assert unsampled.traceparent == ours
+    assert msgspec.json.decode(_lines(impl, [unsampled]))["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
 
     class Lazy(_Exchange):  # ASGIExchange's header map: None until header() first builds it
         __slots__ = ()

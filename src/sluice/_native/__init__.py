@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 
-from ._pure import USAGE_TAIL, RequestIds, count_tokens, finish, token_counts, valid_request_id
+from ._pure import USAGE_TAIL, RequestIds, TraceIds, count_tokens, finish, token_counts, valid_request_id
 from ._pure_limits import LocalLimiter
 from ._pure_logline import LineFormatter
 from ._pure_stats import Histograms, RequestStats
 
 __all__ = ["IMPLEMENTATION", "USAGE_TAIL", "Histograms", "LineFormatter", "LocalLimiter", "RequestIds",
-           "RequestStats", "count_tokens", "finish", "token_counts", "valid_request_id"]
+           "RequestStats", "TraceIds", "count_tokens", "finish", "token_counts", "valid_request_id"]
 
 IMPLEMENTATION = "pure"
 
@@ -23,10 +23,10 @@ if os.environ.get("SLUICE_NO_EXTENSIONS") != "1":
     try:
         from ._limits import LocalLimiter  # type: ignore[assignment]
         from ._logline import LineFormatter  # type: ignore[assignment]
-        from ._speedups import RequestIds, count_tokens, finish, token_counts, valid_request_id  # type: ignore[assignment]
+        from ._speedups import RequestIds, TraceIds, count_tokens, finish, token_counts, valid_request_id  # type: ignore[assignment]
         from ._stats import Histograms, RequestStats  # type: ignore[assignment]
     except ImportError:  # not built: the pure twins serve
-        from ._pure import RequestIds, count_tokens, finish, token_counts, valid_request_id
+        from ._pure import RequestIds, TraceIds, count_tokens, finish, token_counts, valid_request_id
         from ._pure_limits import LocalLimiter
         from ._pure_logline import LineFormatter
         from ._pure_stats import Histograms, RequestStats

@@ -7,7 +7,7 @@ import time
 from collections.abc import Container
 from typing import Any
 
-__all__ = ["USAGE_TAIL", "RequestIds", "count_tokens", "finish", "token_counts", "valid_request_id"]
+__all__ = ["USAGE_TAIL", "RequestIds", "TraceIds", "count_tokens", "finish", "token_counts", "valid_request_id"]
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -33,6 +33,40 @@ class RequestIds:
     def next(self) -> str:
         self._state = (self._state + _GOLDEN) & _MASK
         return f"{self._prefix}{_splitmix64(self._state):016x}"
+
+
+class TraceIds:
+    """W3C trace contexts for requests that are not sampled: TraceIds(seed).new_trace(ratio), .child(trace_id)."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, seed: int) -> None:
+        if not 0 <= seed <= _MASK:
+            raise OverflowError("seed must fit in 64 unsigned bits")
+        self._state = seed
+
+    def _draw(self) -> int:
+        self._state = (self._state + _GOLDEN) & _MASK
+        return _splitmix64(self._state)
+
+    def new_trace(self, ratio: float) -> str | None:
+        """A new trace's ``traceparent`` (``00-<trace id>-<span id>-00``) when it is not sampled; None when it is:
+        its id's low 64 bits under ratio x 2**64 (TraceIdRatioBased's rule), and the SDK starts it."""
+        high, low = self._draw(), self._draw()
+        if ratio >= 1.0 or float(low) < ratio * 18446744073709551616.0:
+            return None
+        if high == 0 and low == 0:
+            low = 1  # an all-zero id is invalid
+        return self._traceparent(f"{high:016x}{low:016x}")
+
+    def child(self, trace_id: str) -> str:
+        """``00-<trace_id>-<a new span id>-00``: an unsampled caller's trace, carried on by this hop."""
+        if len(trace_id.encode()) != 32:
+            raise ValueError("a trace id is 32 hex digits")
+        return self._traceparent(trace_id)
+
+    def _traceparent(self, trace_id: str) -> str:
+        return f"00-{trace_id}-{self._draw() or 1:016x}-00"
 
 
 def valid_request_id(value: str) -> bool:

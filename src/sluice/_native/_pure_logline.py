@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from ..observability.traceparent import parse_traceparent
+
 __all__ = ["LineFormatter"]
 
 
@@ -20,7 +22,8 @@ def _ms(seconds: float) -> float:
 
 
 class LineFormatter:
-    """Makes ``line_type`` records from request contexts; ``trace_id_of`` reads a caller's traceparent.
+    """Makes ``line_type`` records from request contexts; a line's trace id is its trace's, else its valid
+    ``traceparent``'s.
 
     It also keeps a buffer of encoded lines for the access log: ``add`` appends a line, ``write``
     gives what the sink takes, ``limit`` bounds it (in lines and bytes; a line past a bound is
@@ -28,11 +31,10 @@ class LineFormatter:
     """
 
     __slots__ = ("_buffer", "_encoder", "_line_type", "_lines", "_max_bytes", "_max_lines", "_second",
-                 "_second_text", "_trace_id_of", "dropped", "failed", "last_error")
+                 "_second_text", "dropped", "failed", "last_error")
 
-    def __init__(self, line_type: Callable[..., Any], trace_id_of: Callable[[str], str | None]) -> None:
+    def __init__(self, line_type: Callable[..., Any]) -> None:
         self._line_type = line_type
-        self._trace_id_of = trace_id_of
         self._encoder = msgspec.json.Encoder()
         self._second = -1
         self._second_text = ""
@@ -52,7 +54,8 @@ class LineFormatter:
         trace = entry.trace  # the request's span, when tracing is on; else the caller's traceparent, if any
         trace_id = trace.trace_id if trace is not None else None
         if trace_id is None and entry.traceparent is not None:
-            trace_id = self._trace_id_of(entry.traceparent)
+            parsed = parse_traceparent(entry.traceparent)
+            trace_id = parsed[0] if parsed is not None else None
         ttfb, ttft, tokens_in, tokens_out = entry.ttfb_s, entry.ttft_s, entry.tokens_in, entry.tokens_out
         return self._line_type(
             f"{self._second_text}.{int(math.fmod(at, 1.0) * 1000):03d}Z", entry.request_id, entry.method,
@@ -92,10 +95,11 @@ class LineFormatter:
     def complete(self, entry: Any, exchange: Any) -> None:
         """Completes ``entry`` from its request's ``exchange`` as the gateway does when the request ends: ``at``
         is now, ``method`` and ``path`` are the exchange's, and ``traceparent`` is the caller's header unless the
-        entry has a ``trace`` (whose trace id the line then carries)."""
+        entry has a ``trace`` (whose trace id the line then carries) or a ``traceparent`` already (an unsampled
+        trace's, which the gateway carried upstream)."""
         entry.at = time.time()
         entry.method, entry.path = exchange.method, exchange.path
-        if entry.trace is None:
+        if entry.trace is None and entry.traceparent is None:
             entry.traceparent = exchange.header("traceparent")
 
     def add_encoded(self, line: bytes) -> int:

@@ -38,7 +38,6 @@ import msgspec
 
 from .._native import LineFormatter
 from .redact import redact
-from .traceparent import parse_traceparent
 
 __all__ = ["AccessLog", "Entry"]
 
@@ -124,7 +123,7 @@ class AccessLog:
         self._random = random.Random()
         self._timer: asyncio.TimerHandle | None = None
         # Formats each line as it is recorded and holds it until the sink takes it (compiled).
-        self._lines = LineFormatter(Line, _trace_id)
+        self._lines = LineFormatter(Line)
         self._lines.limit(queue_size, _MAX_PENDING_BYTES)
         # The hot path, called with a finished request's context and exchange (which complete the context: its
         # end time, method, path, the caller's traceparent): the compiled call itself when every line is logged
@@ -224,8 +223,3 @@ class AccessLog:
             select.select([], [self._fd], [], remaining)
             self._write_some()
         self._lost += self._lines.discard()
-
-
-def _trace_id(traceparent: str | None) -> str | None:
-    parsed = parse_traceparent(traceparent)
-    return parsed[0] if parsed is not None else None

@@ -1,7 +1,8 @@
 """W3C Trace Context ``traceparent`` headers: parsing a caller's.
 
 Shared by the tracer (which decides sampling from it before touching the SDK) and
-the access log (which logs the caller's trace id when tracing is off).
+the access log's pure formatter (which logs a traceparent's trace id; the compiled
+one, ext/_logline.pyx, applies the same rules in C).
 """
 
 from __future__ import annotations

@@ -8,11 +8,16 @@ process-global OpenTelemetry API: two gateways in one process never share it.
 Sampling is parent-based: a caller's W3C ``traceparent`` decides for its trace
 (a malformed one is ignored and never echoed), and a new trace is sampled at
 ``sample_ratio``.  The decision is made here, before the SDK is touched: an
-unsampled request gets an ``UnsampledTrace``, which only carries the trace id
-upstream in a ``traceparent`` with a fresh span id (a microsecond, where the
-SDK's non-recording spans cost tens).  A sampled one gets SDK spans
-(``RequestTrace``).  Either way the upstream request carries the context of its
-attempt, so the provider's spans join the caller's trace.
+unsampled request gets no trace object at all, only the ``traceparent`` (its
+trace id, a fresh span id, compiled: ``TraceIds``) and the caller's
+``tracestate`` that it carries upstream (``ctx.propagated``) and logs
+(``ctx.traceparent``); the SDK's non-recording spans would cost tens of
+microseconds, and even a Python object with no-op methods cost ~14,000
+instructions a request in calls and id formatting.  A sampled request gets SDK
+spans (``RequestTrace``): the server span, a child span per pipeline stage
+(``stage``: auth, rate limits, routing) and one per upstream attempt.  Either
+way the upstream request carries the trace's context, so the provider's spans
+join the caller's trace.
 
 Export runs in one thread through a bounded queue (``SpanQueue``): a
 collector that is down, slow or refusing costs dropped spans, counted, never a
@@ -22,10 +27,12 @@ drops and does not count them, which is what a saturated gateway cannot afford.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import random
+import os
 import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.context import Context
@@ -34,16 +41,19 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from .._native import TraceIds
 from ..config import TracingConfig
+from ..errors import GatewayError
 from .traceparent import parse_traceparent
 
 if TYPE_CHECKING:
+    from ..server.app import RequestContext
     from ..server.exchange import Exchange
 
-__all__ = ["RequestTrace", "SpanQueue", "Trace", "Tracing", "UnsampledTrace"]
+__all__ = ["RequestTrace", "SpanQueue", "Tracing"]
 
 log = logging.getLogger("sluice.tracing")
 
@@ -64,21 +74,30 @@ class Tracing:
         self.tracer = self._provider.get_tracer("sluice")
         self.propagator = TraceContextTextMapPropagator()
 
-        # TraceIdRatioBased's rule: sampled when the id's low 64 bits are under ratio * 2**64.
-        self._bound = round(config.sample_ratio * 2**64)
-        self.random = random.Random()  # made in the worker: every worker draws its own ids
+        self.ratio = config.sample_ratio
+        self.ids = TraceIds(int.from_bytes(os.urandom(8), "little"))  # made in the worker: ids of its own
 
-    def begin(self, ex: Exchange, route: str) -> Trace:
-        """The request's trace: SDK spans when it is sampled, a propagated context only when not."""
-        parent = parse_traceparent(ex.header("traceparent"))
-        if parent is None:
-            trace_id = self.random.getrandbits(128) or 1
-            if (trace_id & 0xFFFFFFFFFFFFFFFF) < self._bound:
-                return RequestTrace(self, ex, route)
-            return UnsampledTrace(self.random, f"{trace_id:032x}", None)
-        if parent[2]:
-            return RequestTrace(self, ex, route)
-        return UnsampledTrace(self.random, parent[0], ex.header("tracestate"))
+    def begin(self, ex: Exchange, ctx: RequestContext, route: str) -> None:
+        """Starts the request's trace: its spans in ``ctx.trace`` when it is sampled (a caller's sampled
+        ``traceparent``, or a new trace drawn under ``sample_ratio``); else the context it carries upstream in
+        ``ctx.propagated`` and logs in ``ctx.traceparent``."""
+        header = ex.header("traceparent")
+        parent = parse_traceparent(header) if header is not None else None
+        if parent is None:  # none, or malformed (ignored): a new trace
+            traceparent = self.ids.new_trace(self.ratio)
+            if traceparent is None:
+                ctx.trace = RequestTrace(self, ex, route)
+                return
+            ctx.propagated = [("traceparent", traceparent)]
+        elif parent[2]:
+            ctx.trace = RequestTrace(self, ex, route)
+            return
+        else:
+            traceparent = self.ids.child(parent[0])
+            tracestate = ex.header("tracestate")
+            ctx.propagated = [("traceparent", traceparent), ("tracestate", tracestate)] if tracestate else [
+                ("traceparent", traceparent)]
+        ctx.traceparent = traceparent
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Exports what is queued (waiting at most ``timeout_s``) and stops the export thread."""
@@ -101,35 +120,6 @@ class _ExchangeHeaders:
 _GETTER = _ExchangeHeaders()
 
 
-class UnsampledTrace:
-    """An unsampled request: no spans, only its trace context carried upstream."""
-
-    __slots__ = ("_random", "_tracestate", "trace_id")
-
-    def __init__(self, ids: random.Random, trace_id: str, tracestate: str | None) -> None:
-        self._random = ids
-        self.trace_id = trace_id
-        self._tracestate = tracestate
-
-    def stage(self, name: str, **attributes: Any) -> Span:
-        return INVALID_SPAN
-
-    def start_upstream(self, operation: str, model: str, provider_kind: str, provider_name: str,
-                       server: str) -> list[tuple[str, str]]:
-        headers = [("traceparent", f"00-{self.trace_id}-{self._random.getrandbits(64) or 1:016x}-00")]
-        if self._tracestate:
-            headers.append(("tracestate", self._tracestate))
-        return headers
-
-    def end_upstream(self, status: int | None, tokens_in: int = -1, tokens_out: int = -1,
-                     error: str | None = None) -> None:
-        pass
-
-    def finish(self, status: int, request_id: str, model: str | None, error: str | None, tokens_in: int,
-               tokens_out: int) -> None:
-        pass
-
-
 class RequestTrace:
     """The spans of one request: the server span, stage spans and upstream attempt spans."""
 
@@ -149,10 +139,19 @@ class RequestTrace:
     def trace_id(self) -> str:
         return f"{self.span.get_span_context().trace_id:032x}"
 
-    def stage(self, name: str, **attributes: Any) -> Span:
-        """A child span for a pipeline stage; the caller ends it."""
-        span: Span = self._tracing.tracer.start_span(name, context=self.context, attributes=attributes)
-        return span
+    @contextlib.contextmanager
+    def stage(self, name: str, **attributes: Any) -> Iterator[Span]:
+        """A child span around a pipeline stage; an error leaving the stage marks it with its class (a
+        GatewayError's code, as the access log has it)."""
+        span = self._tracing.tracer.start_span(name, context=self.context, attributes=attributes,
+                                               record_exception=False, set_status_on_exception=False)
+        try:
+            yield span
+        except BaseException as exc:
+            _error(span, (exc.code or exc.type) if isinstance(exc, GatewayError) else type(exc).__name__)
+            raise
+        finally:
+            span.end()
 
     def start_upstream(self, operation: str, model: str, provider_kind: str, provider_name: str,
                        server: str) -> list[tuple[str, str]]:
@@ -191,8 +190,6 @@ class RequestTrace:
         _error(span, error if error is not None or status < 500 else "internal_error")
         span.end()
 
-
-Trace = RequestTrace | UnsampledTrace
 
 
 def _usage(span: Span, tokens_in: int, tokens_out: int) -> None:

@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote
 
 import orjson
@@ -69,7 +69,7 @@ from .relay import relay_headers
 if TYPE_CHECKING:
     from ..auth.audit import AuditLog
     from ..auth.principal import Principal
-    from ..observability.tracing import Trace, Tracing
+    from ..observability.tracing import RequestTrace, Tracing
     from ..pipeline.auth import AuthStage
     from ..resilience.dead_letters import DeadLetters
 
@@ -104,6 +104,7 @@ class RequestContext:
         "overhead_s",
         "path",
         "principal",
+        "propagated",
         "provider",
         "request_body",
         "request_id",
@@ -143,9 +144,12 @@ class RequestContext:
         self.error: str | None = None  # the error class, for metrics and logs
         self.answer: bytes | None = None  # the tail of the answer where usage is
         self.request_body: bytes | None = None  # only with observability.log_bodies
-        self.trace: Trace | None = None
+        self.trace: RequestTrace | None = None  # the request's spans, when it is traced and sampled
+        # Traced but not sampled: the trace context it carries upstream, and its traceparent for the access log
+        # (with tracing off, the log takes the caller's).
+        self.propagated: list[tuple[str, str]] | None = None
+        self.traceparent: str | None = None
         self.usage_asked = False  # the gateway asked the upstream for stream usage the caller did not ask for
-        self.traceparent: str | None = None  # the caller's, for the access log when tracing is off
         # Set by the stages that know them (authentication, retries, cache) once those land.
         self.key_prefix: str | None = None
         self.user: str | None = None
@@ -176,6 +180,7 @@ class RequestContext:
 Handler = Callable[[Exchange, RequestContext], Awaitable[None]]
 # A model call's route, the route that serves its first attempt (a fallback's when the model's deployments all
 # rest), that attempt's deployment, what the request needs from a target, its sticky affinity and region.
+_T = TypeVar("_T")
 _Plan = tuple[ModelRoute, ModelRoute, Deployment, frozenset[str], str | None, str | None]
 _NOTHING: frozenset[str] = frozenset()
 _STICKY, _GEO = Strategy.STICKY, Strategy.GEO
@@ -263,7 +268,7 @@ class Gateway:
         if self.metrics is not None:
             self.metrics.in_flight += 1
         if self.tracing is not None:
-            ctx.trace = self.tracing.begin(ex, ex.path if ex.path in self.routes else "other")
+            self.tracing.begin(ex, ctx, ex.path if ex.path in self.routes else "other")
         if ex.path.startswith("/admin"):
             ctx.security = ADMIN_SECURITY_HEADERS
         try:
@@ -271,7 +276,11 @@ class Gateway:
             if auth is not None and ex.path not in self.open_paths:
                 if ex.path.startswith("/v1/messages"):
                     ctx.wire = "anthropic"  # a refusal in Anthropic's shape
-                if not auth.admit(ex, ctx):  # no await on a cached key
+                if ctx.trace is not None:  # sampled: the stage in a span of its own
+                    with ctx.trace.stage("auth"):
+                        if not auth.admit(ex, ctx):
+                            await auth.admit_slow(ex, ctx)
+                elif not auth.admit(ex, ctx):  # no await on a cached key
                     await auth.admit_slow(ex, ctx)
             methods = self.routes.get(ex.path)
             handler = methods.get(ex.method) if methods is not None else None
@@ -423,11 +432,12 @@ class Gateway:
         ctx.model = request.model
         if ctx.principal is not None and (claim := self._authorize_call(ex, ctx, body, request.model)) is not None:
             await claim
-        plan = self._plan(ex, ctx, request, endpoint)  # an unknown model or capability is refused before any charge
+        # An unknown model or capability is refused before any charge.
+        plan = (self._plan if ctx.trace is None else self._traced_plan)(ex, ctx, request, endpoint)
         limits = self.limits
         if limits is not None:
-            ctx.admission = await _admit(limits, ex, endpoint, request.model, len(body), _max_tokens(request),
-                                         ctx.principal)
+            admit = _admit(limits, ex, endpoint, request.model, len(body), _max_tokens(request), ctx.principal)
+            ctx.admission = await (admit if ctx.trace is None else _in_span(ctx.trace, "rate_limits", admit))
         stream = bool(request.stream)
         # Someone needs the tokens a streaming caller did not ask for: ask for them; the relay hides them.
         ask_usage = stream and (self.keep_answer or ctx.admission is not None) and _usage_unasked(endpoint, request)
@@ -445,8 +455,15 @@ class Gateway:
 
         await self.forwarder.serve(ex, ctx, *plan, build, body)
 
+    def _traced_plan(self, ex: Exchange, ctx: RequestContext, request: Any, endpoint: str) -> _Plan:
+        """``_plan`` for a sampled request, in a span of its own (not in ``_plan``: a call more for every request)."""
+        assert ctx.trace is not None
+        with ctx.trace.stage("routing", **{"gen_ai.request.model": str(request.model)[:200]}) as span:
+            plan = self._plan(ex, ctx, request, endpoint)
+            span.set_attribute("sluice.provider", plan[2].provider.name)
+            return plan
+
     def _plan(self, ex: Exchange, ctx: RequestContext, request: Any, endpoint: str) -> _Plan:
-        """The model's route (its A/B arm), what the request needs, and the first attempt's deployment."""
         route = self.router.get(request.model)
         if route is None:
             raise _model_not_found(request.model)
@@ -511,7 +528,8 @@ class Gateway:
         ctx.provider = provider.name
         if self.limits is not None:  # uploads count as requests; their tokens, if any, settle from usage
             size = len(body) if isinstance(body, bytes) else 0
-            ctx.admission = await _admit(self.limits, ex, ctx.route, ctx.model or "", size, None, ctx.principal)
+            admit = _admit(self.limits, ex, ctx.route, ctx.model or "", size, None, ctx.principal)
+            ctx.admission = await (admit if ctx.trace is None else _in_span(ctx.trace, "rate_limits", admit))
         target = provider.prefix + path + (f"?{quote(ex.query, safe=_QUERY_SAFE)}" if ex.query else "")
         headers = [(name, value) for name in FORWARDED_HEADERS if (value := ex.header(name)) is not None]
         headers += [("x-request-id", ctx.request_id), *provider.next_auth(), *provider.extra_headers()]
@@ -564,11 +582,11 @@ class Gateway:
         ctx.model = request.model
         if ctx.principal is not None and (claim := self._authorize_call(ex, ctx, body, request.model)) is not None:
             await claim
-        plan = self._plan(ex, ctx, request, "/v1/messages")
+        plan = (self._plan if ctx.trace is None else self._traced_plan)(ex, ctx, request, "/v1/messages")
         limits = self.limits
         if limits is not None:
-            ctx.admission = await _admit(limits, ex, "/v1/messages", request.model, len(body), request.max_tokens,
-                                         ctx.principal)
+            admit = _admit(limits, ex, "/v1/messages", request.model, len(body), request.max_tokens, ctx.principal)
+            ctx.admission = await (admit if ctx.trace is None else _in_span(ctx.trace, "rate_limits", admit))
         beta = ex.header("anthropic-beta")
 
         def build(dep: Deployment) -> tuple[Call, Egress | None]:
@@ -696,6 +714,12 @@ def _asking_usage(body: bytes, model: str | None) -> bytes:
     options = data.get("stream_options")
     data["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     return orjson.dumps(data)
+
+
+async def _in_span(trace: RequestTrace, stage: str, work: Awaitable[_T]) -> _T:
+    """``work`` awaited in a child span of the request's (a sampled one)."""
+    with trace.stage(stage):
+        return await work
 
 
 async def _admit(limits: RateLimits, ex: Exchange, route: str, model: str, body_size: int,

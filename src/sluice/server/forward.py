@@ -336,6 +336,8 @@ class Forwarder:
             upstream.headers.extend(ctx.trace.start_upstream(_OPERATIONS.get(call.endpoint, "chat"), call.model,
                                                              dep.provider.kind, dep.provider.name,
                                                              upstream.origin.host))
+        elif ctx.propagated is not None:  # traced, not sampled: its context goes upstream all the same
+            upstream.headers.extend(ctx.propagated)
         return upstream
 
     async def _attempt(self, ex: Exchange, ctx: RequestContext, dep: Deployment, call: Call,
