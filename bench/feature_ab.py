@@ -4,7 +4,7 @@
         --on 'observability: {access_log: true, access_log_path: /dev/null}' \\
         --off 'observability: {access_log: false}' [--rounds 3] [--duration 8]
     .venv/bin/python bench/feature_ab.py --name observability \\
-        --variant 'all off=observability: {metrics: false}' \\
+        --variant 'all off=observability: {metrics: false, access_log: false}' \\
         --variant 'metrics+log=observability: {access_log: true, access_log_path: /dev/null}' ...
 
 The first variant (``--off`` or the first ``--variant``) is the baseline; ``{upstream}`` in

@@ -87,6 +87,11 @@ server:
   workers: 1
   grace_period_s: 5
 
+# The access log is on (the default pipeline): its lines are formatted and written, to /dev/null rather than
+# to the server log that bench/results/ keeps (a run makes millions of them).
+observability:
+  access_log_path: /dev/null
+
 providers:
   fast:
     kind: openai

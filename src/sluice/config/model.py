@@ -69,8 +69,8 @@ class ObservabilityConfig(_Section, frozen=True):
     log_format: LogFormat = LogFormat.TEXT
     log_level: str | None = None  # None: SLUICE_LOG_LEVEL, else INFO
     # One JSON line per request, queued and written by the event loop, never waiting on the sink.
-    # Off by default: with metrics it still measures over the 5 % budget (bench/README.md).
-    access_log: bool = False
+    # On by default: with metrics it costs ~2-3 % of throughput (bench/README.md, 2026-12-05).
+    access_log: bool = True
     access_log_path: str | None = None  # None: standard output
     access_log_queue: int = 10000  # records waiting for the sink; past this they are dropped and counted
     sample_success: float = 1.0  # fraction of successful requests logged (errors always are)
