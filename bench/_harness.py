@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import http.client
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -34,7 +35,8 @@ RESULTS = BENCH / "results"
 POST_LUA = BENCH / "post.lua"
 CHAT_PATH = "/v1/chat/completions"
 
-# What u1 (the fast nginx upstream) answers: a real-looking OpenAI chat.completion.
+# What u1 (the fast nginx upstream) answers: a real-looking OpenAI chat.completion of 629 bytes (the
+# issue's size), its `usage` object at the end as OpenAI sends it.
 # No single quotes and no '$' in it: it sits in an nginx single-quoted string.
 CHAT_COMPLETION = json.dumps({
     "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
@@ -43,21 +45,37 @@ CHAT_COMPLETION = json.dumps({
     "model": "gpt-4o-mini-2024-07-18",
     "choices": [{
         "index": 0,
-        "message": {"role": "assistant", "content": "Hello! How can I help you today?",
+        "message": {"role": "assistant", "content": "The capital of France is Paris (Seine).",
                     "refusal": None, "annotations": []},
         "logprobs": None,
         "finish_reason": "stop",
     }],
+    "service_tier": "default",
+    "system_fingerprint": "fp_06737a9306",
     "usage": {
-        "prompt_tokens": 9, "completion_tokens": 10, "total_tokens": 19,
+        "prompt_tokens": 52, "completion_tokens": 11, "total_tokens": 63,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                       "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
     },
-    "service_tier": "default",
-    "system_fingerprint": "fp_06737a9306",
 }, separators=(",", ":"))
 assert "'" not in CHAT_COMPLETION and "$" not in CHAT_COMPLETION
+
+
+def chat_request(model: str) -> bytes:
+    """The chat request every benchmark sends (324 bytes with gpt-4o-mini, the issue's size): a system and a
+    user message.  post.lua sends these bytes (run_wrk hands them over in BENCH_BODY)."""
+    return json.dumps({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence, in plain "
+                                          "text, without lists or markdown."},
+            {"role": "user", "content": "What is the capital of France? Please answer briefly: name the city "
+                                        "and the river it lies on."},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 128,
+    }, separators=(",", ":")).encode()
 
 
 def log(message: str) -> None:
@@ -375,8 +393,7 @@ def wait_ready(proc: Proc, port: int, *, model: str, timeout: float = 30.0) -> b
 def post_chat(port: int, model: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-        conn.request("POST", CHAT_PATH, body=body, headers={"content-type": "application/json",
+        conn.request("POST", CHAT_PATH, body=chat_request(model), headers={"content-type": "application/json",
                                                             "authorization": f"Bearer {BENCH_API_KEY}"})
         response = conn.getresponse()
         return response.status, response.read()
@@ -540,7 +557,7 @@ def run_wrk(label: str, port: int, *, connections: int, duration: float, model: 
     seconds = max(1, round(duration))
     argv = Pinning.wrap(cpu, ["wrk", "--latency", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
                               "-s", str(POST_LUA), f"http://127.0.0.1:{port}{path}"])
-    env = {**os.environ, "BENCH_MODEL": model}
+    env = {**os.environ, "BENCH_MODEL": model, "BENCH_BODY": chat_request(model).decode()}
     if meter is not None:
         meter.start()
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 30,
@@ -622,6 +639,40 @@ def src_change_note(before: str) -> str | None:
         return None
     return ("WARNING: src/ changed while this run was going on (someone edited or committed); the servers "
             f"ran the code as it was at the start, which `git` above names (now {git_state()}).")
+
+
+def install_commit(rev: str) -> tuple[Path, str]:
+    """sluice as committed at ``rev``, built (Cython extensions included) into bench/results/builds/<sha>/ once
+    and reused; its directory (for PYTHONPATH, ahead of the editable install) and the full commit hash.
+
+    What lets a benchmark measure a commit while the working tree holds someone's unfinished edits: the files
+    come from ``git archive``, never from the working tree."""
+    import tarfile
+    import tempfile
+
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                          capture_output=True, text=True, timeout=10)
+    if done.returncode != 0:
+        raise BenchError(f"not a commit: {rev!r}: {done.stderr.strip()}")
+    sha = done.stdout.strip()
+    target = RESULTS / "builds" / sha[:12]
+    if (target / ".complete").exists():
+        log(f"sluice at {sha[:12]}: already built in {target.relative_to(ROOT)}")
+        return target, sha
+    shutil.rmtree(target, ignore_errors=True)
+    log(f"building sluice at {sha[:12]} into {target.relative_to(ROOT)} (git archive + pip install --no-deps)")
+    with tempfile.TemporaryDirectory(prefix="sluice-src-") as src:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", sha], capture_output=True,
+                                 timeout=120, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(src, filter="data")
+        env = {**os.environ, "SLUICE_REQUIRE_EXTENSIONS": "1"}
+        build = subprocess.run([str(VENV_BIN / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
+                                "--target", str(target), src], capture_output=True, text=True, timeout=900, env=env)
+    if build.returncode != 0:
+        raise BenchError(f"building sluice at {sha[:12]} failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
+    (target / ".complete").write_text(sha + "\n")
+    return target, sha
 
 
 def machine_facts(extra: dict[str, str] | None = None) -> list[tuple[str, str]]:

@@ -1,36 +1,53 @@
-"""The sluice benchmark: throughput and latency overhead of one gateway worker on one core.
+"""The sluice benchmark, in one run: how close one gateway worker on one core comes to the raw floor.
 
-    .venv/bin/python bench/run.py [--duration S] [--quick] [--repeat N]
+    .venv/bin/python bench/run.py [--quick] [--duration S] [--repeat N] [--warmup S] [--publish]
 
-Starts (each pinned with taskset; the server under test on CPU 0, the load side on CPU 1):
+Starts (each pinned with taskset; the servers under test on CPU 0, the load side on CPU 1):
 
-  u1  nginx answering every chat POST with a fixed chat.completion (fast upstream), CPU 1
-  u2  `sluice mock-upstream --latency-ms 50` (a provider with realistic latency), CPU 1
-  r   nginx as a keep-alive reverse proxy to u1, the C reference, CPU 0
-  g   `sluice serve --workers 1` (RSGI), and the same with `--interface asgi`, CPU 0
-      (model gpt-4o-mini -> u1, model gpt-4o -> u2)
+  u1       nginx answering every chat POST with a fixed 629-byte chat.completion (the fast upstream), CPU 1
+  nginx    nginx `proxy_pass` to u1 with a keep-alive upstream block: the C reference, CPU 0
+  floor    Granian RSGI (1 worker, uvloop) + bench/floor.py (asyncio protocol + httptools, pooled
+           keep-alive connections, no parsing, no features): the raw floor, CPU 0
+  bare     `sluice serve --workers 1`, observability {metrics: false, access_log: false}, CPU 0
+  default  the same with the quickstart defaults: metrics + access log (written to /dev/null), CPU 0
+  full     default + a static API key (auth on) + one local rate limit (never reached) + tracing on at
+           sample_ratio 0 (nothing sampled; the traceparent still made and sent upstream), CPU 0
 
-then drives them with `wrk --latency -t1 -cC -dD -s bench/post.lua` on CPU 1:
+then drives each with `wrk --latency -t1 -cC -dD -s bench/post.lua` (a 324-byte chat request with an
+`Authorization: Bearer` key) on CPU 1, in rounds (every target once per round, `--repeat` rounds; the
+report gives per-metric medians):
 
-  A  throughput at 64 connections: u1 direct, nginx proxy, sluice rsgi, sluice asgi
-  B  overhead at 1 and 4 connections against u1: direct vs sluice (p50/p90/p99)
-  C  overhead at 4 connections against u2 (50 ms): direct vs sluice
-  D  drift check: scenario A's sluice rsgi run again at the very end
+  throughput  64 connections: req/s, and each gateway's share of the floor's req/s
+  latency     1 connection: p50, p99, and what each proxy adds to direct (u1 alone) at p50 and p99
 
-It prints a markdown report and writes it to bench/results/latest.md.  A
-benchmark, not a test: it exits 0 whenever it could measure, targets met or not.
+and finally the floor at 64 connections once more (drift check).  Targets (printed, never an exit
+status): sluice bare >= 0.85x floor, sluice full >= 0.70x floor, added latency at 1 connection
+<= 0.20 ms at p50 and <= 0.6 ms at p99.
+
+Writes bench/results/latest.md (the report) and bench/results/latest.png (the chart).  --publish also
+copies the chart to bench/chart.png, replaces the "Latest results" section of bench/README.md (between
+its `<!-- results:begin -->` / `<!-- results:end -->` markers) and prints that section.  A benchmark, not
+a test: it exits 0 whenever it could measure, targets met or not.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import shutil
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from _harness import (
+    BENCH,
+    BENCH_API_KEY,
+    CHAT_COMPLETION,
     ROOT,
     VENV_BIN,
     BenchError,
@@ -39,6 +56,7 @@ from _harness import (
     Pinning,
     Processes,
     WrkResult,
+    chat_request,
     ensure_tools,
     facts_table,
     fmt_delta,
@@ -46,7 +64,7 @@ from _harness import (
     fmt_other,
     fmt_ratio,
     free_port,
-    group_rss_kib,
+    install_commit,
     keep_logs,
     loadavg,
     log,
@@ -64,54 +82,148 @@ from _harness import (
     write_result,
 )
 
-FAST_MODEL = "gpt-4o-mini"  # sluice routes it to u1
-SLOW_MODEL = "gpt-4o"  # sluice routes it to u2 (the mock knows both names)
-TARGET_RPS = 17_000
-TARGET_P50_MS = 0.3
-TARGET_P99_MS = 1.0
+MODEL = "gpt-4o-mini"
+THROUGHPUT_CONNS = 64
+LATENCY_CONNS = 1
+TARGET_BARE = 0.85  # sluice bare req/s / floor req/s, at least
+TARGET_FULL = 0.70  # sluice full req/s / floor req/s, at least
+TARGET_ADDED_P50_MS = 0.20  # at 1 connection, over direct, at most
+TARGET_ADDED_P99_MS = 0.60
+README = BENCH / "README.md"
+CHART = BENCH / "chart.png"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
     key: str
-    label: str
-    port: int
-    model: str
+    label: str  # in tables and the chart
+    what: str  # one line for the report
 
 
-def gateway_config(path: Path, port: int, u1_port: int, u2_port: int) -> None:
-    path.write_text(f"""# Written by bench/run.py: two providers, one model on each.
+# In the order of the tables and the chart.
+TARGETS = (
+    Target("direct", "direct", "wrk straight to u1 (nginx `return 200`): what wrk and u1 cost, the baseline"),
+    Target("nginx", "nginx proxy", "nginx `proxy_pass` to u1, keep-alive upstream, 1 worker: the C reference"),
+    Target("floor", "raw floor", "Granian RSGI (1 worker, uvloop) + bench/floor.py: read the body, POST it "
+                                 "upstream on a pooled keep-alive connection (asyncio + httptools), relay "
+                                 "status, content-type and body"),
+    Target("bare", "sluice bare", "`sluice serve --workers 1`, observability {metrics: false, access_log: false}"),
+    Target("default", "sluice default", "the quickstart defaults: metrics + access log (to /dev/null)"),
+    Target("full", "sluice full", "default + auth (a static key) + one local rate limit (never reached) + "
+                                  "tracing at sample_ratio 0"),
+)
+PROXIES = tuple(t for t in TARGETS if t.key != "direct")
+SLUICES = tuple(t for t in TARGETS if t.key in ("bare", "default", "full"))
+
+
+# -- the gateway configs -------------------------------------------------------------------
+
+
+def _config(port: int, u1_port: int, extra: str) -> str:
+    return f"""# Written by bench/run.py.
 server:
   host: 127.0.0.1
   port: {port}
   workers: 1
   grace_period_s: 5
 
-# The access log is on (the default pipeline): its lines are formatted and written, to /dev/null rather than
-# to the server log that bench/results/ keeps (a run makes millions of them).
-observability:
-  access_log_path: /dev/null
-
+{extra}
 providers:
   fast:
     kind: openai
     base_url: http://127.0.0.1:{u1_port}
-    api_keys: ["sk-bench-fast"]
-  slow:
-    kind: openai
-    base_url: http://127.0.0.1:{u2_port}
-    api_keys: ["sk-bench-slow"]
+    api_keys: ["sk-bench-upstream"]
 
 models:
-  {FAST_MODEL}:
+  {MODEL}:
     targets:
       - provider: fast
-        model: {FAST_MODEL}
-  {SLOW_MODEL}:
-    targets:
-      - provider: slow
-        model: {SLOW_MODEL}
-""")
+        model: {MODEL}
+"""
+
+
+def gateway_configs(tmp: Path, ports: dict[str, int], u1_port: int) -> dict[str, Path]:
+    """The three sluice configs, written into ``tmp``; their paths by target key."""
+    texts = {
+        "bare": """observability:
+  metrics: false
+  access_log: false
+""",
+        # The access log is on (the default): its lines are formatted and written, to /dev/null rather than to
+        # the server log that bench/results/ keeps (a run makes millions of them).
+        "default": """observability:
+  access_log_path: /dev/null
+""",
+        # Tracing exports to u1, which answers OTLP/HTTP with an empty ExportTraceServiceResponse; at ratio 0
+        # nothing is sampled, so nothing is exported.  The limit is far above anything one core serves.
+        "full": f"""observability:
+  access_log_path: /dev/null
+  tracing:
+    enabled: true
+    endpoint: http://127.0.0.1:{u1_port}/v1/traces
+    sample_ratio: 0.0
+
+auth:
+  enabled: true
+  static_keys:
+    - name: bench
+      key: {BENCH_API_KEY}
+      roles: [user]
+
+store:
+  sqlite_path: {tmp / "sluice-bench.db"}
+
+ratelimit:
+  quota_store: {tmp / "sluice-bench-quotas.db"}
+  policies:
+    - name: bench-per-key
+      scope: key
+      rate: 1000000000
+      period_s: 1
+      mode: local
+""",
+    }
+    paths = {}
+    for key, extra in texts.items():
+        path = tmp / f"sluice-{key}.yaml"
+        path.write_text(_config(ports[key], u1_port, extra))
+        paths[key] = path
+    return paths
+
+
+def check_configs(paths: dict[str, Path], env: dict[str, str]) -> None:
+    """`sluice check-config` on each: a config the gateway would refuse stops the run before it starts."""
+    for key, path in paths.items():
+        done = subprocess.run([str(VENV_BIN / "sluice"), "check-config", str(path)], capture_output=True, text=True,
+                              timeout=60, cwd=path.parent, env=env)
+        if done.returncode != 0:
+            raise BenchError(f"sluice check-config refused the {key} config ({path}):\n{done.stdout}{done.stderr}\n"
+                             f"{path.read_text()}")
+        log(f"sluice check-config: {key} config OK")
+
+
+def sluice_implementation(env: dict[str, str]) -> str:
+    """The version and hot path (compiled or pure) of the sluice the servers import with ``env``."""
+    code = "from sluice import __version__ as v; from sluice._native import IMPLEMENTATION as i; print(v, i)"
+    done = subprocess.run([str(VENV_BIN / "python"), "-c", code], capture_output=True, text=True, timeout=60,
+                          env=env, cwd="/")
+    if done.returncode != 0:
+        return f"unavailable ({done.stderr.strip().splitlines()[-1:]})"
+    version, implementation = done.stdout.split()
+    return f"{version} (hot path: {implementation})"
+
+
+def floor_argv(port: int) -> list[str]:
+    """bench/floor.py under Granian, with the options `sluice serve` gives Granian (sluice/runner.py)."""
+    granian = VENV_BIN / "granian"
+    return [str(granian) if granian.exists() else "granian",
+            "--interface", "rsgi", "--factory", "--loop", "uvloop", "--workers", "1",
+            "--host", "127.0.0.1", "--port", str(port), "--http", "auto", "--no-ws", "--backlog", "2048",
+            "--log-level", "warning", "--no-access-log", "--working-dir", str(BENCH), "floor:app"]
+
+
+# -- results ---------------------------------------------------------------------------------
 
 
 def median_result(runs: list[WrkResult]) -> WrkResult:
@@ -132,119 +244,226 @@ def median_result(runs: list[WrkResult]) -> WrkResult:
     )
 
 
+@dataclass
+class Summary:
+    """The figures of the headline table, per target key."""
+
+    rps: dict[str, float]  # at 64 connections
+    p50: dict[str, float]  # at 1 connection, ms
+    p99: dict[str, float]
+
+    def share(self, key: str) -> float:
+        return self.rps[key] / self.rps["floor"] if self.rps.get("floor") else float("nan")
+
+    def added_p50(self, key: str) -> float:
+        return self.p50[key] - self.p50["direct"]
+
+    def added_p99(self, key: str) -> float:
+        return self.p99[key] - self.p99["direct"]
+
+
+def summarise(results: dict[tuple[str, int], list[WrkResult]]) -> Summary:
+    m = {key: median_result(runs) for key, runs in results.items()}
+    return Summary(rps={t.key: m[(t.key, THROUGHPUT_CONNS)].rps for t in TARGETS},
+                   p50={t.key: m[(t.key, LATENCY_CONNS)].p50 for t in TARGETS},
+                   p99={t.key: m[(t.key, LATENCY_CONNS)].p99 for t in TARGETS})
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "**miss**"
+
+
+def headline_table(s: Summary) -> str:
+    rows = []
+    for t in TARGETS:
+        direct = t.key == "direct"
+        rows.append([t.label, f"{s.rps[t.key]:,.0f}", fmt_ratio(s.rps[t.key], s.rps["floor"]),
+                     fmt_ms(s.p50[t.key]), fmt_ms(s.p99[t.key]),
+                     "" if direct else fmt_delta(s.added_p50(t.key)),
+                     "" if direct else fmt_delta(s.added_p99(t.key))])
+    return table(["target", f"req/s at {THROUGHPUT_CONNS} conns", "x floor", "p50 at 1 conn", "p99 at 1 conn",
+                  "added p50", "added p99"], rows)
+
+
+def targets_table(s: Summary) -> str:
+    def each(added: Callable[[str], float], bound: float) -> tuple[str, str]:
+        return (" / ".join(f"{added(t.key):+.3f}" for t in SLUICES),
+                " / ".join(verdict(added(t.key) <= bound) for t in SLUICES))
+
+    p50_measured, p50_verdict = each(s.added_p50, TARGET_ADDED_P50_MS)
+    p99_measured, p99_verdict = each(s.added_p99, TARGET_ADDED_P99_MS)
+    return table(["target", "measured", "verdict"], [
+        [f"sluice bare ≥ {TARGET_BARE:.2f}x floor (req/s, {THROUGHPUT_CONNS} conns)", f"{s.share('bare'):.2f}x",
+         verdict(s.share("bare") >= TARGET_BARE)],
+        [f"sluice full ≥ {TARGET_FULL:.2f}x floor (req/s, {THROUGHPUT_CONNS} conns)", f"{s.share('full'):.2f}x",
+         verdict(s.share("full") >= TARGET_FULL)],
+        [f"added p50 at 1 conn ≤ {TARGET_ADDED_P50_MS:.2f} ms (sluice bare / default / full)", p50_measured,
+         p50_verdict],
+        [f"added p99 at 1 conn ≤ {TARGET_ADDED_P99_MS:.1f} ms (sluice bare / default / full)", p99_measured,
+         p99_verdict],
+    ])
+
+
+# -- the chart -------------------------------------------------------------------------------
+
+
+def draw_chart(s: Summary, path: Path, subtitle: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    colours = {"direct": "#9e9e9e", "nginx": "#607d8b", "floor": "#2e7d32", "bare": "#1565c0",
+               "default": "#1e88e5", "full": "#64b5f6"}
+
+    labels = [t.label.replace("sluice ", "sluice\n") for t in TARGETS]
+    values = [s.rps[t.key] for t in TARGETS]
+    bars = left.bar(labels, values, color=[colours[t.key] for t in TARGETS])
+    for bar, value in zip(bars, values, strict=True):
+        left.annotate(f"{value:,.0f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom",
+                      fontsize=8, xytext=(0, 2), textcoords="offset points")
+    floor = s.rps["floor"]
+    for factor, style in ((TARGET_BARE, "--"), (TARGET_FULL, ":")):
+        left.axhline(factor * floor, color="#c62828", linestyle=style, linewidth=1.2,
+                     label=f"{factor:.2f}x floor ({factor * floor:,.0f})")
+    left.set_ylabel(f"requests/s at {THROUGHPUT_CONNS} connections (one worker, one core)")
+    left.set_title("Throughput")
+    left.legend(loc="upper right", fontsize=8)
+    left.tick_params(axis="x", labelsize=8)
+
+    proxies = list(PROXIES)
+    x = range(len(proxies))
+    width = 0.38
+    p50 = [s.added_p50(t.key) for t in proxies]
+    p99 = [s.added_p99(t.key) for t in proxies]
+    b50 = right.bar([i - width / 2 for i in x], p50, width, color="#1e88e5", label="added p50")
+    b99 = right.bar([i + width / 2 for i in x], p99, width, color="#90caf9", label="added p99")
+    for group in (b50, b99):
+        for bar in group:
+            value = bar.get_height()
+            right.annotate(f"{value:+.3f}", (bar.get_x() + bar.get_width() / 2, max(value, 0)), ha="center",
+                           va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+    right.axhline(TARGET_ADDED_P50_MS, color="#c62828", linestyle="--", linewidth=1.2,
+                  label=f"p50 target {TARGET_ADDED_P50_MS:.2f} ms")
+    right.axhline(TARGET_ADDED_P99_MS, color="#c62828", linestyle=":", linewidth=1.2,
+                  label=f"p99 target {TARGET_ADDED_P99_MS:.1f} ms")
+    right.set_xticks(list(x), [t.label.replace("sluice ", "sluice\n") for t in proxies], fontsize=8)
+    right.set_ylabel("ms added over direct, 1 connection")
+    right.set_title("Added latency")
+    right.legend(loc="upper left", fontsize=8)
+    top = max([*p99, *p50, TARGET_ADDED_P99_MS])
+    right.set_ylim(min(0.0, *p50, *p99) * 1.1, top * 1.18)
+
+    fig.suptitle(f"sluice against the raw floor: {subtitle}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run (default 10, --quick 3)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 3 s per run, 1 s warm-up")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="runs per measurement, interleaved; the report shows per-metric medians (default 1)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 s per run, 1 s warm-up, 1 round")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="rounds, each measuring every target once; the report shows per-metric medians "
+                             "(default 3, --quick 1)")
     parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up per server (default 2)")
+    parser.add_argument("--ref", metavar="REV",
+                        help="measure sluice as committed at REV (e.g. HEAD), built once into "
+                             "bench/results/builds/ from `git archive`, instead of the working tree (which others "
+                             "may be editing)")
+    parser.add_argument("--publish", action="store_true",
+                        help="also write bench/chart.png and the 'Latest results' section of bench/README.md, "
+                             "and print that section")
     args = parser.parse_args()
     duration = args.duration if args.duration is not None else (3.0 if args.quick else 10.0)
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
-    repeat = max(1, args.repeat)
+    repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 3))
     if duration < 1:
         parser.error("--duration must be at least 1 s")
+    command = shlex.join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
 
     ensure_tools()
+    sluice_env = dict(os.environ)
+    if args.ref:
+        build, sha = install_commit(args.ref)
+        sluice_env["PYTHONPATH"] = str(build)  # ahead of the editable install's path
     facts = machine_facts()
+    if args.ref:
+        facts = [(k, v) for k, v in facts if k not in ("git", "sluice")]
+        facts.insert(0, ("sluice", f"{sluice_implementation(sluice_env)}, built from commit {sha[:12]} "
+                                   f"(--ref {args.ref}; the working tree is not what ran)"))
+        facts.insert(0, ("git", f"{sha[:7]} (--ref {args.ref})"))
     fingerprint = src_fingerprint()  # before any load: the load average is the machine's own
     pin = Pinning.detect()
     log(pin.note)
-    have_nginx = shutil.which("nginx") is not None
-    if not have_nginx:
-        log("nginx is not installed: u1 is `sluice mock-upstream` (no latency) and the nginx-proxy "
-            "reference is skipped")
 
-    runs = repeat * 13 + 1  # A 4 + B 6 + C 3, repeated; D 1
-    bound = 120 + 6 * (warmup + 35) + runs * (duration + 35)
+    runs = repeat * len(TARGETS) * 2 + 1  # throughput + latency per target per round; the drift check
+    bound = 180 + len(TARGETS) * 2 * (warmup + 35) + runs * (duration + 35)
     log(f"{runs} wrk runs of {duration:.0f} s (+ warm-ups); hard time bound {bound:.0f} s")
 
     with Deadline(bound), temp_dir("sluice-bench-") as tmp, Processes(tmp) as procs:
         kept: Path | None = None
         try:
             started = time.monotonic()
-            # -- upstreams (CPU 1) --
-            u1_port, u2_port, r_port, r2_port = free_port(), free_port(), free_port(), free_port()
-            if have_nginx:
-                u1 = procs.start("u1-nginx", nginx_argv(tmp, nginx_static_conf(tmp, "u1", u1_port), "u1"),
-                                 cpu=pin.load)
-                u1_kind = "nginx `return 200` (static chat.completion)"
-            else:
-                u1 = procs.start("u1-mock", [str(VENV_BIN / "sluice"), "mock-upstream", "--port", str(u1_port)],
-                                 cpu=pin.load)
-                u1_kind = "sluice mock-upstream, 0 ms (nginx not installed)"
-            u2 = procs.start("u2-mock50", [str(VENV_BIN / "sluice"), "mock-upstream", "--port", str(u2_port),
-                                           "--latency-ms", "50"], cpu=pin.load)
-            wait_ready(u1, u1_port, model=FAST_MODEL)
-            wait_ready(u2, u2_port, model=SLOW_MODEL)
+            ports = {t.key: free_port() for t in TARGETS}
+            configs = gateway_configs(tmp, ports, ports["direct"])
+            check_configs(configs, sluice_env)
 
-            # -- servers under test (CPU 0) --
-            proxy = None
-            if have_nginx:
-                conf = nginx_proxy_conf(tmp, "r", [(r_port, u1_port), (r2_port, u2_port)])
-                proxy = procs.start("r-nginx-proxy", nginx_argv(tmp, conf, "r"), cpu=pin.server)
-            config = tmp / "sluice-bench.yaml"
-            g_port, a_port = free_port(), free_port()
-            gateway_config(config, g_port, u1_port, u2_port)
+            # -- the upstream (CPU 1) --
+            u1 = procs.start("u1-nginx", nginx_argv(tmp, nginx_static_conf(tmp, "u1", ports["direct"]), "u1"),
+                             cpu=pin.load)
+            body = wait_ready(u1, ports["direct"], model=MODEL)
+            if body != CHAT_COMPLETION.encode():
+                raise BenchError(f"u1 answered something unexpected: {body[:300]!r}")
+
+            # -- the servers under test (CPU 0) --
+            started_procs = {
+                "nginx": procs.start("nginx-proxy", nginx_argv(
+                    tmp, nginx_proxy_conf(tmp, "proxy", [(ports["nginx"], ports["direct"])]), "proxy"),
+                    cpu=pin.server),
+                "floor": procs.start("floor", floor_argv(ports["floor"]), cpu=pin.server, cwd=ROOT,
+                                     env={**os.environ, "BENCH_UPSTREAM_URL": f"http://127.0.0.1:{ports['direct']}"}),
+            }
             sluice = str(VENV_BIN / "sluice")
-            rsgi = procs.start("g-sluice-rsgi", [sluice, "serve", "--config", str(config), "--port", str(g_port),
-                                                 "--workers", "1"], cpu=pin.server, cwd=ROOT)
-            asgi = procs.start("g-sluice-asgi", [sluice, "serve", "--config", str(config), "--port", str(a_port),
-                                                 "--workers", "1", "--interface", "asgi"], cpu=pin.server, cwd=ROOT)
-            if proxy is not None:
-                wait_ready(proxy, r_port, model=FAST_MODEL)
-                wait_ready(proxy, r2_port, model=SLOW_MODEL)
-            body = wait_ready(rsgi, g_port, model=FAST_MODEL)
-            if b"chat.completion" not in body:
-                raise BenchError(f"sluice answered something unexpected: {body[:300]!r}")
-            wait_ready(rsgi, g_port, model=SLOW_MODEL)
-            wait_ready(asgi, a_port, model=FAST_MODEL)
-
-            direct = Target("direct", "u1 direct", u1_port, FAST_MODEL)
-            ref = Target("nginx", "nginx proxy -> u1", r_port, FAST_MODEL) if proxy is not None else None
-            g_rsgi = Target("rsgi", "sluice rsgi -> u1", g_port, FAST_MODEL)
-            g_asgi = Target("asgi", "sluice asgi -> u1", a_port, FAST_MODEL)
-            direct2 = Target("direct50", "u2 (50 ms) direct", u2_port, SLOW_MODEL)
-            ref2 = Target("nginx50", "nginx proxy -> u2 (50 ms)", r2_port, SLOW_MODEL) if proxy is not None else None
-            g_rsgi2 = Target("rsgi50", "sluice rsgi -> u2 (50 ms)", g_port, SLOW_MODEL)
+            for t in SLUICES:
+                started_procs[t.key] = procs.start(
+                    f"sluice-{t.key}", [sluice, "serve", "--config", str(configs[t.key]), "--port",
+                                        str(ports[t.key]), "--workers", "1"], cpu=pin.server, cwd=tmp,
+                    env=sluice_env)
+            for key, proc in started_procs.items():
+                answer = wait_ready(proc, ports[key], model=MODEL)
+                if b'"chat.completion"' not in answer:
+                    raise BenchError(f"{key} answered something unexpected: {answer[:300]!r}")
+            log(f"every target answers 200 (request {len(chat_request(MODEL))} bytes, "
+                f"answer {len(CHAT_COMPLETION)} bytes)")
 
             meter = CpuMeter(procs, pin.load)
+            labels = {t.key: t.label for t in TARGETS}
 
-            def measure(target: Target, connections: int, seconds: float = duration) -> WrkResult:
-                return run_wrk(target.label, target.port, connections=connections, duration=seconds,
-                               model=target.model, cpu=pin.load, meter=meter)
+            def measure(key: str, connections: int, seconds: float = duration) -> WrkResult:
+                return run_wrk(labels[key], ports[key], connections=connections, duration=seconds, model=MODEL,
+                               cpu=pin.load, meter=meter)
 
             # -- warm-up --
-            for target in (direct, ref, g_rsgi, g_asgi):
-                if target is not None:
-                    measure(target, 64, warmup)
-            for target in (direct2, ref2, g_rsgi2):
-                if target is not None:
-                    measure(target, 4, warmup)
-            rss_start = group_rss_kib(rsgi.popen.pid)
+            for t in TARGETS:
+                measure(t.key, THROUGHPUT_CONNS, warmup)
+                measure(t.key, LATENCY_CONNS, warmup)
 
-            # -- scenarios, each measurement repeated (interleaved) --
+            # -- rounds: every target once at 64 connections, then once at 1 --
             results: dict[tuple[str, int], list[WrkResult]] = {}
-
-            def record(target: Target | None, connections: int) -> None:
-                if target is None:
-                    return
-                result = measure(target, connections)
-                results.setdefault((target.key, connections), []).append(result)
-
-            for _ in range(repeat):  # A
-                for target in (direct, ref, g_rsgi, g_asgi):
-                    record(target, 64)
-            for _ in range(repeat):  # B (nginx proxy: the control, a C proxy on the same core)
-                for connections in (1, 4):
-                    for target in (direct, ref, g_rsgi):
-                        record(target, connections)
-            for _ in range(repeat):  # C
-                for target in (direct2, ref2, g_rsgi2):
-                    record(target, 4)
-            drift = measure(g_rsgi, 64)  # D
-            rss_end = group_rss_kib(rsgi.popen.pid)
+            for round_ in range(repeat):
+                log(f"round {round_ + 1} of {repeat}")
+                for connections in (THROUGHPUT_CONNS, LATENCY_CONNS):
+                    for t in TARGETS:
+                        results.setdefault((t.key, connections), []).append(measure(t.key, connections))
+            drift = measure("floor", THROUGHPUT_CONNS)
 
             for proc in procs.procs:
                 if proc.popen.poll() is not None:
@@ -254,107 +473,122 @@ def main() -> int:
             procs.stop_all()
             kept = keep_logs(tmp, "logs")
 
-    report = render(facts, results, drift, repeat=repeat, duration=duration, warmup=warmup, pin=pin, u1_kind=u1_kind,
-                    rss=(rss_start, rss_end), elapsed=elapsed, logs=kept)
-    note = src_change_note(fingerprint)
+    summary = summarise(results)
+    stamp = f"{dict(facts)['git']}, {dict(facts)['date']}"
+    draw_chart(summary, Path(BENCH / "results" / "latest.png"), f"`{command}` at {stamp}")
+    report = render(facts, results, drift, summary, command=command, repeat=repeat, duration=duration,
+                    warmup=warmup, pin=pin, elapsed=elapsed, logs=kept)
+    note = None if args.ref else src_change_note(fingerprint)
     if note is not None:
         log(note)
         report += f"\n{note}\n"
     print(report)
     path = write_result("latest.md", report)
-    log(f"written to {path}")
+    log(f"written to {path} and {path.with_suffix('.png')}")
+    if args.publish:
+        section = readme_section(facts, summary, command=command, elapsed=elapsed, note=note)
+        shutil.copyfile(path.with_suffix(".png"), CHART)
+        replaced = replace_section(README, section)
+        print("\n" + section)
+        log(f"published: {CHART.relative_to(ROOT)}" + (f" and the section of {README.relative_to(ROOT)}" if replaced
+                                                       else f"; no {BEGIN} marker in {README.relative_to(ROOT)}"))
     return 0
 
 
-def render(facts: list[tuple[str, str]], results: dict[tuple[str, int], list[WrkResult]], drift: WrkResult, *,
-           repeat: int, duration: float,
-           warmup: float, pin: Pinning, u1_kind: str, rss: tuple[int, int], elapsed: float,
-           logs: Path | None) -> str:
-    m = {key: median_result(runs) for key, runs in results.items()}
-    out: list[str] = ["# sluice benchmark", ""]
+# -- reports ---------------------------------------------------------------------------------
+
+
+def render(facts: list[tuple[str, str]], results: dict[tuple[str, int], list[WrkResult]], drift: WrkResult,
+           summary: Summary, *, command: str, repeat: int, duration: float, warmup: float, pin: Pinning,
+           elapsed: float, logs: Path | None) -> str:
+    out = ["# sluice benchmark: the raw floor and sluice on one core", "", f"`{command}`", ""]
     out.append(facts_table([*facts, *{
         "load average at end": loadavg(),
         "pinning": pin.note,
-        "u1 (fast upstream)": u1_kind,
-        "u2": "sluice mock-upstream --latency-ms 50",
-        "wrk runs": f"-t1, {duration:.0f} s per run, {warmup:.0f} s warm-up per server, "
-               f"{repeat} run(s) per row" + (" (per-metric median)" if repeat > 1 else ""),
+        "request / answer": f"{len(chat_request(MODEL))}-byte chat request (a system and a user message), "
+                            f"{len(CHAT_COMPLETION)}-byte chat.completion (usage at the end)",
+        "wrk runs": f"-t1, {duration:.0f} s per run, {warmup:.0f} s warm-up per server and concurrency, "
+                    f"{repeat} round(s)" + (" (per-metric medians)" if repeat > 1 else ""),
         "whole run": f"{elapsed:.0f} s",
     }.items()]))
+    out += ["", "## Results", "", headline_table(summary), "",
+            f"req/s at {THROUGHPUT_CONNS} connections; p50/p99 in ms at {LATENCY_CONNS} connection; "
+            "\"added\": the target's latency minus direct's.", "",
+            "## Against the targets (informative: a benchmark reports, it does not fail)", "",
+            targets_table(summary), "", "## The targets", ""]
+    out += [f"- **{t.label}**: {t.what}" for t in TARGETS]
 
-    def row(scenario: str, key: str, connections: int) -> list[str] | None:
-        r = m.get((key, connections))
-        if r is None:
-            return None
-        return [scenario, r.label, str(connections), f"{r.rps:,.0f}", fmt_ms(r.p50), fmt_ms(r.p90), fmt_ms(r.p99),
-                str(r.non_2xx), str(r.socket_errors), fmt_other(r.other_cpu)]
-
-    rows = [
-        row("A", "direct", 64), row("A", "nginx", 64), row("A", "rsgi", 64), row("A", "asgi", 64),
-        row("B", "direct", 1), row("B", "nginx", 1), row("B", "rsgi", 1),
-        row("B", "direct", 4), row("B", "nginx", 4), row("B", "rsgi", 4),
-        row("C", "direct50", 4), row("C", "nginx50", 4), row("C", "rsgi50", 4),
-        ["D (drift)", drift.label + " (again, at the end)", str(drift.connections), f"{drift.rps:,.0f}",
-         fmt_ms(drift.p50), fmt_ms(drift.p90), fmt_ms(drift.p99), str(drift.non_2xx), str(drift.socket_errors),
-         fmt_other(drift.other_cpu)],
-    ]
+    m = {key: median_result(runs) for key, runs in results.items()}
+    rows = []
+    for connections in (THROUGHPUT_CONNS, LATENCY_CONNS):
+        for t in TARGETS:
+            r = m[(t.key, connections)]
+            each = " / ".join(f"{x.rps:,.0f}" for x in results[(t.key, connections)])
+            rows.append([t.label, str(connections), f"{r.rps:,.0f}", fmt_ms(r.p50), fmt_ms(r.p90), fmt_ms(r.p99),
+                         str(r.non_2xx), str(r.socket_errors), fmt_other(r.other_cpu), each])
+    rows.append([f"{drift.label} (again, at the end)", str(drift.connections), f"{drift.rps:,.0f}",
+                 fmt_ms(drift.p50), fmt_ms(drift.p90), fmt_ms(drift.p99), str(drift.non_2xx),
+                 str(drift.socket_errors), fmt_other(drift.other_cpu), ""])
     out += ["", "## All runs (latencies in ms)", ""]
-    out.append(table(["scenario", "target", "conns", "req/s", "p50", "p90", "p99", "non-2xx", "socket err",
-                      "others' CPU0/CPU1 %"], [r for r in rows if r is not None], text_columns=2))
-    out += ["", "\"others' CPU %\": how busy each CPU was with processes other than this benchmark's during "
-                "the run (the highest of the repeats); the machine is shared, so a high figure on CPU 0 means "
-                "the server under test lost time to someone else."]
-
-    rsgi, direct = m[("rsgi", 64)], m[("direct", 64)]
-    ratios = [["sluice rsgi / u1 direct", fmt_ratio(rsgi.rps, direct.rps)]]
-    if ("nginx", 64) in m:
-        ratios.append(["sluice rsgi / nginx proxy", fmt_ratio(rsgi.rps, m[("nginx", 64)].rps)])
-    ratios.append(["sluice asgi / sluice rsgi", fmt_ratio(m[("asgi", 64)].rps, rsgi.rps)])
-    ratios.append(["drift: rsgi at the end / rsgi in A", fmt_ratio(drift.rps, rsgi.rps)])
-    out += ["", "## A. Throughput ratios (64 connections, req/s)", ""]
-    out.append(table(["ratio", "value"], ratios))
-
-    over_rows = []
-    for upstream, d_key, proxies, connections in (
-        ("u1 fast", "direct", (("sluice rsgi", "rsgi"), ("nginx proxy", "nginx")), 1),
-        ("u1 fast", "direct", (("sluice rsgi", "rsgi"), ("nginx proxy", "nginx")), 4),
-        ("u2 50 ms", "direct50", (("sluice rsgi", "rsgi50"), ("nginx proxy", "nginx50")), 4),
-    ):
-        d = m[(d_key, connections)]
-        for name, key in proxies:
-            p = m.get((key, connections))
-            if p is None:
-                continue
-            over_rows.append([upstream, str(connections), name,
-                              fmt_ms(d.p50), fmt_ms(p.p50), fmt_delta(p.p50 - d.p50),
-                              fmt_ms(d.p90), fmt_ms(p.p90), fmt_delta(p.p90 - d.p90),
-                              fmt_ms(d.p99), fmt_ms(p.p99), fmt_delta(p.p99 - d.p99),
-                              fmt_ratio(p.rps, d.rps)])
-    out += ["", "## B/C. Latency overhead against direct (ms); nginx proxy is the control", ""]
-    out.append(table(["upstream", "conns", "via", "p50 direct", "p50 via", "Δp50", "p90 direct", "p90 via", "Δp90",
-                      "p99 direct", "p99 via", "Δp99", "rps via/direct"], over_rows, text_columns=3))
-
-    b4d, b4s = m[("direct", 4)], m[("rsgi", 4)]
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "NOT met"
-
-    out += ["", "## Against the targets (one worker, one core; informative, not a test)", ""]
-    out.append(table(["target", "measured", "verdict"], [
-        [f"sluice rsgi -> u1 at 64 conns ≥ {TARGET_RPS:,} req/s", f"{rsgi.rps:,.0f}", verdict(rsgi.rps >= TARGET_RPS)],
-        [f"Δp50 at 4 conns (u1) ≤ {TARGET_P50_MS} ms", fmt_delta(b4s.p50 - b4d.p50),
-         verdict(b4s.p50 - b4d.p50 <= TARGET_P50_MS)],
-        [f"Δp99 at 4 conns (u1) ≤ {TARGET_P99_MS} ms", fmt_delta(b4s.p99 - b4d.p99),
-         verdict(b4s.p99 - b4d.p99 <= TARGET_P99_MS)],
-    ]))
+    out.append(table(["target", "conns", "req/s", "p50", "p90", "p99", "non-2xx", "socket err",
+                      "others' CPU0/CPU1 %", "req/s of each round"], rows))
+    out += ["", "\"others' CPU %\": how busy each CPU was with processes other than this benchmark's during the "
+                "run (the highest of the rounds); the machine may be shared, so a high figure on CPU 0 means the "
+                "server under test lost time to someone else.", "",
+            f"Drift: the floor at the end / in the rounds: {fmt_ratio(drift.rps, summary.rps['floor'])}."]
     errors = sum(r.errors for runs in results.values() for r in runs) + drift.errors
-    out += ["", f"Gateway (rsgi) resident memory, main process + worker: {rss[0] / 1024:.1f} MiB after warm-up, "
-                f"{rss[1] / 1024:.1f} MiB at the end.",
-            f"Non-2xx responses + socket errors over all measured runs: {errors}."]
+    out.append(f"Non-2xx responses + socket errors over all measured runs: {errors}.")
     if logs is not None:
         out.append(f"Server logs of this run: {logs.relative_to(ROOT)}/")
     out.append("")
     return "\n".join(out)
+
+
+def readme_section(facts: list[tuple[str, str]], summary: Summary, *, command: str, elapsed: float,
+                   note: str | None) -> str:
+    """The "Latest results" section of bench/README.md, from this run only."""
+    fact = dict(facts)
+    lines = [
+        BEGIN,
+        "## Latest results",
+        "",
+        f"Measured by `{command}` ({elapsed:.0f} s) on {fact['date']}, at commit `{fact['git']}`: "
+        "these figures are from that run and that commit only (the machine was not necessarily quiet; the "
+        "per-run table, with how busy each CPU was with other processes, is in `bench/results/latest.md` of "
+        "that run). One gateway worker pinned to CPU 0; nginx (the upstream) and wrk on CPU 1.",
+        "",
+        headline_table(summary),
+        "",
+        f"req/s with `wrk -t1 -c{THROUGHPUT_CONNS}`; p50/p99 in ms with `wrk -t1 -c{LATENCY_CONNS}`; \"added\": "
+        "minus direct's. Request: a 324-byte chat request; answer: a 629-byte `chat.completion`.",
+        "",
+        "![sluice against the raw floor](chart.png)",
+        "",
+        "Targets (a benchmark reports them, it never fails on them):",
+        "",
+        targets_table(summary),
+        "",
+    ]
+    if note is not None:
+        lines += [note, ""]
+    lines += [
+        "<details><summary>Machine facts</summary>",
+        "",
+        facts_table(facts),
+        "",
+        "</details>",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def replace_section(path: Path, section: str) -> bool:
+    text = path.read_text()
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        return False
+    path.write_text(text[:start] + section + text[end + len(END):])
+    return True
 
 
 if __name__ == "__main__":
