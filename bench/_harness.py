@@ -642,8 +642,10 @@ def src_change_note(before: str) -> str | None:
 
 
 def install_commit(rev: str) -> tuple[Path, str]:
-    """sluice as committed at ``rev``, built (Cython extensions included) into bench/results/builds/<sha>/ once
-    and reused; its directory (for PYTHONPATH, ahead of the editable install) and the full commit hash.
+    """sluice as committed at ``rev``, built (Cython extensions included) into bench/results/builds/<key>/ once
+    and reused; its directory (for PYTHONPATH, ahead of the editable install) and the full commit hash.  The key
+    hashes the commit's trees of what the build reads (src/, ext/, setup.py, pyproject.toml), so commits that
+    change only other files (bench/, docs/) share one build.
 
     What lets a benchmark measure a commit while the working tree holds someone's unfinished edits: the files
     come from ``git archive``, never from the working tree."""
@@ -655,9 +657,17 @@ def install_commit(rev: str) -> tuple[Path, str]:
     if done.returncode != 0:
         raise BenchError(f"not a commit: {rev!r}: {done.stderr.strip()}")
     sha = done.stdout.strip()
-    target = RESULTS / "builds" / sha[:12]
+    trees = subprocess.run(["git", "-C", str(ROOT), "rev-parse",
+                            *(f"{sha}:{part}" for part in ("src", "ext", "setup.py", "pyproject.toml"))],
+                           capture_output=True, text=True, timeout=10)
+    if trees.returncode != 0:
+        raise BenchError(f"cannot read the build's trees at {sha[:12]}: {trees.stderr.strip()}")
+    import hashlib
+
+    target = RESULTS / "builds" / hashlib.sha256(trees.stdout.encode()).hexdigest()[:12]
     if (target / ".complete").exists():
-        log(f"sluice at {sha[:12]}: already built in {target.relative_to(ROOT)}")
+        log(f"sluice at {sha[:12]}: already built in {target.relative_to(ROOT)} (same src/, ext/, setup.py, "
+            "pyproject.toml)")
         return target, sha
     shutil.rmtree(target, ignore_errors=True)
     log(f"building sluice at {sha[:12]} into {target.relative_to(ROOT)} (git archive + pip install --no-deps)")

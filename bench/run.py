@@ -269,6 +269,20 @@ def summarise(results: dict[tuple[str, int], list[WrkResult]]) -> Summary:
                    p99={t.key: m[(t.key, LATENCY_CONNS)].p99 for t in TARGETS})
 
 
+def contention(results: dict[tuple[str, int], list[WrkResult]], pin: Pinning) -> str:
+    """How busy the CPUs were with other processes during the measured runs, in one sentence."""
+    server = [r.other_cpu.get(pin.server, 0.0) for (key, _), runs in results.items() if key != "direct" for r in runs
+              if pin.server is not None]
+    load = [r.other_cpu.get(pin.load, 0.0) for runs in results.values() for r in runs if pin.load is not None]
+    if not server or not load:
+        return "How busy the CPUs were with other processes is unknown (no pinning)."
+    text = (f"Other processes used a median {statistics.median(server):.0f} % (at most {max(server):.0f} %) of CPU "
+            f"{pin.server} during the proxies' runs, and a median {statistics.median(load):.0f} % of CPU {pin.load}")
+    if statistics.median(server) > 10 or statistics.median(load) > 10:
+        return text + ": **the machine was busy, so these figures are not those of a quiet machine**."
+    return text + "."
+
+
 def verdict(ok: bool) -> str:
     return "pass" if ok else "**miss**"
 
@@ -486,7 +500,8 @@ def main() -> int:
     path = write_result("latest.md", report)
     log(f"written to {path} and {path.with_suffix('.png')}")
     if args.publish:
-        section = readme_section(facts, summary, command=command, elapsed=elapsed, note=note)
+        section = readme_section(facts, summary, command=command, elapsed=elapsed, note=note,
+                                 busy=contention(results, pin))
         shutil.copyfile(path.with_suffix(".png"), CHART)
         replaced = replace_section(README, section)
         print("\n" + section)
@@ -513,7 +528,7 @@ def render(facts: list[tuple[str, str]], results: dict[tuple[str, int], list[Wrk
     }.items()]))
     out += ["", "## Results", "", headline_table(summary), "",
             f"req/s at {THROUGHPUT_CONNS} connections; p50/p99 in ms at {LATENCY_CONNS} connection; "
-            "\"added\": the target's latency minus direct's.", "",
+            "\"added\": the target's latency minus direct's. " + contention(results, pin), "",
             "## Against the targets (informative: a benchmark reports, it does not fail)", "",
             targets_table(summary), "", "## The targets", ""]
     out += [f"- **{t.label}**: {t.what}" for t in TARGETS]
@@ -545,7 +560,7 @@ def render(facts: list[tuple[str, str]], results: dict[tuple[str, int], list[Wrk
 
 
 def readme_section(facts: list[tuple[str, str]], summary: Summary, *, command: str, elapsed: float,
-                   note: str | None) -> str:
+                   note: str | None, busy: str) -> str:
     """The "Latest results" section of bench/README.md, from this run only."""
     fact = dict(facts)
     lines = [
@@ -553,9 +568,9 @@ def readme_section(facts: list[tuple[str, str]], summary: Summary, *, command: s
         "## Latest results",
         "",
         f"Measured by `{command}` ({elapsed:.0f} s) on {fact['date']}, at commit `{fact['git']}`: "
-        "these figures are from that run and that commit only (the machine was not necessarily quiet; the "
-        "per-run table, with how busy each CPU was with other processes, is in `bench/results/latest.md` of "
-        "that run). One gateway worker pinned to CPU 0; nginx (the upstream) and wrk on CPU 1.",
+        "these figures are from that run and that commit only (the per-run table is in "
+        "`bench/results/latest.md` of that run). One gateway worker pinned to CPU 0; nginx (the upstream) and "
+        f"wrk on CPU 1. {busy}",
         "",
         headline_table(summary),
         "",
