@@ -33,6 +33,8 @@ a test: it exits 0 whenever it could measure, targets met or not.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import shlex
 import shutil
@@ -90,6 +92,7 @@ TARGET_FULL = 0.70  # sluice full req/s / floor req/s, at least
 TARGET_ADDED_P50_MS = 0.20  # at 1 connection, over direct, at most
 TARGET_ADDED_P99_MS = 0.60
 README = BENCH / "README.md"
+LATEST_PNG = BENCH / "results" / "latest.png"
 CHART = BENCH / "chart.png"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -326,8 +329,9 @@ def draw_chart(s: Summary, path: Path, subtitle: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.6), gridspec_kw={"width_ratios": [1.1, 1]})
     colours = {"direct": "#9e9e9e", "nginx": "#607d8b", "floor": "#2e7d32", "bare": "#1565c0",
                "default": "#1e88e5", "full": "#64b5f6"}
 
@@ -363,11 +367,14 @@ def draw_chart(s: Summary, path: Path, subtitle: str) -> Path:
     right.axhline(TARGET_ADDED_P99_MS, color="#c62828", linestyle=":", linewidth=1.2,
                   label=f"p99 target {TARGET_ADDED_P99_MS:.1f} ms")
     right.set_xticks(list(x), [t.label.replace("sluice ", "sluice\n") for t in proxies], fontsize=8)
-    right.set_ylabel("ms added over direct, 1 connection")
+    right.set_ylabel("ms added over direct, 1 connection (symlog scale)")
     right.set_title("Added latency")
-    right.legend(loc="upper left", fontsize=8)
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, fontsize=8)
+    # Symmetric log: one tail of hundreds of ms on a busy machine must not flatten the tenths of a ms.
+    right.set_yscale("symlog", linthresh=0.1, linscale=0.5)
     top = max([*p99, *p50, TARGET_ADDED_P99_MS])
-    right.set_ylim(min(0.0, *p50, *p99) * 1.1, top * 1.18)
+    right.set_ylim(min(0.0, *p50, *p99) * 1.5, top * 2.5)
+    right.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
 
     fig.suptitle(f"sluice against the raw floor: {subtitle}", fontsize=10)
     fig.tight_layout()
@@ -392,6 +399,9 @@ def main() -> int:
                         help="measure sluice as committed at REV (e.g. HEAD), built once into "
                              "bench/results/builds/ from `git archive`, instead of the working tree (which others "
                              "may be editing)")
+    parser.add_argument("--redraw", action="store_true",
+                        help="measure nothing: draw results/latest.png again from results/latest.json (the last "
+                             "run's figures); with --publish, copy it to bench/chart.png (the README untouched)")
     parser.add_argument("--publish", action="store_true",
                         help="also write bench/chart.png and the 'Latest results' section of bench/README.md, "
                              "and print that section")
@@ -402,6 +412,8 @@ def main() -> int:
     if duration < 1:
         parser.error("--duration must be at least 1 s")
     command = shlex.join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
+    if args.redraw:
+        return redraw(publish=args.publish)
 
     ensure_tools()
     sluice_env = dict(os.environ)
@@ -488,8 +500,9 @@ def main() -> int:
             kept = keep_logs(tmp, "logs")
 
     summary = summarise(results)
-    stamp = f"{dict(facts)['git']}, {dict(facts)['date']}"
-    draw_chart(summary, Path(BENCH / "results" / "latest.png"), f"`{command}` at {stamp}")
+    subtitle = f"`{command}` at {dict(facts)['git']}, {dict(facts)['date']}"
+    write_result("latest.json", json.dumps({"subtitle": subtitle, "summary": dataclasses.asdict(summary)}, indent=1))
+    draw_chart(summary, LATEST_PNG, subtitle)
     report = render(facts, results, drift, summary, command=command, repeat=repeat, duration=duration,
                     warmup=warmup, pin=pin, elapsed=elapsed, logs=kept)
     note = None if args.ref else src_change_note(fingerprint)
@@ -498,7 +511,7 @@ def main() -> int:
         report += f"\n{note}\n"
     print(report)
     path = write_result("latest.md", report)
-    log(f"written to {path} and {path.with_suffix('.png')}")
+    log(f"written to {path}, {path.with_suffix('.png')} and {path.with_suffix('.json')}")
     if args.publish:
         section = readme_section(facts, summary, command=command, elapsed=elapsed, note=note,
                                  busy=contention(results, pin))
@@ -511,6 +524,20 @@ def main() -> int:
 
 
 # -- reports ---------------------------------------------------------------------------------
+
+
+def redraw(*, publish: bool) -> int:
+    """--redraw: the chart of the last run again, from results/latest.json."""
+    try:
+        saved = json.loads((BENCH / "results" / "latest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"no figures to draw again (bench/results/latest.json): {exc}") from exc
+    draw_chart(Summary(**saved["summary"]), LATEST_PNG, saved["subtitle"])
+    log(f"drawn again: {LATEST_PNG.relative_to(ROOT)}")
+    if publish:
+        shutil.copyfile(LATEST_PNG, CHART)
+        log(f"published: {CHART.relative_to(ROOT)}")
+    return 0
 
 
 def render(facts: list[tuple[str, str]], results: dict[tuple[str, int], list[WrkResult]], drift: WrkResult,
