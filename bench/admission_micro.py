@@ -24,9 +24,10 @@ import uvloop
 
 from _harness import Processes, log, run_main, start_redis
 from sluice.config import RateLimitConfig
+from sluice.context import RequestContext
+from sluice.pipeline.admission import AdmissionStage  # what the gateway runs per request
 from sluice.pipeline.quotas import Quotas
 from sluice.pipeline.ratelimit import RateLimits
-from sluice.server.app import _admit  # what the gateway calls per request
 from sluice.state.quota_store import SqliteQuotaStore
 from sluice.state.redis_limits import RedisLimiter, connect
 
@@ -64,9 +65,15 @@ def variants(redis: str, tmp: Path) -> dict[str, RateLimits]:
 
 
 async def once(limits: RateLimits, caller: Caller, requests: int) -> float:
+    stage = AdmissionStage(limits)
     started = time.perf_counter()
     for _ in range(requests):
-        admission = await _admit(limits, caller, "/v1/chat/completions", "gpt-4o-mini", 80, None)  # type: ignore[arg-type]
+        ctx = RequestContext("r", 0.0, "/v1/chat/completions")
+        ctx.model, ctx.body = "gpt-4o-mini", b" " * 80
+        pending = stage.on_request(caller, ctx)  # type: ignore[arg-type]
+        if pending is not None:
+            await pending
+        admission = ctx.admission
         assert admission is not None
         limits.settle(admission, 30)
     return (time.perf_counter() - started) / requests

@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config")
     check.set_defaults(run=_check_config)
 
+    routes = commands.add_parser("routes", help="print each route with its pipeline of stages, in order")
+    routes.add_argument("--config", required=True, help="the config file (YAML)")
+    routes.set_defaults(run=_routes)
+
     db = commands.add_parser("db", help="the store of keys, users and audit: migrate, version")
     db_actions = db.add_subparsers(dest="db_action", metavar="ACTION", required=True)
     db_migrate = db_actions.add_parser("migrate", help="apply the missing schema migrations")
@@ -165,6 +169,30 @@ def _check_config(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     print(f"{args.config}: ok ({len(config.providers)} providers, {len(config.models)} models)")
+    return 0
+
+
+def _routes(args: argparse.Namespace) -> int:
+    """The pipelines the gateway would build from the config, printed without serving."""
+    import asyncio
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    with tempfile.TemporaryDirectory(prefix="sluice-routes-") as metrics_dir:
+        os.environ.setdefault("SLUICE_METRICS_DIR", metrics_dir)  # the gateway's metrics files, thrown away
+
+        async def describe() -> list[str]:
+            from .server.app import create_gateway
+
+            gateway = create_gateway(config)
+            try:
+                return gateway.routes.describe()
+            finally:
+                await gateway.close()
+
+        lines = asyncio.run(describe())
+    print("\n".join(lines))
     return 0
 
 

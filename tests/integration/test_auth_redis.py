@@ -329,7 +329,7 @@ async def stages(store: StoreConfig, url: str, prefix: str) -> AsyncIterator[tup
 
 
 def context(request_id: str = "r") -> Any:
-    from sluice.server.app import RequestContext
+    from sluice.context import RequestContext
 
     return RequestContext(request_id, 0.0)
 

@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from sluice.observability.access_log import AccessLog
-from sluice.server.app import RequestContext
+from sluice.context import RequestContext
 
 
 def record(i: int, status: int = 200, answer: bytes | None = None, **fields) -> RequestContext:  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from sluice.observability.metrics import Metrics
-from sluice.server.app import RequestContext
+from sluice.context import RequestContext
 
 
 def finished(model: str = "m") -> RequestContext:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sluice._native import token_counts
-from sluice.server.app import _asking_usage
+from sluice.server.endpoints import _asking_usage
 from sluice.server.relay import Relayed, hide_usage, relay_stream
 
 HEAD = b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":'

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 
 from ._pure import USAGE_TAIL, RequestIds, TraceIds, count_tokens, finish, token_counts, valid_request_id
+from ._pure_context import SECURITY_HEADERS, RequestContext
 from ._pure_limits import LocalLimiter
 from ._pure_logline import LineFormatter
 from ._pure_stats import Histograms, RequestStats
 
-__all__ = ["IMPLEMENTATION", "USAGE_TAIL", "Histograms", "LineFormatter", "LocalLimiter", "RequestIds",
-           "RequestStats", "TraceIds", "count_tokens", "finish", "token_counts", "valid_request_id"]
+__all__ = ["IMPLEMENTATION", "SECURITY_HEADERS", "USAGE_TAIL", "Histograms", "LineFormatter", "LocalLimiter",
+           "RequestContext", "RequestIds", "RequestStats", "TraceIds", "count_tokens", "finish", "token_counts",
+           "valid_request_id"]
 
 IMPLEMENTATION = "pure"
 

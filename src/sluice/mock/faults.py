@@ -48,7 +48,7 @@ from . import anthropic, gemini
 from . import openai as wire
 
 if TYPE_CHECKING:
-    from ..server.exchange import Exchange, Headers
+    from ..context import Exchange, Headers
 
 __all__ = [
     "CUT_AT",

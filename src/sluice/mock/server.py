@@ -72,14 +72,14 @@ from urllib.parse import parse_qs
 import msgspec
 import orjson
 
-from ..server.exchange import ClientGone
+from ..context import ClientGone
 from . import anthropic, gemini
 from . import openai as wire
 from . import openai_extra as extra
 from .faults import DEFAULT_RETRY_AFTER_S, FAULTS, Fault, FaultStop, FaultyExchange, error_body, retry_headers
 
 if TYPE_CHECKING:
-    from ..server.exchange import Exchange, Headers
+    from ..context import Exchange, Headers
 
 __all__ = ["MockOptions", "MockUpstream", "options_from_env", "parse_options"]
 

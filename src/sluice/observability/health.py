@@ -29,7 +29,7 @@ from ..routing import Router
 from .process import process_usage
 
 if TYPE_CHECKING:
-    from ..server.exchange import Exchange
+    from ..context import Exchange
 
 __all__ = ["Health", "Probe"]
 

@@ -50,8 +50,7 @@ from ..errors import GatewayError
 from .traceparent import parse_traceparent
 
 if TYPE_CHECKING:
-    from ..server.app import RequestContext
-    from ..server.exchange import Exchange
+    from ..context import Exchange, RequestContext
 
 __all__ = ["RequestTrace", "SpanQueue", "Tracing"]
 

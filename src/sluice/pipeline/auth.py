@@ -1,10 +1,9 @@
 """The auth stage: IP rules, the credential, the route's permission, and signatures once the body is read.
 
-``Gateway.handle`` runs it before dispatch on every path but the health probes
-and /metrics::
+Every route's pipeline but the health probes' and /metrics' has it (server/routes.py);
+its request step awaits nothing for a cached key::
 
-    if not stage.admit(ex, ctx):          # no await on a cached key
-        await stage.admit_slow(ex, ctx)   # a key not cached yet, a JWT, an introspected token
+    on_request = admit(ex, ctx) or admit_slow(ex, ctx)   # a key not cached yet, a JWT, an introspected token
 
 In order: the global IP rules (``auth.ip_allow`` / ``auth.ip_deny``, on the
 client address of sluice.pipeline.iprules.ClientIp, which the rate limits use
@@ -12,11 +11,11 @@ too), the credential (sluice.auth.keys.Authenticator), the key's own IP rules,
 the permission the route needs (sluice.pipeline.rbac), and, for a key that signs
 its requests, the signature of a request without a body (GET, HEAD, DELETE,
 OPTIONS: over an empty body).  It sets ``ctx.principal``, ``ctx.key_prefix`` and
-``ctx.user``.  The handlers that read a body (POST, PUT, PATCH) call
-``verify_body`` (a no-op unless the key signs; with Redis, it returns the
-signature's claim to await, below) and check the model
-(``rbac.require_model``); a route that takes no body for those methods answers
-405 or 404 before it acts.  Any other method (PROPFIND, TRACE, …) is refused
+``ctx.user``.  Once a body is read (POST, PUT, PATCH), the ``ModelAccess`` stage
+(or the passthrough's request stage) calls ``verify_body`` (a no-op unless the
+key signs; with Redis, it returns the signature's claim to await, below) and
+checks the model against the key's globs; a route that takes no body for those
+methods answers 405 or 404 before it acts.  Any other method (PROPFIND, TRACE, …) is refused
 for a signing key at once (401 ``invalid_signature``): nothing would verify it
 later, and the passthrough would relay it.
 
@@ -27,7 +26,7 @@ admin API publishes) and claims each signed request's signature there
 once it is verified: only a signature made with the key's secret is claimed, a
 wrong one costs Redis nothing.  That claim is the one await a signed request
 adds: for a request without a body in ``admit_slow`` (``admit`` leaves those
-of a signing key to it), for one with a body where the handler verifies it::
+of a signing key to it), for one with a body where ``ModelAccess`` verifies it::
 
     if (claim := stage.verify_body(ex, ctx, body)) is not None:
         await claim                       # a signing key, signatures shared
@@ -37,46 +36,29 @@ An unsigned request pays nothing for it, nor a signed one without Redis.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ..auth.changes import ChangeNotices, auth_redis_url
-from ..auth.keys import Authenticator, missing_key
+from ..auth.keys import Authenticator
 from ..auth.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, Signatures
 from ..config import Config
+from ..context import Exchange, RequestContext
 from ..errors import Forbidden, GatewayError, Unauthorized
 from ..store import display_prefix, open_store
+from .credential import presented_credential
 from .iprules import ClientIp, IpRules, parse_networks
-from .rbac import permission_for, require
+from .rbac import model_not_allowed, permission_for, require
+from .stage import Stage
 
 if TYPE_CHECKING:
     from ..auth.principal import Principal
-    from ..server.app import RequestContext
-    from ..server.exchange import Exchange
     from ..upstream import UpstreamClient
 
-__all__ = ["AuthStage", "presented_credential"]
+__all__ = ["AuthStage", "ModelAccess"]
 
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})  # signed over an empty body, here
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # signed over their body, by the handler that reads it
-
-
-def presented_credential(ex: Exchange) -> str:
-    """The bearer token, else the x-api-key header; Unauthorized (missing_api_key) when there is neither."""
-    authorization = ex.header("authorization")
-    if authorization is not None:
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() == "bearer":
-            token = token.strip()
-            if token:
-                return token
-            raise missing_key("The Authorization header carries no key")
-    key = ex.header("x-api-key")
-    if key is not None and key.strip():
-        return key.strip()
-    if authorization is not None:
-        raise missing_key("The Authorization header must use the Bearer scheme")
-    raise missing_key()
 
 
 def _shown(token: str) -> str | None:
@@ -98,8 +80,10 @@ def _ip_refused(ip: str, by_key: bool) -> Forbidden:
                      reason="ip_not_allowed")
 
 
-class AuthStage:
+class AuthStage(Stage):
     """One per worker (see the module docstring)."""
+
+    name = "auth"
 
     def __init__(self, config: Config, client_ip: ClientIp, client_factory: Callable[[], UpstreamClient]) -> None:
         auth = config.auth
@@ -116,6 +100,10 @@ class AuthStage:
                                      timeout_s=auth.redis_timeout_s)
         self._shared_replays = self.signatures.shared
 
+    def on_request(self, ex: Exchange, ctx: RequestContext) -> Awaitable[None] | None:
+        """IP rules, the credential, RBAC on the route: no await for a cached key."""
+        return None if self.admit(ex, ctx) else self.admit_slow(ex, ctx)
+
     def admit(self, ex: Exchange, ctx: RequestContext) -> bool:
         """True once the caller is known and allowed here; False when that needs an await (``admit_slow``)."""
         keys = self.authenticator
@@ -124,7 +112,7 @@ class AuthStage:
         rules = self.ip_rules
         if rules is not None and not rules.allows(ip := self.client_ip(ex)):
             raise _ip_refused(ip, False)
-        token = presented_credential(ex)
+        ctx.credential = token = presented_credential(ex)
         try:
             principal = keys.cached(token)
         except GatewayError:
@@ -137,7 +125,9 @@ class AuthStage:
         return True
 
     async def admit_slow(self, ex: Exchange, ctx: RequestContext) -> None:
-        token = presented_credential(ex)
+        token = ctx.credential
+        if token is None:
+            ctx.credential = token = presented_credential(ex)
         try:
             principal = await self.authenticator.authenticate(token)
         except GatewayError:
@@ -192,3 +182,26 @@ class AuthStage:
 
     async def aclose(self) -> None:
         await self.authenticator.aclose()
+
+
+class ModelAccess(Stage):
+    """Once the body is read (after the decode stage): its signature, for keys that sign, and the model it names,
+    against the globs of the key and its roles (RBAC on models).  A verified signature's claim on Redis, when
+    one is owed, is what the pipeline awaits."""
+
+    name = "model_access"
+
+    def __init__(self, auth: AuthStage) -> None:
+        self.auth = auth
+
+    def on_request(self, ex: Exchange, ctx: RequestContext) -> Awaitable[None] | None:
+        principal = ctx.principal
+        if principal is None:
+            return None  # an open path: nothing to check against
+        claim = self.auth.verify_body(ex, ctx, ctx.body or b"") if principal.signing_secret is not None else None
+        model = ctx.model
+        if model is not None and not principal.may_use(model):
+            if claim is not None:
+                claim.close()  # refused here: nothing to claim
+            raise model_not_allowed(model)
+        return claim

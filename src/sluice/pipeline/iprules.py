@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..server.exchange import Exchange
+    from ..context import Exchange
 
 __all__ = ["ClientIp", "IpRules", "Network", "parse_networks"]
 

@@ -63,10 +63,13 @@ import msgspec
 from .._native import LocalLimiter
 from ..config import PolicyConfig, RateLimitConfig
 from ..errors import GatewayError
+from .credential import presented_key
 from .iprules import ClientIp
 
 if TYPE_CHECKING:
-    from ..server.exchange import Exchange
+    from types import EllipsisType
+
+    from ..context import Exchange
     from ..state.redis_limits import RedisLimiter
     from .quotas import Quota, Quotas, QuotaTaken, QuotaWant
 
@@ -234,13 +237,14 @@ class RateLimits:
         self.hybrid_down = False  # the last hybrid sync failed
 
     def admit_local(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None,
-                    caller: Caller | None = None) -> Admission | Literal["await"] | None:
+                    caller: Caller | None = None, *,
+                    key: str | EllipsisType | None = ...) -> Admission | Literal["await"] | None:
         """The admission when nothing needs Redis: no await, the fast path (None: nothing applies).
 
         "await" when it cannot decide without one (a quota meeting a subject for the first time in this
         process, a caller's own distributed policy): then ``admit``.
         """
-        wanted, quota_wanted = self._wants(ex, route, model, body_size, max_tokens, caller)
+        wanted, quota_wanted = self._wants(ex, route, model, body_size, max_tokens, caller, key)
         if any(policy.distributed for policy, _, _ in wanted):
             return "await"
         if len(self._credit) >= self.max_subjects and self._overflowing(wanted):
@@ -264,9 +268,12 @@ class RateLimits:
             raise
 
     async def admit(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None,
-                    caller: Caller | None = None) -> Admission | None:
-        """Admits the request or raises RateLimited / LimiterDown; the admission carries its headers."""
-        wanted, quota_wanted = self._wants(ex, route, model, body_size, max_tokens, caller)
+                    caller: Caller | None = None, *, key: str | EllipsisType | None = ...) -> Admission | None:
+        """Admits the request or raises RateLimited / LimiterDown; the admission carries its headers.
+
+        ``key`` is the caller's credential when the caller read it already (``ctx.credential``); else it is read
+        from ``ex``'s headers."""
+        wanted, quota_wanted = self._wants(ex, route, model, body_size, max_tokens, caller, key)
         quota = None
         if quota_wanted:
             assert self.quotas is not None
@@ -280,9 +287,12 @@ class RateLimits:
             raise
 
     def _wants(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None,
-               caller: Caller | None) -> tuple[list[Wanted], list[QuotaWant]]:
+               caller: Caller | None, key: str | EllipsisType | None) -> tuple[list[Wanted], list[QuotaWant]]:
         """The policies and quotas this request falls under, with their subjects and costs."""
-        key = _presented_key(ex) if self._wants_key or caller is not None else None
+        if not (self._wants_key or caller is not None):
+            key = None
+        elif key is ...:
+            key = presented_key(ex)
         key_ident = _key_id_cached(key) if key else None
         estimate = float(body_size // 4 + (self.default_max_tokens if max_tokens is None else max(max_tokens, 0)))
         user = team = None
@@ -640,13 +650,6 @@ def _refuse_unsynced(wanted: list[Wanted]) -> None:
             policy.count("redis_unavailable")
             raise LimiterDown(f"The rate limiter is unavailable for policy '{policy.name}'; the request was not "
                               "sent.", code="ratelimiter_unavailable")
-
-
-def _presented_key(ex: Exchange) -> str | None:
-    authorization = ex.header("authorization")
-    if authorization and authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip() or None
-    return ex.header("x-api-key") or None
 
 
 def _state_headers(states: list[Taken]) -> tuple[list[tuple[str, str]], Policy | None]:

@@ -13,10 +13,12 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
+from ..context import Exchange, RequestContext
 from ..errors import InvalidRequest
+from .stage import Stage
 
-__all__ = ["ChatRequest", "CompletionRequest", "CountTokensRequest", "EmbeddingRequest", "MessagesRequest",
-           "ModelRequest", "decode", "rename_model"]
+__all__ = ["ChatRequest", "CompletionRequest", "CountTokensRequest", "DecodeStage", "EmbeddingRequest",
+           "MessagesRequest", "ModelRequest", "decode", "rename_model"]
 
 
 # A token budget: at least one (a negative one would turn the rate limits' reservation into a credit).
@@ -126,3 +128,25 @@ def rename_model(body: bytes, model: str) -> bytes:
     data = orjson.loads(body)
     data["model"] = model
     return orjson.dumps(data)
+
+
+class DecodeStage(Stage):
+    """Reads the body whole (bounded by ``server.max_body_bytes``) and decodes it once into ``kind``:
+    ``ctx.body``, ``ctx.request`` and ``ctx.model`` for the stages after."""
+
+    name = "decode"
+
+    def __init__(self, kind: type[ModelRequest], max_body: int, *, log_bodies: bool = False) -> None:
+        self.kind = kind
+        self.max_body = max_body
+        self.log_bodies = log_bodies
+
+    async def on_request(self, ex: Exchange, ctx: RequestContext) -> None:
+        ctx.body = body = await ex.read_body(self.max_body)
+        if self.log_bodies:
+            ctx.request_body = body
+        ctx.request = request = decode(body, self.kind)
+        ctx.model = request.model
+
+    def describe(self) -> str:
+        return f"decode ({self.kind.__name__})"

@@ -57,8 +57,7 @@ if TYPE_CHECKING:
     from ..auth.audit import AuditLog
     from ..config import Config
     from ..pipeline.auth import AuthStage
-    from .app import RequestContext
-    from .exchange import Exchange
+    from ..context import Exchange, RequestContext
 
 __all__ = ["PREFIX", "AdminApi", "mount_admin"]
 

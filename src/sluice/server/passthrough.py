@@ -7,7 +7,7 @@ run and response streams stay streams, audio stays binary, and uploads
 (multipart) are streamed through without being buffered.
 
 Keys limited to some models (``Principal.model_globs``): a JSON body's
-``model`` is checked (the gateway's ``_passthrough_target``); a JSON body that
+``model`` is checked (``PassthroughRequest._target``); a JSON body that
 names none is refused where the endpoint would start model work with a model
 the gateway cannot see (``refuse_unnamed_model``, the table in docs/auth.md:
 creating responses, runs, speech, images; creating an upload of purpose
@@ -21,35 +21,38 @@ stream through unread.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import orjson
 
-from ..errors import Forbidden, InvalidRequest
-from ..upstream import Response, UpstreamError
-from .exchange import ClientGone, Exchange, Headers
+from ..context import ClientGone, Exchange, Headers, RequestContext
+from ..errors import Forbidden, InvalidRequest, NotFound
+from ..pipeline.rbac import model_not_allowed
+from ..pipeline.stage import DISCARD_LIMIT, Stage
+from ..pipeline.validate import rename_model
+from ..providers import Provider
+from ..routing import Router
+from ..routing.plan import model_not_found
+from ..upstream import Response, UpstreamClient, UpstreamError
+from .forward import gateway_error
 from .multipart import boundary_of, read_form
+from .relay import relay_headers
 
 if TYPE_CHECKING:
     from ..auth.principal import Principal
+    from ..pipeline.auth import AuthStage
 
-__all__ = ["FORWARDED_HEADERS", "check_batch_upload", "is_file_upload", "needs_model", "passthrough_route",
-           "refuse_unnamed_model", "relay_raw"]
+__all__ = ["FAMILIES", "FORWARDED_HEADERS", "PassthroughRelay", "PassthroughRequest", "check_batch_upload",
+           "is_file_upload", "needs_model", "refuse_unnamed_model", "relay_raw", "safe_path"]
 
 # The bounded route label of each passthrough family (metrics and logs).
-_PREFIXES = ("/v1/responses", "/v1/assistants", "/v1/threads", "/v1/files", "/v1/batches", "/v1/audio",
+FAMILIES = ("/v1/responses", "/v1/assistants", "/v1/threads", "/v1/files", "/v1/batches", "/v1/audio",
              "/v1/images", "/v1/vector_stores", "/v1/uploads")
 # Caller headers the upstream needs to read the request as meant; the caller's credentials never go on.
 FORWARDED_HEADERS = ("content-type", "accept", "openai-beta", "idempotency-key")
-
-
-def passthrough_route(path: str) -> str | None:
-    """The passthrough family of ``path`` (e.g. "/v1/files"), or None if it is not one."""
-    for prefix in _PREFIXES:
-        if path == prefix or path.startswith(prefix + "/"):
-            return prefix
-    return None
 
 
 async def relay_raw(ex: Exchange, response: Response, headers: Headers) -> str | None:
@@ -126,7 +129,7 @@ def refuse_unnamed_model(method: str, path: str, body: bytes) -> None:
                         "cannot check.", code="model_not_allowed", param="model", reason="model_required")
     try:
         parsed = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:  # _passthrough_target refused it already; here for any other caller
+    except orjson.JSONDecodeError:  # PassthroughRequest._target refused it already; here for any other caller
         raise InvalidRequest("We could not parse the JSON body of your request.", code="invalid_json") from None
     if _upload_of_batch(method, path, parsed):
         raise Forbidden("This key is limited to certain models, and the parts of an upload of purpose `batch` "
@@ -174,3 +177,149 @@ def _check_batch_lines(principal: Principal, data: memoryview) -> None:
             raise Forbidden(f"Line {number} of the batch file names the model `{model[:200]}`, which this "
                             "credential may not use; ask an administrator for access to it.",
                             code="model_not_allowed", param="file", reason="model_not_allowed")
+
+
+class Outgoing:
+    """What the passthrough sends: the provider, the upstream path, and the body (bytes, pieces as they arrive,
+    or none); on ``ctx.request``."""
+
+    __slots__ = ("body", "path", "provider")
+
+    def __init__(self, provider: Provider, path: str, body: bytes | AsyncIterator[bytes] | None) -> None:
+        self.provider = provider
+        self.path = path
+        self.body = body
+
+
+class PassthroughRequest(Stage):
+    """Another OpenAI endpoint: which provider takes it and what body goes (see the module docstring); the
+    signature and model checks of a limited or signing key on what can be read of the body."""
+
+    name = "passthrough_request"
+
+    def __init__(self, router: Router, provider: Provider | None, max_body: int, auth: AuthStage | None) -> None:
+        self.router = router
+        self.provider = provider  # passthrough.provider
+        self.max_body = max_body
+        self.auth = auth
+
+    async def on_request(self, ex: Exchange, ctx: RequestContext) -> None:
+        provider = self.provider
+        path = safe_path(ex.path)  # refused before a byte is read if it could leave its family
+        body: bytes | AsyncIterator[bytes] | None = None
+        content_type = ex.header("content-type") or ""
+        principal = ctx.principal
+        limited = principal is not None and principal.model_globs is not None
+        if ex.method in ("POST", "PUT", "PATCH"):
+            media = content_type.split(";", 1)[0].strip().lower()  # media types are case-insensitive
+            if not media or media == "application/json":
+                body = await ex.read_body(self.max_body)
+                await self._verified(ex, ctx, body)  # the model is checked by _target
+                body, provider = self._target(ctx, body, provider)
+                if ctx.model is None and limited:
+                    refuse_unnamed_model(ex.method, ex.path, body)  # where the provider would pick the model
+            elif limited and is_file_upload(ex.method, ex.path):
+                body = await ex.read_body(self.max_body)  # a limited key's batch file: read whole, models checked
+                await self._verified(ex, ctx, body)
+                assert principal is not None
+                check_batch_upload(principal, content_type, body)
+            elif limited and ex.path in ("/v1/uploads", "/v1/batches"):
+                # Their bodies are JSON, checked above: another content type could hide what the check reads.
+                await ex.discard_body(DISCARD_LIMIT)
+                raise InvalidRequest(f"{ex.path} takes an application/json body, not {media[:100]}.",
+                                     code="unsupported_media_type")
+            elif limited and ctx.route not in ("/v1/files", "/v1/uploads", "/v1/batches"):
+                # A form (audio, images) names its model where the gateway does not look: a key limited
+                # to some models may not send one. Upload parts name none, and stay allowed.
+                await ex.discard_body(DISCARD_LIMIT)  # so that the 403 is read, not reset away
+                raise Forbidden(f"This key is limited to certain models, and a {media[:100]} body to {ctx.route} "
+                                "cannot be checked for the model it names; such uploads are refused for it.",
+                                code="model_not_allowed", reason="model_not_allowed")
+            elif principal is not None and principal.signing_secret is not None:
+                body = await ex.read_body(self.max_body)  # a signed upload is verified whole before it goes on
+                await self._verified(ex, ctx, body)
+            else:
+                body = ex.body_chunks(self.max_body)  # uploads go through as they arrive
+        if provider is None:
+            raise NotFound(f"No provider serves {ex.method} {ex.path[:200]}: name a model with an openai-kind "
+                           "target in the body, or set passthrough.provider.", code="unknown_url")
+        ctx.provider = provider.name
+        if isinstance(body, bytes):
+            ctx.body = body  # uploads count as requests; their tokens, if any, settle from usage
+        ctx.request = Outgoing(provider, path, body)
+
+    async def _verified(self, ex: Exchange, ctx: RequestContext, body: bytes) -> None:
+        """A signing key's signature over the body (and its claim on Redis, when signatures are shared)."""
+        if ctx.principal is not None and self.auth is not None:
+            claim = self.auth.verify_body(ex, ctx, body)
+            if claim is not None:
+                await claim
+
+    def _target(self, ctx: RequestContext, body: bytes, provider: Provider | None) -> tuple[bytes, Provider | None]:
+        """A JSON body that names a configured model goes to that model's openai-kind target, renamed.
+
+        Other model names (tts-1, whisper-1, …) go as they are to the passthrough provider.
+        """
+        try:
+            parsed = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("We could not parse the JSON body of your request.", code="invalid_json") from None
+        model = parsed.get("model") if isinstance(parsed, dict) else None
+        if not isinstance(model, str):
+            return body, provider
+        ctx.model = model
+        if ctx.principal is not None and not ctx.principal.may_use(model):
+            raise model_not_allowed(model)
+        route = self.router.get(model)
+        if route is None:
+            if provider is None:
+                raise model_not_found(model)
+            return body, provider
+        target = next((t for t in route.targets if t.provider.kind == "openai"), None)
+        if target is None:
+            raise InvalidRequest(f"Model `{model}` has no openai-kind target to serve this endpoint.",
+                                 param="model", code="unsupported_capability")
+        if target.model != model:
+            body = rename_model(body, target.model)
+        return body, target.provider
+
+
+class PassthroughRelay(Stage):
+    """Sends the passthrough request as it is and relays the answer piece by piece (no retries: an upload
+    cannot be sent twice)."""
+
+    name = "upstream"
+
+    def __init__(self, client: Callable[[], UpstreamClient]) -> None:
+        self.client = client
+
+    async def on_request(self, ex: Exchange, ctx: RequestContext) -> None:
+        outgoing: Outgoing = ctx.request
+        provider = outgoing.provider
+        target = provider.prefix + outgoing.path + (f"?{quote(ex.query, safe=_QUERY_SAFE)}" if ex.query else "")
+        headers = [(name, value) for name in FORWARDED_HEADERS if (value := ex.header(name)) is not None]
+        headers += [("x-request-id", ctx.request_id), *provider.next_auth(), *provider.extra_headers()]
+        sent = time.perf_counter()
+        try:
+            response = await self.client().request(provider.origin, ex.method, target, headers, outgoing.body)
+        except UpstreamError as exc:
+            raise gateway_error(exc, provider.name, ctx.request_id) from None
+        finally:
+            ctx.upstream_s = time.perf_counter() - sent
+        ctx.upstream_status = response.status
+        ctx.error = await relay_raw(ex, response, ctx.headers(*relay_headers(response)))
+
+    def describe(self) -> str:
+        return "upstream (relayed as it is, one attempt)"
+
+
+_PATH_SAFE = "/-._~:@!$&'()*+,;="
+_QUERY_SAFE = _PATH_SAFE + "=?&%"
+
+
+def safe_path(path: str) -> str:
+    """The caller's (decoded) path, re-encoded for the upstream request line; 404 for one that tries to
+    leave its endpoint family (dot segments) or carries control characters."""
+    if any(segment in (".", "..") for segment in path.split("/")) or any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        raise NotFound(f"Unknown request URL: {quote(path[:200], safe=_PATH_SAFE)}.", code="unknown_url")
+    return quote(path, safe=_PATH_SAFE)
