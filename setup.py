@@ -8,12 +8,33 @@ write the HTML annotation next to each .pyx.
 """
 
 import os
+import shutil
 import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-EXTENSIONS = ["_speedups", "_stats", "_logline", "_limits"]
+EXTENSIONS = ["_context", "_speedups", "_stats", "_logline", "_limits"]
+
+
+def cython_include():
+    """A directory in which ext/ is the package sluice._native, for Cython's include path.
+
+    Cython finds a cimported .pxd (and each .pyx its own .pxd) by the module's full name, and a
+    compiled module imports the extension types it cimports from that module at run time: the
+    declarations in ext/ (ext/_context.pxd) must be found as sluice._native._context, not as a
+    top-level _context.  A symbolic link to ext/ (a copy of its .pxd files where there are no links).
+    """
+    root = os.path.join("build", "cython-include")
+    package = os.path.join(root, "sluice", "_native")
+    if not os.path.islink(package):
+        os.makedirs(os.path.dirname(package), exist_ok=True)
+        try:
+            os.symlink(os.path.relpath("ext", os.path.dirname(package)), package, target_is_directory=True)
+        except OSError:  # no links here (or a copy made before)
+            shutil.copytree("ext", package, dirs_exist_ok=True,
+                            ignore=lambda folder, names: [n for n in names if not n.endswith(".pxd")])
+    return root
 
 
 def extensions():
@@ -31,6 +52,7 @@ def extensions():
     ]
     return cythonize(
         modules,
+        include_path=[cython_include()],
         compiler_directives={"language_level": "3", "linetrace": trace},
         annotate=os.environ.get("SLUICE_CYTHON_ANNOTATE") == "1",
     )

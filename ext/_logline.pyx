@@ -12,11 +12,11 @@
 # bounded in lines and bytes (`limit`) and counts what it refuses.  `lines`
 # gives a batch's text without touching the buffer.  The writing:
 #
-# - Fields are read from the entry's slots directly (_slots.pxd): for the
-#   entry's class the offset of each field's slot is found once; a field that
-#   is not a plain slot, or an unset slot, is read by getattr, which then also
-#   raises what it raises.  Generic attribute lookup was a third of the cost of
-#   a line.
+# - The entry's fields are read as C struct members: the entries are compiled
+#   RequestContexts (_context.pxd; TypeError for anything else), the times and
+#   counts C numbers.  Generic attribute lookup was a third of the cost of a
+#   line.  The exchange's method, path and header map are read from its slots
+#   (_slots.pxd): for its class the offset of each slot is found once.
 # - Strings are copied with JSON's escapes (", \ and control characters, the
 #   short forms where JSON has them), as msgspec writes them; eight bytes at a
 #   time are checked for one that needs an escape (the bit tricks of "Bit
@@ -43,7 +43,8 @@ from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 from posix.unistd cimport write
 cimport cython
 
-from _slots cimport slot_offset, slot_set, slot_value
+from _slots cimport slot_offset, slot_value
+from sluice._native._context cimport RequestContext, context, get, settable
 
 import time
 
@@ -82,14 +83,6 @@ cdef void init_plain() noexcept:
 
 
 init_plain()
-
-# The fields `lines` reads, in the order it writes them (as the twin reads them for the Line record).
-FIELDS = ("at", "request_id", "method", "path", "route", "status", "total_s", "overhead_s", "retries", "trace",
-          "traceparent", "error", "ttfb_s", "ttft_s", "model", "provider", "upstream_status", "tokens_in",
-          "tokens_out", "key_prefix", "user", "cache")
-cdef enum:
-    AT, REQUEST_ID, METHOD, PATH, ROUTE, STATUS, TOTAL, OVERHEAD, RETRIES, TRACE, TRACEPARENT, ERROR, TTFB, TTFT, \
-        MODEL, PROVIDER, UPSTREAM_STATUS, TOKENS_IN, TOKENS_OUT, KEY_PREFIX, USER, CACHE, FIELD_COUNT
 
 
 cdef inline double ms(double seconds) noexcept:
@@ -141,10 +134,8 @@ cdef class LineFormatter:
     cdef Py_ssize_t _size, _capacity
     cdef Py_ssize_t _lines, _max_lines, _max_bytes  # the buffer's lines and bounds
     cdef readonly long long dropped  # lines refused by add/add_encoded because the buffer was full
-    cdef readonly long long failed  # lines add could not make (a value msgspec cannot encode, a missing field)
+    cdef readonly long long failed  # lines add could not make (a value msgspec cannot encode, a deleted field, ...)
     cdef readonly object last_error  # the exception of the last of those
-    cdef type _class  # the class whose slot offsets are in _offsets
-    cdef Py_ssize_t _offsets[FIELD_COUNT]  # -1: read by getattr
     cdef type _exchange_class  # the class of the exchanges whose method, path and header map offsets follow
     cdef Py_ssize_t _method_at, _path_at, _headers_at
 
@@ -153,7 +144,7 @@ cdef class LineFormatter:
         self._encoder = msgspec.json.Encoder()
         self._second = -1
         self._second_text = ""
-        self._class = self._exchange_class = None
+        self._exchange_class = None
         self._max_lines = self._max_bytes = PY_SSIZE_T_MAX
 
     def __dealloc__(self):
@@ -178,22 +169,25 @@ cdef class LineFormatter:
             return traceparent_id(traceparent)
         return None
 
-    def line(self, entry):
+    def line(self, RequestContext entry not None):
         cdef double at = entry.at
         cdef long long second = <long long>at
         cdef char millis[8]
         cdef double ttfb = entry.ttfb_s, ttft = entry.ttft_s
-        cdef long long tokens_in = entry.tokens_in, tokens_out = entry.tokens_out
+        cdef long tokens_in = entry.tokens_in, tokens_out = entry.tokens_out
         if second != self._second:
             self._set_second(second)
         snprintf(millis, 8, ".%03dZ", <int>(fmod(at, 1.0) * 1000))
         return self._line_type(
-            self._second_text + millis.decode("ascii"), entry.request_id, entry.method, entry.path[:200],
-            entry.route, entry.status, ms(entry.total_s), ms(entry.overhead_s), entry.retries,
-            self._trace_id(entry.trace, entry.traceparent), entry.error, ms(ttfb) if ttfb >= 0 else None,
-            ms(ttft) if ttft >= 0 else None, entry.model, entry.provider, entry.upstream_status,
-            tokens_in if tokens_in >= 0 else None, tokens_out if tokens_out >= 0 else None, entry.key_prefix,
-            entry.user, entry.cache,
+            self._second_text + millis.decode("ascii"), get(<PyObject*>entry.request_id, entry),
+            get(<PyObject*>entry.method, entry), get(<PyObject*>entry.path, entry)[:200],
+            get(<PyObject*>entry.route, entry), entry.status, ms(entry.total_s), ms(entry.overhead_s), entry.retries,
+            self._trace_id(get(<PyObject*>entry.trace, entry), get(<PyObject*>entry.traceparent, entry)),
+            get(<PyObject*>entry.error, entry), ms(ttfb) if ttfb >= 0 else None, ms(ttft) if ttft >= 0 else None,
+            get(<PyObject*>entry.model, entry), get(<PyObject*>entry.provider, entry),
+            get(<PyObject*>entry.upstream_status, entry), tokens_in if tokens_in >= 0 else None,
+            tokens_out if tokens_out >= 0 else None, get(<PyObject*>entry.key_prefix, entry),
+            get(<PyObject*>entry.user, entry), get(<PyObject*>entry.cache, entry),
         )
 
     def lines(self, entries):
@@ -204,7 +198,7 @@ cdef class LineFormatter:
         cdef Py_ssize_t start = self._size
         try:
             for entry in entries:
-                self._append(entry)
+                self._append(context(entry))
             return PyBytes_FromStringAndSize(self._buf + start, self._size - start)
         finally:
             self._size = start
@@ -221,9 +215,10 @@ cdef class LineFormatter:
             self.dropped += 1
             return -1
         try:
+            ctx = context(entry)
             if exchange is not None:
-                self._complete(entry, exchange)
-            self._append(entry)
+                self._complete(ctx, exchange)
+            self._append(ctx)
         except Exception as exc:
             self._size = start  # no half line left behind
             self.failed += 1
@@ -231,28 +226,29 @@ cdef class LineFormatter:
             return -1
         return self._admit(start)
 
-    def complete(self, entry, exchange):
+    def complete(self, RequestContext entry not None, exchange):
         """Completes ``entry`` from its request's ``exchange`` as the gateway does when the request ends: ``at``
         is now, ``method`` and ``path`` are the exchange's, and ``traceparent`` is the caller's header unless the
         entry has a ``trace`` (whose trace id the line then carries) or a ``traceparent`` already (an unsampled
         trace's, which the gateway carried upstream)."""
         self._complete(entry, exchange)
 
-    cdef int _complete(self, object entry, object exchange) except -1:
+    cdef int _complete(self, RequestContext entry, object exchange) except -1:
         cdef timespec now
-        if type(entry) is not self._class:
-            self._learn(type(entry))
         if type(exchange) is not self._exchange_class:
             self._method_at = slot_offset(type(exchange), "method")
             self._path_at = slot_offset(type(exchange), "path")
             self._headers_at = slot_offset(type(exchange), "_headers")
             self._exchange_class = type(exchange)
         clock_gettime(CLOCK_REALTIME, &now)  # what time.time() reads
-        self._set(entry, AT, now.tv_sec + now.tv_nsec * 1e-9)
-        self._set(entry, METHOD, self._exchange_field(exchange, self._method_at, "method"))
-        self._set(entry, PATH, self._exchange_field(exchange, self._path_at, "path"))
-        if self._get(entry, TRACE) is None and self._get(entry, TRACEPARENT) is None:
-            self._set(entry, TRACEPARENT, self._traceparent(exchange))
+        entry.at = now.tv_sec + now.tv_nsec * 1e-9
+        method = self._exchange_field(exchange, self._method_at, "method")
+        path = self._exchange_field(exchange, self._path_at, "path")
+        settable(<PyObject*>entry.method, entry)
+        settable(<PyObject*>entry.path, entry)
+        entry.method, entry.path = method, path
+        if get(<PyObject*>entry.trace, entry) is None and get(<PyObject*>entry.traceparent, entry) is None:
+            entry.traceparent = self._traceparent(exchange)
         return 0
 
     cdef object _traceparent(self, object exchange):
@@ -268,11 +264,6 @@ cdef class LineFormatter:
         if value == NULL:
             return getattr(exchange, name)
         return <object>value
-
-    cdef int _set(self, object entry, int field, object value) except -1:
-        if not slot_set(entry, self._offsets[field], value):
-            setattr(entry, FIELDS[field], value)
-        return 0
 
     def add_encoded(self, const unsigned char[:] line not None):
         """Appends a line already encoded (ending in a newline), as ``add`` does (log_bodies)."""
@@ -340,11 +331,9 @@ cdef class LineFormatter:
         """Lines waiting for the sink (one written in part included)."""
         return self._lines
 
-    cdef int _append(self, object entry) except -1:
+    cdef int _append(self, RequestContext entry) except -1:
         """Writes one line after the buffer's bytes (not counted in its lines)."""
         cdef Py_ssize_t start = self._size
-        if type(entry) is not self._class:
-            self._learn(type(entry))
         if not self._write_line(entry):  # something the fast path does not write: msgspec encodes the record
             self._size = start
             encoded = self._encoder.encode(self.line(entry))
@@ -354,21 +343,6 @@ cdef class LineFormatter:
         return 0
 
     # -- the fast path ---------------------------------------------------------------------
-
-    cdef void _learn(self, type cls) except *:
-        """The slot offsets of the fields for instances of ``cls`` (see the top)."""
-        for i, name in enumerate(FIELDS):
-            self._offsets[i] = slot_offset(cls, name)
-        self._class = cls
-
-    cdef inline object _get(self, object entry, int field):
-        cdef PyObject* value = slot_value(entry, self._offsets[field])
-        if value == NULL:
-            return self._getattr(entry, field)
-        return <object>value
-
-    cdef object _getattr(self, object entry, int field):
-        return getattr(entry, FIELDS[field])  # not a slot, or unset: getattr says what is wrong
 
     cdef int _grow(self, Py_ssize_t extra) except -1:
         cdef Py_ssize_t capacity = max(self._capacity * 2, self._size + extra, 65536)
@@ -469,8 +443,15 @@ cdef class LineFormatter:
             n -= 1
             self._byte(digits[n])
 
-    cdef bint _integer(self, object value, bint negative_is_null) except -1:
-        """A JSON integer (null if negative and ``negative_is_null``); False for anything but an exact 64-bit int."""
+    cdef inline void _count(self, long v) noexcept:
+        """A count, or null when it is not known (negative)."""
+        if v < 0:
+            self._null()
+        else:
+            self._int(v)
+
+    cdef bint _integer(self, object value) except -1:
+        """A JSON integer; False for anything but an exact 64-bit int."""
         cdef int overflow = 0
         cdef long long v
         if not PyLong_CheckExact(value):
@@ -478,10 +459,7 @@ cdef class LineFormatter:
         v = PyLong_AsLongLongAndOverflow(value, &overflow)
         if overflow:
             return False
-        if v < 0 and negative_is_null:
-            self._null()
-        else:
-            self._int(v)
+        self._int(v)
         return True
 
     cdef bint _millis(self, double seconds) except -1:
@@ -527,9 +505,9 @@ cdef class LineFormatter:
     cdef inline void _key(self, const char* key, Py_ssize_t size) noexcept:
         self._raw(key, size)  # within LINE_ROOM
 
-    cdef bint _write_line(self, object entry) except -1:
+    cdef bint _write_line(self, RequestContext entry) except -1:
         """One line, or False (the caller rewinds) when a field needs the general path."""
-        cdef double at = self._get(entry, AT)
+        cdef double at = entry.at
         cdef long long second
         cdef int millis
         if not 0 <= at < 253402300800.0:  # from the epoch to the end of year 9999
@@ -548,70 +526,67 @@ cdef class LineFormatter:
         self._byte(48 + millis // 10 % 10)
         self._byte(48 + millis % 10)
         self._raw(b'Z","request_id":', 16)
-        if not self._string(self._get(entry, REQUEST_ID)):
+        if not self._string(get(<PyObject*>entry.request_id, entry)):
             return False
         self._key(b',"method":', 10)
-        if not self._string(self._get(entry, METHOD)):
+        if not self._string(get(<PyObject*>entry.method, entry)):
             return False
         self._key(b',"path":', 8)
-        path = self._get(entry, PATH)
+        path = get(<PyObject*>entry.path, entry)
         if PyUnicode_CheckExact(path) and PyUnicode_GET_LENGTH(path) > 200:
             path = path[:200]
         if not self._string(path):
             return False
         self._key(b',"route":', 9)
-        if not self._string(self._get(entry, ROUTE)):
+        if not self._string(get(<PyObject*>entry.route, entry)):
             return False
         self._key(b',"status":', 10)
-        if not self._integer(self._get(entry, STATUS), False):
-            return False
+        self._int(entry.status)
         self._key(b',"duration_ms":', 15)
-        if not self._millis(self._get(entry, TOTAL)):
+        if not self._millis(entry.total_s):
             return False
         self._key(b',"overhead_ms":', 15)
-        if not self._millis(self._get(entry, OVERHEAD)):
+        if not self._millis(entry.overhead_s):
             return False
         self._key(b',"retries":', 11)
-        if not self._integer(self._get(entry, RETRIES), False):
-            return False
+        self._int(entry.retries)
         self._key(b',"trace_id":', 12)
-        if not self._string(self._trace_id(self._get(entry, TRACE), self._get(entry, TRACEPARENT))):
+        if not self._string(self._trace_id(get(<PyObject*>entry.trace, entry),
+                                           get(<PyObject*>entry.traceparent, entry))):
             return False
         self._key(b',"error":', 9)
-        if not self._string(self._get(entry, ERROR)):
+        if not self._string(get(<PyObject*>entry.error, entry)):
             return False
         self._key(b',"ttfb_ms":', 11)
-        if not self._optional_millis(self._get(entry, TTFB)):
+        if not self._optional_millis(entry.ttfb_s):
             return False
         self._key(b',"ttft_ms":', 11)
-        if not self._optional_millis(self._get(entry, TTFT)):
+        if not self._optional_millis(entry.ttft_s):
             return False
         self._key(b',"model":', 9)
-        if not self._string(self._get(entry, MODEL)):
+        if not self._string(get(<PyObject*>entry.model, entry)):
             return False
         self._key(b',"provider":', 12)
-        if not self._string(self._get(entry, PROVIDER)):
+        if not self._string(get(<PyObject*>entry.provider, entry)):
             return False
         self._key(b',"upstream_status":', 19)
-        upstream_status = self._get(entry, UPSTREAM_STATUS)
+        upstream_status = get(<PyObject*>entry.upstream_status, entry)
         if upstream_status is None:
             self._null()
-        elif not self._integer(upstream_status, False):
+        elif not self._integer(upstream_status):
             return False
         self._key(b',"tokens_in":', 13)
-        if not self._integer(self._get(entry, TOKENS_IN), True):
-            return False
+        self._count(entry.tokens_in)
         self._key(b',"tokens_out":', 14)
-        if not self._integer(self._get(entry, TOKENS_OUT), True):
-            return False
+        self._count(entry.tokens_out)
         self._key(b',"key_prefix":', 14)
-        if not self._string(self._get(entry, KEY_PREFIX)):
+        if not self._string(get(<PyObject*>entry.key_prefix, entry)):
             return False
         self._key(b',"user":', 8)
-        if not self._string(self._get(entry, USER)):
+        if not self._string(get(<PyObject*>entry.user, entry)):
             return False
         self._key(b',"cache":', 9)
-        if not self._string(self._get(entry, CACHE)):
+        if not self._string(get(<PyObject*>entry.cache, entry)):
             return False
         self._key(b"}\n", 2)
         return True

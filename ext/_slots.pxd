@@ -1,7 +1,8 @@
 # cython: language_level=3
 #
-# Reading an object's __slots__ fields from C, by offset.  Shared by _logline.pyx and _stats.pyx (cimported,
-# nothing compiled on its own).
+# Reading an object's __slots__ fields from C, by offset: the access log's reads of the exchange (a plain class
+# of the server), in _logline.pyx (cimported, nothing compiled on its own).  The request context is not read
+# this way: its fields are declared in _context.pxd.
 #
 # A class's __slots__ are member descriptors (a public CPython structure, PyMemberDescrObject) that hold each
 # field's offset in the instance.  For a class, slot_offset finds that offset once; slot_value then reads the
@@ -11,7 +12,6 @@
 # raises.  An offset is valid only for instances of the class it was found on (callers check the exact type).
 
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF, Py_XDECREF
 
 cdef extern from "Python.h":
     ctypedef struct PyMemberDef:
@@ -41,17 +41,3 @@ cdef inline PyObject* slot_value(object instance, Py_ssize_t offset) noexcept:
     if offset < 0:
         return NULL
     return (<PyObject**>((<char*><PyObject*>instance) + offset))[0]
-
-
-cdef inline bint slot_set(object instance, Py_ssize_t offset, object value) noexcept:
-    """Stores ``value`` in the slot at ``offset`` (as setattr would); False when ``offset`` is -1."""
-    cdef PyObject** slot
-    cdef PyObject* old
-    if offset < 0:
-        return False
-    slot = <PyObject**>((<char*><PyObject*>instance) + offset)
-    old = slot[0]
-    Py_INCREF(value)
-    slot[0] = <PyObject*>value
-    Py_XDECREF(old)
-    return True

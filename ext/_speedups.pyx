@@ -32,23 +32,24 @@
 # The words after it are found with memchr jumps to their opening quote.
 #
 # count_tokens(context) is the gateway's use of it, in one call: it reads the
-# request context's answer and token counts from its slots and stores the
-# counts there (_slots.pxd), instead of a dozen bytecodes around token_counts.
+# request context's answer and token counts and stores the counts there, as C
+# struct members (the RequestContext of _context.pxd), instead of a dozen
+# bytecodes around token_counts.
 #
-# finish(context, status, path, routes) is the rest of what the gateway works
-# out of every finished request before metrics, traces and the access log read
-# it: the total time (perf_counter's clock, computed as CPython does), the
-# overhead if the response head did not set it, the status, the route and the
-# error class, then the token counts; some thirty bytecodes of attribute reads
-# and writes, done on the context's slots.
+# finish(context, status) is the rest of what the gateway works out of every
+# finished request before metrics, traces and the access log read it: the total
+# time (perf_counter's clock, computed as CPython does), the overhead if the
+# response head did not set it, the status and the error class, then the token
+# counts; some twenty bytecodes of attribute reads and writes, done on the
+# context's C fields.  (The route is the context's from its start: the pipeline
+# knows it.)  Both take only the compiled RequestContext (TypeError otherwise).
 
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 from cpython.object cimport PyObject
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 cimport cython
 
-from _slots cimport slot_offset, slot_set, slot_value
+from sluice._native._context cimport RequestContext, get, perf_counter
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
@@ -257,83 +258,35 @@ def token_counts(bytes answer not None):
     return prompt, completion
 
 
-# The request context's fields that count_tokens and finish read and write, and their slot offsets for the
-# class last seen (offsets are per class; -1: read and written by getattr and setattr).
-CONTEXT_FIELDS = ("answer", "tokens_in", "tokens_out", "started", "total_s", "overhead_s", "upstream_s", "status",
-                  "route", "error")
-cdef enum:
-    ANSWER, TOKENS_IN, TOKENS_OUT, STARTED, TOTAL, OVERHEAD, UPSTREAM, STATUS, ROUTE, ERROR, FIELD_COUNT
-cdef type _context_class = None
-cdef Py_ssize_t _offsets[FIELD_COUNT]
-
-
-cdef inline void _learn(object context) except *:
-    global _context_class
-    cls = type(context)
-    if cls is not _context_class:
-        for i, name in enumerate(CONTEXT_FIELDS):
-            _offsets[i] = slot_offset(cls, name)
-        _context_class = cls
-
-
-cdef inline object _get(object context, int field):
-    cdef PyObject* value = slot_value(context, _offsets[field])
-    if value == NULL:
-        return getattr(context, CONTEXT_FIELDS[field])  # not a slot, or unset: getattr says what is wrong
-    return <object>value
-
-
-cdef inline int _put(object context, int field, object value) except -1:
-    if not slot_set(context, _offsets[field], value):
-        setattr(context, CONTEXT_FIELDS[field], value)
-    return 0
-
-
-cdef int _count(object context) except -1:
+cdef int _count(RequestContext context) except -1:
     cdef int64_t prompt, completion
-    answer = _get(context, ANSWER)
-    if answer is None or _get(context, TOKENS_IN) >= 0 or _get(context, TOKENS_OUT) >= 0:
+    answer = get(<PyObject*>context.answer, context)
+    if answer is None or context.tokens_in >= 0 or context.tokens_out >= 0:
         return 0
     if type(answer) is not bytes:
         answer = bytes(answer)  # a memoryview or bytearray (not from the gateway), as token_counts takes it
     counts(answer, len(answer), &prompt, &completion)
-    _put(context, TOKENS_IN, prompt)
-    _put(context, TOKENS_OUT, completion)
+    context.tokens_in = prompt
+    context.tokens_out = completion
     return 0
 
 
-def count_tokens(context):
+def count_tokens(RequestContext context not None):
     """Sets ``context.tokens_in`` and ``tokens_out`` from the usage in ``context.answer`` (token_counts), unless
     there is no answer or either count is known already (>= 0: a translator or a native kind counted)."""
-    _learn(context)
     _count(context)
 
 
-cdef double perf_counter() noexcept:
-    """time.perf_counter(), with CPython's own steps (CLOCK_MONOTONIC in nanoseconds, then seconds)."""
-    cdef timespec now
-    cdef int64_t ns
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    ns = now.tv_sec * 1000000000LL + now.tv_nsec
-    if ns % 1000000000LL == 0:
-        return <double>(ns // 1000000000LL)
-    return <double>ns / 1e9
-
-
-def finish(context, long status, str path, routes):
+def finish(RequestContext context not None, long status):
     """Completes a finished request's ``context``: ``total_s`` (now minus ``started``, on perf_counter's clock),
-    ``overhead_s`` (total minus upstream) unless the response head set it (>= 0), ``status``, ``route`` unless a
-    handler set one (``path`` if it is a key of ``routes``, else "other"), ``error`` for a status of 400 or more
-    without one ("upstream_4xx" or "upstream_5xx"), and the token counts (``count_tokens``)."""
-    cdef double total
-    _learn(context)
-    total = perf_counter() - <double>_get(context, STARTED)
-    _put(context, TOTAL, total)
-    if <double>_get(context, OVERHEAD) < 0:
-        _put(context, OVERHEAD, total - <double>_get(context, UPSTREAM))
-    _put(context, STATUS, status)
-    if not _get(context, ROUTE):
-        _put(context, ROUTE, path if path in routes else "other")
-    if status >= 400 and _get(context, ERROR) is None:
-        _put(context, ERROR, "upstream_4xx" if status < 500 else "upstream_5xx")
+    ``overhead_s`` (total minus upstream) unless the response head set it (>= 0), ``status``, ``error`` for a
+    status of 400 or more without one ("upstream_4xx" or "upstream_5xx"), and the token counts
+    (``count_tokens``)."""
+    cdef double total = perf_counter() - context.started
+    context.total_s = total
+    if context.overhead_s < 0:
+        context.overhead_s = total - context.upstream_s
+    context.status = status
+    if status >= 400 and get(<PyObject*>context.error, context) is None:
+        context.error = "upstream_4xx" if status < 500 else "upstream_5xx"
     _count(context)

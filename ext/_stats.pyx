@@ -14,8 +14,9 @@
 # then the sum).  A value goes to the first bound it does not exceed: a linear
 # scan of at most MAX_BUCKETS bounds, which beats a binary search at this size.
 # Errors (rare) count in a dict of the row.  observe_context takes the facts
-# other than the route, status and duration from a request context's slots
-# directly (_slots.pxd), which spares the caller passing eight arguments.
+# other than the route, status and duration from a request context, as C
+# struct members (the compiled RequestContext of _context.pxd, the only class it
+# takes), which spares the caller passing eight arguments.
 #
 # snapshot() folds the rows into each family's label set (duration by route,
 # upstream by provider and model, ...), adding rows in the order they were
@@ -26,17 +27,13 @@
 from cpython.object cimport PyObject
 cimport cython
 
-from _slots cimport slot_offset, slot_value
+from sluice._native._context cimport RequestContext, get
 
 cdef enum:
     MAX = 24
     SERIES = MAX + 2  # buckets, +Inf, then the sum
     STATUS_SLOTS = 8  # statuses counted inline; more go to a dict (a row rarely sees more)
 MAX_BUCKETS = MAX
-# What observe_context reads from a request context, in this order.
-CONTEXT_FIELDS = ("model", "provider", "error", "overhead_s", "upstream_s", "ttft_s", "tokens_in", "tokens_out")
-cdef enum:
-    MODEL, PROVIDER, ERROR, OVERHEAD, UPSTREAM, TTFT, TOKENS_IN, TOKENS_OUT, CONTEXT_FIELD_COUNT
 
 
 cdef tuple checked_bounds(object bounds):
@@ -191,8 +188,6 @@ cdef class RequestStats:
     cdef _Row _last  # the last call's row, for its route, model and provider arguments:
     cdef str _last_route
     cdef object _last_model, _last_provider
-    cdef type _context_class  # the class whose slot offsets are in _context_offsets
-    cdef Py_ssize_t _context_offsets[CONTEXT_FIELD_COUNT]
 
     def __init__(self, models, duration_bounds, overhead_bounds, token_bounds):
         self._models = frozenset(models)
@@ -232,25 +227,14 @@ cdef class RequestStats:
         return self._observe(route, model, provider, status, error, duration, overhead, upstream, ttft, tokens_in,
                              tokens_out)
 
-    def observe_context(self, context, str route, long status, double duration):
+    def observe_context(self, RequestContext context not None, str route, long status, double duration):
         """``observe`` with the other facts read from a request context: its model, provider, error,
         overhead_s, upstream_s (not known when not above 0), ttft_s, tokens_in and tokens_out."""
-        cdef double upstream
-        if type(context) is not self._context_class:
-            for i, name in enumerate(CONTEXT_FIELDS):
-                self._context_offsets[i] = slot_offset(type(context), name)
-            self._context_class = type(context)
-        upstream = self._field(context, UPSTREAM)
-        return self._observe(route, self._field(context, MODEL), self._field(context, PROVIDER), status,
-                             self._field(context, ERROR), duration, self._field(context, OVERHEAD),
-                             upstream if upstream > 0 else -1.0, self._field(context, TTFT),
-                             self._field(context, TOKENS_IN), self._field(context, TOKENS_OUT))
-
-    cdef inline object _field(self, object context, int field):
-        cdef PyObject* value = slot_value(context, self._context_offsets[field])
-        if value == NULL:
-            return getattr(context, CONTEXT_FIELDS[field])  # not a slot, or unset: getattr says what is wrong
-        return <object>value
+        cdef double upstream = context.upstream_s
+        return self._observe(route, get(<PyObject*>context.model, context),
+                             get(<PyObject*>context.provider, context), status, get(<PyObject*>context.error, context),
+                             duration, context.overhead_s, upstream if upstream > 0 else -1.0, context.ttft_s,
+                             context.tokens_in, context.tokens_out)
 
     cdef bint _observe(self, str route, object model, object provider, long status, object error, double duration,
                        double overhead, double upstream, double ttft, long long tokens_in,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from typing import Any
 
 import msgspec
 import pytest
@@ -12,12 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sluice._native as native
-from sluice._native import _pure, _pure_logline, _pure_stats
+from sluice._native import _pure, _pure_context, _pure_logline, _pure_stats
 
 try:
-    from sluice._native import _logline, _speedups, _stats
+    from sluice._native import _context, _logline, _speedups, _stats
 except ImportError:  # not built here
-    _speedups = _stats = _logline = None
+    _speedups = _stats = _logline = _context = None
 
 NOT_BUILT = pytest.mark.skipif(_speedups is None, reason="extension not built")
 IMPLEMENTATIONS = [
@@ -32,8 +33,17 @@ STATS = [
 
 def test_compiled_is_active_when_required() -> None:
     if os.environ.get("SLUICE_REQUIRE_COMPILED") == "1":
-        assert None not in (_speedups, _stats, _logline), "the Cython extensions did not build or import"
+        assert None not in (_speedups, _stats, _logline, _context), "the Cython extensions did not build or import"
         assert native.IMPLEMENTATION == "compiled"
+
+
+def _context_class(impl):  # type: ignore[no-untyped-def]
+    """The request context each implementation takes: the compiled helpers take only the compiled one."""
+    return _pure_context.RequestContext if impl in (_pure, _pure_stats, _pure_logline) else _context.RequestContext
+
+
+def _compiled(impl) -> bool:  # type: ignore[no-untyped-def]
+    return impl not in (_pure, _pure_stats, _pure_logline)
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -206,10 +216,8 @@ def test_twins_agree_on_request_stats(observations: list[tuple]) -> None:  # typ
 
 # -- access-log lines ------------------------------------------------------------------------
 
-def _entry(**fields):  # type: ignore[no-untyped-def]
-    from sluice.server.app import RequestContext
-
-    ctx = RequestContext(fields.pop("request_id", "r1"), 0.0)
+def _entry(impl, **fields):  # type: ignore[no-untyped-def]
+    ctx = _context_class(impl)(fields.pop("request_id", "r1"), 0.0)
     ctx.at, ctx.method, ctx.path, ctx.route, ctx.status = 1700000000.25, "POST", "/v1/x", "other", 200
     for name, value in fields.items():
         setattr(ctx, name, value)
@@ -240,13 +248,13 @@ def test_a_lines_trace_id_is_a_valid_traceparents_by_the_parsers_rules(impl, tra
     from sluice.observability.traceparent import parse_traceparent
 
     parsed = parse_traceparent(traceparent)
-    (line,) = _lines(impl, [_entry(traceparent=traceparent)]).splitlines()
+    (line,) = _lines(impl, [_entry(impl, traceparent=traceparent)]).splitlines()
     assert msgspec.json.decode(line).get("trace_id") == (parsed[0] if parsed is not None else None)
 
 
 @pytest.mark.parametrize("impl", LINES)
 def test_line_fields(impl) -> None:
-    line = _formatter(impl).line(_entry(total_s=0.0012345, overhead_s=0.0000005, ttfb_s=0.0, ttft_s=-1.0,
+    line = _formatter(impl).line(_entry(impl, total_s=0.0012345, overhead_s=0.0000005, ttfb_s=0.0, ttft_s=-1.0,
                                         tokens_in=0, tokens_out=-1, path="/" + "p" * 300,
                                         traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
     assert line.time == "2023-11-14T22:13:20.250Z"
@@ -267,7 +275,8 @@ def test_line_fields(impl) -> None:
     "traceparent": st.none() | st.text(max_size=60) | st.just("00-" + "a" * 32 + "-" + "b" * 16 + "-01"),
 }))
 def test_twins_agree_on_lines(fields: dict) -> None:  # type: ignore[type-arg]
-    assert _formatter(_logline).line(_entry(**fields)) == _formatter(_pure_logline).line(_entry(**fields))
+    assert _formatter(_logline).line(_entry(_logline, **fields)) == \
+        _formatter(_pure_logline).line(_entry(_pure_logline, **fields))
 
 
 # -- batches of access-log lines, and the faster paths of the counts ---------------------------
@@ -353,14 +362,16 @@ def test_a_batch_of_lines_is_what_msgspec_makes_of_the_records(impl) -> None:
     from sluice.observability.access_log import Line
 
     entries = [
-        _entry(),
-        _entry(request_id='q"\\\x01\x1f\x7f', path="/v1/caf\u00e9\n\t" + "x" * 300, model="\U0001f600\b\f\r\x0b",
+        _entry(impl),
+        _entry(impl, request_id='q"\\\x01\x1f\x7f', path="/v1/caf\u00e9\n\t" + "x" * 300, model="\U0001f600\b\f\r\x0b",
                total_s=0.0012345, overhead_s=0.0000005, ttfb_s=0.0, ttft_s=2.5, tokens_in=0, tokens_out=7,
                upstream_status=502, error="upstream_5xx", key_prefix="sk-abc", user="u", cache="hit", retries=2),
-        _entry(trace=_Span(), traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-        _entry(traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", total_s=123456.7894999),
-        _entry(retries=True, status=2**70, total_s=1e12, overhead_s=-0.0000006),  # the general path, each
-        _entry(at=0.999, upstream_status=2**64 - 1),
+        _entry(impl, trace=_Span(), traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        _entry(impl, traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", total_s=123456.7894999),
+        # the general path, each (a compiled context holds no status past 64 bits, and retries=True as 1):
+        _entry(impl, total_s=1e12, overhead_s=-0.0000006, **({} if _compiled(impl) else {"retries": True,
+                                                                                        "status": 2**70})),
+        _entry(impl, at=0.999, upstream_status=2**64 - 1),
     ]
     encoder = msgspec.json.Encoder()
     expected = encoder.encode_lines([_formatter(_pure_logline).line(entry) for entry in entries])
@@ -371,53 +382,72 @@ def test_a_batch_of_lines_is_what_msgspec_makes_of_the_records(impl) -> None:
     assert decoded[1]["path"] == "/v1/caf\u00e9\n\t" + "x" * 190 and decoded[1]["duration_ms"] == 1.235
     assert _lines(impl, []) == b""
     with pytest.raises(TypeError):  # what msgspec cannot encode, neither twin can
-        _lines(impl, [_entry(model=type("Name", (str,), {})("sub"))])
+        _lines(impl, [_entry(impl, model=type("Name", (str,), {})("sub"))])
 
 
 @pytest.mark.parametrize("impl", LINES)
 def test_lines_read_entries_of_any_class(impl) -> None:
-    """Not only request contexts: any object with the fields (its class's slots are learnt per class)."""
+    """The pure twin reads any object with the fields; the compiled one takes only the compiled RequestContext,
+    whose fields it reads as C struct members (TypeError for anything else; ``add`` counts it as failed)."""
     class Plain:
         def __init__(self, **fields: object) -> None:
             self.__dict__.update(fields)
 
-    plain = Plain(**{name: getattr(_entry(model="m"), name) for name in (
+    plain = Plain(**{name: getattr(_entry(impl, model="m"), name) for name in (
         "at", "request_id", "method", "path", "route", "status", "total_s", "overhead_s", "retries", "trace",
         "traceparent", "error", "ttfb_s", "ttft_s", "model", "provider", "upstream_status", "tokens_in",
         "tokens_out", "key_prefix", "user", "cache")})
-    mixed = [_entry(model="m"), plain, _entry(model="m"), plain]
-    lines = _lines(impl, mixed).splitlines()
-    assert len(set(lines)) == 1 and len(lines) == 4
-    del plain.cache
+    mixed = [_entry(impl, model="m"), plain, _entry(impl, model="m"), plain]
+    if _compiled(impl):
+        formatter = _formatter(impl)
+        for other in (plain, _entry(_pure_logline, model="m"), None):
+            with pytest.raises(TypeError):
+                _lines(impl, [_entry(impl, model="m"), other])
+            with pytest.raises(TypeError):
+                formatter.line(other)
+            with pytest.raises(TypeError):
+                formatter.complete(other, _Exchange("GET", "/", {}))
+            assert formatter.add(other) == -1 and isinstance(formatter.last_error, TypeError)
+        assert formatter.buffered == 0 and formatter.failed == 3
+    else:
+        lines = _lines(impl, mixed).splitlines()
+        assert len(set(lines)) == 1 and len(lines) == 4
+        del plain.cache
+        with pytest.raises(AttributeError):
+            _lines(impl, [plain])
+    entry = _entry(impl, model="m")
+    del entry.cache
     with pytest.raises(AttributeError):
-        _lines(impl, [plain])
+        _lines(impl, [entry])
 
 
 @NOT_BUILT
 @given(st.lists(st.fixed_dictionaries({
     "at": st.floats(min_value=0, max_value=4e9), "request_id": st.text(max_size=40),
-    "path": st.text(max_size=300), "route": st.text(max_size=20), "status": st.integers(-2**70, 2**70),
+    "path": st.text(max_size=300), "route": st.text(max_size=20), "status": st.integers(-2**63, 2**63 - 1),
     "total_s": st.floats(min_value=-1e3, max_value=2e9), "overhead_s": st.floats(min_value=0, max_value=1e5),
     "ttfb_s": st.one_of(st.just(-1.0), st.floats(min_value=-2, max_value=1e5)),
     "ttft_s": st.one_of(st.just(-1.0), st.floats(min_value=0, max_value=1e5)),
     "tokens_in": st.integers(-1, 10**12), "tokens_out": st.integers(-3, 2**62),
-    "upstream_status": st.none() | st.integers(0, 599), "retries": st.integers(0, 3) | st.booleans(),
+    "upstream_status": st.none() | st.integers(0, 599), "retries": st.integers(0, 3),
     "model": st.none() | st.text(max_size=20), "error": st.none() | st.sampled_from(["upstream_5xx", "x"]),
     "key_prefix": st.none() | st.text(max_size=12), "user": st.none() | st.text(max_size=12),
     "traceparent": st.none() | st.text(max_size=60) | st.just("00-" + "a" * 32 + "-" + "b" * 16 + "-01"),
 }), max_size=8))
 def test_twins_agree_on_batches_of_lines(batch: list[dict]) -> None:  # type: ignore[type-arg]
-    assert _lines(_logline, [_entry(**fields) for fields in batch]) == \
-        _lines(_pure_logline, [_entry(**fields) for fields in batch])
+    assert _lines(_logline, [_entry(_logline, **fields) for fields in batch]) == \
+        _lines(_pure_logline, [_entry(_pure_logline, **fields) for fields in batch])
 
 
 @NOT_BUILT
 def test_twins_escape_every_ascii_character_at_every_place_in_a_word() -> None:
     """The compiled twin checks eight bytes at a time for one to escape: each character, each position."""
-    entries = [_entry(model="a" * offset + chr(code) + "b" * 9, user=chr(code) * 17,
-                      key_prefix="x" * (offset % 8) + chr(code), route="y" * offset + chr(code))
-               for code in [*range(0x80), 0xE9, 0x2028, 0x1F600] for offset in range(17)]
-    assert _lines(_logline, entries) == _lines(_pure_logline, entries)
+    def entries(impl):  # type: ignore[no-untyped-def]
+        return [_entry(impl, model="a" * offset + chr(code) + "b" * 9, user=chr(code) * 17,
+                       key_prefix="x" * (offset % 8) + chr(code), route="y" * offset + chr(code))
+                for code in [*range(0x80), 0xE9, 0x2028, 0x1F600] for offset in range(17)]
+
+    assert _lines(_logline, entries(_logline)) == _lines(_pure_logline, entries(_pure_logline))
 
 
 def _take(formatter) -> bytes:  # type: ignore[no-untyped-def]
@@ -433,26 +463,26 @@ def _take(formatter) -> bytes:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("impl", LINES)
 def test_the_line_buffer_is_bounded_and_counts_what_it_refuses(impl) -> None:
     formatter = _formatter(impl)
-    one = _lines(impl, [_entry()])
-    assert [formatter.add(_entry()), formatter.add(_entry()), formatter.buffered] == [1, 0, 2]
-    assert formatter.lines([_entry(request_id="other")]).count(b"\n") == 1 and formatter.buffered == 2
+    one = _lines(impl, [_entry(impl)])
+    assert [formatter.add(_entry(impl)), formatter.add(_entry(impl)), formatter.buffered] == [1, 0, 2]
+    assert formatter.lines([_entry(impl, request_id="other")]).count(b"\n") == 1 and formatter.buffered == 2
     formatter.limit(3, 10 * len(one))
-    assert [formatter.add(_entry()), formatter.add(_entry()), formatter.dropped] == [0, -1, 1]  # 3 lines at most
+    assert [formatter.add(_entry(impl)), formatter.add(_entry(impl)), formatter.dropped] == [0, -1, 1]  # 3 at most
     assert _take(formatter) == one * 3 and _take(formatter) == b""
     formatter.limit(100, 2 * len(one) + 1)
-    assert [formatter.add(_entry()), formatter.add_encoded(b'{"x":1}\n'), formatter.add(_entry())] == [1, 0, -1]
+    assert [formatter.add(_entry(impl)), formatter.add_encoded(b'{"x":1}\n'), formatter.add(_entry(impl))] == [1, 0, -1]
     assert formatter.dropped == 2 and _take(formatter) == one + b'{"x":1}\n'
     formatter.limit(0, 100)
     assert formatter.add_encoded(b"{}\n") == -1 and formatter.dropped == 3
     formatter.limit(100, 10 * len(one))
-    formatter.add(_entry())
+    formatter.add(_entry(impl))
     assert formatter.discard() == 1 and formatter.buffered == 0 and _take(formatter) == b""
 
 
 @pytest.mark.parametrize("impl", LINES)
 def test_a_full_pipe_takes_part_of_the_buffer_and_the_rest_follows_whole(impl) -> None:
     formatter = _formatter(impl)
-    entries = [_entry(request_id=f"r{i}", path="/" + "p" * 150) for i in range(1000)]  # ~500 KiB: > a pipe
+    entries = [_entry(impl, request_id=f"r{i}", path="/" + "p" * 150) for i in range(1000)]  # ~500 KiB: > a pipe
     for entry in entries:
         formatter.add(entry)
     reader, writer = os.pipe()
@@ -481,13 +511,13 @@ def test_a_full_pipe_takes_part_of_the_buffer_and_the_rest_follows_whole(impl) -
 @pytest.mark.parametrize("impl", LINES)
 def test_a_line_that_fails_is_counted_and_leaves_nothing_in_the_buffer(impl) -> None:
     formatter = _formatter(impl)
-    formatter.add(_entry())
-    broken = _entry()
+    formatter.add(_entry(impl))
+    broken = _entry(impl)
     del broken.model  # read half way through the line
     assert formatter.add(broken) == -1 and isinstance(formatter.last_error, AttributeError)
-    assert formatter.add(_entry(model=type("Name", (str,), {})("sub"))) == -1  # msgspec cannot encode it either
+    assert formatter.add(_entry(impl, model=type("Name", (str,), {})("sub"))) == -1  # msgspec cannot encode it either
     assert isinstance(formatter.last_error, TypeError) and (formatter.failed, formatter.dropped) == (2, 0)
-    assert formatter.buffered == 1 and _take(formatter) == _lines(impl, [_entry()])
+    assert formatter.buffered == 1 and _take(formatter) == _lines(impl, [_entry(impl)])
 
 
 @NOT_BUILT
@@ -496,12 +526,12 @@ def test_a_line_that_fails_is_counted_and_leaves_nothing_in_the_buffer(impl) -> 
 def test_twins_agree_on_the_line_buffer(operations: list[str], lines: int, size: int) -> None:
     compiled, pure = _formatter(_logline), _formatter(_pure_logline)
     results: list[list[object]] = [[], []]
-    for formatter, out in zip((compiled, pure), results, strict=True):
+    for impl, formatter, out in zip((_logline, _pure_logline), (compiled, pure), results, strict=True):
         for i, operation in enumerate(operations):
             if operation == "add":
-                out.append(formatter.add(_entry(request_id=f"r{i}")))
+                out.append(formatter.add(_entry(impl, request_id=f"r{i}")))
             elif operation == "big":
-                out.append(formatter.add(_entry(path="/" + "p" * 150, model="m" * 300)))
+                out.append(formatter.add(_entry(impl, path="/" + "p" * 150, model="m" * 300)))
             elif operation == "take":
                 out.append(_take(formatter))
             else:
@@ -510,22 +540,40 @@ def test_twins_agree_on_the_line_buffer(operations: list[str], lines: int, size:
     assert results[0] == results[1]
 
 
+def _not_its_context(impl, call) -> None:  # type: ignore[no-untyped-def]
+    """A compiled helper takes only the compiled RequestContext: TypeError for a duck-typed object, the pure twin's
+    context or None (the pure helpers read any object with the fields)."""
+    if _compiled(impl):
+        class Plain:
+            pass
+
+        for other in (Plain(), _pure_context.RequestContext("r", 0.0), None):
+            with pytest.raises(TypeError):
+                call(other)
+
+
 @pytest.mark.parametrize("impl", STATS)
 def test_request_stats_read_the_rest_from_a_context(impl) -> None:
     """observe_context(ctx, ...) counts what observe(...) counts with the context's fields passed one by one."""
-    from sluice.server.app import RequestContext
+    RequestContext = _context_class(impl)
 
-    class Plain:  # not a RequestContext: read by getattr
+    class Plain:  # not a RequestContext: read by getattr (by the pure twin only)
         model, provider, error, overhead_s, upstream_s, ttft_s, tokens_in, tokens_out = (
             "gpt", "p", "upstream_5xx", 0.0004, 0.0, 0.2, 3, -1)
 
-    contexts = []
+    contexts: list[Any] = []
     for model, upstream_s, tokens_in in [("gpt", 0.5, 12), (None, 0.0, -1), ("other", 2.0, 4)]:
         ctx = RequestContext("r", 0.0)
         ctx.model, ctx.provider, ctx.upstream_s, ctx.overhead_s, ctx.tokens_in, ctx.tokens_out = (
             model, "p", upstream_s, 0.0003, tokens_in, 5)
         contexts.append(ctx)
-    contexts.append(Plain())
+    if _compiled(impl):  # the same facts on a compiled context
+        ctx = RequestContext("r", 0.0)
+        ctx.model, ctx.provider, ctx.error, ctx.overhead_s, ctx.upstream_s, ctx.ttft_s, ctx.tokens_in, \
+            ctx.tokens_out = "gpt", "p", "upstream_5xx", 0.0004, 0.0, 0.2, 3, -1
+        contexts.append(ctx)
+    else:
+        contexts.append(Plain())
     args = ({"gpt"}, (0.1, 1.0), (0.001,), (10, 100))
     by_context, by_fields = impl.RequestStats(*args), impl.RequestStats(*args)
     for i, ctx in enumerate(contexts):
@@ -536,14 +584,20 @@ def test_request_stats_read_the_rest_from_a_context(impl) -> None:
     assert by_context.snapshot()["upstream"] == [["p", "gpt", [0.0, 1.0, 0.0, 0.5]],
                                                  ["p", "unknown", [0.0, 0.0, 1.0, 2.0]]]
     broken = RequestContext("r", 0.0)
-    del broken.tokens_out
+    if _compiled(impl):
+        with pytest.raises(NotImplementedError):  # a C field cannot be deleted
+            del broken.tokens_out
+        del broken.provider  # an object field can (a slot to Python)
+    else:
+        del broken.tokens_out
     with pytest.raises(AttributeError):
         by_context.observe_context(broken, "/v1/chat/completions", 200, 0.75)
+    _not_its_context(impl, lambda other: by_context.observe_context(other, "/v1/chat/completions", 200, 0.75))
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_count_tokens_fills_a_context_once(impl) -> None:
-    from sluice.server.app import RequestContext
+    RequestContext = _context_class(impl)
 
     ctx = RequestContext("r", 0.0)
     impl.count_tokens(ctx)  # no answer: nothing counted
@@ -555,55 +609,64 @@ def test_count_tokens_fills_a_context_once(impl) -> None:
     impl.count_tokens(ctx)
     assert (ctx.tokens_in, ctx.tokens_out) == (-1, 4)
 
-    class Plain:  # not a RequestContext: getattr and setattr
+    class Plain:  # not a RequestContext: getattr and setattr (by the pure twin only)
         answer, tokens_in, tokens_out = bytearray(b'{"usage": {"completion_tokens": 2}}'), -1, -1
 
-    plain = Plain()
-    impl.count_tokens(plain)
-    assert (plain.tokens_in, plain.tokens_out) == (-1, 2)
+    other = Plain() if not _compiled(impl) else RequestContext("r", 0.0)
+    other.answer = bytearray(b'{"usage": {"completion_tokens": 2}}')  # not bytes: counted as token_counts does
+    impl.count_tokens(other)
+    assert (other.tokens_in, other.tokens_out) == (-1, 2)
     del ctx.answer
     with pytest.raises(AttributeError):
         impl.count_tokens(ctx)
+    _not_its_context(impl, impl.count_tokens)
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_finish_completes_a_context_as_the_gateway_did(impl) -> None:
     import time
 
-    from sluice.server.app import RequestContext
-
-    routes = {"/v1/chat/completions": {}}
+    RequestContext = _context_class(impl)
     started = time.perf_counter()
-    ok = RequestContext("r", started)
+    ok = RequestContext("r", started, "/v1/chat/completions")  # the route is known from the start
     ok.upstream_s, ok.answer = 0.0005, _ANSWER
-    impl.finish(ok, 200, "/v1/chat/completions", routes)
+    impl.finish(ok, 200)
     assert 0 < ok.total_s <= time.perf_counter() - started
     assert ok.overhead_s == pytest.approx(ok.total_s - 0.0005)
     assert (ok.status, ok.route, ok.error, ok.tokens_in, ok.tokens_out) == (200, "/v1/chat/completions", None, 9, 10)
 
-    failed = RequestContext("r", started)
+    failed = RequestContext("r", started, "/v1/chat/completions")
     failed.overhead_s, failed.route = 0.25, "/v1/embeddings"  # set by the response head and the handler
-    impl.finish(failed, 503, "/v1/chat/completions", routes)
+    impl.finish(failed, 503)
     assert (failed.overhead_s, failed.route, failed.error) == (0.25, "/v1/embeddings", "upstream_5xx")
-    refused = RequestContext("r", started)
-    impl.finish(refused, 404, "/nowhere", routes)
+    refused = RequestContext("r", started, "other")
+    impl.finish(refused, 404)
     assert (refused.status, refused.route, refused.error, refused.tokens_in) == (404, "other", "upstream_4xx", -1)
-    named = RequestContext("r", started)
+    named = RequestContext("r", started, "/v1/chat/completions")
     named.error = "rate_limited"
-    impl.finish(named, 429, "/v1/chat/completions", routes)
+    impl.finish(named, 429)
     assert named.error == "rate_limited"
+    unnamed = RequestContext("r", started)
+    impl.finish(unnamed, 200)
+    assert (unnamed.route, unnamed.error) == ("", None)  # finish never names the route
 
-    class Plain:  # not a RequestContext: getattr and setattr
+    class Plain:  # not a RequestContext: getattr and setattr (by the pure twin only)
         started, overhead_s, upstream_s, route, error = 0.0, -1.0, 0.0, "", None
         answer, tokens_in, tokens_out = None, -1, -1
 
-    plain = Plain()
-    impl.finish(plain, 400, "/v1/chat/completions", routes)
-    assert (plain.route, plain.error, plain.status) == ("/v1/chat/completions", "upstream_4xx", 400)
+    plain = Plain() if not _compiled(impl) else RequestContext("r", 0.0)
+    impl.finish(plain, 400)
+    assert (plain.route, plain.error, plain.status) == ("", "upstream_4xx", 400)
     assert plain.total_s == plain.overhead_s > 0
-    del ok.started
+    if _compiled(impl):
+        with pytest.raises(NotImplementedError):  # a C field cannot be deleted
+            del ok.started
+        del ok.error  # an object field can (a slot to Python)
+    else:
+        del ok.started
     with pytest.raises(AttributeError):
-        impl.finish(ok, 200, "/v1/chat/completions", routes)
+        impl.finish(ok, 500)
+    _not_its_context(impl, lambda other: impl.finish(other, 200))
 
 
 class _Exchange:
@@ -625,7 +688,7 @@ def test_add_with_the_exchange_completes_the_entry_as_the_gateway_did(impl) -> N
     traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     formatter = _formatter(impl)
     before = time.time()
-    plain, traced = _entry(at=0.0, method="", path=""), _entry(at=0.0, trace=_Span())
+    plain, traced = _entry(impl, at=0.0, method="", path=""), _entry(impl, at=0.0, trace=_Span())
     formatter.add(plain, _Exchange("PUT", "/v1/files/x", {"traceparent": traceparent}))
     formatter.add(traced, _Exchange("POST", "/v1/chat/completions", {"traceparent": traceparent}))
     assert before <= plain.at <= time.time() and before <= traced.at <= time.time()
@@ -641,13 +704,13 @@ def test_add_with_the_exchange_completes_the_entry_as_the_gateway_did(impl) -> N
         def header(self, name: str) -> str | None:
             return None
 
-    again = _entry(at=0.0)
+    again = _entry(impl, at=0.0)
     formatter.add(again, NoSlots())
     assert (again.method, again.path, again.traceparent) == ("GET", "/v1/models", None)
 
     # An unsampled trace's traceparent, set by the gateway, is the line's: not the caller's header.
     ours = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
-    unsampled = _entry(at=0.0, traceparent=ours)
+    unsampled = _entry(impl, at=0.0, traceparent=ours)
     formatter.add(unsampled, _Exchange("POST", "/v1/chat/completions", {"traceparent": traceparent}))
     assert unsampled.traceparent == ours
     assert msgspec.json.decode(_lines(impl, [unsampled]))["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
@@ -658,6 +721,6 @@ def test_add_with_the_exchange_completes_the_entry_as_the_gateway_did(impl) -> N
         def header(self, name: str) -> str | None:
             return traceparent if name == "traceparent" else None
 
-    lazy = _entry(at=0.0)
+    lazy = _entry(impl, at=0.0)
     formatter.add(lazy, Lazy("GET", "/v1/models", None))
     assert lazy.traceparent == traceparent

@@ -23,12 +23,14 @@ IMPLEMENTATION = "pure"
 
 if os.environ.get("SLUICE_NO_EXTENSIONS") != "1":
     try:
+        from ._context import SECURITY_HEADERS, RequestContext  # type: ignore[assignment]
         from ._limits import LocalLimiter  # type: ignore[assignment]
         from ._logline import LineFormatter  # type: ignore[assignment]
         from ._speedups import RequestIds, TraceIds, count_tokens, finish, token_counts, valid_request_id  # type: ignore[assignment]
         from ._stats import Histograms, RequestStats  # type: ignore[assignment]
     except ImportError:  # not built: the pure twins serve
         from ._pure import RequestIds, TraceIds, count_tokens, finish, token_counts, valid_request_id
+        from ._pure_context import SECURITY_HEADERS, RequestContext
         from ._pure_limits import LocalLimiter
         from ._pure_logline import LineFormatter
         from ._pure_stats import Histograms, RequestStats

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Container
-from typing import Any
+
+from ._pure_context import RequestContext
 
 __all__ = ["USAGE_TAIL", "RequestIds", "TraceIds", "count_tokens", "finish", "token_counts", "valid_request_id"]
 
@@ -99,24 +99,22 @@ def token_counts(answer: bytes) -> tuple[int, int]:
     return int(prompt.group(1)) if prompt else -1, int(completion.group(1)) if completion else -1
 
 
-def count_tokens(context: Any) -> None:
+def count_tokens(context: RequestContext) -> None:
     """Sets ``context.tokens_in`` and ``tokens_out`` from the usage in ``context.answer`` (token_counts), unless
     there is no answer or either count is known already (>= 0: a translator or a native kind counted)."""
     if context.answer is not None and context.tokens_in < 0 and context.tokens_out < 0:
         context.tokens_in, context.tokens_out = token_counts(context.answer)
 
 
-def finish(context: Any, status: int, path: str, routes: Container[str]) -> None:
+def finish(context: RequestContext, status: int) -> None:
     """Completes a finished request's ``context``: ``total_s`` (now minus ``started``, on perf_counter's clock),
-    ``overhead_s`` (total minus upstream) unless the response head set it (>= 0), ``status``, ``route`` unless a
-    handler set one (``path`` if it is a key of ``routes``, else "other"), ``error`` for a status of 400 or more
-    without one ("upstream_4xx" or "upstream_5xx"), and the token counts (``count_tokens``)."""
+    ``overhead_s`` (total minus upstream) unless the response head set it (>= 0), ``status``, ``error`` for a
+    status of 400 or more without one ("upstream_4xx" or "upstream_5xx"), and the token counts
+    (``count_tokens``).  The route is the context's from its start (the pipeline knows it)."""
     context.total_s = total = time.perf_counter() - context.started
     if context.overhead_s < 0:
         context.overhead_s = total - context.upstream_s
     context.status = status
-    if not context.route:
-        context.route = path if path in routes else "other"
     if status >= 400 and context.error is None:
         context.error = "upstream_4xx" if status < 500 else "upstream_5xx"
     count_tokens(context)

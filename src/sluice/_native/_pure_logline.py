@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from ..observability.traceparent import parse_traceparent
+from ._pure_context import RequestContext
 
 __all__ = ["LineFormatter"]
 
@@ -45,7 +46,7 @@ class LineFormatter:
         self.failed = 0
         self.last_error: Exception | None = None
 
-    def line(self, entry: Any) -> Any:
+    def line(self, entry: RequestContext) -> Any:
         at = entry.at
         second = int(at)
         if second != self._second:
@@ -65,7 +66,7 @@ class LineFormatter:
             tokens_out if tokens_out >= 0 else None, entry.key_prefix, entry.user, entry.cache,
         )
 
-    def lines(self, entries: Iterable[Any]) -> bytes:
+    def lines(self, entries: Iterable[RequestContext]) -> bytes:
         """The JSON lines of ``entries`` (request contexts), each ending in a newline: one batch's bytes.
 
         The buffer is left as it was.
@@ -74,7 +75,7 @@ class LineFormatter:
 
     # -- the buffer ------------------------------------------------------------------------
 
-    def add(self, entry: Any, exchange: Any = None) -> int:
+    def add(self, entry: RequestContext, exchange: Any = None) -> int:
         """Appends ``entry``'s line: 1 if it is the buffer's first, 0 if not, -1 if it was not added: the buffer
         is full (counted in ``dropped``) or the line could not be made (counted in ``failed``, the error kept in
         ``last_error``).  With its request's ``exchange``, the entry is completed first (``complete``).  Never
@@ -92,7 +93,7 @@ class LineFormatter:
             return -1
         return self._admit(line)
 
-    def complete(self, entry: Any, exchange: Any) -> None:
+    def complete(self, entry: RequestContext, exchange: Any) -> None:
         """Completes ``entry`` from its request's ``exchange`` as the gateway does when the request ends: ``at``
         is now, ``method`` and ``path`` are the exchange's, and ``traceparent`` is the caller's header unless the
         entry has a ``trace`` (whose trace id the line then carries) or a ``traceparent`` already (an unsampled

@@ -6,6 +6,8 @@ import bisect
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+from ._pure_context import RequestContext
+
 __all__ = ["MAX_BUCKETS", "Histograms", "RequestStats"]
 
 MAX_BUCKETS = 24
@@ -149,7 +151,7 @@ class RequestStats:
         self._dirty = True
         return first
 
-    def observe_context(self, context: Any, route: str, status: int, duration: float) -> bool:
+    def observe_context(self, context: RequestContext, route: str, status: int, duration: float) -> bool:
         """``observe`` with the other facts read from a request context: its model, provider, error,
         overhead_s, upstream_s (not known when not above 0), ttft_s, tokens_in and tokens_out."""
         upstream = context.upstream_s

@@ -1,6 +1,8 @@
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+from ._context import RequestContext
+
 MAX_BUCKETS: int
 
 class Histograms:
@@ -14,5 +16,5 @@ class RequestStats:
     def observe(self, route: str, model: str | None, provider: str | None, status: int, error: str | None,
                 duration: float, overhead: float, upstream: float, ttft: float, tokens_in: int,
                 tokens_out: int) -> bool: ...
-    def observe_context(self, context: Any, route: str, status: int, duration: float) -> bool: ...
+    def observe_context(self, context: RequestContext, route: str, status: int, duration: float) -> bool: ...
     def snapshot(self) -> dict[str, list[list[Any]]]: ...
