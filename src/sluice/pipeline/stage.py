@@ -141,7 +141,7 @@ class Pipeline:
         responders = self._responders
         if not responders:
             return
-        finish(ctx, ex.status, "", ())  # total and overhead time, status, error class, token counts
+        finish(ctx, ex.status)  # total and overhead time, status, error class, token counts
         for index, respond in responders:
             if index < ran:
                 try:
