@@ -17,7 +17,7 @@ from . import __version__
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .auth.manage import Actor, Manager
+    from .admin.manage import Actor, Manager
     from .config import Config
     from .store import Store
 
@@ -100,11 +100,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str) -> Config | None:
-    """The config at ``path``, or None after saying what is wrong with it."""
+    """The config at ``path``, or None after saying what is wrong with it (its provider kinds' code included)."""
     from .config import load_config
+    from .providers import check_providers  # plugin kinds load here; the config layer knows them by name
 
     try:
-        return load_config(path)
+        config = load_config(path)
+        check_providers(config)
+        return config
     except ConfigError as exc:
         print(f"sluice: invalid config: {exc}", file=sys.stderr)
         return None
@@ -341,7 +344,7 @@ def _field_flags(parser: argparse.ArgumentParser, fields: tuple[tuple[str, str, 
 
 def _body(args: argparse.Namespace, fields: tuple[tuple[str, str, str], ...]) -> dict[str, Any]:
     """The request body from --json and the field flags (only those given)."""
-    from .auth.manage import parse_time
+    from .admin.manage import parse_time
     from .errors import InvalidRequest
 
     body: dict[str, Any] = {}
@@ -386,11 +389,11 @@ def _manage(args: argparse.Namespace) -> int:
     """One keys/users/teams/roles/audit action on the configured store; prints its answer as JSON."""
     import asyncio
 
+    from .admin.manage import Actor, Manager
     from .auth.audit import AuditLog
     from .auth.changes import ChangeNotices, auth_redis_url
-    from .auth.manage import Actor, Manager
+    from .config.permissions import BUILTIN_ROLES
     from .errors import GatewayError
-    from .pipeline.rbac import BUILTIN_ROLES
     from .store import StoreError, open_store
 
     config = _load(args.config)
@@ -437,7 +440,7 @@ def _manage(args: argparse.Namespace) -> int:
 
 
 async def _dispatch(manager: Manager, args: argparse.Namespace, actor: Actor) -> dict[str, Any]:
-    from .auth import manage as m
+    from .admin import manage as m
 
     kind, action = args.kind, args.action
     if kind == "audit":

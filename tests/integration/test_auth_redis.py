@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from sluice.admin.manage import Actor, KeyCreate, KeyRevoke, Manager, RoleCreate, RoleUpdate
 from sluice.auth.audit import AuditLog
 from sluice.auth.changes import ChangeNotices, auth_redis_url
 from sluice.auth.keys import SUBSCRIBED_POLL_S, Authenticator
-from sluice.auth.manage import Actor, KeyCreate, KeyRevoke, Manager, RoleCreate, RoleUpdate
 from sluice.auth.signing import Signatures, sign
 from sluice.config import AuthConfig, StoreConfig
 from sluice.config.loader import parse_config
@@ -310,8 +310,8 @@ def claim_keys(server: Any, prefix: str) -> int:
 async def stages(store: StoreConfig, url: str, prefix: str) -> AsyncIterator[tuple[list[Any], Manager]]:
     """Two instances' auth stages on one (migrated) store and one Redis (``ratelimit.redis``: auth's too), and a
     Manager."""
+    from sluice.auth.iprules import ClientIp
     from sluice.pipeline.auth import AuthStage
-    from sluice.pipeline.iprules import ClientIp
 
     config = parse_config(f"store: {{sqlite_path: '{store.sqlite_path}'}}\n"
                           f"auth: {{enabled: true, redis_prefix: '{prefix}:'}}\n"

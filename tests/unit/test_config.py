@@ -183,3 +183,64 @@ def test_quotas_load_with_their_defaults() -> None:
         "team", "tokens", "month", 5e6)
     assert (config.ratelimit.timezone, config.ratelimit.quota_store, config.ratelimit.quota_sync_s) == (
         "Europe/Paris", "sluice-quotas.db", 1.0)
+
+
+# -- provider kinds: known by name to the loader, by their code to sluice.providers (sluice.config.vocabulary) --
+
+AZURE = """
+providers: {az: {kind: azure, base_url: "https://x.openai.azure.com"}}
+models: {gpt-4o: {targets: [{provider: az, model: d}]}}
+"""
+
+
+def test_the_builtin_kind_names_are_the_registrys() -> None:
+    from sluice.config.vocabulary import BUILTIN_KINDS
+    from sluice.providers import provider_kinds
+
+    built_in = {name for name, kind in provider_kinds().items() if kind.__module__.startswith("sluice.providers.")}
+    assert built_in == BUILTIN_KINDS
+
+
+def test_a_kinds_own_check_is_a_config_error_with_its_path() -> None:
+    from sluice.providers import build_provider, check_providers
+
+    config = parse(AZURE)  # the loader knows azure by name; its check_config is the kind's code
+    for check in (lambda: check_providers(config), lambda: build_provider("az", config.providers["az"])):
+        with pytest.raises(ConfigError) as info:
+            check()
+        assert info.value.path == "providers.az.api_version" and "needs its api_version" in info.value.problem
+
+
+@pytest.fixture
+def broken_plugins(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """Two installed provider plugins that the registry leaves out: one fails to import, one is no Provider."""
+    from sluice.config.vocabulary import provider_kind_names
+    from sluice.providers import provider_kinds
+
+    info = tmp_path / "sluice_broken_plugins-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sluice-broken-plugins\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[sluice.providers]\nbroken = sluice_no_such_module:Kind\n"
+                                           "notakind = json:loads\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    provider_kind_names.cache_clear()
+    provider_kinds.cache_clear()
+    yield
+    monkeypatch.undo()
+    provider_kind_names.cache_clear()
+    provider_kinds.cache_clear()
+
+
+@pytest.mark.parametrize("kind", ["broken", "notakind"])
+@pytest.mark.usefixtures("broken_plugins")
+def test_a_plugin_kind_that_does_not_load_is_refused_in_the_loaders_words(kind: str) -> None:
+    from sluice.providers import check_providers
+
+    config = parse(BASE.replace("kind: openai", f"kind: {kind}"))  # known by its entry point's name
+    with pytest.raises(ConfigError) as info:
+        check_providers(config)
+    assert str(info.value) == (f"providers.mock.kind: unknown provider kind {kind!r} "
+                               "(known: anthropic, azure, gemini, openai)")
+    with pytest.raises(ConfigError) as typo:
+        parse(BASE.replace("kind: openai", "kind: opneai"))
+    assert typo.value.path == "providers.mock.kind" and "unknown provider kind 'opneai'" in typo.value.problem

@@ -13,9 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sluice.auth.audit import AuditLog
-from sluice.auth.globs import covers, units
-from sluice.auth.manage import (
+from sluice.admin.manage import (
     Actor,
     KeyCreate,
     KeyRotate,
@@ -26,8 +24,10 @@ from sluice.auth.manage import (
     TeamCreate,
     TeamUpdate,
 )
+from sluice.auth.audit import AuditLog
+from sluice.auth.globs import covers, units
+from sluice.config.permissions import USER_PERMISSIONS
 from sluice.errors import Forbidden
-from sluice.pipeline.rbac import USER_PERMISSIONS
 from sluice.store import SqliteStore
 
 ROOT = Actor("cli:root")  # holds "*", no model limits

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from sluice.auth.identity import Identity
+from sluice.auth.iprules import ClientIp, IpRules, parse_networks
 from sluice.auth.principal import Principal, RoleTable, for_identity, for_key, for_static
 from sluice.config import StaticKeyConfig
-from sluice.pipeline.iprules import ClientIp, IpRules, parse_networks
-from sluice.pipeline.rbac import ADMIN_PERMISSIONS, USER_PERMISSIONS
+from sluice.config.permissions import ADMIN_PERMISSIONS, USER_PERMISSIONS
 from sluice.store import ApiKey
 
 

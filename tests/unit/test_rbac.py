@@ -7,17 +7,9 @@ import json
 import pytest
 
 from sluice.auth.principal import Principal, RoleTable
+from sluice.auth.rbac import permission_for, require, require_model
+from sluice.config.permissions import ADMIN_PERMISSIONS, BUILTIN_ROLES, PERMISSIONS, USER_PERMISSIONS, check_permission
 from sluice.errors import Forbidden
-from sluice.pipeline.rbac import (
-    ADMIN_PERMISSIONS,
-    BUILTIN_ROLES,
-    PERMISSIONS,
-    USER_PERMISSIONS,
-    check_permission,
-    permission_for,
-    require,
-    require_model,
-)
 
 
 def principal(*roles: str, models: tuple[str, ...] = (), table: RoleTable | None = None) -> Principal:

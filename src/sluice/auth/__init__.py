@@ -10,10 +10,15 @@
 - ``sluice.auth.signing``: HMAC request signatures of keys that sign, with their replay memory (per worker,
   and on Redis across instances);
 - ``sluice.auth.changes``: change notices on Redis pub/sub (ChangeNotices): a committed change wakes every
-  worker's change-feed reader.
+  worker's change-feed reader;
+- ``sluice.auth.credential``: the caller's credential, read from its headers once per request;
+- ``sluice.auth.iprules``: the caller's address (ClientIp, shared with the rate limits) and allow/deny networks
+  (IpRules);
+- ``sluice.auth.rbac``: the permission each route needs, and the 403s (the permissions a role may list are the
+  config's vocabulary, ``sluice.config.permissions``).
 
-The request-path stage that uses them is ``sluice.pipeline.auth``; route permissions are
-``sluice.pipeline.rbac``'s.
+The request-path stage that uses them is ``sluice.pipeline.auth``; the admin API and the manager behind it
+(keys, users, teams, roles) are ``sluice.admin``'s.
 
 Only the identity types are imported here: the JWT modules pull in PyJWT and
 cryptography, which a gateway without auth.jwt or auth.introspection never loads.

@@ -6,7 +6,7 @@ permissions are resolved from its roles through a role table (``RoleTable``:
 built-in roles, then the config's, then the store's, each overriding the one
 before by name) into a frozenset, with the wildcards expanded: ``*`` (everything,
 every model), ``admin:*`` (every admin permission).  ``model:<glob>`` entries
-limit the models (see sluice.pipeline.rbac).
+limit the models (see sluice.config.permissions).
 
 The request path asks ``allows(permission)`` (a flag or a set lookup),
 ``may_use(model)`` (globs matched once per model name, then remembered) and
@@ -23,10 +23,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..config.model import StaticKeyConfig
-from ..pipeline.iprules import IpRules, parse_networks
-from ..pipeline.rbac import ADMIN_ALL, ADMIN_PERMISSIONS, ALL, BUILTIN_ROLES, MODEL_PREFIX
+from ..config.permissions import ADMIN_ALL, ADMIN_PERMISSIONS, ALL, BUILTIN_ROLES, MODEL_PREFIX
 from ..store.records import ApiKey, display_prefix
 from .identity import Identity
+from .iprules import IpRules, parse_networks
 
 __all__ = ["Principal", "RoleTable", "for_identity", "for_key", "for_static"]
 

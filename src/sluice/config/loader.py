@@ -2,6 +2,12 @@
 
 Every mistake raises ConfigError naming the path and the problem, e.g.
 ``models.gpt-4o.targets[0].provider: unknown provider 'opneai'``.
+
+The words a config may use are the config's own: the permissions of a role
+(``.permissions``), the provider kinds and a target's capabilities (``.vocabulary``).
+The loader imports no higher layer.  What only a provider kind's code can say (a
+plugin that fails to load, a kind's own ``check_config``) is checked by
+``sluice.providers.check_providers`` after loading (see ``.vocabulary``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from .model import (
     TargetConfig,
     UpstreamConfig,
 )
+from .permissions import BUILTIN_ROLES, check_permission
+from .vocabulary import CAPABILITIES, provider_kind_names
 
 __all__ = ["interpolate", "load_config", "parse_config"]
 
@@ -149,8 +157,6 @@ def _decode(raw: dict[str, Any]) -> Config:
 
 
 def _validate(config: Config) -> None:
-    from ..providers import provider_kinds  # the registry imports config types
-
     _positive("server.port", config.server.port, maximum=65535, allow_zero=True)
     _positive("server.workers", config.server.workers)
     _positive("server.max_body_bytes", config.server.max_body_bytes)
@@ -173,7 +179,7 @@ def _validate(config: Config) -> None:
     if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
         raise ConfigError("observability.health_details_token",
                           "must be at least 16 printable characters without spaces")
-    kinds = provider_kinds()
+    kinds = provider_kind_names()  # plugins by name: sluice.providers.check_providers loads them
     for name, provider in config.providers.items():
         path = f"providers.{name}"
         if provider.kind not in kinds:
@@ -185,8 +191,6 @@ def _validate(config: Config) -> None:
             if not key or any(c in key for c in "\r\n"):
                 raise ConfigError(f"{path}.api_keys[{i}]", "an API key must be a non-empty single line")
         _check_capabilities(f"{path}.capabilities", provider.capabilities)
-        for field, problem in kinds[provider.kind].check_config(provider):
-            raise ConfigError(f"{path}.{field}", problem)
     _check_ratelimit(config)
     _check_store(config.store)
     _check_auth(config.auth)
@@ -535,8 +539,6 @@ def _check_auth_stage(auth: AuthConfig) -> None:
     import ipaddress
     import math
 
-    from ..pipeline.rbac import BUILTIN_ROLES, check_permission
-
     _positive("auth.revocation_poll_s", auth.revocation_poll_s, maximum=60)
     _positive("auth.signature_skew_s", auth.signature_skew_s, maximum=86400)
     _positive("auth.key_cache_size", auth.key_cache_size)
@@ -631,8 +633,6 @@ def _check_claims(path: str, claims: ClaimsConfig) -> None:
 
 
 def _check_capabilities(path: str, capabilities: tuple[str, ...] | None) -> None:
-    from ..providers import CAPABILITIES
-
     for i, capability in enumerate(capabilities or ()):
         if capability not in CAPABILITIES:
             raise ConfigError(f"{path}[{i}]", f"unknown capability {capability!r} "

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any
 
+from ..auth.credential import credential_of
 from ..context import Exchange, RequestContext
-from .credential import credential_of
 from .ratelimit import RateLimits
 from .stage import Stage
 from .validate import EmbeddingRequest

@@ -6,9 +6,9 @@ its request step awaits nothing for a cached key::
     on_request = admit(ex, ctx) or admit_slow(ex, ctx)   # a key not cached yet, a JWT, an introspected token
 
 In order: the global IP rules (``auth.ip_allow`` / ``auth.ip_deny``, on the
-client address of sluice.pipeline.iprules.ClientIp, which the rate limits use
+client address of sluice.auth.iprules.ClientIp, which the rate limits use
 too), the credential (sluice.auth.keys.Authenticator), the key's own IP rules,
-the permission the route needs (sluice.pipeline.rbac), and, for a key that signs
+the permission the route needs (sluice.auth.rbac), and, for a key that signs
 its requests, the signature of a request without a body (GET, HEAD, DELETE,
 OPTIONS: over an empty body).  It sets ``ctx.principal``, ``ctx.key_prefix`` and
 ``ctx.user``.  Once a body is read (POST, PUT, PATCH), the ``ModelAccess`` stage
@@ -40,15 +40,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ..auth.changes import ChangeNotices, auth_redis_url
+from ..auth.credential import presented_credential
+from ..auth.iprules import ClientIp, IpRules, parse_networks
 from ..auth.keys import Authenticator
+from ..auth.rbac import model_not_allowed, permission_for, require
 from ..auth.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, Signatures
 from ..config import Config
 from ..context import Exchange, RequestContext
 from ..errors import Forbidden, GatewayError, Unauthorized
 from ..store import display_prefix, open_store
-from .credential import presented_credential
-from .iprules import ClientIp, IpRules, parse_networks
-from .rbac import model_not_allowed, permission_for, require
 from .stage import Stage
 
 if TYPE_CHECKING:

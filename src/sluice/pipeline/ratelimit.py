@@ -61,10 +61,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import msgspec
 
 from .._native import LocalLimiter
+from ..auth.credential import presented_key
+from ..auth.iprules import ClientIp
 from ..config import PolicyConfig, RateLimitConfig
 from ..errors import GatewayError
-from .credential import presented_key
-from .iprules import ClientIp
 
 if TYPE_CHECKING:
     from types import EllipsisType

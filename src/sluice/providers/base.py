@@ -23,12 +23,10 @@ from typing import Any, ClassVar, Protocol
 import orjson
 
 from ..config import ProviderConfig
+from ..config.vocabulary import CAPABILITIES
 from ..upstream import Origin, parse_base_url
 
-__all__ = ["CAPABILITIES", "Call", "InvalidAnswer", "Provider", "StreamTranslator", "UpstreamRequest", "json_answer"]
-
-# What a target can do; a request that needs one its target lacks is routed elsewhere or refused.
-CAPABILITIES = frozenset({"chat", "completions", "embeddings", "vision", "tools", "json_mode", "streaming"})
+__all__ = ["Call", "InvalidAnswer", "Provider", "StreamTranslator", "UpstreamRequest", "json_answer"]
 
 
 @dataclass(slots=True)

@@ -84,9 +84,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"dlq {args.dlq_action}: {problem}", EXIT_USAGE)
     from ..config import load_config
     from ..errors import ConfigError
+    from ..providers import check_providers
 
     try:
         config = load_config(args.config)
+        check_providers(config)  # what only the provider kinds' code can say (sluice.config.vocabulary)
     except ConfigError as exc:
         return _fail(f"invalid config: {exc}", EXIT_USAGE)
     action = _ACTIONS[args.dlq_action]

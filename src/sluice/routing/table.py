@@ -35,7 +35,8 @@ import msgspec
 import xxhash
 
 from ..config import BreakerConfig, Config, ModelConfig, ProviderConfig, TargetConfig
-from ..providers import CAPABILITIES, Provider, build_provider
+from ..config.vocabulary import CAPABILITIES
+from ..providers import Provider, build_provider
 from .breaker import Breaker
 from .deployment import Deployment
 from .strategies import STRATEGIES, affinity_draw

@@ -17,19 +17,19 @@ from urllib.parse import unquote
 import orjson
 
 from .._native import RequestIds, valid_request_id
+from ..admin import mount_admin
+from ..auth.iprules import ClientIp
 from ..config import Config, ObservabilityConfig
 from ..context import Exchange, Handler, RequestContext
 from ..observability.access_log import AccessLog
 from ..observability.health import Health, Probe
 from ..observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..observability.metrics import Metrics
-from ..pipeline.iprules import ClientIp
 from ..pipeline.ratelimit import RateLimits
 from ..resilience.attempts import Attempts
 from ..routing import HealthChecker, Router
 from ..routing.plan import Planner, model_not_found
 from ..upstream import UpstreamClient
-from .admin import mount_admin
 from .forward import Sender
 from .routes import RouteTable, audit_refusal, build_routes
 

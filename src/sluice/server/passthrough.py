@@ -28,9 +28,9 @@ from urllib.parse import quote
 
 import orjson
 
+from ..auth.rbac import model_not_allowed
 from ..context import ClientGone, Exchange, Headers, RequestContext
 from ..errors import Forbidden, InvalidRequest, NotFound
-from ..pipeline.rbac import model_not_allowed
 from ..pipeline.stage import DISCARD_LIMIT, Stage
 from ..pipeline.validate import rename_model
 from ..providers import Provider

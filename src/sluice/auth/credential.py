@@ -50,6 +50,6 @@ def presented_key(ex: Exchange) -> str | None:
 
 
 def _missing(problem: str | None = None) -> Unauthorized:
-    from ..auth.keys import missing_key  # the refusal's wording lives with the keys
+    from .keys import missing_key  # the refusal's wording lives with the keys
 
     return missing_key(problem) if problem is not None else missing_key()

@@ -15,7 +15,7 @@
 The routes exist only when ``auth.enabled``: without authentication they answer
 404 like any unknown path, never open to everyone.  Each handler requires its
 permission (``_require``, on top of the auth stage's check by path) and the
-checked, audited work is ``sluice.auth.manage.Manager``'s, which the CLI shares.
+checked, audited work is ``sluice.admin.manage.Manager``'s, which the CLI shares.
 The caller acts with its own permissions and model limits: it grants no role
 holding more than it holds, no model outside its own (a model-limited caller
 makes only keys limited to its models), and only a holder of ``*`` changes the
@@ -34,7 +34,10 @@ from urllib.parse import parse_qsl, unquote
 
 import orjson
 
-from ..auth.manage import (
+from ..auth import rbac
+from ..config.permissions import BUILTIN_ROLES
+from ..errors import InvalidRequest, Unauthorized
+from .manage import (
     Actor,
     KeyCreate,
     KeyRevoke,
@@ -50,14 +53,12 @@ from ..auth.manage import (
     decode_body,
     parse_time,
 )
-from ..errors import InvalidRequest, Unauthorized
-from ..pipeline import rbac
 
 if TYPE_CHECKING:
     from ..auth.audit import AuditLog
     from ..config import Config
-    from ..pipeline.auth import AuthStage
     from ..context import Exchange, RequestContext
+    from ..pipeline.auth import AuthStage
 
 __all__ = ["PREFIX", "AdminApi", "mount_admin"]
 
@@ -79,7 +80,7 @@ def mount_admin(config: Config, auth: AuthStage | None, audit: AuditLog | None,
     ``auth.revocation_poll_s``, or at once with Redis (the change announced on pub/sub)."""
     if not config.auth.enabled or auth is None or auth.store is None or audit is None:
         return None
-    builtin = set(rbac.BUILTIN_ROLES) | set(config.auth.roles)
+    builtin = set(BUILTIN_ROLES) | set(config.auth.roles)
     manager = Manager(auth.store, audit, builtin_roles=builtin, config_roles=config.auth.roles,
                       on_change=auth.authenticator.poll,
                       publish=auth.notices.publish if auth.notices is not None else None)  # Redis pub/sub

@@ -1,4 +1,4 @@
-"""Role-based access: which permission each route needs, and the checks that refuse with a 403.
+"""Role-based access at request time: which permission each route needs, and the checks that refuse with a 403.
 
 Deny by default.  A principal (sluice.auth.principal) holds the permissions its
 roles grant; a route needs one of them:
@@ -11,10 +11,8 @@ roles grant; a route needs one of them:
 - the admin routes: ``admin:keys``, ``admin:users``, ``admin:teams``, ``admin:roles``, ``admin:audit``,
   ``admin:usage`` (/admin/<name>...); any other /admin path needs ``*``.
 
-Wildcards: ``*`` grants everything (every model too), ``admin:*`` every admin
-permission.  ``model:<glob>`` in a role limits the models its holder may call to
-those globs (the union over its roles); a key's own ``models`` globs limit them
-further.  Built-in roles: ``admin`` = ``*``, ``user`` = every non-admin permission.
+What a role may list (the permissions, the wildcards ``*`` and ``admin:*``, ``model:<glob>``, the
+built-in roles) is the config's vocabulary: ``sluice.config.permissions``.
 
 A 403 names the permission or the model that is missing, never what else exists.
 """
@@ -23,24 +21,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..config.permissions import ADMIN_PERMISSIONS, ALL, PASSTHROUGH_PERMISSIONS
 from ..errors import Forbidden
 
 if TYPE_CHECKING:
-    from ..auth.principal import Principal
+    from .principal import Principal
 
-__all__ = ["ADMIN_PERMISSIONS", "ALL", "BUILTIN_ROLES", "PERMISSIONS", "USER_PERMISSIONS", "check_permission",
-           "model_not_allowed", "permission_for", "require", "require_model"]
-
-ALL = "*"
-ADMIN_ALL = "admin:*"
-MODEL_PREFIX = "model:"
-PASSTHROUGH_PERMISSIONS = ("responses", "assistants", "threads", "files", "batches", "audio", "images",
-                           "vector_stores", "uploads")
-USER_PERMISSIONS: tuple[str, ...] = ("chat", "embeddings", "models", *PASSTHROUGH_PERMISSIONS)
-ADMIN_PERMISSIONS: tuple[str, ...] = ("admin:keys", "admin:users", "admin:teams", "admin:roles", "admin:audit",
-                                      "admin:usage")
-PERMISSIONS: frozenset[str] = frozenset(USER_PERMISSIONS + ADMIN_PERMISSIONS)
-BUILTIN_ROLES: dict[str, tuple[str, ...]] = {"admin": (ALL,), "user": USER_PERMISSIONS}
+__all__ = ["model_not_allowed", "permission_for", "require", "require_model"]
 
 _EXACT = {
     "/v1/chat/completions": "chat",
@@ -68,16 +55,6 @@ def permission_for(path: str) -> str | None:
     if path == "/admin" or path.startswith("/admin/"):
         return _ADMIN.get(path[7:].split("/", 1)[0], ALL)
     return None
-
-
-def check_permission(permission: str) -> str | None:
-    """What is wrong with a permission a role lists (None: nothing), for the config loader and the admin API."""
-    if permission in PERMISSIONS or permission in (ALL, ADMIN_ALL):
-        return None
-    if permission.startswith(MODEL_PREFIX):
-        return None if permission[len(MODEL_PREFIX):] else "a model permission needs a glob, e.g. 'model:gpt-4o*'"
-    known = ", ".join(sorted(PERMISSIONS))
-    return f"unknown permission {permission!r} (known: {known}, '*', 'admin:*' and 'model:<glob>')"
 
 
 def require(principal: Principal, permission: str) -> None:

@@ -58,13 +58,13 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 
 from .. import store as st
+from ..auth.audit import AuditLog
+from ..auth.globs import covers
+from ..config.permissions import ADMIN_ALL, ADMIN_PERMISSIONS, ALL, BUILTIN_ROLES, MODEL_PREFIX, check_permission
 from ..errors import Forbidden, GatewayError, InvalidRequest, NotFound
 from ..pipeline.quotas import own_quota
 from ..pipeline.ratelimit import own_policy
-from ..pipeline.rbac import ADMIN_ALL, ADMIN_PERMISSIONS, ALL, BUILTIN_ROLES, MODEL_PREFIX, check_permission
 from ..store import MAX_PAGE, ApiKey, Role, Store, Team, User, display_prefix, generate_key, hash_key, new_id
-from .audit import AuditLog
-from .globs import covers
 
 __all__ = ["DEFAULT_GRACE_S", "Actor", "Conflict", "KeyCreate", "KeyRevoke", "KeyRotate", "KeyUpdate", "Manager",
            "RoleCreate", "RoleUpdate", "StoreDown", "TeamCreate", "TeamUpdate", "UserCreate", "UserUpdate",
@@ -306,7 +306,7 @@ def _cidr(field: str, value: str) -> str:
 
 
 def _permission(field: str, value: str) -> str:
-    """A permission as ``sluice.pipeline.rbac`` knows them: ``chat``, ``admin:keys``, ``*``, ``model:<glob>``."""
+    """A permission as ``sluice.config.permissions`` knows them: ``chat``, ``admin:keys``, ``*``, ``model:<glob>``."""
     problem = check_permission(value)
     if problem is not None:
         raise _bad(field, problem + ".")

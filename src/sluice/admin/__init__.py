@@ -1,0 +1,15 @@
+"""The admin API and its manager: keys, users, teams, roles and the audit log, managed over HTTP and by the CLI.
+
+- ``sluice.admin.manage``: the Manager, which checks, stores and audits each change (the admin API and
+  ``sluice keys|users|teams|roles|audit`` both call it);
+- ``sluice.admin.api``: the /admin routes (AdminApi), mounted by the gateway when authentication is on
+  (``mount_admin``).
+
+It sits above auth (principals, RBAC, the audit log), the limits of the pipeline (a key's own rate
+limit and quota), the store and the config, and below the server, which it never imports: the
+gateway hands it its route table to fill.
+"""
+
+from .api import AdminApi, mount_admin
+
+__all__ = ["AdminApi", "mount_admin"]
