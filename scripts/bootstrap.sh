@@ -28,6 +28,11 @@ if [[ ",$extras," == *,dev,* ]] && ! command -v promtool >/dev/null; then
   apt_install --no-install-recommends prometheus \
     || echo "bootstrap: no promtool; the monitoring tests will be skipped" >&2
 fi
+# The performance gate (tests/perf/) counts instructions per request under valgrind's callgrind (fails in CI without it).
+if [[ ",$extras," == *,dev,* ]] && ! command -v valgrind >/dev/null; then
+  apt_install --no-install-recommends valgrind \
+    || echo "bootstrap: no valgrind; the performance gate will be skipped (it fails in CI)" >&2
+fi
 # The integration tests start throwaway PostgreSQL (initdb, postgres) and redis-server processes of their own.
 if [[ ",$extras," == *,dev,* ]]; then
   servers=()
