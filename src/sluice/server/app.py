@@ -11,7 +11,8 @@ import logging
 import os
 import tempfile
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
@@ -109,14 +110,15 @@ class Gateway:
         self._model_list = orjson.dumps({"object": "list", "data": list(self._model_cards.values())})
         self.routes: RouteTable = build_routes(self)
 
-    async def handle(self, ex: Exchange) -> None:
-        """The request's id (the caller's x-request-id when it is a sane one), then its route's pipeline."""
+    def handle(self, ex: Exchange) -> Coroutine[Any, Any, None]:
+        """The request's id (the caller's x-request-id when it is a sane one), then its route's pipeline (a plain
+        function returning the pipeline's coroutine: one coroutine level less per request)."""
         started = time.perf_counter()
         request_id = ex.header("x-request-id")
         if request_id is None or not valid_request_id(request_id):
             request_id = self.ids.next()
         pipeline = self.routes.resolve(ex.path, ex.method)
-        await pipeline.run(ex, RequestContext(request_id, started, pipeline.route))
+        return pipeline.run(ex, RequestContext(request_id, started, pipeline.route))
 
     # -- the endpoints that answer from the gateway itself ------------------------------
 
