@@ -4,15 +4,31 @@ The auth stage reads it strictly (``presented_credential``: a request without on
 rate limits and quotas, which count per key even when authentication is off, read it leniently
 (``credential_of``: None when there is none) and only when the auth stage did not.  Either way the
 headers are parsed once, and every later reader (limits, quotas, the access log's key prefix) takes
-it from the context.
+it from the context.  Its digest (``key_digest``: the hex SHA-256 the key store keeps, whose first 24
+digits name the key in rate-limit buckets) is computed once per key per process, not per request.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 from ..context import Exchange, RequestContext
 from ..errors import Unauthorized
 
-__all__ = ["credential_of", "presented_credential", "presented_key"]
+__all__ = ["credential_of", "key_digest", "presented_credential", "presented_key"]
+
+_DIGESTS: dict[str, str] = {}  # the keys seen lately -> their digests: a dict lookup instead of a SHA-256
+_DIGESTS_MAX = 10_000  # bounded: random keys sent by a flood cannot grow it
+
+
+def key_digest(key: str) -> str:
+    """The hex SHA-256 of a presented key (sluice.store.hash_key's), from a bounded per-process cache."""
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        if len(_DIGESTS) >= _DIGESTS_MAX:
+            _DIGESTS.clear()
+        digest = _DIGESTS[key] = hashlib.sha256(key.encode()).hexdigest()
+    return digest
 
 
 def presented_credential(ex: Exchange) -> str:

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 from ..config.model import AuthConfig, Config, StaticKeyConfig
 from ..errors import AuthUnavailable, Unauthorized
 from ..store import MAX_PAGE, ApiKey, NotFound, Store, StoreError, hash_key, open_store
+from .credential import key_digest
 from .identity import AuthFailure, Identity
 from .principal import Principal, RoleTable, for_identity, for_key, for_static
 
@@ -182,7 +183,7 @@ class Authenticator:
 
         Raises Unauthorized for a key the cache knows to refuse.
         """
-        digest = hash_key(token)
+        digest = key_digest(token)
         entry = self._static.get(digest) or self._keys.get(digest)
         if entry is None:
             until = self._unknown.get(digest)

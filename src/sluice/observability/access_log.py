@@ -32,51 +32,19 @@ import stat
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import msgspec
 
 from .._native import LineFormatter
+from ..context import RequestContext
 from .redact import redact
 
-__all__ = ["AccessLog", "Entry"]
+__all__ = ["AccessLog"]
 
 log = logging.getLogger("sluice.access_log")
 _MAX_PENDING_BYTES = 4 * 1024 * 1024  # formatted lines the sink has not taken yet; past this they are dropped
 _BODY_LIMIT = 4096  # characters of a logged body (log_bodies only)
-
-
-class Entry(Protocol):
-    """A finished request as the gateway saw it (its RequestContext).
-
-    ``at``, ``method``, ``path`` and ``traceparent`` are filled from the request's exchange when the entry is
-    added with it (LineFormatter.complete).
-    """
-
-    at: float  # time.time() at the end
-    request_id: str
-    method: str
-    path: str
-    route: str
-    status: int
-    error: str | None
-    total_s: float
-    overhead_s: float
-    ttfb_s: float  # -1: no response head went out
-    ttft_s: float  # -1: not a stream
-    model: str | None
-    provider: str | None
-    upstream_status: int | None
-    tokens_in: int  # -1: not reported
-    tokens_out: int
-    answer: bytes | None
-    request_body: bytes | None
-    traceparent: str | None
-    key_prefix: str | None  # the caller's API key prefix, never the key
-    user: str | None
-    retries: int
-    cache: str | None  # hit, miss, coalesced
-    trace: Any  # the request's span (it has a trace_id) when tracing is on, else None
 
 
 class Line(msgspec.Struct, omit_defaults=True):
@@ -143,7 +111,7 @@ class AccessLog:
         """Lines not written: past the bounds while the sink could not keep up, not encodable, or lost."""
         return self._lines.dropped + self._lines.failed + self._lost
 
-    def record(self, entry: Entry) -> None:
+    def record(self, entry: RequestContext) -> None:
         """Formats one request's line into the buffer (no I/O, no await), or counts it dropped."""
         if self.add(entry) > 0:
             self.schedule_flush()
@@ -163,7 +131,7 @@ class AccessLog:
         if self._watching is None:  # else the sink is full: the lines wait for it to be writable
             self._write_pending()
 
-    def _add_sampled_or_with_bodies(self, entry: Entry, exchange: Any = None) -> int:
+    def _add_sampled_or_with_bodies(self, entry: RequestContext, exchange: Any = None) -> int:
         """``add`` when successes are sampled or bodies logged (the latter a debugging aid)."""
         if self._sampled and entry.status < 400 and self._random.random() >= self._sample_success:
             return 0

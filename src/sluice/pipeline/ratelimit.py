@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -61,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import msgspec
 
 from .._native import LocalLimiter
-from ..auth.credential import presented_key
+from ..auth.credential import key_digest, presented_key
 from ..auth.iprules import ClientIp
 from ..config import PolicyConfig, RateLimitConfig
 from ..errors import GatewayError
@@ -129,20 +128,9 @@ class LimiterDown(GatewayError):
 
 
 def key_id(api_key: str) -> str:
-    """What identifies a caller's key in buckets and Redis: a hash prefix, never the key."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:24]
-
-
-_KEY_IDS: dict[str, str] = {}  # the keys seen lately -> their ids: a dict lookup instead of a sha-256
-
-
-def _key_id_cached(api_key: str) -> str:
-    ident = _KEY_IDS.get(api_key)
-    if ident is None:
-        if len(_KEY_IDS) >= 10_000:
-            _KEY_IDS.clear()  # bounded: random keys sent by a flood cannot grow it
-        ident = _KEY_IDS[api_key] = key_id(api_key)
-    return ident
+    """What identifies a caller's key in buckets and Redis: a hash prefix, never the key (the digest is computed
+    once per key: the auth stage uses the same one)."""
+    return key_digest(api_key)[:24]
 
 
 @dataclass(slots=True, eq=False)  # hashed by identity: a key of the hybrid sync's maps
@@ -165,9 +153,11 @@ class Policy:
     capacity: float = 0.0  # what the headers call the limit: the burst, or a window's limit
     counts: dict[str, int] = field(default_factory=dict)  # decision -> count
     twin: Policy | None = None  # a hybrid policy's distributed twin (``distributed_twin``)
+    limit_header: tuple[str, str] = ("", "")  # x-ratelimit-limit-<unit>, written once: it never changes
 
     def __post_init__(self) -> None:
         self.capacity = self.burst if self.algorithm == "token_bucket" else self.limit
+        self.limit_header = (_HEADER_NAMES[self.tokens][0], f"{self.capacity:g}")
 
     @classmethod
     def build(cls, config: PolicyConfig, limits: RateLimitConfig) -> Policy:
@@ -293,7 +283,7 @@ class RateLimits:
             key = None
         elif key is ...:
             key = presented_key(ex)
-        key_ident = _key_id_cached(key) if key else None
+        key_ident = key_id(key) if key else None
         estimate = float(body_size // 4 + (self.default_max_tokens if max_tokens is None else max(max_tokens, 0)))
         user = team = None
         policies = self.policies
@@ -652,6 +642,11 @@ def _refuse_unsynced(wanted: list[Wanted]) -> None:
                               "sent.", code="ratelimiter_unavailable")
 
 
+# x-ratelimit-limit-, -remaining- and -reset- of each unit, by Policy.tokens.
+_HEADER_NAMES = {tokens: tuple(f"x-ratelimit-{part}-{'tokens' if tokens else 'requests'}"
+                               for part in ("limit", "remaining", "reset")) for tokens in (False, True)}
+
+
 def _state_headers(states: list[Taken]) -> tuple[list[tuple[str, str]], Policy | None]:
     """OpenAI's x-ratelimit-* headers for the tightest request and token policies, and a soft limit passed."""
     headers: list[tuple[str, str]] = []
@@ -666,12 +661,12 @@ def _state_headers(states: list[Taken]) -> tuple[list[tuple[str, str]], Policy |
         if tightest is None:
             continue
         policy, remaining, reset = tightest[0], tightest[4], tightest[5]
-        unit = "tokens" if tokens else "requests"
-        headers += [(f"x-ratelimit-limit-{unit}", f"{policy.capacity:g}"),
-                    (f"x-ratelimit-remaining-{unit}", str(max(0, math.floor(remaining)))),
-                    (f"x-ratelimit-reset-{unit}", duration(reset))]
+        _, remaining_name, reset_name = _HEADER_NAMES[tokens]
+        headers += [policy.limit_header, (remaining_name, str(max(0, math.floor(remaining)))),
+                    (reset_name, duration(reset))]
         if policy.soft is not None and ratio < 1 - policy.soft:
             warned = policy
+            unit = "tokens" if tokens else "requests"
             headers.append(("x-sluice-ratelimit-warning", f"policy '{policy.name}' is past "
                                                           f"{policy.soft:.0%} of its {unit} limit"))
     return headers, warned
