@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import PayloadTooLarge
 from .exchange import DISCARD_TIMEOUT_S, ClientGone, Exchange, Headers, check_declared_length
+from .rsgi import Watches
 
 __all__ = ["ASGIApp", "ASGIExchange"]
 
@@ -18,8 +19,18 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class ASGIExchange:
-    __slots__ = ("_headers", "_receive", "_scope", "_send", "client", "gone", "method", "path", "query",
-                 "started", "status")
+    """One request over ASGI.
+
+    A caller that disconnects before the response is complete cancels the request's task, once the watch is
+    armed (``arm``: by ``ASGIApp``'s sweep, or at once by ``on_disconnect``), as over RSGI (see
+    ``RSGIExchange``); the callbacks given to ``on_disconnect`` run first.  The disconnect is an
+    ``http.disconnect`` message, and ``receive`` has one reader at a time: an armed watch starts receiving
+    once the request's body has been read (by the handler, or at once when there is none), and until then
+    a disconnect is what the body's reader gets (ClientGone).
+    """
+
+    __slots__ = ("_armed", "_body_done", "_done", "_headers", "_listeners", "_receive", "_scope", "_send", "_task",
+                 "_watch", "client", "gone", "method", "path", "query", "started", "status")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._scope = scope
@@ -34,6 +45,12 @@ class ASGIExchange:
         self.started = False
         self.status = 0
         self.gone = False
+        self._done = False  # the response is complete: a disconnect now is the caller's own business
+        self._body_done = self._bodyless()  # nothing (more) of the body to receive
+        self._task: asyncio.Task[Any] | None = None  # cancelled when the caller leaves (set by ASGIApp)
+        self._armed = False  # watched from now on: the watch starts receiving once the body is in
+        self._watch: asyncio.Task[None] | None = None  # the task that receives the http.disconnect
+        self._listeners: list[Callable[[], object]] | None = None
 
     def header(self, name: str) -> str | None:
         if self._headers is None:
@@ -50,6 +67,8 @@ class ASGIExchange:
         length = self.header("content-length")
         if length is not None:
             check_declared_length(length, limit)
+        if self._body_done:
+            return b""
         parts = bytearray()
         while True:
             message = await self._receive()
@@ -60,10 +79,13 @@ class ASGIExchange:
             if len(parts) > limit:
                 raise PayloadTooLarge.over(limit)
             if not message.get("more_body", False):
+                self._body_read()
                 return bytes(parts)
 
     async def discard_body(self, limit: int) -> None:
         drained = 0
+        if self._body_done:
+            return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(DISCARD_TIMEOUT_S):
                 while drained <= limit:
@@ -73,6 +95,7 @@ class ASGIExchange:
                         return
                     drained += len(message.get("body", b""))
                     if not message.get("more_body", False):
+                        self._body_read()
                         return
 
     async def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
@@ -80,7 +103,7 @@ class ASGIExchange:
         if length is not None:
             check_declared_length(length, limit)
         size = 0
-        while True:
+        while not self._body_done:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 self.gone = True
@@ -89,16 +112,17 @@ class ASGIExchange:
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge.over(limit)
+            if not message.get("more_body", False):
+                self._body_read()
             if chunk:
                 yield chunk
-            if not message.get("more_body", False):
-                return
 
     async def respond(self, status: int, headers: Headers, body: bytes) -> None:
         self.started = True
         self.status = status
         await self._send({"type": "http.response.start", "status": status, "headers": _encode(headers)})
         await self._send({"type": "http.response.body", "body": body})
+        self._done = True
 
     async def start_stream(self, status: int, headers: Headers) -> None:
         self.started = True
@@ -116,35 +140,117 @@ class ASGIExchange:
     async def end_stream(self) -> None:
         if not self.gone:
             await self._send({"type": "http.response.body", "body": b""})
+            self._done = True
 
     def on_disconnect(self, callback: Callable[[], object]) -> Callable[[], object]:
-        async def watch() -> None:
-            while (await self._receive())["type"] != "http.disconnect":
-                pass
-            self.gone = True
+        if self.gone:
             callback()
+            return _nothing
+        self._armed = True
+        if self._watch is None:  # (a stream's relay asks once the body is in; an upload's reader is done with it)
+            self._watch = asyncio.ensure_future(self._watch_for_disconnect())
+        listeners = self._listeners
+        if listeners is None:
+            self._listeners = [callback]
+        else:
+            listeners.append(callback)
 
-        task = asyncio.ensure_future(watch())
-        return task.cancel
+        def forget() -> None:
+            if self._listeners is not None and callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return forget
+
+    # -- the disconnect watch ----------------------------------------------------------
+
+    def arm(self) -> None:
+        """Watches for the caller's disconnect: from now if the request has no body left to read, else once the
+        body has been read."""
+        self._armed = True
+        if self._body_done and self._watch is None:
+            self._watch = asyncio.ensure_future(self._watch_for_disconnect())
+
+    def unwatch(self) -> None:
+        """At the end of an armed request: the watch stops, and no reference cycle is left behind."""
+        watch = self._watch
+        if watch is not None:
+            self._watch = None
+            watch.cancel()
+        self._task = None
+        self._listeners = None
+
+    def _bodyless(self) -> bool:
+        """An HTTP/1 request that declares no body (no Content-Length but 0, no Transfer-Encoding): its one
+        http.request message is empty, and the disconnect watch may receive it.  (An HTTP/2 request need not
+        declare its body: its watch waits for the handler to read it.)"""
+        if self._scope.get("http_version", "1.1") not in ("1.1", "1.0"):
+            return False
+        length = self.header("content-length")
+        return (length is None or length.strip() == "0") and self.header("transfer-encoding") is None
+
+    def _body_read(self) -> None:
+        self._body_done = True
+        if self._armed and self._watch is None:
+            self._watch = asyncio.ensure_future(self._watch_for_disconnect())
+
+    async def _watch_for_disconnect(self) -> None:
+        receive = self._receive
+        while (await receive())["type"] != "http.disconnect":
+            pass  # the empty body of a request that has none
+        if self._done:
+            return
+        self.gone = True
+        listeners, self._listeners = self._listeners, None
+        for callback in listeners or ():
+            callback()
+        task = self._task
+        if task is not None:
+            task.cancel("the caller disconnected")
 
 
 def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
+def _nothing() -> None:
+    pass
+
+
 
 class ASGIApp:
-    """An ASGI application around a handler of Exchanges; lifespan events are acknowledged."""
+    """An ASGI application around a handler of Exchanges; lifespan events are acknowledged.
+
+    A caller that disconnects before its response is complete cancels the handler (``ASGIExchange``, once
+    ``Watches`` armed its watch); the CancelledError that ends the handler then is this adapter's own, and
+    ends here.
+    """
 
     def __init__(self, handler: Callable[[Exchange], Awaitable[None]],
                  on_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
         self._handler = handler
         self._on_shutdown = on_shutdown
+        self._watches = Watches()
+        self._running = self._watches.running
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._handler(ASGIExchange(scope, receive, send))
+            ex = ASGIExchange(scope, receive, send)
+            ex._task = task = asyncio.current_task()
+            watches = self._watches
+            self._running[ex] = watches.generation
+            if watches.timer is None:
+                watches.start()
+            try:
+                await self._handler(ex)
+            except asyncio.CancelledError:
+                if not ex.gone or task is None:
+                    raise
+                task.uncancel()  # the caller left: the handler has accounted for it, nothing more to do
+            finally:
+                self._running.pop(ex, None)  # (gone already if it was armed)
+                if ex._watch is not None or ex._armed:
+                    ex.unwatch()
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 

@@ -112,6 +112,25 @@ def hide_usage(events: bytes) -> tuple[bytes, bytes | None]:
     return b"".join(kept), usage
 
 
+class _Left:
+    """A relay's ``on_disconnect`` callback: the caller's leaving aborts the upstream read at once, and is
+    remembered, so that the read's failure is taken for what it is (the caller gone, not the upstream broken).
+
+    (Over RSGIApp and ASGIApp the request's task is cancelled too, right after: this is for an Exchange whose
+    server cannot cancel it.)
+    """
+
+    __slots__ = ("gone", "response")
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+        self.gone = False
+
+    def __call__(self) -> None:
+        self.gone = True
+        self.response.abort()
+
+
 def _error_event(message: str, code: str) -> bytes:
     body = orjson.dumps({"error": {"message": message, "type": "upstream_error", "param": None, "code": code}})
     return b"data: " + body + b"\n\n"
@@ -124,21 +143,25 @@ async def relay_stream(ex: Exchange, response: Response, headers: Headers, hidin
     A slow caller slows the upstream read where the server's ``write`` waits for
     the client (ASGI; Granian 2.8's RSGI queues instead, see bench/README.md):
     the client's buffer fills and the upstream socket read pauses.  A caller
-    that leaves closes the upstream connection at once.  If the upstream fails mid-stream, the caller gets the
-    events that were complete and then an error event, never half a line.
+    that leaves closes the upstream connection at once (and the read waiting on
+    it ends).  If the upstream fails mid-stream, the caller gets the events that
+    were complete and then an error event, never half a line.
     ``hiding_usage``: the gateway asked for the usage, the caller did not (see ``hide_usage``).
     ``first``: the body's first bytes, read already (to decide on a retry before anything went out).
     """
     pending = b""
     relayed = Relayed()
     stop_watch: Callable[[], object] | None = None
+    left = _Left(response)
     try:
         await ex.start_stream(200, headers)  # in the try: a caller gone already still frees the connection
-        stop_watch = ex.on_disconnect(response.abort)
+        stop_watch = ex.on_disconnect(left)
         while True:
             try:
                 chunk, first = (first, b"") if first else (await response.next_chunk(), b"")
             except UpstreamError as exc:
+                if left.gone:
+                    raise ClientGone from None
                 relayed.error = "upstream_stream_error"
                 await ex.write(_error_event(f"The upstream stream failed: {exc}", relayed.error))
                 break
@@ -190,13 +213,16 @@ async def relay_translated(ex: Exchange, response: Response, headers: Headers,
     """
     relayed = Relayed()
     stop_watch: Callable[[], object] | None = None
+    left = _Left(response)
     try:
         await ex.start_stream(200, headers)
-        stop_watch = ex.on_disconnect(response.abort)
+        stop_watch = ex.on_disconnect(left)
         while True:
             try:
                 chunk, first = (first, b"") if first else (await response.next_chunk(), b"")
             except UpstreamError:
+                if left.gone:
+                    raise ClientGone from None
                 relayed.error = "upstream_stream_error"
                 chunk = b""
             if not chunk:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,11 +13,55 @@ from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-expo
 from ..errors import PayloadTooLarge
 from .exchange import DISCARD_TIMEOUT_S, ClientGone, Exchange, Headers, check_declared_length
 
-__all__ = ["RSGIApp", "RSGIExchange"]
+__all__ = ["WATCH_AFTER_S", "RSGIApp", "RSGIExchange", "Watches"]
+
+WATCH_AFTER_S = 0.1  # a request still running after one to two of these has its disconnect watched
+
+
+class Watches:
+    """The requests of one worker whose caller's disconnect is not watched yet: a sweep every WATCH_AFTER_S
+    (while any is running) calls ``arm()`` on those that arrived before the previous sweep, so a request
+    has its watch one to two WATCH_AFTER_S after it arrived, and leaves this map then.  Most answer sooner,
+    and for them a watch would be pure cost (over RSGI one of Granian's futures, and a wake-up of one of its
+    threads to drop it again); a caller that leaves is noticed that much later at most, which is nothing
+    next to the upstream calls a watch is for.  A request costs a store and a pop in ``running``, done by
+    the face itself (no call).  (Shared by the RSGI and ASGI faces.)
+    """
+
+    __slots__ = ("generation", "running", "timer")
+
+    def __init__(self) -> None:
+        self.running: dict[Any, int] = {}  # request -> the generation it arrived in
+        self.generation = 0  # sweeps so far
+        self.timer: asyncio.TimerHandle | None = None  # the next sweep, while a request may need one
+
+    def start(self) -> None:
+        # In a context of its own, not in a copy of the request's that starts it (a trace's current span).
+        self.timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._sweep, context=contextvars.Context())
+
+    def _sweep(self) -> None:
+        generation = self.generation
+        self.generation = generation + 1
+        running = self.running
+        for ex in [ex for ex, arrived in running.items() if arrived < generation]:
+            del running[ex]
+            ex.arm()
+        self.timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._sweep) if running else None
 
 
 class RSGIExchange:
-    __slots__ = ("_headers", "_proto", "_scope", "_stream", "method", "path", "started", "status")
+    """One request over RSGI.
+
+    A caller that disconnects before the response is complete cancels the request's task, once the watch is
+    armed (``arm``: by ``RSGIApp``'s sweep, or at once by ``on_disconnect``): that is the one way to stop a
+    handler that waits on the upstream, on Redis, or between retries, with nothing to write yet.  The
+    callbacks given to ``on_disconnect`` run first (a stream's relay aborts its upstream read).  Granian
+    itself never stops a handler whose caller left: unwatched, it would go on until its upstream answered,
+    or timed out.
+    """
+
+    __slots__ = ("_done", "_headers", "_listeners", "_proto", "_scope", "_stream", "_task", "_watch", "gone",
+                 "method", "path", "started", "status")
 
     def __init__(self, scope: Any, proto: Any) -> None:
         self._scope = scope
@@ -27,6 +72,11 @@ class RSGIExchange:
         self.path: str = scope.path
         self.started = False
         self.status = 0
+        self.gone = False  # the caller disconnected before the response was complete
+        self._done = False  # the response is complete: a disconnect now is the caller's own business
+        self._task: asyncio.Task[Any] | None = None  # cancelled when the caller leaves (set by RSGIApp)
+        self._watch: Any = None  # Granian's client_disconnect() future, once armed
+        self._listeners: list[Callable[[], object]] | None = None
 
     @property
     def query(self) -> str:
@@ -48,27 +98,33 @@ class RSGIExchange:
 
     async def read_body(self, limit: int) -> bytes:
         length = self._headers.get("content-length")
-        if length is not None:
-            check_declared_length(length, limit)
-            body: bytes = await self._proto()
-            return body
-        parts = bytearray()
-        async for chunk in self._proto:
-            parts += chunk
-            if len(parts) > limit:
-                raise PayloadTooLarge.over(limit)
-        return bytes(parts)
+        try:
+            if length is not None:
+                check_declared_length(length, limit)
+                body: bytes = await self._proto()
+                return body
+            parts = bytearray()
+            async for chunk in self._proto:
+                parts += chunk
+                if len(parts) > limit:
+                    raise PayloadTooLarge.over(limit)
+            return bytes(parts)
+        except ProtocolClosed:  # the caller left in the middle of its body
+            raise ClientGone from None
 
     async def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
         length = self._headers.get("content-length")
         if length is not None:
             check_declared_length(length, limit)
         size = 0
-        async for chunk in self._proto:
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge.over(limit)
-            yield chunk
+        try:
+            async for chunk in self._proto:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge.over(limit)
+                yield chunk
+        except ProtocolClosed:
+            raise ClientGone from None
 
     async def discard_body(self, limit: int) -> None:
         drained = 0
@@ -80,7 +136,7 @@ class RSGIExchange:
                         return
 
     async def respond(self, status: int, headers: Headers, body: bytes) -> None:
-        self.started = True
+        self.started = self._done = True
         self.status = status
         self._proto.response_bytes(status, headers, body)
 
@@ -100,26 +156,98 @@ class RSGIExchange:
         # a reference kept alive longer (an upstream error's traceback holds this exchange's frames until the
         # cycle collector runs) would leave the caller waiting for the last chunk.
         self._stream = None
+        self._done = True
 
     def on_disconnect(self, callback: Callable[[], object]) -> Callable[[], object]:
-        watch: asyncio.Future[None] = asyncio.ensure_future(self._proto.client_disconnect())
-        watch.add_done_callback(lambda fut: fut.cancelled() or callback())
-        return watch.cancel
+        if self.gone:
+            callback()
+            return _nothing
+        self.arm()
+        listeners = self._listeners
+        if listeners is None:
+            self._listeners = [callback]
+        else:
+            listeners.append(callback)
 
+        def forget() -> None:
+            if self._listeners is not None and callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return forget
+
+    # -- the disconnect watch ----------------------------------------------------------
+
+    def arm(self) -> None:
+        """Watches for the caller's disconnect from now on (a disconnect that came already is seen at once).
+
+        One Granian future per request, whatever the number of ``on_disconnect`` callbacks: its result
+        is delivered to a single done-callback (Granian's futures keep one).
+        """
+        if self._watch is None:
+            watch = self._watch = asyncio.ensure_future(self._proto.client_disconnect())
+            watch.add_done_callback(self._disconnected)
+
+    def unwatch(self) -> None:
+        """At the end of an armed request: no more disconnect callbacks, and no reference cycle left behind."""
+        watch = self._watch
+        if watch is not None:
+            self._watch = None
+            watch.remove_done_callback(self._disconnected)  # (else cancel() would still schedule it)
+            watch.cancel()
+        self._task = None
+        self._listeners = None
+
+    def _disconnected(self, watch: Any) -> None:
+        if watch.cancelled() or self._done:
+            return
+        self.gone = True
+        listeners, self._listeners = self._listeners, None
+        for callback in listeners or ():
+            callback()
+        task = self._task
+        if task is not None:
+            task.cancel("the caller disconnected")
+
+
+def _nothing() -> None:
+    pass
 
 
 class RSGIApp:
-    """An RSGI application around a handler of Exchanges."""
+    """An RSGI application around a handler of Exchanges.
+
+    A caller that disconnects before its response is complete cancels the handler (``RSGIExchange``, once
+    ``Watches`` armed its watch); the CancelledError that ends the handler then is this adapter's own, and
+    ends here.
+    """
 
     def __init__(self, handler: Callable[[Exchange], Awaitable[None]],
                  on_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
         self._handler = handler
         self._on_shutdown = on_shutdown
         self._closing: asyncio.Task[None] | None = None
+        self._watches = Watches()
+        self._running = self._watches.running
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
-        if scope.proto == "http":
-            await self._handler(RSGIExchange(scope, proto))
+        if scope.proto != "http":
+            return
+        ex = RSGIExchange(scope, proto)
+        ex._task = task = asyncio.current_task()
+        watches = self._watches
+        self._running[ex] = watches.generation
+        if watches.timer is None:
+            watches.start()
+        try:
+            await self._handler(ex)
+        except asyncio.CancelledError:
+            if not ex.gone or task is None:
+                raise
+            task.uncancel()  # the caller left: the handler has accounted for it, nothing more to do
+        finally:
+            self._running.pop(ex, None)  # (gone already if it was armed)
+            if ex._watch is not None:
+                ex.unwatch()
 
     def __rsgi_init__(self, loop: Any) -> None:
         pass

@@ -405,8 +405,19 @@ class Response:
             self._conn.pool.put_back(self._conn)
 
     def abort(self) -> None:
-        """Closes the connection now (client gone, error); safe to call more than once."""
-        self._conn.close()
+        """Closes the connection now (client gone, error); safe to call more than once.
+
+        A read waiting on the body (``next_chunk``, ``read``), or any later one, fails at once with
+        ConnectionClosed: without the error it would wake to a closed connection that is no longer in an
+        exchange, find nothing, and wait again until the read timeout.  Once the connection has been given
+        back (``release``) it is not this response's any more (it may serve another exchange): nothing.
+        """
+        if self._released:
+            return
+        conn = self._conn
+        if not conn.complete:
+            conn._fail(ConnectionClosed("the exchange was aborted before the response was complete"))
+        conn.close()
         self.release()
 
 
