@@ -107,7 +107,7 @@ cdef inline bint all_zero(const char* s, Py_ssize_t n) noexcept:
 
 cdef object traceparent_id(object traceparent):
     """The trace id of a valid version-00 ``traceparent``, else None: parse_traceparent's rules
-    (sluice/observability/traceparent.py), without a Python call per line."""
+    (sluice/traceparent.py), without a Python call per line."""
     cdef Py_ssize_t n
     cdef const char* s
     if not PyUnicode_CheckExact(traceparent) or not PyUnicode_IS_COMPACT_ASCII(traceparent):

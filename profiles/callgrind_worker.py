@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,11 +236,13 @@ models: {{{MODEL}: {{targets: [{{provider: u1, model: {MODEL}}}]}}}}
 def measure(procs: h.Processes, tmp: Path, name: str, snippet: str, upstream: Upstream, *, requests: int,
             warmup: int = 500, connections: int = 1, slowdown: float = 40.0, pythonpath: str | None = None,
             extra_site: str = "", env: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
-            start_timeout: float = 300.0) -> Measurement:
+            start_timeout: float = 300.0, server: Callable[[int], list[str]] | None = None) -> Measurement:
     """Instructions per request of one gateway worker on the config ``snippet``.
 
     ``pythonpath`` runs another version of sluice (its src/ or an install --target); ``extra_site`` is
-    Python appended to the worker's sitecustomize (e.g. an injected slowdown), ``env`` more environment.
+    Python appended to the worker's sitecustomize (e.g. an injected slowdown), ``env`` more environment;
+    ``server`` (port -> argv) serves something else than ``sluice serve`` the same way (the raw floor: its
+    one Granian worker is measured like the gateway's, ``snippet`` unused).
     The gateway runs in ``tmp/name`` (its relative paths, e.g. the SQLite store, land there)."""
     started = time.monotonic()
     upstream.request_sizes.clear()
@@ -254,9 +256,10 @@ def measure(procs: h.Processes, tmp: Path, name: str, snippet: str, upstream: Up
     out = work / "callgrind.out"
     full_env = {**os.environ, **(env or {}),
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(site), pythonpath])), "PYTHONHASHSEED": "0"}
+    served = (server(port) if server is not None else
+              [str(ROOT / ".venv/bin/sluice"), "serve", "--config", str(config), "--port", str(port), "--workers", "1"])
     argv = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--separate-threads=yes", "--instr-atstart=no",
-            f"--callgrind-out-file={out}.%p",
-            str(ROOT / ".venv/bin/sluice"), "serve", "--config", str(config), "--port", str(port), "--workers", "1"]
+            f"--callgrind-out-file={out}.%p", *served]
     proc = procs.start(name, argv, cpu=0, env=full_env, cwd=work)
     try:
         _wait_up(proc, port, start_timeout, headers)

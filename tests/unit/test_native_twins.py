@@ -88,7 +88,7 @@ def test_twins_agree_on_id_sequences(seed: int, count: int) -> None:
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_trace_ids_are_valid_unsampled_contexts_sampled_at_the_ratio(impl) -> None:
-    from sluice.observability.traceparent import parse_traceparent
+    from sluice.traceparent import parse_traceparent
 
     ids = impl.TraceIds(2024)
     drawn = [ids.new_trace(0.25) for _ in range(20000)]
@@ -245,7 +245,7 @@ _GOOD_PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     "", "00-",
 ])
 def test_a_lines_trace_id_is_a_valid_traceparents_by_the_parsers_rules(impl, traceparent: str) -> None:
-    from sluice.observability.traceparent import parse_traceparent
+    from sluice.traceparent import parse_traceparent
 
     parsed = parse_traceparent(traceparent)
     (line,) = _lines(impl, [_entry(impl, traceparent=traceparent)]).splitlines()

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from ..observability.traceparent import parse_traceparent
+from ..traceparent import parse_traceparent
 from ._pure_context import RequestContext
 
 __all__ = ["LineFormatter"]

@@ -47,7 +47,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from .._native import TraceIds
 from ..config import TracingConfig
 from ..errors import GatewayError
-from .traceparent import parse_traceparent
+from ..traceparent import parse_traceparent
 
 if TYPE_CHECKING:
     from ..context import Exchange, RequestContext

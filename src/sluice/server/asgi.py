@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ..errors import PayloadTooLarge
-from .exchange import DISCARD_TIMEOUT_S, ClientGone, Exchange, Headers, check_declared_length
-from .rsgi import Watches
+from .exchange import DISCARD_TIMEOUT_S, ClientGone, Exchange, Headers, Watches, check_declared_length
 
 __all__ = ["ASGIApp", "ASGIExchange"]
 

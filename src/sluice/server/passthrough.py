@@ -62,16 +62,23 @@ async def relay_raw(ex: Exchange, response: Response, headers: Headers) -> str |
     no format to write an error event in).
     """
     stop_watch: Callable[[], object] | None = None
+    gone = False
+
+    def caller_left() -> None:
+        nonlocal gone
+        gone = True
+        response.abort()  # the read below then fails: the caller's leaving, not the upstream's fault
+
     try:
         await ex.start_stream(response.status, headers)
-        stop_watch = ex.on_disconnect(response.abort)
+        stop_watch = ex.on_disconnect(caller_left)
         while chunk := await response.next_chunk():
             await ex.write(chunk)
         await ex.end_stream()
     except ClientGone:
         return "client_disconnected"
     except UpstreamError:
-        return "upstream_stream_error"
+        return "client_disconnected" if gone else "upstream_stream_error"
     finally:
         if stop_watch is not None:
             stop_watch()
