@@ -3,8 +3,9 @@
     .venv/bin/python profiles/observability_cpu.py 'observability: {metrics: false}' \\
         'observability: {access_log: true, access_log_path: /dev/null}' [...] [--requests N] [--rounds R]
 
-For each config snippet: builds the gateway, then times ``Gateway._account`` (usage parsing,
-metrics, trace, access-log queueing) over N finished requests (default 100,000) carrying the
+For each config snippet: builds the gateway, then times the response side of the chat route's
+pipeline (``Pipeline.respond``: the finish, usage parsing, rate-limit settling, metrics, trace,
+access-log queueing) over N finished requests (default 100,000) carrying the
 answer bench/'s nginx upstream gives (a real OpenAI chat.completion: its usage is followed by
 service_tier and system_fingerprint, so the usage search is as long as in the benchmark), plus
 the access log's flushes, best of R. Throughput on this shared 2-core machine drifts by
@@ -27,7 +28,8 @@ import time
 from pathlib import Path
 
 from sluice.config import parse_config
-from sluice.server.app import Gateway, RequestContext
+from sluice.context import RequestContext
+from sluice.server.app import Gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from _harness import CHAT_COMPLETION  # bench/ is not a package
@@ -46,7 +48,7 @@ class FinishedExchange:
 def finished(count: int) -> list[RequestContext]:
     contexts = []
     for _ in range(count):
-        ctx = RequestContext("0123456789abcdef0123456789abcdef", time.perf_counter())
+        ctx = RequestContext("0123456789abcdef0123456789abcdef", time.perf_counter(), "/v1/chat/completions")
         ctx.model, ctx.provider, ctx.upstream_status, ctx.answer = "gpt-4o-mini", "u", 200, ANSWER
         ctx.upstream_s, ctx.overhead_s, ctx.ttfb_s = 0.001, 0.00002, 0.0011
         contexts.append(ctx)
@@ -59,6 +61,8 @@ providers: {{u: {{kind: openai, base_url: "http://127.0.0.1:1"}}}}
 models: {{gpt-4o-mini: {{targets: [{{provider: u, model: gpt-4o-mini}}]}}}}
 """, {}))
     exchange = FinishedExchange()
+    pipeline = gateway.routes.resolve("/v1/chat/completions", "POST")
+    ran = len(pipeline.stages)  # every stage's request step completed: every response step runs
     best = float("inf")
     for _ in range(rounds):
         contexts = finished(requests)
@@ -67,7 +71,7 @@ models: {{gpt-4o-mini: {{targets: [{{provider: u, model: gpt-4o-mini}}]}}}}
         access_log = gateway.access_log
         start = time.perf_counter()
         for i, ctx in enumerate(contexts):
-            gateway._account(exchange, ctx)  # type: ignore[arg-type]
+            pipeline.respond(exchange, ctx, ran)  # type: ignore[arg-type]
             if access_log is not None and i % FLUSH_EVERY == FLUSH_EVERY - 1:
                 access_log.flush()  # as the loop's timer would (~750 requests per 50 ms at 15 K req/s)
         if access_log is not None:

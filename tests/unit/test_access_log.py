@@ -9,8 +9,8 @@ import tempfile
 
 import pytest
 
-from sluice.observability.access_log import AccessLog
 from sluice.context import RequestContext
+from sluice.observability.access_log import AccessLog
 
 
 def record(i: int, status: int = 200, answer: bytes | None = None, **fields) -> RequestContext:  # type: ignore[no-untyped-def]

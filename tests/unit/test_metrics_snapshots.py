@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from sluice.observability.metrics import Metrics
 from sluice.context import RequestContext
+from sluice.observability.metrics import Metrics
 
 
 def finished(model: str = "m") -> RequestContext:

@@ -134,18 +134,18 @@ class Pipeline:
             ctx.error = "internal_error"
             await send_error(ex, ctx, GatewayError("The gateway failed to handle the request."))
         finally:  # also when sending the error was cancelled: nothing taken is left unsettled
-            self._respond(ex, ctx, ran)
+            self.respond(ex, ctx, ran)
 
-    def _respond(self, ex: Exchange, ctx: RequestContext, ran: int) -> None:
+    def respond(self, ex: Exchange, ctx: RequestContext, ran: int) -> None:
         """The response steps, in reverse, of the stages that ran; one failing does not stop the others."""
         responders = self._responders
         if not responders:
             return
         finish(ctx, ex.status)  # total and overhead time, status, error class, token counts
-        for index, respond in responders:
+        for index, step in responders:
             if index < ran:
                 try:
-                    respond(ex, ctx)
+                    step(ex, ctx)
                 except Exception:
                     log.exception("a response step failed", extra={"request_id": ctx.request_id})
 
