@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ..errors import PayloadTooLarge
-from .exchange import DISCARD_TIMEOUT_S, ClientGone, Exchange, Headers, Watches, check_declared_length
+from .exchange import DISCARD_TIMEOUT_S, CallerWatch, ClientGone, Exchange, Headers, Watches, check_declared_length
 
 __all__ = ["ASGIApp", "ASGIExchange"]
 
@@ -17,7 +17,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-class ASGIExchange:
+class ASGIExchange(CallerWatch):
     """One request over ASGI.
 
     A caller that disconnects before the response is complete cancels the request's task, once the watch is
@@ -28,8 +28,8 @@ class ASGIExchange:
     a disconnect is what the body's reader gets (ClientGone).
     """
 
-    __slots__ = ("_armed", "_body_done", "_done", "_headers", "_listeners", "_receive", "_scope", "_send", "_task",
-                 "_watch", "client", "gone", "method", "path", "query", "started", "status")
+    __slots__ = ("_armed", "_body_done", "_headers", "_receive", "_scope", "_send", "_watch", "client", "method",
+                 "path", "query", "started", "status")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._scope = scope
@@ -43,13 +43,12 @@ class ASGIExchange:
         self.client = f"{client[0]}:{client[1]}" if client else ""
         self.started = False
         self.status = 0
-        self.gone = False
-        self._done = False  # the response is complete: a disconnect now is the caller's own business
+        self.gone = self._done = False
         self._body_done = self._bodyless()  # nothing (more) of the body to receive
-        self._task: asyncio.Task[Any] | None = None  # cancelled when the caller leaves (set by ASGIApp)
+        self._task = None
         self._armed = False  # watched from now on: the watch starts receiving once the body is in
         self._watch: asyncio.Task[None] | None = None  # the task that receives the http.disconnect
-        self._listeners: list[Callable[[], object]] | None = None
+        self._listeners = None
 
     def header(self, name: str) -> str | None:
         if self._headers is None:
@@ -141,24 +140,10 @@ class ASGIExchange:
             await self._send({"type": "http.response.body", "body": b""})
             self._done = True
 
-    def on_disconnect(self, callback: Callable[[], object]) -> Callable[[], object]:
-        if self.gone:
-            callback()
-            return _nothing
+    def _watch_now(self) -> None:
         self._armed = True
         if self._watch is None:  # (a stream's relay asks once the body is in; an upload's reader is done with it)
             self._watch = asyncio.ensure_future(self._watch_for_disconnect())
-        listeners = self._listeners
-        if listeners is None:
-            self._listeners = [callback]
-        else:
-            listeners.append(callback)
-
-        def forget() -> None:
-            if self._listeners is not None and callback in self._listeners:
-                self._listeners.remove(callback)
-
-        return forget
 
     # -- the disconnect watch ----------------------------------------------------------
 
@@ -196,23 +181,12 @@ class ASGIExchange:
         receive = self._receive
         while (await receive())["type"] != "http.disconnect":
             pass  # the empty body of a request that has none
-        if self._done:
-            return
-        self.gone = True
-        listeners, self._listeners = self._listeners, None
-        for callback in listeners or ():
-            callback()
-        task = self._task
-        if task is not None:
-            task.cancel("the caller disconnected")
+        self._caller_left()
 
 
 def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
-
-def _nothing() -> None:
-    pass
 
 
 

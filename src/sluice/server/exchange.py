@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Callable
 from typing import Any
 
 from ..context import ClientGone, Exchange, Headers
 from ..errors import InvalidRequest, PayloadTooLarge
 
-__all__ = ["DISCARD_TIMEOUT_S", "WATCH_AFTER_S", "ClientGone", "Exchange", "Headers", "Watches",
+__all__ = ["DISCARD_TIMEOUT_S", "WATCH_AFTER_S", "CallerWatch", "ClientGone", "Exchange", "Headers", "Watches",
            "check_declared_length"]
 
 DISCARD_TIMEOUT_S = 2.0  # the most a refused body is read for, to be dropped
@@ -56,3 +57,51 @@ class Watches:
             del running[ex]
             ex.arm()
         self.timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._sweep) if running else None
+
+
+class CallerWatch:
+    """What the exchanges of both faces share about a caller who leaves before its response is complete: the
+    callbacks given to ``on_disconnect`` run (a stream's relay aborts its upstream read), then the request's task
+    is cancelled.  A subclass has the slots ``gone``, ``_done``, ``_listeners`` and ``_task``, starts its own
+    watch in ``_watch_now`` and calls ``_caller_left`` when the disconnect comes."""
+
+    __slots__ = ("_done", "_listeners", "_task", "gone")  # set by the subclass's __init__ (no call more per request)
+    gone: bool  # the caller disconnected before the response was complete
+    _done: bool  # the response is complete: a disconnect now is the caller's own business
+    _listeners: list[Callable[[], object]] | None
+    _task: asyncio.Task[Any] | None  # cancelled when the caller leaves (set by the face's app)
+
+    def _watch_now(self) -> None:
+        raise NotImplementedError
+
+    def on_disconnect(self, callback: Callable[[], object]) -> Callable[[], object]:
+        if self.gone:
+            callback()
+            return _nothing
+        self._watch_now()
+        listeners = self._listeners
+        if listeners is None:
+            self._listeners = [callback]
+        else:
+            listeners.append(callback)
+
+        def forget() -> None:
+            if self._listeners is not None and callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return forget
+
+    def _caller_left(self) -> None:
+        if self._done:
+            return
+        self.gone = True
+        listeners, self._listeners = self._listeners, None
+        for callback in listeners or ():
+            callback()
+        task = self._task
+        if task is not None:
+            task.cancel("the caller disconnected")
+
+
+def _nothing() -> None:
+    pass

@@ -10,11 +10,11 @@ from typing import Any
 from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported, not in __all__
 
 from ..errors import PayloadTooLarge
-from .exchange import DISCARD_TIMEOUT_S, ClientGone, Exchange, Headers, Watches, check_declared_length
+from .exchange import DISCARD_TIMEOUT_S, CallerWatch, ClientGone, Exchange, Headers, Watches, check_declared_length
 
 __all__ = ["RSGIApp", "RSGIExchange"]
 
-class RSGIExchange:
+class RSGIExchange(CallerWatch):
     """One request over RSGI.
 
     A caller that disconnects before the response is complete cancels the request's task, once the watch is
@@ -25,8 +25,7 @@ class RSGIExchange:
     or timed out.
     """
 
-    __slots__ = ("_done", "_headers", "_listeners", "_proto", "_scope", "_stream", "_task", "_watch", "gone",
-                 "method", "path", "started", "status")
+    __slots__ = ("_headers", "_proto", "_scope", "_stream", "_watch", "method", "path", "started", "status")
 
     def __init__(self, scope: Any, proto: Any) -> None:
         self._scope = scope
@@ -37,11 +36,10 @@ class RSGIExchange:
         self.path: str = scope.path
         self.started = False
         self.status = 0
-        self.gone = False  # the caller disconnected before the response was complete
-        self._done = False  # the response is complete: a disconnect now is the caller's own business
-        self._task: asyncio.Task[Any] | None = None  # cancelled when the caller leaves (set by RSGIApp)
+        self.gone = self._done = False
+        self._task = None
         self._watch: Any = None  # Granian's client_disconnect() future, once armed
-        self._listeners: list[Callable[[], object]] | None = None
+        self._listeners = None
 
     @property
     def query(self) -> str:
@@ -123,22 +121,8 @@ class RSGIExchange:
         self._stream = None
         self._done = True
 
-    def on_disconnect(self, callback: Callable[[], object]) -> Callable[[], object]:
-        if self.gone:
-            callback()
-            return _nothing
+    def _watch_now(self) -> None:
         self.arm()
-        listeners = self._listeners
-        if listeners is None:
-            self._listeners = [callback]
-        else:
-            listeners.append(callback)
-
-        def forget() -> None:
-            if self._listeners is not None and callback in self._listeners:
-                self._listeners.remove(callback)
-
-        return forget
 
     # -- the disconnect watch ----------------------------------------------------------
 
@@ -163,19 +147,8 @@ class RSGIExchange:
         self._listeners = None
 
     def _disconnected(self, watch: Any) -> None:
-        if watch.cancelled() or self._done:
-            return
-        self.gone = True
-        listeners, self._listeners = self._listeners, None
-        for callback in listeners or ():
-            callback()
-        task = self._task
-        if task is not None:
-            task.cancel("the caller disconnected")
-
-
-def _nothing() -> None:
-    pass
+        if not watch.cancelled():
+            self._caller_left()
 
 
 class RSGIApp:
