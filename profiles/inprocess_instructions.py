@@ -1,6 +1,11 @@
 """Instructions per request of sluice's own path, without the server: ``Gateway.handle`` in a loop.
 
     .venv/bin/python profiles/inprocess_instructions.py [--requests 2000] [bare default full ...]
+    .venv/bin/python profiles/inprocess_instructions.py --by-module [--requests 20000] bare
+
+``--by-module`` runs the loop under cProfile instead (no valgrind) and prints each sluice package's share of
+the own time (the upstream send syscall apart): an order of where the time goes, cProfile weighing many
+small calls heavily.
 
 For each of the gate's configs (profiles/instruction_gate.py), a Python process under ``valgrind
 --tool=callgrind --instr-atstart=no`` builds the gateway, sends 300 requests through ``Gateway.handle``
@@ -53,6 +58,37 @@ class MemoryExchange:
 _HEADERS = {**cw.REQUEST_HEADERS, "content-length": str(len(cw.REQUEST_BODY))}
 
 
+async def _by_module(config_yaml: str, requests: int) -> None:
+    import collections
+    import cProfile
+    import pstats
+
+    from sluice.config import parse_config
+    from sluice.server.app import Gateway
+
+    gateway = Gateway(parse_config(config_yaml, {}))
+    for _ in range(WARMUP):
+        await gateway.handle(MemoryExchange())  # type: ignore[arg-type]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(requests):
+        await gateway.handle(MemoryExchange())  # type: ignore[arg-type]
+    profiler.disable()
+    await gateway.close()
+    shares: collections.Counter[str] = collections.Counter()
+    for (file, _, function), row in pstats.Stats(profiler).stats.items():  # type: ignore[attr-defined]
+        own = row[2]
+        if function == "send_bytes":
+            continue  # the send syscall: the kernel's, not sluice's
+        if "/sluice/" in file:
+            shares[file.split("/sluice/")[-1].split("/")[0].removesuffix(".py")] += own
+        elif "inprocess_instructions" not in file:
+            shares["C built-ins (dicts, futures, msgspec, ...)"] += own
+    total = sum(shares.values())
+    for name, own in shares.most_common():
+        print(f"  {name:45s} {100 * own / total:5.1f} %")
+
+
 async def _loop(config_yaml: str, requests: int) -> None:
     from sluice.config import parse_config
     from sluice.server.app import Gateway
@@ -93,8 +129,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("configs", nargs="*", default=list(gate.CONFIGS), help="of the gate's: bare default full")
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--by-module", action="store_true", help="cProfile's shares by package instead")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.by_module:
+        import uvloop
+
+        with cw.Upstream() as upstream:
+            for name in args.configs:
+                print(f"{name}: own time by package ({args.requests} requests, cProfile)")
+                uvloop.run(_by_module(cw.gateway_yaml(gate.CONFIGS[name], upstream.url), args.requests))
+        return 0
     if args.child is not None:  # the measured process: the config on stdin
         import uvloop
 
