@@ -86,6 +86,12 @@ def test_a_failure_at_each_stage_leaks_nothing(gateway: tuple[Proc, Path]) -> No
         "model_access": (("/v1/chat/completions", chat("gpt-4o"), {**auth, "authorization": f"Bearer {LIMITED}"}),
                          403),
         "routing": (("/v1/chat/completions", chat("no-such-model"), auth), 404),
+        # the same refusals of streamed requests: nothing was streamed yet, the answer is a plain error
+        "auth, streamed": (("/v1/chat/completions", chat("gpt-4o-mini", stream=True),
+                            {"authorization": "Bearer sk-nobody-0123456789ab"}), 401),
+        "model_access, streamed": (("/v1/chat/completions", chat("gpt-4o", stream=True),
+                                    {**auth, "authorization": f"Bearer {LIMITED}"}), 403),
+        "routing, streamed": (("/v1/chat/completions", chat("no-such-model", stream=True), auth), 404),
         "upstream status": (("/v1/chat/completions", chat("broken"), auth), 503),
         "upstream status, streamed": (("/v1/chat/completions", chat("broken", stream=True), auth), 503),
         "upstream unreachable": (("/v1/chat/completions", chat("unreachable"), auth), 502),
@@ -102,7 +108,8 @@ def test_a_failure_at_each_stage_leaks_nothing(gateway: tuple[Proc, Path]) -> No
     # The rate limits' own refusal: the first gpt-4o request takes the model's one request, the second is refused.
     first = call(url, "POST", "/v1/chat/completions", chat("gpt-4o"), auth)
     refused = call(url, "POST", "/v1/chat/completions", chat("gpt-4o"), auth)
-    assert (first.status, refused.status) == (200, 429), refused.body
+    refused_stream = call(url, "POST", "/v1/chat/completions", chat("gpt-4o", stream=True), auth)
+    assert (first.status, refused.status, refused_stream.status) == (200, 429, 429), refused.body
     used_by_gpt_4o = first.json()["usage"]["total_tokens"]
 
     after, _ = remaining_tokens(url)
@@ -113,11 +120,11 @@ def test_a_failure_at_each_stage_leaks_nothing(gateway: tuple[Proc, Path]) -> No
     samples = scrape(url)
     assert value(samples, "sluice_requests_in_flight") == 0
     assert value(samples, "sluice_upstream_connections", state="active") == 0
-    requests = len(faults) + 4  # the faults, the two gpt-4o requests, the two token probes
+    requests = len(faults) + 5  # the faults, the three gpt-4o requests, the two token probes
     total = sum(v for (name, _), v in samples.items() if name == "sluice_requests_total")
     assert total == requests  # each counted once (the scrape is counted after its answer)
     lines = _lines(log, requests)
-    assert sorted(line["status"] for line in lines) == sorted([s for _, s in faults.values()] + [200, 429, 200, 200])
+    assert sorted(line["status"] for line in lines) == sorted([s for _, s in faults.values()] + [200, 429, 429, 200, 200])
 
 
 def _lines(log: Path, count: int) -> list[dict[str, object]]:
