@@ -86,7 +86,9 @@ models:
     assert value(first, "gen_ai_client_token_usage_sum", gen_ai_token_type="output", **gen_ai) == 340
     # worker state: pooled connections back to idle, memory and descriptors of live workers, nothing dropped
     assert value(first, "sluice_upstream_connections", state="active") == 0
-    assert value(first, "sluice_upstream_connections", state="idle") >= 2
+    # At least one pooled connection kept: which worker accepts each new connection is the kernel's choice, and
+    # one of the two may have served no upstream request at all (it then pools none): >= 2 failed that way.
+    assert value(first, "sluice_upstream_connections", state="idle") >= 1
     assert value(first, "sluice_process_resident_memory_bytes") > 10 * 2**20
     assert 0 < value(first, "sluice_process_open_fds") < value(first, "sluice_process_max_fds")
     assert value(first, "sluice_access_log_dropped_total") == 0
