@@ -124,7 +124,8 @@ def test_a_failure_at_each_stage_leaks_nothing(gateway: tuple[Proc, Path]) -> No
     total = sum(v for (name, _), v in samples.items() if name == "sluice_requests_total")
     assert total == requests  # each counted once (the scrape is counted after its answer)
     lines = _lines(log, requests)
-    assert sorted(line["status"] for line in lines) == sorted([s for _, s in faults.values()] + [200, 429, 429, 200, 200])
+    expected = [status for _, status in faults.values()] + [200, 429, 429, 200, 200]
+    assert sorted(line["status"] for line in lines) == sorted(expected)
 
 
 def _lines(log: Path, count: int) -> list[dict[str, object]]:
