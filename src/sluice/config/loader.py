@@ -542,6 +542,8 @@ def _check_auth_stage(auth: AuthConfig) -> None:
     _positive("auth.revocation_poll_s", auth.revocation_poll_s, maximum=60)
     _positive("auth.signature_skew_s", auth.signature_skew_s, maximum=86400)
     _positive("auth.key_cache_size", auth.key_cache_size)
+    _positive("auth.failure_limit", auth.failure_limit, maximum=1_000_000, allow_zero=True)
+    _positive("auth.failure_period_s", auth.failure_period_s, maximum=86400)
     for field in ("ip_allow", "ip_deny"):
         for i, cidr in enumerate(getattr(auth, field)):
             try:

@@ -306,6 +306,10 @@ class AuthConfig(_Section, frozen=True):
     ip_deny: tuple[str, ...] = ()  # ratelimit.trusted_proxies only); a deny always wins
     signature_skew_s: float = 300.0  # a signed request's timestamp may be this far off
     key_cache_size: int = 100_000  # API keys kept in each worker's cache
+    # Refused credentials allowed per client address and worker before 429 (too_many_auth_failures), checked
+    # before any store lookup; a burst of failure_limit, refilled over failure_period_s.  0: off.
+    failure_limit: int = 60
+    failure_period_s: float = 60.0
     jwt: tuple[JwtIssuerConfig, ...] = ()
     introspection: tuple[IntrospectionConfig, ...] = ()
     # Redis for change notices (pub/sub: revocations everywhere at once) and the replay cache of signed
