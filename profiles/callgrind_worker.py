@@ -236,8 +236,12 @@ models: {{{MODEL}: {{targets: [{{provider: u1, model: {MODEL}}}]}}}}
 def measure(procs: h.Processes, tmp: Path, name: str, snippet: str, upstream: Upstream, *, requests: int,
             warmup: int = 500, connections: int = 1, slowdown: float = 40.0, pythonpath: str | None = None,
             extra_site: str = "", env: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
-            start_timeout: float = 300.0, server: Callable[[int], list[str]] | None = None) -> Measurement:
+            start_timeout: float = 300.0, server: Callable[[int], list[str]] | None = None,
+            interface: str = "rsgi") -> Measurement:
     """Instructions per request of one gateway worker on the config ``snippet``.
+
+    ``interface``: the Granian interface ``sluice serve`` is started with (``--interface``, always given, so
+    that a change of the CLI's default does not change what is measured).
 
     ``pythonpath`` runs another version of sluice (its src/ or an install --target); ``extra_site`` is
     Python appended to the worker's sitecustomize (e.g. an injected slowdown), ``env`` more environment;
@@ -257,7 +261,8 @@ def measure(procs: h.Processes, tmp: Path, name: str, snippet: str, upstream: Up
     full_env = {**os.environ, **(env or {}),
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(site), pythonpath])), "PYTHONHASHSEED": "0"}
     served = (server(port) if server is not None else
-              [str(ROOT / ".venv/bin/sluice"), "serve", "--config", str(config), "--port", str(port), "--workers", "1"])
+              [str(ROOT / ".venv/bin/sluice"), "serve", "--config", str(config), "--port", str(port), "--workers", "1",
+               "--interface", interface])
     argv = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--separate-threads=yes", "--instr-atstart=no",
             f"--callgrind-out-file={out}.%p", *served]
     proc = procs.start(name, argv, cpu=0, env=full_env, cwd=work)

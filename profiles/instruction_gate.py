@@ -4,6 +4,7 @@ against a baseline committed in the repo (tests/perf/instructions_baseline.json)
     .venv/bin/python profiles/instruction_gate.py                      # measure, compare, exit 1 on a fail
     .venv/bin/python profiles/instruction_gate.py --record --why "..." # measure and write the baseline
     .venv/bin/python profiles/instruction_gate.py --configs bare --repeat 3   # the spread of repeated runs
+    .venv/bin/python profiles/instruction_gate.py --configs bare default --interface asgi  # the other interface
 
 ``tests/perf/test_instruction_gate.py`` runs the same measurement and comparison in ``make test``.  Each
 config is measured by ``callgrind_worker.measure`` (one Granian worker under callgrind, the benchmark's
@@ -11,6 +12,8 @@ request and answer, PYTHONHASHSEED=0, timers stretched by valgrind's slowdown): 
 REQUESTS requests counted, at one connection.  Instruction counts do not depend on the machine's speed or
 load, so the gate means the same on a laptop, a shared host and CI; they do depend on the Python build
 and on Granian's and uvloop's versions, which the baseline records (``stack``) and a failure names.
+The gate measures ``sluice serve --interface rsgi`` whatever the CLI's default; ``--interface asgi``
+measures the ASGI face the same way (to compare the two, never to record: the baseline is RSGI's).
 
 A figure more than TOLERANCE (5 %) over its baseline fails; one under LOWER_NOTE (90 %) of it passes
 with a note that the baseline may be lowered.  The baseline changes only in a commit that says why (the
@@ -189,7 +192,7 @@ def write_baseline(figures: Mapping[str, float], why: str, found_stack: Mapping[
 
 def measure_configs(tmp: Path, names: Iterable[str], *, repeat: int = 1, pythonpath: str | None = None,
                     extra_site: str = "", env: Mapping[str, str] | None = None, requests: int = REQUESTS,
-                    warmup: int = WARMUP) -> dict[str, list[cw.Measurement]]:
+                    warmup: int = WARMUP, interface: str = "rsgi") -> dict[str, list[cw.Measurement]]:
     """Each named config measured ``repeat`` times (interleaved), at the gate's settings."""
     results: dict[str, list[cw.Measurement]] = {}
     with cw.session(tmp) as (procs, upstream):
@@ -198,7 +201,7 @@ def measure_configs(tmp: Path, names: Iterable[str], *, repeat: int = 1, pythonp
                 results.setdefault(name, []).append(cw.measure(
                     procs, tmp, f"{name}-{round_}", CONFIGS[name], upstream, requests=requests, warmup=warmup,
                     connections=CONNECTIONS, slowdown=SLOWDOWN, pythonpath=pythonpath, extra_site=extra_site,
-                    env=env))
+                    env=env, interface=interface))
     return results
 
 
@@ -210,11 +213,15 @@ def main() -> int:
     parser.add_argument("--record", action="store_true", help=f"write the figures to {BASELINE.relative_to(ROOT)}")
     parser.add_argument("--why", help="with --record: why the baseline changes (kept in the file)")
     parser.add_argument("--commit", help="with --record --pythonpath: the commit that copy of sluice was made of")
+    parser.add_argument("--interface", choices=("rsgi", "asgi"), default="rsgi",
+                        help="the Granian interface measured (the baseline is rsgi's)")
     args = parser.parse_args()
     if args.record and not args.why:
         parser.error("--record needs --why: the baseline changes only for a reason")
     if args.record and set(args.configs) != set(CONFIGS):
         parser.error("--record measures every config (the baseline names one commit for all)")
+    if args.record and args.interface != "rsgi":
+        parser.error("--record measures the rsgi interface (the baseline is RSGI's)")
     if args.record and bool(args.pythonpath) != bool(args.commit):
         parser.error("--record: --pythonpath and --commit go together (the baseline names what was measured)")
     if missing := cw.tools_missing():
@@ -222,10 +229,11 @@ def main() -> int:
         return 1
     found_stack = stack(args.pythonpath)
     with cw.h.temp_dir("sluice-gate-") as tmp:
-        results = measure_configs(tmp, args.configs, repeat=args.repeat, pythonpath=args.pythonpath)
+        results = measure_configs(tmp, args.configs, repeat=args.repeat, pythonpath=args.pythonpath,
+                                  interface=args.interface)
     figures = {name: statistics.median(m.loop for m in runs) for name, runs in results.items()}
     print(f"\ninstructions per request, event-loop thread ({REQUESTS} requests after {WARMUP}, {CONNECTIONS} "
-          f"connection; {found_stack})")
+          f"connection, --interface {args.interface}; {found_stack})")
     for name, runs in results.items():
         loops = [m.loop for m in runs]
         spread = (f"  runs {', '.join(f'{v:,.0f}' for v in loops)} "
