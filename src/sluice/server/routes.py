@@ -35,6 +35,7 @@ from ..pipeline.validate import (
 )
 from ..routing.plan import RoutingStage
 from .endpoints import CountTokensCall, CountTokensRouting, Endpoint, MessagesCall, ModelCall, NotAllowed, Unknown
+from .openapi import OPENAPI_PATH, OpenApi
 from .passthrough import FAMILIES, PassthroughRelay, PassthroughRequest
 
 if TYPE_CHECKING:
@@ -144,6 +145,8 @@ def build_routes(gw: Gateway) -> RouteTable:
                                         for path, probe in gw.health.probes().items()}
     if gw.metrics is not None:
         open_routes["/metrics"] = Endpoint("scrape", gw.scrape)
+    openapi = OpenApi()  # the document of this table (server/openapi.py), handed the table once it is built
+    open_routes[OPENAPI_PATH] = Endpoint("openapi", openapi.serve)
     for path, endpoint in open_routes.items():  # served without a credential
         exact[path] = {"GET": pipeline(path, [endpoint])}
     admin = gw.admin
@@ -163,7 +166,8 @@ def build_routes(gw: Gateway) -> RouteTable:
                "anthropic": pipeline("other", [*guard, dispatch], "anthropic")}
     # With the admin API, its paths with ids answer (or refuse) with the admin headers; without, they are unknown.
     unknown["admin"] = pipeline("other", [AdminHeaders(), *guard, dispatch]) if admin is not None else unknown["openai"]
-    return RouteTable(exact, not_allowed, families, unknown)
+    openapi.table = table = RouteTable(exact, not_allowed, families, unknown)
+    return table
 
 
 def audit_refusal(record: Callable[..., None], client_ip: Callable[[Exchange], str]
