@@ -35,7 +35,8 @@ import msgspec
 from .base import MAX_PAGE, Conflict, NotFound, StoreError
 from .records import GENESIS_HASH, ApiKey, AuditRecord, Change, Role, Team, User, audit_hash, canonical_json
 
-__all__ = ["LONG_TIMEOUT_S", "Dialect", "Query", "SqlStore", "Tx", "Want", "advisory_key", "drive", "drive_async"]
+__all__ = ["HASH_PAGE", "LONG_TIMEOUT_S", "Dialect", "Query", "SqlStore", "Tx", "Want", "advisory_key", "drive",
+           "drive_async"]
 
 T = TypeVar("T")
 R = TypeVar("R", bound=msgspec.Struct)
@@ -142,6 +143,7 @@ AUDIT_COLUMNS = tuple(AuditRecord.__struct_fields__)
 _SELECT_AUDIT = f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_log"
 _SELECT_CHANGES = "SELECT version, kind, ref, op, at FROM changes"
 VERIFY_PAGE = 1000
+HASH_PAGE = 10_000  # key hashes per call of key_hashes (two short strings a row)
 # Whole-table work (migrate, verify_audit) and the wait for another process's migration get this long,
 # not the store's per-call timeout_s.
 LONG_TIMEOUT_S = 300.0
@@ -359,6 +361,7 @@ class SqlStore:
 
     _dialect: Dialect
     _clock: Callable[[], float] = time.time
+    calls = 0  # operations run on the database (each one statement or one transaction): the flood tests count them
 
     async def _run(self, op: Op[T], tx: Tx, timeout_s: float | None = None) -> T:
         """Runs ``op`` in a ``tx`` transaction, bounded by ``timeout_s`` (None: the store's)."""
@@ -379,6 +382,15 @@ class SqlStore:
 
     async def get_key(self, key_id: str) -> ApiKey:
         return await self._run(_load(self._dialect, KEYS, ApiKey, key_id), Tx.READ)
+
+    async def key_hashes(self, *, after: str | None = None, limit: int = HASH_PAGE) -> list[tuple[str, str]]:
+        if not 1 <= limit <= HASH_PAGE:
+            raise ValueError(f"limit must be between 1 and {HASH_PAGE}, got {limit}")
+        where = " WHERE id > ?" if after is not None else ""
+        sql = f"SELECT id, key_hash FROM api_keys{where} ORDER BY id LIMIT ?"
+        rows = await self._run(_one(Query(sql, (*((after,) if after is not None else ()), limit), Want.ROWS)),
+                               Tx.READ)
+        return [(str(row[0]), str(row[1])) for row in rows]
 
     async def list_keys(self, *, owner_user: str | None = None, owner_team: str | None = None,
                         include_revoked: bool = False, after: str | None = None, limit: int = 100) -> list[ApiKey]:

@@ -78,6 +78,11 @@ class Store(Protocol):
 
     async def aclose(self) -> None: ...
 
+    @property
+    def calls(self) -> int:
+        """Operations run on the database since the store was made (each one statement or one transaction)."""
+        ...
+
     # -- API keys ---------------------------------------------------------------------------------
     async def create_key(self, key: ApiKey) -> ApiKey:
         """Stores a new key (``Conflict`` when its id or hash exists); answers it with its times stamped."""
@@ -88,6 +93,11 @@ class Store(Protocol):
         ...
 
     async def get_key(self, key_id: str) -> ApiKey: ...
+
+    async def key_hashes(self, *, after: str | None = None, limit: int = 10_000) -> list[tuple[str, str]]:
+        """(id, key_hash) of every key, revoked or not, by id, at most ``limit`` (1..10,000): what the known-key
+        filter of sluice.auth.keyfilter is built from."""
+        ...
 
     async def list_keys(self, *, owner_user: str | None = None, owner_team: str | None = None,
                         include_revoked: bool = False, after: str | None = None,

@@ -102,6 +102,7 @@ class PostgresStore(DeadLetterOps, SqlStore):  # DeadLetterOps: the dead_letters
 
     async def _run(self, op: Op[T], tx: Tx, timeout_s: float | None = None) -> T:
         bound = self.timeout_s if timeout_s is None else max(self.timeout_s, timeout_s)
+        self.calls += 1
         return await self._with_connection(lambda conn: self._transact(conn, op, tx), bound)
 
     async def _transact(self, conn: asyncpg.Connection, op: Op[T], tx: Tx) -> T:

@@ -73,6 +73,7 @@ class SqliteStore(DeadLetterOps, SqlStore):  # DeadLetterOps: the dead_letters t
         self._executor.shutdown(wait=False)  # its one thread is idle: it ends by itself
 
     async def _run(self, op: Op[T], tx: Tx, timeout_s: float | None = None) -> T:
+        self.calls += 1
         return await self._call(self._transact, op, tx,
                                 timeout_s=None if timeout_s is None else max(self.timeout_s, timeout_s))
 
