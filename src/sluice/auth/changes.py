@@ -116,6 +116,13 @@ class ChangeNotices:
         self.published += 1
         return True
 
+    async def ping(self) -> float:
+        """One PING's round trip in seconds (readiness, health details); raises when Redis does not answer."""
+        started = time.perf_counter()
+        async with asyncio.timeout(self.timeout_s):
+            await self.client.ping()
+        return time.perf_counter() - started
+
     # -- listening ------------------------------------------------------------------------------------
 
     @property

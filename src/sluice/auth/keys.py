@@ -58,9 +58,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.model import AuthConfig, Config, StaticKeyConfig
 from ..errors import AuthUnavailable, Unauthorized
-from ..store import MAX_PAGE, ApiKey, NotFound, Store, StoreError, hash_key, open_store
+from ..store import MAX_PAGE, ApiKey, NotFound, Store, StoreError, StoreUnavailable, hash_key, open_store
 from .credential import key_digest
 from .identity import AuthFailure, Identity
+from .keyfilter import KeyFilter
 from .principal import Principal, RoleTable, for_identity, for_key, for_static
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ UNKNOWN_TTL_S = 5.0  # how long "no such key" is believed without asking the sto
 MAX_UNKNOWN = 10_000  # negative entries kept at most
 MAX_TOKEN_PRINCIPALS = 10_000
 LOG_EVERY_S = 10.0
+_HASH_PAGE = 10_000  # key hashes per store read while the known-key filter is built
 REFRESH_PER_POLL = 100  # changed keys read again per poll; past that they are only dropped
 # The fallback poll while change notices arrive by Redis pub/sub: they do the work, this catches a lost one.
 SUBSCRIBED_POLL_S = 5.0
@@ -161,12 +163,20 @@ class Authenticator:
         self._inflight: dict[str, asyncio.Future[_Entry | None]] = {}
         self._stale: set[str] = set()  # in-flight lookups a change overtook: their answer is not cached
         self._version: int | None = None  # the change feed is read after this
+        # The known-key filter (sluice.auth.keyfilter): None until built at the first read of the store (and
+        # while it cannot be), and then a hash it does not hold is refused without a store read.
+        self._filter: KeyFilter | None = None
+        self._filter_adds: list[str] | None = None  # hashes the feed named while a larger filter is being built
+        self._filter_task: asyncio.Task[None] | None = None
+        self._next_read: asyncio.Future[bool] | None = None  # resolved by the change feed's next read
+        self._feed_failing = False  # the last read of the change feed failed
         self._init_task: asyncio.Future[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._jwt: JwtVerifier | None = None
         self._introspector: Introspector | None = None
         self._tokens: dict[int, tuple[Identity, Principal, int]] = {}  # id(identity) -> its principal
         self.lookups = 0  # store reads of a key
+        self.filtered = 0  # keys refused by the known-key filter, without a store read
         self.polls = 0  # change-feed reads that worked
         self.wakes = 0  # reads of the feed a notice asked for
         self.store_failures = 0
@@ -261,6 +271,18 @@ class Authenticator:
             return None
         try:
             await self._ready()
+            known = self._filter
+            if known is not None and digest not in known:
+                # Unknown here.  A key made on another instance reaches the filter with the change feed's next
+                # read: wait for it (no store read of our own), then believe the filter.
+                if not await self._after_next_read():
+                    raise StoreUnavailable("its change feed could not be read")
+                known = self._filter
+                if known is not None and digest not in known:
+                    self.filtered += 1
+                    if digest not in self._stale:
+                        self._remember_unknown(digest)
+                    return None
             self.lookups += 1
             key = await store.key_by_hash(digest)
             if key is None:
@@ -282,6 +304,20 @@ class Authenticator:
         if digest not in self._stale:
             self._insert(entry)
         return entry
+
+    async def _after_next_read(self) -> bool:
+        """Waits for the change feed's next read, at most ``revocation_poll_s`` (while notices arrive by pub/sub
+        the reads are rarer, and a key made through the manager comes with a notice); False when the feed could
+        not be read.  At once when no reader runs (the stage starts it at its first request)."""
+        if self._poll_task is None:
+            return not self._feed_failing
+        future = self._next_read
+        if future is None:
+            future = self._next_read = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.revocation_poll_s):
+                return await asyncio.shield(future)
+        return not self._feed_failing
 
     async def _owners_of(self, store: Store, key: ApiKey) -> tuple[str | None, tuple[str, ...]]:
         """(refusal, team roles): a disabled owner refuses the key; the owning team's roles add to it."""
@@ -410,7 +446,47 @@ class Authenticator:
         assert self.store is not None
         version, _ = await self.store.changes_since(_LATEST, 1)
         await self._load_roles()
+        await self._load_filter()  # after the version: a key made meanwhile is in the feed too
         self._version = version
+
+    async def _load_filter(self) -> None:
+        """Builds the known-key filter from every key hash of the store and swaps it in.  The
+        hashes the change feed names meanwhile are added to it as well as to the filter in use."""
+        assert self.store is not None
+        adds: list[str] = []
+        self._filter_adds = adds
+        try:
+            hashes: list[str] = []
+            after = None
+            while True:
+                page = await self.store.key_hashes(after=after, limit=_HASH_PAGE)
+                hashes += [key_hash for _, key_hash in page]
+                if len(page) < _HASH_PAGE:
+                    break
+                after = page[-1][0]
+            known = KeyFilter.sized_for(len(hashes) + len(adds))
+            for key_hash in hashes:
+                known.add(key_hash)
+            for key_hash in adds:
+                known.add(key_hash)
+            self._filter = known
+        finally:
+            self._filter_adds = None
+
+    def _known(self, key_hash: str) -> None:
+        """A key hash the change feed named (created, rotated, revoked) passes the filter from now on."""
+        known = self._filter
+        if known is not None:
+            known.add(key_hash)
+        if self._filter_adds is not None:
+            self._filter_adds.append(key_hash)
+
+    def _grow_filter(self) -> None:
+        """More keys than the filter was sized for: a larger one is built from the store, in the background."""
+        task = self._filter_task
+        if task is None or task.done():
+            self._filter_task = asyncio.get_running_loop().create_task(self._load_filter())
+            self._filter_task.add_done_callback(_log_failed_build)
 
     async def _load_roles(self) -> None:
         assert self.store is not None
@@ -447,6 +523,10 @@ class Authenticator:
                     log.warning("auth: cannot read the key store's changes (%s: %s); cached keys go on working",
                                 type(exc).__name__, exc)
                 failing = True
+            self._feed_failing = failing
+            read, self._next_read = self._next_read, None
+            if read is not None and not read.done():
+                read.set_result(not failing)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
@@ -469,6 +549,7 @@ class Authenticator:
             version, changes = await store.changes_since(self._version, MAX_PAGE)
             for change in changes:
                 if change.kind == "key":
+                    self._known(change.ref)
                     if self._evict(change.ref) and change.ref not in refresh:
                         refresh.append(change.ref)
                 elif change.kind in ("user", "team"):
@@ -486,15 +567,18 @@ class Authenticator:
             if len(changes) < MAX_PAGE:
                 break
         self.polls += 1
+        if self._filter is not None and self._filter.full:
+            self._grow_filter()
         if refresh:  # read again now, so that the next request finds them cached
             await asyncio.gather(*(self._lookup(d) for d in refresh[:REFRESH_PER_POLL]), return_exceptions=True)
 
     async def aclose(self) -> None:
-        task, self._poll_task = self._poll_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._poll_task, self._filter_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._poll_task = self._filter_task = None
         if self.notices is not None:
             await self.notices.aclose()
         if self._inflight:
@@ -503,10 +587,20 @@ class Authenticator:
             await self.store.aclose()
 
     def stats(self) -> dict[str, Any]:
+        known = self._filter
         return {"keys_cached": len(self._keys), "unknown_cached": len(self._unknown), "static": len(self._static),
-                "lookups": self.lookups, "polls": self.polls, "store_failures": self.store_failures,
+                "lookups": self.lookups, "filtered": self.filtered,
+                "filter_keys": known.count if known is not None else None,
+                "store_calls": self.store.calls if self.store is not None else 0,
+                "polls": self.polls, "store_failures": self.store_failures,
                 "version": self._version, "wakes": self.wakes,
                 "notices": self.notices.stats() if self.notices is not None else None}
+
+
+def _log_failed_build(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("auth: could not build a larger known-key filter (%s); the current one stays in use, "
+                    "with more false passes (each one store read)", task.exception())
 
 
 def prepare_store(config: Config) -> list[tuple[int, str]]:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..auth.changes import ChangeNotices, auth_redis_url
 from ..auth.credential import presented_credential
+from ..auth.failures import FailureLimits
 from ..auth.iprules import ClientIp, IpRules, parse_networks
 from ..auth.keys import Authenticator
 from ..auth.rbac import model_not_allowed, permission_for, require
@@ -99,6 +100,8 @@ class AuthStage(Stage):
                                      prefix=auth.redis_prefix, fail_closed=auth.signature_fail_closed,
                                      timeout_s=auth.redis_timeout_s)
         self._shared_replays = self.signatures.shared
+        # Refused credentials per client address (sluice.auth.failures): 429 before a store lookup past the limit.
+        self.failures = FailureLimits(auth.failure_limit, auth.failure_period_s) if auth.failure_limit else None
 
     def on_request(self, ex: Exchange, ctx: RequestContext) -> Awaitable[None] | None:
         """IP rules, the credential, RBAC on the route: no await for a cached key."""
@@ -115,11 +118,15 @@ class AuthStage(Stage):
         ctx.credential = token = presented_credential(ex)
         try:
             principal = keys.cached(token)
-        except GatewayError:
+        except GatewayError as refusal:
             ctx.key_prefix = _shown(token)
+            self._failed(ex, refusal)
             raise
         if principal is None or (principal.signing_secret is not None and self._shared_replays
                                  and ex.method not in _WITH_BODY):
+            if principal is None and self.failures is not None:  # a lookup ahead: not past the failure limit
+                ctx.key_prefix = _shown(token)
+                self.failures.check(self.client_ip(ex))
             return False  # not cached, or a signature to claim on Redis now: both need an await
         self._authorize(ex, ctx, principal)
         return True
@@ -130,14 +137,26 @@ class AuthStage(Stage):
             ctx.credential = token = presented_credential(ex)
         try:
             principal = await self.authenticator.authenticate(token)
-        except GatewayError:
+        except GatewayError as refusal:
             ctx.key_prefix = _shown(token)
+            self._failed(ex, refusal)
             raise
         secret = principal.signing_secret
         if secret is not None and self._shared_replays and ex.method not in _WITH_BODY:
             await self._authorize_claimed(ex, ctx, principal, secret)
         else:
             self._authorize(ex, ctx, principal)
+
+    def _failed(self, ex: Exchange, refusal: GatewayError) -> None:
+        """A refused credential counts against its client address (AuthThrottled instead, past the limit)."""
+        if self.failures is not None and isinstance(refusal, Unauthorized):
+            self.failures.failed(self.client_ip(ex))
+
+    def stats(self) -> dict[str, Any]:
+        """For /health/details: the key cache, the known-key filter, the store's calls, the failure limits."""
+        stats = self.authenticator.stats()
+        state = {f"auth_{name}": stats[name] for name in ("lookups", "filtered", "filter_keys", "store_calls")}
+        return {**state, **(self.failures.stats() if self.failures is not None else {})}
 
     def _authorize(self, ex: Exchange, ctx: RequestContext, principal: Principal) -> None:
         self._permit(ex, ctx, principal)
