@@ -4,8 +4,16 @@ The probes are cheap and never touch an upstream provider.  A worker builds its
 gateway (config snapshot, routing table, providers) before it accepts its first
 connection, so once a probe answers at all, start-up is done and the config is
 loaded.  Readiness checks that every model has a routable target and pings
-each dependency the config uses (the rate limits' Redis; the store and breaker
-states as those capabilities land), and answers 503 when one fails.
+each dependency the config uses (``depend``): the key store when
+authentication is on (a key not cached yet needs it), the rate limits' Redis
+when a policy fails closed without it, the auth Redis when signed requests fail
+closed without it.  Those are *required*: one down, or hung past
+``PROBE_TIMEOUT_S``, makes readiness 503, naming it and why in ``checks``.
+The others (the rate limits' Redis under fail-open policies, the auth Redis of
+change notices) are pinged too and reported, but a failure leaves the worker
+ready: it serves without them.  The pings of one probe run at once, each
+bounded by ``PROBE_TIMEOUT_S``, so a probe answers within about that long
+whatever hangs.
 
 ``/health/details`` is for operators: this worker's state (event-loop lag,
 memory, file descriptors, connection pool, dropped log lines and spans), behind
@@ -20,7 +28,7 @@ import hmac
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 
@@ -31,11 +39,19 @@ from .process import process_usage
 if TYPE_CHECKING:
     from ..context import Exchange
 
-__all__ = ["Health", "Probe"]
+__all__ = ["PROBE_TIMEOUT_S", "Dependency", "Health", "Probe"]
+
+PROBE_TIMEOUT_S = 1.0  # the longest one dependency's ping may take before it counts as down (hung)
 
 _HEADERS = [("content-type", "application/json"), ("cache-control", "no-store")]
 
 Probe = Callable[["Exchange"], Awaitable[tuple[int, bytes]]]
+
+
+class Dependency(NamedTuple):
+    ping: Callable[[], Awaitable[float]]  # one round trip: its seconds, or an exception when down
+    required: bool  # down: not ready
+    needed_for: str  # what it serves, said in the checks
 
 
 class Health:
@@ -45,8 +61,12 @@ class Health:
         self._token = details_token.encode() if details_token else None
         self._worker_state = worker_state
         self._started = time.time()
-        # Dependencies readiness checks: name -> a ping returning its round trip in seconds (raising when down).
-        self.dependencies: dict[str, Callable[[], Awaitable[float]]] = {}
+        self.dependencies: dict[str, Dependency] = {}  # name -> how to ping it, and whether it is required
+        self.probe_timeout_s = PROBE_TIMEOUT_S
+
+    def depend(self, name: str, ping: Callable[[], Awaitable[float]], *, required: bool, needed_for: str) -> None:
+        """Pings ``name`` at each readiness probe; down and ``required``: not ready."""
+        self.dependencies[name] = Dependency(ping, required, needed_for)
 
     async def live(self, ex: Exchange | None = None) -> tuple[int, bytes]:
         return 200, b'{"status":"live"}'
@@ -56,7 +76,7 @@ class Health:
 
     async def ready(self, ex: Exchange | None = None) -> tuple[int, bytes]:
         checks = {**self._checks(), **await self._dependencies()}
-        ready = all(check["ok"] for check in checks.values())
+        ready = all(check["ok"] or check.get("required") is False for check in checks.values())
         return (200 if ready else 503), orjson.dumps({"status": "ready" if ready else "not_ready", "checks": checks})
 
     def _checks(self) -> dict[str, dict[str, object]]:
@@ -83,13 +103,21 @@ class Health:
         return 200, orjson.dumps(body)
 
     async def _dependencies(self) -> dict[str, dict[str, object]]:
-        states: dict[str, dict[str, object]] = {}
-        for name, ping in self.dependencies.items():
-            try:
-                states[name] = {"ok": True, "latency_ms": round(await ping() * 1000, 3)}
-            except Exception as exc:
-                states[name] = {"ok": False, "error": str(exc)[:300]}
-        return states
+        """Every dependency pinged at once, each within ``probe_timeout_s``."""
+        names = list(self.dependencies)
+        states = await asyncio.gather(*(self._ping(self.dependencies[name]) for name in names))
+        return dict(zip(names, states, strict=True))
+
+    async def _ping(self, dependency: Dependency) -> dict[str, object]:
+        state: dict[str, object] = {"required": dependency.required, "needed_for": dependency.needed_for}
+        try:
+            async with asyncio.timeout(self.probe_timeout_s):
+                latency = await dependency.ping()
+        except TimeoutError:
+            return {"ok": False, **state, "error": f"no answer within {self.probe_timeout_s:g}s (hung)"}
+        except Exception as exc:
+            return {"ok": False, **state, "error": (str(exc) or type(exc).__name__)[:300]}
+        return {"ok": True, **state, "latency_ms": round(latency * 1000, 3)}
 
     def _authorize(self, ex: Exchange) -> None:
         if self._token is None:

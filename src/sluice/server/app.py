@@ -82,10 +82,7 @@ class Gateway:
             self.audit_failure = audit_refusal(self.audit.record, self.client_ip)
         self.admin_routes: dict[str, dict[str, Handler]] = {}  # /admin/... when auth is on
         self.admin = mount_admin(config, self.auth, self.audit, self.admin_routes)
-        if self.limits is not None and self.limits.redis is not None and self.limits.fails_closed:
-            # Only a fail-closed policy stops serving without Redis; otherwise every replica would go
-            # unready at once while the fail-open ones could serve.
-            self.health.dependencies["redis"] = self.limits.redis.ping
+        _depend(self.health, self.limits, self.auth, config)
         passthrough = config.passthrough.provider
         self.passthrough_provider = self.router.providers[passthrough] if passthrough is not None else None
         self.keep_answer = self.access_log is not None or self.metrics is not None or self.tracing is not None
@@ -144,6 +141,8 @@ class Gateway:
             state.update(self.dead_letters.stats())
         if self.audit is not None:  # records written and dropped (sluice_audit_*_total), pending
             state.update(self.audit.stats())
+        if self.auth is not None:  # key lookups, the known-key filter, store calls, per-address failures
+            state.update(self.auth.stats())
         return state
 
     async def scrape(self, ex: Exchange, ctx: RequestContext) -> None:
@@ -205,6 +204,24 @@ class Gateway:
             self.access_log.close()
         if self.tracing is not None:
             self.tracing.close()
+
+
+def _depend(health: Health, limits: RateLimits | None, auth: AuthStage | None, config: Config) -> None:
+    """The dependencies readiness pings (observability/health.py): required ones make it 503 when down."""
+    if auth is not None:
+        if auth.store is not None:
+            health.depend("store", auth.store.ping, required=True, needed_for="API keys not cached yet")
+        if auth.notices is not None:
+            fail_closed = config.auth.signature_fail_closed
+            health.depend("auth_redis", auth.notices.ping, required=fail_closed,
+                          needed_for="signed requests (fail closed)" if fail_closed else
+                          "change notices and shared replay checks (polling and per-worker checks stand in)")
+    if limits is not None and limits.redis is not None:
+        # Only a fail-closed policy stops serving without Redis; otherwise every replica would go
+        # unready at once while the fail-open ones could serve.
+        health.depend("redis", limits.redis.ping, required=limits.fails_closed,
+                      needed_for="fail-closed rate limits" if limits.fails_closed else
+                      "rate limits (fail-open: local buckets stand in)")
 
 
 def _open_metrics(config: Config) -> Metrics | None:
