@@ -414,8 +414,11 @@ class RateLimits:
             closed = [p for p, _, _ in remote if not p.fail_open]
             for policy, _, _ in remote:
                 policy.count("redis_unavailable")
-            log.warning("rate limiter Redis unavailable (%s): %s", exc,
-                        "failing closed" if closed else "falling back to local buckets")
+            suppressed = self.redis.warnings.due()  # one line per interval, not one per request
+            if suppressed is not None:
+                log.warning("rate limiter Redis unavailable (%s): %s%s", exc,
+                            "failing closed" if closed else "falling back to local buckets",
+                            self.redis.warnings.suffix(suppressed))
             if closed:
                 raise LimiterDown(f"The rate limiter is unavailable for policy '{closed[0].name}'; "
                                   "the request was not sent.", code="ratelimiter_unavailable") from None
@@ -424,6 +427,7 @@ class RateLimits:
             return
         states = [(p, s, c, True, r.remaining, r.reset_after) for (p, s, c), r in zip(remote, decision.results,
                                                                                       strict=True)]
+        _mirror(states)
         if not decision.allowed:
             for (policy, _, _), result in zip(remote, decision.results, strict=True):
                 if not result.allowed:
@@ -473,7 +477,11 @@ class RateLimits:
     def _settled(self, task: asyncio.Task[None]) -> None:
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("settling tokens on Redis failed: %s", task.exception())
+            gate = self.redis.warnings if self.redis is not None else None
+            suppressed = gate.due() if gate is not None else 0
+            if suppressed is not None:
+                log.warning("settling tokens on Redis failed: %s%s", task.exception(),
+                            gate.suffix(suppressed) if gate is not None else "")
 
     # -- hybrid mode -------------------------------------------------------------------------
 
@@ -631,6 +639,16 @@ class RateLimits:
         now = time.monotonic()
         for policy in self.policies:
             policy.local.sweep(now)
+
+
+def _mirror(states: list[Taken]) -> None:
+    """Redis' level of each fail-open policy's subject, copied into the policy's local bucket: if Redis fails,
+    the bucket that stands in starts where Redis was, not full (it refills at the policy's rate from there)."""
+    now = time.monotonic()
+    for policy, subject, _, _, remaining, _ in states:
+        if policy.fail_open:
+            local = policy.local
+            local.adjust(subject, remaining - local.remaining(subject, now), now)
 
 
 def _refuse_unsynced(wanted: list[Wanted]) -> None:

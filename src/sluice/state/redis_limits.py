@@ -49,7 +49,18 @@ a connection error or any error answered by Redis raises ``LimiterUnavailable``
 fail-closed policy.  A call that timed out after it was sent may still be
 applied when Redis catches up: the units count against the caller, and the
 call is never resent (only a dropped connection is retried, once, by the
-client of ``connect``).  The client reconnects by itself on the next call.  The
+client of ``connect``).  The client reconnects by itself on the next call.
+
+**Short circuit** (``Circuit``): after ``BREAKER_FAILURES`` calls in a row
+failed (timed out, refused, answered an error), ``acquire`` and ``adjust``
+fail at once, without touching Redis, for ``BREAKER_OPEN_S``; then one call is
+let through as a probe (the others still fail at once meanwhile): its success
+closes the circuit, its failure opens it again.  So a hung Redis costs
+``timeout_s`` to a few requests per cool-down, not to every request.  The
+readiness ping and the hybrid syncs (in the background) do not go through it.
+
+**Warnings** about Redis failing go through ``warnings`` (a ``LogGate``): one
+line per ``LOG_EVERY_S`` with the count of those suppressed since.  The
 script is loaded at first use (SCRIPT LOAD) and called by its SHA; after a
 NOSCRIPT (a restart, SCRIPT FLUSH, a new cluster primary) it is loaded again
 and the call retried once.
@@ -59,8 +70,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +82,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-__all__ = ["SYNC_CHUNK", "Check", "Decision", "LimiterUnavailable", "RedisLimiter", "Result", "connect", "key_name"]
+__all__ = ["BREAKER_FAILURES", "BREAKER_OPEN_S", "LOG_EVERY_S", "SYNC_CHUNK", "Check", "Circuit", "Decision",
+           "LimiterUnavailable", "LogGate", "RedisLimiter", "Result", "connect", "key_name"]
 
 SCRIPT = """
 -- sluice rate limits; the model is in sluice/state/redis_limits.py.
@@ -227,6 +240,9 @@ return reply
 """
 
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+BREAKER_FAILURES = 3  # calls failed in a row that open the circuit
+BREAKER_OPEN_S = 1.0  # how long an open circuit fails calls at once before it lets a probe through
+LOG_EVERY_S = 10.0  # one warning about Redis failing per this long
 _NO_FLOOR = "-1e300"  # a bucket's debt, kept in full
 SYNC_CHUNK = 1000  # the most keys one round trip of a hybrid sync carries
 
@@ -279,6 +295,79 @@ class Decision:
     results: list[Result]
 
 
+class Circuit:
+    """Closed, open (calls fail at once) for ``open_s`` after ``failures`` failures in a row, then half-open:
+    one probe at a time until one succeeds (closed) or fails (open again)."""
+
+    __slots__ = ("_clock", "_failed", "_probing", "_until", "failures", "open_s", "short_circuited")
+
+    def __init__(self, failures: int = BREAKER_FAILURES, open_s: float = BREAKER_OPEN_S, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures = failures
+        self.open_s = open_s
+        self._clock = clock
+        self._failed = 0  # failures in a row
+        self._until = -math.inf  # open until then
+        self._probing = False  # a half-open probe is in flight
+        self.short_circuited = 0  # calls failed at once
+
+    @property
+    def open(self) -> bool:
+        return self._failed >= self.failures
+
+    def allow(self) -> bool:
+        """True: make the call (and report it); False: fail it at once (counted)."""
+        if self._failed < self.failures:
+            return True
+        if self._probing or self._clock() < self._until:
+            self.short_circuited += 1
+            return False
+        self._probing = True
+        return True
+
+    def succeeded(self) -> None:
+        self._failed = 0
+        self._probing = False
+
+    def failed(self) -> None:
+        self._failed += 1
+        self._probing = False
+        if self._failed >= self.failures:
+            self._until = self._clock() + self.open_s
+
+    def abandoned(self) -> None:
+        """The call was cancelled before it could tell: a probe is owed again."""
+        self._probing = False
+
+    def retry_in(self) -> float:
+        return max(0.0, self._until - self._clock())
+
+
+class LogGate:
+    """One line per ``every_s``: ``due()`` answers None while quiet, else how many were suppressed since."""
+
+    __slots__ = ("_clock", "_last", "_suppressed", "every_s")
+
+    def __init__(self, every_s: float = LOG_EVERY_S, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self._clock = clock
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def due(self) -> int | None:
+        now = self._clock()
+        if now - self._last < self.every_s:
+            self._suppressed += 1
+            return None
+        suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        return suppressed
+
+    @staticmethod
+    def suffix(suppressed: int) -> str:
+        """What a line adds about the lines it stands for."""
+        return f" ({suppressed} more like this since the last warning)" if suppressed else ""
+
+
 def connect(url: str, timeout_s: float) -> redis.asyncio.Redis:
     """A client for the limiter: socket timeouts of ``timeout_s``, one immediate retry on a dropped connection.
 
@@ -318,22 +407,32 @@ class RedisLimiter:
         self.sync_chunk = sync_chunk
         self._cluster = isinstance(client, redis.asyncio.RedisCluster)
         self._loaded = False
+        self.circuit = Circuit()
+        self.warnings = LogGate()  # the callers' warnings about Redis failing, one per interval
 
     async def acquire(self, checks: Sequence[Check]) -> Decision:
         """Admits the request if every check admits, taking from all of them; otherwise takes nothing."""
         if not checks:
             return Decision(True, [])
         keys = [key_name(self.prefix, c.algorithm, c.policy_id, c.key) for c in checks]
+        circuit = self._enter()
         try:
             async with asyncio.timeout(self.timeout_s):
                 if self._cluster:
-                    return await self._acquire_cluster(keys, checks)
+                    decision = await self._acquire_cluster(keys, checks)
+                    circuit.succeeded()
+                    return decision
                 args: list[Any] = ["acquire"]
                 for c in checks:
                     args += (_code(c.algorithm), c.limit, c.period, c.burst, c.cost)
                 reply = await self._eval(len(keys), *keys, *args)
         except _FAILURES as exc:
+            circuit.failed()
             raise LimiterUnavailable(f"rate-limit Redis: {_describe(exc)}") from exc
+        except BaseException:
+            circuit.abandoned()
+            raise
+        circuit.succeeded()
         results = [Result(bool(reply[i]), float(reply[i + 1]), float(reply[i + 2]), float(reply[i + 3]))
                    for i in range(1, len(reply), 4)]
         return Decision(bool(reply[0]), results)
@@ -342,11 +441,25 @@ class RedisLimiter:
                      delta: float) -> None:
         """Settles a reservation: gives back ``delta`` units (delta > 0) or takes ``-delta`` more (delta < 0)."""
         name = key_name(self.prefix, algorithm, policy_id, key)
+        circuit = self._enter()
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self._eval(1, name, "adjust", _code(algorithm), limit, period, burst, delta)
         except _FAILURES as exc:
+            circuit.failed()
             raise LimiterUnavailable(f"rate-limit Redis: {_describe(exc)}") from exc
+        except BaseException:
+            circuit.abandoned()
+            raise
+        circuit.succeeded()
+
+    def _enter(self) -> Circuit:
+        """The circuit, once it lets this call through; LimiterUnavailable at once while it is open."""
+        circuit = self.circuit
+        if not circuit.allow():
+            raise LimiterUnavailable(f"rate-limit Redis: short-circuited after {circuit.failures} failures in a "
+                                     f"row; the next try in {circuit.retry_in():.2g}s")
+        return circuit
 
     async def sync(self, takes: Sequence[Check], timeout_s: float | None = None) -> list[float]:
         """Takes each check's cost without checking it (a negative cost gives back) and answers each
