@@ -8,41 +8,55 @@ import socket
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .config import Config, ServerConfig
 
 __all__ = ["record_config_load", "serve"]
 
 
 def serve(target: str, *, host: str, port: int, workers: int, interface: Literal["rsgi", "asgi"] = "rsgi",
-          grace_period_s: float = 30.0, env: dict[str, str] | None = None, log_level: str = "info") -> None:
+          grace_period_s: float = 30.0, env: dict[str, str] | None = None, log_level: str = "info",
+          server: ServerConfig | None = None) -> None:
     """Serves ``target`` (a factory "module:function") until SIGINT/SIGTERM.
 
-    On SIGTERM Granian stops accepting, lets in-flight requests (streams
-    included) finish, and kills workers still busy after ``grace_period_s``.
+    On SIGTERM Granian stops accepting, lets in-flight requests (streams included) finish, and kills workers
+    still busy after ``grace_period_s``.  ``server``'s connection settings (its defaults when None) are
+    Granian's own: the HTTP mode, the head read timeout (also the idle timeout before the first byte and
+    between kept-alive requests, in "http1"), keep-alive, the listen backlog, and each worker's share of
+    ``max_connections`` (Granian's backpressure: past it a worker stops accepting, and new connections wait
+    in the backlog).  The body read deadline is the workers' own (``sluice.server.exchange.Watches``).
     """
     from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
     from granian.server import Server
 
+    from .config import ServerConfig
+
+    settings = server or ServerConfig()
     if env:
         os.environ.update(env)  # the workers are spawned with this environment
-    server = Server(
+    granian = Server(
         target,
         address=host,
         port=port,
         interface=Interfaces.RSGI if interface == "rsgi" else Interfaces.ASGI,
         workers=workers,
         loop=Loops.uvloop,
-        http=HTTPModes.auto,
+        # "auto" reads a new connection's first bytes (HTTP/1.1 or HTTP/2?) with no timeout: only in "http1"
+        # does the head read timeout start when the connection opens (docs/server.md).
+        http=HTTPModes.http1 if settings.http == "http1" else HTTPModes.auto,
+        http1_settings=HTTP1Settings(header_read_timeout=max(1, round(settings.header_read_timeout_s * 1000)),
+                                     keep_alive=settings.keep_alive),
         websockets=False,
         factory=True,
-        backlog=2048,
+        backlog=settings.backlog,
+        backpressure=max(1, -(-settings.max_connections // workers)),  # each worker's share, rounded up
         workers_kill_timeout=max(1, round(grace_period_s)),
         respawn_failed_workers=True,  # a crashed worker is replaced; its metrics snapshot stays counted
         log_level=LogLevels(log_level),
         log_access=False,
     )
-    server.serve()
+    granian.serve()
 
 
 def record_config_load(config: Config, path: str, actor: str) -> dict[str, Any] | None:

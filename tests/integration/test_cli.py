@@ -113,15 +113,26 @@ models: {{gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}}}
         gateway.stop()
 
 
-def test_http2_prior_knowledge(gateway) -> None:
+@pytest.mark.parametrize("interface", ["rsgi", "asgi"])
+def test_http2_prior_knowledge(tmp_path, mock_upstream, interface: str) -> None:
+    """HTTP/2 (h2c) is served with server.http: auto (the default, http1, closes silent connections in time)."""
     curl = subprocess.run(["curl", "--version"], capture_output=True, text=True)
     if curl.returncode != 0 or "HTTP2" not in curl.stdout:
         pytest.skip("curl without HTTP/2")
-    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-    result = subprocess.run(
-        ["curl", "-sS", "--http2-prior-knowledge", "-w", "\n%{http_version}", "-H", "content-type: application/json",
-         "-d", body, f"{gateway.url}/v1/chat/completions"], capture_output=True, text=True, timeout=10)
-    answer, version = result.stdout.rsplit("\n", 1)
-    assert version == "2"
-    assert json.loads(answer)["object"] == "chat.completion"
+    gateway = start_gateway(tmp_path, f"""
+server: {{http: auto}}
+providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}
+models: {{gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}}}
+""", "--interface", interface)
+    try:
+        body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        result = subprocess.run(
+            ["curl", "-sS", "--http2-prior-knowledge", "-w", "\n%{http_version}", "-H",
+             "content-type: application/json", "-d", body, f"{gateway.url}/v1/chat/completions"],
+            capture_output=True, text=True, timeout=10)
+        answer, version = result.stdout.rsplit("\n", 1)
+        assert version == "2"
+        assert json.loads(answer)["object"] == "chat.completion"
+    finally:
+        gateway.stop()
 

@@ -162,6 +162,9 @@ def _validate(config: Config) -> None:
     _positive("server.max_body_bytes", config.server.max_body_bytes)
     _positive("server.max_response_bytes", config.server.max_response_bytes)
     _positive("server.grace_period_s", config.server.grace_period_s, allow_zero=True)
+    for field in ("header_read_timeout_s", "body_read_timeout_s", "body_min_rate_bytes_s", "max_connections",
+                  "backlog"):
+        _positive(f"server.{field}", getattr(config.server, field))
     for field in UpstreamConfig.__struct_fields__:
         _positive(f"upstream.{field}", getattr(config.upstream, field))
     _positive("observability.access_log_queue", config.observability.access_log_queue)

@@ -7,6 +7,7 @@ types cannot say (references between sections, URLs, ranges).
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 import msgspec
 
@@ -32,6 +33,23 @@ class ServerConfig(_Section, frozen=True):
     max_response_bytes: int = 64 * 1024 * 1024
     # On SIGTERM, in-flight requests (streams included) get this long to finish.
     grace_period_s: float = 30.0
+    # -- connections (docs/server.md) --
+    # "http1", or "auto" to take HTTP/2 (h2c) too: in "auto" Granian waits for a new connection's first bytes
+    # with no timeout at all, so a connection that sends nothing is held until the caller closes it.
+    http: Literal["http1", "auto"] = "http1"
+    # The whole request head must arrive within this of the connection opening, or of the previous answer
+    # on a kept-alive connection: it is also the idle timeout before the first byte and between requests
+    # (Granian has one timer for the three). 20 s: above the 5 s an httpx-based SDK keeps an idle connection.
+    header_read_timeout_s: float = 20.0
+    keep_alive: bool = True  # false: one request per connection
+    # A request body may take body_read_timeout_s, plus 1 s per body_min_rate_bytes_s of it; past that: 408.
+    body_read_timeout_s: float = 30.0
+    body_min_rate_bytes_s: int = 32 * 1024
+    # Connections served at once, all workers together (each takes its share); the next ones wait in the
+    # listen backlog (at most `backlog` of them; past that the kernel drops new ones). Keep this plus
+    # upstream.max_connections under the open-file limit (ulimit -n). No per-client-IP cap: docs/server.md.
+    max_connections: int = 1024
+    backlog: int = 2048
 
 
 class UpstreamConfig(_Section, frozen=True):

@@ -8,7 +8,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ..errors import PayloadTooLarge
-from .exchange import DISCARD_TIMEOUT_S, CallerWatch, ClientGone, Exchange, Headers, Watches, check_declared_length
+from .exchange import (
+    BODY_MIN_RATE,
+    BODY_TIMEOUT_S,
+    DISCARD_TIMEOUT_S,
+    BodyTimeout,
+    CallerWatch,
+    ClientGone,
+    Exchange,
+    Headers,
+    Watches,
+    check_declared_length,
+    incomplete_body,
+    refusal,
+)
 
 __all__ = ["ASGIApp", "ASGIExchange"]
 
@@ -25,16 +38,22 @@ class ASGIExchange(CallerWatch):
     ``RSGIExchange``); the callbacks given to ``on_disconnect`` run first.  The disconnect is an
     ``http.disconnect`` message, and ``receive`` has one reader at a time: an armed watch starts receiving
     once the request's body has been read (by the handler, or at once when there is none), and until then
-    a disconnect is what the body's reader gets (ClientGone).
+    a disconnect is what the body's reader gets.
+
+    A disconnect in the middle of the body is how Granian's ASGI tells a body that failed (cut short by a
+    FIN or a reset, or broken chunked framing) as well as a caller gone: the body is never taken for a whole
+    one, the reader raises ``incomplete_body()`` (400, written if the connection still can be).  A body read
+    is bounded by the worker's ``Watches``: one too slow raises BodyTimeout (408).
     """
 
     __slots__ = ("_armed", "_body_done", "_headers", "_receive", "_scope", "_send", "_watch", "client", "method",
                  "path", "query", "started", "status")
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send, watches: Watches) -> None:
         self._scope = scope
         self._receive = receive
         self._send = send
+        self._watches = watches
         self._headers: dict[str, str] | None = None
         self.method: str = scope["method"]
         self.path: str = scope["path"]
@@ -63,22 +82,13 @@ class ASGIExchange(CallerWatch):
 
     async def read_body(self, limit: int) -> bytes:
         length = self.header("content-length")
-        if length is not None:
-            check_declared_length(length, limit)
+        declared = None if length is None else check_declared_length(length, limit)
         if self._body_done:
             return b""
         parts = bytearray()
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.gone = True
-                raise ClientGone
-            parts += message.get("body", b"")
-            if len(parts) > limit:
-                raise PayloadTooLarge.over(limit)
-            if not message.get("more_body", False):
-                self._body_read()
-                return bytes(parts)
+        async for chunk in self._chunks(limit, declared, True):
+            parts += chunk
+        return bytes(parts)
 
     async def discard_body(self, limit: int) -> None:
         drained = 0
@@ -96,24 +106,42 @@ class ASGIExchange(CallerWatch):
                         self._body_read()
                         return
 
-    async def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
+    def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
         length = self.header("content-length")
-        if length is not None:
-            check_declared_length(length, limit)
+        return self._chunks(limit, None if length is None else check_declared_length(length, limit), False)
+
+    async def _chunks(self, limit: int, declared: int | None, whole: bool) -> AsyncIterator[bytes]:
+        """The body's pieces as they come (``whole``: for read_body, whose task only waits for them)."""
         size = 0
-        while not self._body_done:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.gone = True
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge.over(limit)
-            if not message.get("more_body", False):
-                self._body_read()
-            if chunk:
-                yield chunk
+        receive = self._receive
+        self._read_begins(declared or 0, whole)
+        try:
+            while not self._body_done:
+                if self._slow:  # the deadline passed while the consumer (an upload's upstream) held us
+                    raise BodyTimeout()
+                self._awaiting = True
+                message = await receive()
+                self._awaiting = whole
+                if message["type"] == "http.disconnect":
+                    raise incomplete_body()  # a failed read, or the caller gone: never a whole body
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge.over(limit)
+                if declared is None:
+                    self.body_bytes = size
+                if not message.get("more_body", False):
+                    self._body_read()
+                    if declared is not None and size != declared:  # (an ASGI server that does not check it)
+                        raise incomplete_body()
+                if chunk:
+                    yield chunk
+        except asyncio.CancelledError:
+            if self._timed_out():
+                raise BodyTimeout() from None
+            raise
+        finally:
+            self._read_ends()
 
     async def respond(self, status: int, headers: Headers, body: bytes) -> None:
         self.started = True
@@ -199,16 +227,23 @@ class ASGIApp:
     """
 
     def __init__(self, handler: Callable[[Exchange], Awaitable[None]],
-                 on_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_shutdown: Callable[[], Awaitable[None]] | None = None, *,
+                 body_timeout_s: float = BODY_TIMEOUT_S, body_min_rate: int = BODY_MIN_RATE) -> None:
         self._handler = handler
         self._on_shutdown = on_shutdown
-        self._watches = Watches()
+        self._watches = Watches(body_timeout_s, body_min_rate)
         self._running = self._watches.running
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            ex = ASGIExchange(scope, receive, send)
+            ex = ASGIExchange(scope, receive, send, self._watches)
+            host = ex.header("host")
+            if not host or ex.method == "CONNECT":
+                refused = refusal(ex.method, ex.path, host, scope.get("http_version", "1.1"))
+                if refused is not None:
+                    await ex.respond(*refused)
+                    return
             ex._task = task = asyncio.current_task()
             watches = self._watches
             self._running[ex] = watches.generation

@@ -28,9 +28,13 @@ def _gateway() -> Gateway:
 
 def rsgi_app() -> RSGIApp:
     gateway = _gateway()
-    return RSGIApp(gateway.handle, on_shutdown=gateway.close)
+    server = gateway.config.server
+    return RSGIApp(gateway.handle, on_shutdown=gateway.close, body_timeout_s=server.body_read_timeout_s,
+                   body_min_rate=server.body_min_rate_bytes_s)
 
 
 def asgi_app() -> ASGIApp:
     gateway = _gateway()
-    return ASGIApp(gateway.handle, on_shutdown=gateway.close)
+    server = gateway.config.server
+    return ASGIApp(gateway.handle, on_shutdown=gateway.close, body_timeout_s=server.body_read_timeout_s,
+                   body_min_rate=server.body_min_rate_bytes_s)

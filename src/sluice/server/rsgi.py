@@ -10,7 +10,20 @@ from typing import Any
 from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported, not in __all__
 
 from ..errors import PayloadTooLarge
-from .exchange import DISCARD_TIMEOUT_S, CallerWatch, ClientGone, Exchange, Headers, Watches, check_declared_length
+from .exchange import (
+    BODY_MIN_RATE,
+    BODY_TIMEOUT_S,
+    DISCARD_TIMEOUT_S,
+    BodyTimeout,
+    CallerWatch,
+    ClientGone,
+    Exchange,
+    Headers,
+    Watches,
+    check_declared_length,
+    incomplete_body,
+    refusal,
+)
 
 __all__ = ["RSGIApp", "RSGIExchange"]
 
@@ -23,13 +36,21 @@ class RSGIExchange(CallerWatch):
     callbacks given to ``on_disconnect`` run first (a stream's relay aborts its upstream read).  Granian
     itself never stops a handler whose caller left: unwatched, it would go on until its upstream answered,
     or timed out.
+
+    A body cut short (a FIN before its Content-Length, a reset) or whose chunked framing broke is never
+    taken for a whole one: it raises ``incomplete_body()`` (400).  Granian's RSGI tells this to ``proto()``
+    by raising, but to its iterator only by an empty chunk that is not the last (it answers a failed read
+    as b"" and then the body's end as b"" again), which the chunk readers look for; over HTTP/1.1 a
+    chunked body with trailers looks the same, and is refused too.  A body read is bounded by the worker's
+    ``Watches`` (``_read_begins``): one too slow raises BodyTimeout (408).
     """
 
     __slots__ = ("_headers", "_proto", "_scope", "_stream", "_watch", "method", "path", "started", "status")
 
-    def __init__(self, scope: Any, proto: Any) -> None:
+    def __init__(self, scope: Any, proto: Any, watches: Watches) -> None:
         self._scope = scope
         self._proto = proto
+        self._watches = watches
         self._headers = scope.headers
         self._stream: Any = None
         self.method: str = scope.method
@@ -61,33 +82,64 @@ class RSGIExchange(CallerWatch):
 
     async def read_body(self, limit: int) -> bytes:
         length = self._headers.get("content-length")
-        try:
-            if length is not None:
-                check_declared_length(length, limit)
-                body: bytes = await self._proto()
-                return body
+        if length is None:  # chunked (or HTTP/2 without a length): read as it comes, bounded by the limit
             parts = bytearray()
-            async for chunk in self._proto:
+            async for chunk in self.body_chunks(limit):
                 parts += chunk
-                if len(parts) > limit:
-                    raise PayloadTooLarge.over(limit)
             return bytes(parts)
-        except ProtocolClosed:  # the caller left in the middle of its body
-            raise ClientGone from None
+        self._read_begins(check_declared_length(length, limit))
+        try:
+            body: bytes = await self._proto()
+        except ProtocolClosed:  # hyper could not read all of it: the caller closed or reset mid-body
+            raise incomplete_body() from None
+        except asyncio.CancelledError:
+            if self._timed_out():
+                raise BodyTimeout() from None
+            raise
+        finally:
+            self._read_ends()
+        return body
 
     async def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
         length = self._headers.get("content-length")
-        if length is not None:
-            check_declared_length(length, limit)
+        declared = None if length is None else check_declared_length(length, limit)
+        h1 = self._scope.http_version != "2"  # (an HTTP/2 body may end with an empty DATA frame: no sign there)
+        chunks = self._proto.__aiter__()
         size = 0
+        ended = False  # an empty chunk came: the end, unless another one follows (then the read failed)
+        self._read_begins(declared or 0, awaiting=False)
         try:
-            async for chunk in self._proto:
+            while True:
+                if self._slow:  # the deadline passed while the consumer (an upload's upstream) held us
+                    raise BodyTimeout()
+                self._awaiting = True
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    self._awaiting = False
+                if not chunk:
+                    if ended and h1:
+                        raise incomplete_body()
+                    ended = True
+                    continue
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge.over(limit)
+                if declared is None:
+                    self.body_bytes = size
                 yield chunk
+            if declared is not None and size != declared:  # (HTTP/1.1 ends such a read with an error first)
+                raise incomplete_body()
         except ProtocolClosed:
-            raise ClientGone from None
+            raise incomplete_body() from None
+        except asyncio.CancelledError:
+            if self._timed_out():
+                raise BodyTimeout() from None
+            raise
+        finally:
+            self._read_ends()
 
     async def discard_body(self, limit: int) -> None:
         drained = 0
@@ -160,17 +212,23 @@ class RSGIApp:
     """
 
     def __init__(self, handler: Callable[[Exchange], Awaitable[None]],
-                 on_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_shutdown: Callable[[], Awaitable[None]] | None = None, *,
+                 body_timeout_s: float = BODY_TIMEOUT_S, body_min_rate: int = BODY_MIN_RATE) -> None:
         self._handler = handler
         self._on_shutdown = on_shutdown
         self._closing: asyncio.Task[None] | None = None
-        self._watches = Watches()
+        self._watches = Watches(body_timeout_s, body_min_rate)
         self._running = self._watches.running
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
             return
-        ex = RSGIExchange(scope, proto)
+        ex = RSGIExchange(scope, proto, self._watches)
+        if ex.method == "CONNECT" or not ex._headers.get("host"):
+            refused = refusal(ex.method, ex.path, ex._headers.get("host"), scope.http_version)
+            if refused is not None:
+                proto.response_bytes(*refused)
+                return
         ex._task = task = asyncio.current_task()
         watches = self._watches
         self._running[ex] = watches.generation
