@@ -1,8 +1,10 @@
 """UpstreamClient against real local servers speaking raw bytes (asyncio.start_server on 127.0.0.1:0).
 
-Every test runs its own event loop with ``asyncio.run`` (through ``async_test``), starts the
-servers it needs, and closes the client and the servers before the loop ends, so that no
-transport, socket or task outlives the test (pytest runs with ``filterwarnings = error``).
+Every test runs twice: with the compiled connection (ext/_upstream.pyx) and with its pure-Python twin
+(sluice/_native/_pure_upstream.py), bound into sluice.upstream.client by the ``twin`` fixture (the compiled
+case skipped where it is not built).  Every test runs its own event loop with ``asyncio.run`` (through
+``async_test``), starts the servers it needs, and closes the client and the servers before the loop ends, so
+that no transport, socket or task outlives the test (pytest runs with ``filterwarnings = error``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import select
 import shutil
 import socket
@@ -23,6 +26,8 @@ from typing import Any
 
 import pytest
 
+import sluice._native as native
+from sluice._native import _pure_upstream
 from sluice.upstream import (
     ConnectError,
     ConnectionClosed,
@@ -36,9 +41,40 @@ from sluice.upstream import (
     UpstreamTimeout,
     parse_base_url,
 )
+from sluice.upstream import client as client_module
 from sluice.upstream.client import HIGH_WATER
 
+try:
+    from sluice._native import _upstream
+except ImportError:  # not built here
+    _upstream = None  # type: ignore[assignment]
+
 TEST_TIMEOUT = 5.0  # every test's own bound, well under pytest-timeout's 120 s
+
+TWINS = [
+    pytest.param(_pure_upstream, id="pure"),
+    pytest.param(_upstream, id="compiled", marks=pytest.mark.skipif(_upstream is None, reason="extension not built")),
+]
+
+
+@pytest.fixture(autouse=True, params=TWINS)
+def twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Binds one twin's connection, response and request head into the client for the test."""
+    impl = request.param
+    monkeypatch.setattr(client_module, "Connection", impl.Connection)
+    monkeypatch.setattr(client_module, "Response", impl.Response)
+    monkeypatch.setattr(client_module, "closed_while_idle", impl.closed_while_idle)
+    monkeypatch.setattr(client_module, "upstream_head", impl.head)
+    return impl
+
+
+def test_compiled_is_active_when_required() -> None:
+    if os.environ.get("SLUICE_REQUIRE_COMPILED") == "1":
+        assert _upstream is not None, "the Cython extensions did not build or import"
+        assert native.UpstreamConnection is _upstream.Connection
+    compiled = native.IMPLEMENTATION == "compiled"
+    assert native.UpstreamResponse is (_upstream.Response if compiled else _pure_upstream.Response)
+    assert _pure_upstream.HIGH_WATER == HIGH_WATER and (_upstream is None or _upstream.HIGH_WATER == HIGH_WATER)
 
 
 def async_test(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
@@ -269,11 +305,12 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> Non
 
 
 @async_test
-async def test_content_length_response() -> None:
+async def test_content_length_response(twin: Any) -> None:
     body = b"hello world" * 1000
     async with serving(keepalive(lambda req: reply(body, headers=b"x-answer: 42\r\n"))) as server, \
             upstream_client() as client:
         response = await client.request(origin_of(server), "GET", "/a", [])
+        assert type(response) is twin.Response  # the twin under test serves
         assert response.status == 200
         assert response.header(b"x-answer") == b"42"
         assert response.header(b"content-length") == str(len(body)).encode()

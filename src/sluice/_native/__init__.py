@@ -14,10 +14,14 @@ from ._pure_context import SECURITY_HEADERS, RequestContext
 from ._pure_limits import LocalLimiter
 from ._pure_logline import LineFormatter
 from ._pure_stats import Histograms, RequestStats
+from ._pure_upstream import Connection as UpstreamConnection
+from ._pure_upstream import Response as UpstreamResponse
+from ._pure_upstream import closed_while_idle
+from ._pure_upstream import head as upstream_head
 
 __all__ = ["IMPLEMENTATION", "SECURITY_HEADERS", "USAGE_TAIL", "Histograms", "LineFormatter", "LocalLimiter",
-           "RequestContext", "RequestIds", "RequestStats", "TraceIds", "count_tokens", "finish", "token_counts",
-           "valid_request_id"]
+           "RequestContext", "RequestIds", "RequestStats", "TraceIds", "UpstreamConnection", "UpstreamResponse",
+           "closed_while_idle", "count_tokens", "finish", "token_counts", "upstream_head", "valid_request_id"]
 
 IMPLEMENTATION = "pure"
 
@@ -28,11 +32,19 @@ if os.environ.get("SLUICE_NO_EXTENSIONS") != "1":
         from ._logline import LineFormatter  # type: ignore[assignment]
         from ._speedups import RequestIds, TraceIds, count_tokens, finish, token_counts, valid_request_id  # type: ignore[assignment]
         from ._stats import Histograms, RequestStats  # type: ignore[assignment]
+        from ._upstream import Connection as UpstreamConnection  # type: ignore[assignment]
+        from ._upstream import Response as UpstreamResponse  # type: ignore[assignment]
+        from ._upstream import closed_while_idle  # type: ignore[assignment]
+        from ._upstream import head as upstream_head
     except ImportError:  # not built: the pure twins serve
         from ._pure import RequestIds, TraceIds, count_tokens, finish, token_counts, valid_request_id
         from ._pure_context import SECURITY_HEADERS, RequestContext
         from ._pure_limits import LocalLimiter
         from ._pure_logline import LineFormatter
         from ._pure_stats import Histograms, RequestStats
+        from ._pure_upstream import Connection as UpstreamConnection
+        from ._pure_upstream import Response as UpstreamResponse
+        from ._pure_upstream import closed_while_idle
+        from ._pure_upstream import head as upstream_head
     else:
         IMPLEMENTATION = "compiled"

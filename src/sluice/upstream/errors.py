@@ -10,9 +10,25 @@
           ├── ConnectTimeout
           ├── ReadTimeout       no byte for read_timeout, or the total deadline passed
           └── PoolTimeout       no connection became free in time
+
+They are defined in sluice._native._upstream_errors, below the connection's two twins (compiled and pure),
+which raise them; this module is where the rest of sluice finds them.
 """
 
 from __future__ import annotations
+
+from .._native._upstream_errors import (
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    MalformedResponse,
+    PoolTimeout,
+    ReadTimeout,
+    ResponseTooLarge,
+    TruncatedBody,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 __all__ = [
     "ConnectError",
@@ -26,43 +42,3 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeout",
 ]
-
-
-class UpstreamError(Exception):
-    """Base of the client's errors."""
-
-
-class ConnectError(UpstreamError):
-    pass
-
-
-class ConnectionClosed(UpstreamError):
-    pass
-
-
-class TruncatedBody(ConnectionClosed):
-    pass
-
-
-class MalformedResponse(UpstreamError):
-    pass
-
-
-class ResponseTooLarge(UpstreamError):
-    pass
-
-
-class UpstreamTimeout(UpstreamError):
-    pass
-
-
-class ConnectTimeout(UpstreamTimeout):
-    pass
-
-
-class ReadTimeout(UpstreamTimeout):
-    pass
-
-
-class PoolTimeout(UpstreamTimeout):
-    pass
