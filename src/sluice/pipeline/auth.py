@@ -155,7 +155,7 @@ class AuthStage(Stage):
     def stats(self) -> dict[str, Any]:
         """For /health/details: the key cache, the known-key filter, the store's calls, the failure limits."""
         stats = self.authenticator.stats()
-        state = {f"auth_{name}": stats[name] for name in ("lookups", "filtered", "filter_keys", "store_calls")}
+        state = {f"auth_{name}": stats[name] for name in ("lookups", "filtered", "filter_keys", "store_calls", "polls")}
         return {**state, **(self.failures.stats() if self.failures is not None else {})}
 
     def _authorize(self, ex: Exchange, ctx: RequestContext, principal: Principal) -> None:
