@@ -136,10 +136,8 @@ class ASGIExchange(CallerWatch):
                         raise incomplete_body()
                 if chunk:
                     yield chunk
-        except asyncio.CancelledError:
-            if self._timed_out():
-                raise BodyTimeout() from None
-            raise
+        except asyncio.CancelledError as cancel:
+            raise self._deadline_or(cancel) from None
         finally:
             self._read_ends()
 

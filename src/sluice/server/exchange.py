@@ -123,9 +123,10 @@ class CallerWatch:
     watch in ``_watch_now`` and calls ``_caller_left`` when the disconnect comes.
 
     And about a body too slow to arrive: ``Watches`` calls ``body_expired``, which cancels the task too while
-    it waits for the caller's body (``_awaiting``; a passthrough upload also waits on its upstream, which is not
-    the caller's fault); the face's body reader turns that cancellation into BodyTimeout, and one that was not
-    waiting raises it when it next looks (``_slow``)."""
+    it waits for the caller's body (``_awaiting``), and the face's body reader turns that cancellation into
+    BodyTimeout (``_deadline_or``).  A passthrough upload's task also waits on its upstream (a cancellation
+    there would surface in the upstream client): it is not cancelled then, its reader raises BodyTimeout when
+    it next looks (``_slow``)."""
 
     # Set by the subclass's __init__ (no call more per request), but body_bytes, _slow and _awaiting: by _read_begins.
     __slots__ = ("_awaiting", "_done", "_listeners", "_slow", "_task", "_watches", "body_bytes", "gone")
@@ -152,13 +153,13 @@ class CallerWatch:
         self._awaiting = False
         self._watches.reading.pop(self, None)
 
-    def _timed_out(self) -> bool:
-        """In a body reader's ``except CancelledError``: whether the cancellation was the read deadline's (it is
-        taken back: the reader raises BodyTimeout instead), or someone else's (it goes on)."""
+    def _deadline_or(self, cancel: asyncio.CancelledError) -> BaseException:
+        """What a body reader's ``except CancelledError`` raises: BodyTimeout if the cancellation was the read
+        deadline's (it is taken back), else the cancellation (someone else's: it goes on)."""
         if not self._slow or self._task is None:
-            return False
+            return cancel
         self._task.uncancel()
-        return True
+        return BodyTimeout()
 
     def body_expired(self) -> None:
         self._slow = True

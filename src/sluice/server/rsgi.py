@@ -92,10 +92,8 @@ class RSGIExchange(CallerWatch):
             body: bytes = await self._proto()
         except ProtocolClosed:  # hyper could not read all of it: the caller closed or reset mid-body
             raise incomplete_body() from None
-        except asyncio.CancelledError:
-            if self._timed_out():
-                raise BodyTimeout() from None
-            raise
+        except asyncio.CancelledError as cancel:
+            raise self._deadline_or(cancel) from None
         finally:
             self._read_ends()
         return body
@@ -134,10 +132,8 @@ class RSGIExchange(CallerWatch):
                 raise incomplete_body()
         except ProtocolClosed:
             raise incomplete_body() from None
-        except asyncio.CancelledError:
-            if self._timed_out():
-                raise BodyTimeout() from None
-            raise
+        except asyncio.CancelledError as cancel:
+            raise self._deadline_or(cancel) from None
         finally:
             self._read_ends()
 
