@@ -242,6 +242,8 @@ def test_a_dead_redis_fails_fast_and_the_limiter_reconnects_after_restart(redis:
             with pytest.raises(LimiterUnavailable):
                 await limits.adjust("per-key", "key:abc", "sliding_window", 10, HOUR, 0, 1)
             redis.restart()  # empty: nothing persisted, no script loaded
+            assert limits.circuit.open  # three failures in a row: the next call waits out the cool-down
+            await asyncio.sleep(limits.circuit.retry_in())
             decision = await limits.acquire([check])
             assert decision.allowed and decision.results[0].remaining == pytest.approx(9, abs=0.01)
 
