@@ -831,6 +831,41 @@ async def test_read_timeout_when_server_never_answers() -> None:
         await wait_until(lambda: 1 in server.closed)  # the client closed the connection
 
 
+async def _answer_once(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       conn: int) -> None:
+    """Answers the first request of a connection, never the second."""
+    await server.read_request(reader, conn)
+    writer.write(reply())
+    await writer.drain()
+    await server.read_request(reader, conn)
+    await reader.read()
+
+
+@async_test
+async def test_read_timer_left_by_an_earlier_request_times_the_next_one_from_its_own_start() -> None:
+    """One read timer per connection, armed by the first request: when it fires during the second one's wait it
+    re-arms at that wait's end instead of failing it early, and the wait still times out."""
+    async with serving(_answer_once) as server, upstream_client(read_timeout=0.4) as client:
+        assert await get(client, server) == (200, b"ok")
+        await asyncio.sleep(0.2)  # the first request's timer fires 0.2 s into the second one's wait
+        start = time.monotonic()
+        with pytest.raises(ReadTimeout):
+            await client.request(origin_of(server), "GET", "/", [])
+        assert time.monotonic() - start >= 0.35  # not cut short by the earlier timer
+        assert server.accepted == 1 and client.stats()["in_use"] == 0
+
+
+@async_test
+async def test_a_deadline_shorter_than_the_armed_read_timer_rearms_it() -> None:
+    """The timer armed by a request with a long read timeout fires too late for a later one with a short deadline:
+    the wait re-arms it (else this test would wait 60 s and hit its own bound)."""
+    async with serving(_answer_once) as server, upstream_client(read_timeout=60) as client:
+        assert await get(client, server) == (200, b"ok")
+        with pytest.raises(ReadTimeout):
+            await client.request(origin_of(server), "GET", "/", [], deadline=asyncio.get_running_loop().time() + 0.2)
+        assert server.accepted == 1 and client.stats()["in_use"] == 0
+
+
 @pytest.mark.parametrize("how", ["read", "next_chunk"])
 @async_test
 async def test_read_timeout_mid_body(how: str) -> None:
