@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import Config
@@ -99,6 +99,7 @@ class Attempts:
         self.client = client
         self.sender = sender
         self.retries = res.retries
+        self.one_shot = res.retries == 0  # a plan with one candidate is then one attempt, no loop (serve)
         self.backoff = (res.backoff_base_s, res.backoff_max_s)
         self.max_retry_after_s = res.max_retry_after_s
         self.timeout_s = min(res.timeout_s, config.upstream.total_timeout_s)
@@ -133,8 +134,36 @@ class Attempts:
             upstream = self._upstream = self.client()
         return upstream.loop.time() + timeout
 
-    async def serve(self, ex: Exchange, ctx: RequestContext, plan: Plan, build: Build) -> None:
-        """Attempts until one answer reaches the caller (see the module docstring)."""
+    def serve(self, ex: Exchange, ctx: RequestContext, plan: Plan, build: Build) -> Coroutine[Any, Any, None]:
+        """Attempts until one answer reaches the caller (see the module docstring): the loop, or one attempt when
+        there is nothing to loop over (no retries configured, and the plan's deployment is its only candidate:
+        ``Plan.alone``).  A plain function returning the coroutine (no coroutine level more per request)."""
+        if plan.alone and self.one_shot:
+            return self._one(ex, ctx, plan, build)
+        return self._loop(ex, ctx, plan, build)
+
+    async def _one(self, ex: Exchange, ctx: RequestContext, plan: Plan, build: Build) -> None:
+        """The loop's steps for a plan with one candidate and no retries, without the loop: the same checks, the
+        same answer, the same errors, counters and dead letter (the loop would end after its first turn)."""
+        deadline = self.deadline(ex)
+        dep = plan.first
+        if not dep.available(time.monotonic()):  # taken while the request awaited its admission
+            raise no_deployment(plan.primary.name)
+        sender = self.sender
+        try:
+            call, egress = build(ex, ctx, dep)
+            upstream = sender.prepare(ctx, dep, call)
+        except UnsupportedContent as exc:
+            raise unsupported(exc, dep.provider) from None
+        ctx.served_model = plan.route.name  # ctx.retries stays 0
+        failure = await sender.attempt(ex, ctx, dep, call, upstream, egress, deadline, 1)
+        if failure is None:
+            return
+        if ctx.trace is not None:
+            sender.end_failed(ctx, failure)
+        await self._give_up(ex, ctx, [failure], 1, plan.primary, ctx.body or b"")
+
+    async def _loop(self, ex: Exchange, ctx: RequestContext, plan: Plan, build: Build) -> None:
         deadline = self.deadline(ex)
         if self.retries:
             self.budget.requested(time.monotonic())

@@ -32,9 +32,14 @@ _STICKY, _GEO = Strategy.STICKY, Strategy.GEO
 class Plan:
     """A model call's routing: the model asked for (``primary``), the route serving the first attempt (a
     fallback's when the model's deployments all rest), that attempt's deployment, what the request needs from a
-    target, and the caller's affinity (sticky, A/B) and region (geo)."""
+    target, and the caller's affinity (sticky, A/B) and region (geo).  ``alone``: that deployment is the only
+    one the request could go to (its route has no other, and no fallback comes after it), so that an attempt
+    loop without retries has nothing to loop over (Attempts takes its one-shot path).
 
-    __slots__ = ("affinity", "first", "needs", "primary", "region", "route")
+    A plan is never changed once made: the Planner hands the same ready plan to every request of a model whose
+    routing cannot depend on the request."""
+
+    __slots__ = ("affinity", "alone", "first", "needs", "primary", "region", "route")
 
     def __init__(self, primary: ModelRoute, route: ModelRoute, first: Deployment, needs: frozenset[str],
                  affinity: str | None, region: str | None) -> None:
@@ -44,6 +49,7 @@ class Plan:
         self.needs = needs
         self.affinity = affinity
         self.region = region
+        self.alone = route.single is first and (not primary.fallbacks or route is primary.fallbacks[-1])
 
 
 class Planner:
@@ -57,8 +63,18 @@ class Planner:
         self.needs_checked = frozenset(r.name for r in routes if any(not f.complete for f in r.fallbacks))
         self.failover_counts: dict[tuple[str, str], int] = {}  # (model, fallback) -> requests moved
         self.variant_counts: dict[tuple[str, str], int] = {}  # (model, variant) -> requests
+        # Per model whose routing nothing in a request can change (one deployment, no A/B split, neither sticky
+        # nor geo, every capability on it), its plan, made once: a request of it costs a lookup and the
+        # deployment's availability (when it rests, the full decision below fails over or refuses as ever).
+        self.ready: dict[str, Plan] = {
+            r.name: Plan(r, r, r.single, NOTHING, None, None) for r in routes
+            if r.single is not None and not r.variants and r.strategy is not _STICKY and r.strategy is not _GEO
+            and r.complete and r.name not in self.needs_checked}
 
     def plan(self, ex: Exchange, ctx: RequestContext, request: Any, endpoint: str) -> Plan:
+        ready = self.ready.get(request.model)
+        if ready is not None and ready.first.available(time.monotonic()):
+            return ready
         route = self.router.get(request.model)
         if route is None:
             raise model_not_found(request.model)
