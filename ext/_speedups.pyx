@@ -43,6 +43,24 @@
 # counts; some twenty bytecodes of attribute reads and writes, done on the
 # context's C fields.  (The route is the context's from its start: the pipeline
 # knows it.)  Both take only the compiled RequestContext (TypeError otherwise).
+#
+# answer_head(context, upstream, names, resolve, provider, attempts, json) is
+# the head of a model call's answer, whole, in one call (it was four Python
+# steps: the relayed headers, the JSON type, the renamed rate limits, then the
+# context's headers around them and who served it).  In order:
+#   x-request-id, x-sluice-overhead-ms (the overhead so far; ttfb_s and
+#   overhead_s are set as RequestContext.headers sets them), the security
+#   headers, the upstream's headers as relayed, content-type JSON when the body
+#   is the gateway's (``json``), x-sluice-model / -provider / -attempts (unless
+#   ``provider`` is None), then the rate limits' own (context.admission).
+# Which upstream header goes out under which name is the server's policy
+# (server/relay.py): ``names`` maps a name as the upstream spelt it to its
+# relayed name ("" for one that is not relayed), ``resolve(name)`` answers and
+# remembers a name not in it yet.  With ``json`` the upstream's content-type and
+# content-encoding are dropped (the body is the gateway's JSON now); when the
+# rate limits admitted the request, the upstream's x-ratelimit-* headers go out
+# as x-upstream-ratelimit-* (the gateway's own speak for the gateway).  The
+# milliseconds are written by PyOS_double_to_string, as f"{ms:.3f}" writes them.
 
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
@@ -54,6 +72,8 @@ from sluice._native._context cimport RequestContext, get, perf_counter
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
     bint PyUnicode_IS_ASCII(object s)
+    char* PyOS_double_to_string(double val, char format_code, int precision, int flags, int* ptype) except NULL
+    void PyMem_Free(void* p)
 
 cdef const char* HEX = b"0123456789abcdef"
 cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15ULL
@@ -290,3 +310,54 @@ def finish(RequestContext context not None, long status):
     if status >= 400 and get(<PyObject*>context.error, context) is None:
         context.error = "upstream_4xx" if status < 500 else "upstream_5xx"
     _count(context)
+
+
+# -- the answer's head (see the top) ---------------------------------------------------------
+
+cdef tuple JSON_TYPE = ("content-type", "application/json")
+cdef tuple ATTEMPT_COUNTS = tuple([str(i) for i in range(16)])  # str(attempts), made once
+
+
+cdef str milliseconds(double seconds):
+    """f"{seconds * 1000:.3f}", without the format mini-language's parsing."""
+    cdef char* text = PyOS_double_to_string(seconds * 1000, b'f', 3, 0, NULL)
+    try:
+        return text.decode("ascii")
+    finally:
+        PyMem_Free(text)
+
+
+def answer_head(RequestContext context not None, upstream, dict names not None, resolve, str provider,
+                Py_ssize_t attempts, bint json):
+    """The answer's head: the context's headers around the upstream's as relayed and who served it (see the
+    top)."""
+    cdef double elapsed = perf_counter() - context.started
+    cdef str relayed
+    context.ttfb_s = elapsed
+    context.overhead_s = elapsed - context.upstream_s
+    cdef list head = [("x-request-id", get(<PyObject*>context.request_id, context)),
+                      ("x-sluice-overhead-ms", milliseconds(context.overhead_s))]
+    head.extend(get(<PyObject*>context.security, context))
+    admission = get(<PyObject*>context.admission, context)
+    for name, value in upstream:
+        relayed = names.get(name)
+        if relayed is None:
+            relayed = resolve(name)
+        if not relayed or (json and (relayed == "content-type" or relayed == "content-encoding")):
+            continue
+        if admission is not None and relayed.startswith("x-ratelimit-"):
+            relayed = "x-upstream-" + relayed[2:]
+        if type(value) is bytes:
+            head.append((relayed, (<bytes>value).decode("latin-1")))
+        else:
+            head.append((relayed, value.decode("latin-1")))
+    if json:
+        head.append(JSON_TYPE)
+    if provider is not None:
+        model = get(<PyObject*>context.served_model, context)
+        head.append(("x-sluice-model", model if model else ""))
+        head.append(("x-sluice-provider", provider))
+        head.append(("x-sluice-attempts", ATTEMPT_COUNTS[attempts] if 0 <= attempts < 16 else str(attempts)))
+    if admission is not None:
+        head += admission.headers
+    return head

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterable
 
 from ._pure_context import RequestContext
 
-__all__ = ["USAGE_TAIL", "RequestIds", "TraceIds", "count_tokens", "finish", "token_counts", "valid_request_id"]
+__all__ = ["USAGE_TAIL", "RequestIds", "TraceIds", "answer_head", "count_tokens", "finish", "token_counts",
+           "valid_request_id"]
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -118,3 +120,40 @@ def finish(context: RequestContext, status: int) -> None:
     if status >= 400 and context.error is None:
         context.error = "upstream_4xx" if status < 500 else "upstream_5xx"
     count_tokens(context)
+
+
+# -- the answer's head ---------------------------------------------------------------------------
+
+
+def answer_head(context: RequestContext, upstream: Iterable[tuple[bytes, bytes]], names: dict[bytes, str],
+                resolve: Callable[[bytes], str], provider: str | None, attempts: int,
+                json: bool) -> list[tuple[str, str]]:
+    """The head of a model call's answer, in order: x-request-id, x-sluice-overhead-ms (``ttfb_s`` and
+    ``overhead_s`` set as ``RequestContext.headers`` sets them), the security headers, the upstream's headers as
+    relayed (``names``: the relayed name of each name as the upstream spelt it, "" for one not relayed;
+    ``resolve`` answers a name not in it yet), content-type JSON when the body is the gateway's (``json``: the
+    upstream's content-type and content-encoding are dropped), x-sluice-model / -provider / -attempts (unless
+    ``provider`` is None), and the rate limits' own; when they admitted the request (``context.admission``),
+    the upstream's x-ratelimit-* go out as x-upstream-ratelimit-*."""
+    context.ttfb_s = elapsed = time.perf_counter() - context.started
+    context.overhead_s = elapsed - context.upstream_s
+    head = [("x-request-id", context.request_id), ("x-sluice-overhead-ms", f"{context.overhead_s * 1000:.3f}"),
+            *context.security]
+    admission = context.admission
+    for name, value in upstream:
+        relayed = names.get(name)
+        if relayed is None:
+            relayed = resolve(name)
+        if not relayed or (json and relayed in ("content-type", "content-encoding")):
+            continue
+        if admission is not None and relayed.startswith("x-ratelimit-"):
+            relayed = "x-upstream-" + relayed[2:]
+        head.append((relayed, value.decode("latin-1")))
+    if json:
+        head.append(("content-type", "application/json"))
+    if provider is not None:
+        head += (("x-sluice-model", context.served_model or ""), ("x-sluice-provider", provider),
+                 ("x-sluice-attempts", str(attempts)))
+    if admission is not None:
+        head += admission.headers
+    return head
