@@ -196,6 +196,11 @@ class Gateway:
                 await part
             except Exception:
                 log.exception("closing the gateway")
+        if self.metrics is not None:  # what was counted since the last snapshot (at most a second's worth)
+            try:
+                self.metrics.flush()
+            except OSError:
+                log.exception("writing the last metrics snapshot")
         self.close_logs()
 
     def close_logs(self) -> None:
