@@ -9,11 +9,23 @@ refusing it again costs nothing), or, for a hash the store does not know, a
 short-lived negative entry (bounded, so a flood of made-up keys cannot grow it).
 The config's static keys are in the cache from the start and never leave it.
 
+**Unknown keys** never reach the store in bulk: a miss first asks the known-key
+filter (sluice.auth.keyfilter: a Bloom filter of every key hash in the store,
+built with the first read of the feed's version and fed by the change feed).  A
+hash it lacks waits for the feed's next read (``_after_next_read``: at most
+``revocation_poll_s``, no read of its own, so a key made on another instance
+still works at its first use) and is then refused, and remembered as unknown;
+only a hash it holds (a real key, or about 1 in 120 made-up ones at the
+filter's full size) is read.  Per-address failure limits (sluice.auth.failures)
+are the auth stage's, before it calls in here.
+
 Refusals do not tell whether a key exists: an unknown, revoked, rotated-past-
 grace or malformed key, or one whose user is disabled, gets the same 401
-message and code (``invalid_api_key``); a first-seen unknown key and a
-first-seen revoked one each cost one store read.  Only an expired key is told
-so (``expired_api_key``): its holder can do something about it.
+message and code (``invalid_api_key``); a first-seen revoked key costs one
+store read, a first-seen unknown one the wait for the feed (so the time of the
+refusal tells a holder whether the key they hold was ever issued: nothing a
+guesser can use).  Only an expired key is told so (``expired_api_key``): its
+holder can do something about it.
 
 **Changes** reach every worker within ``revocation_poll_s`` (+ one store round
 trip): a background task reads the store's change feed.  With Redis
