@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="fraction of requests --fault hits (0..1)")
     mock.add_argument("--trickle-ms", type=float, default=10.0, metavar="MS",
                       help="delay between the bytes of --fault trickle")
+    mock.add_argument("--stream-bytes", type=int, default=0, metavar="N",
+                      help="pad each streamed OpenAI chat to at least N bytes (large streams)")
+    mock.add_argument("--interface", choices=("rsgi", "asgi"), default="rsgi",
+                      help="Granian interface: rsgi, or asgi (whose writes wait for the reader: a gateway that stops "
+                           "reading a large stream does not make the mock queue it)")
     mock.set_defaults(run=_mock)
 
     check = commands.add_parser("check-config", help="validate a config file without serving")
@@ -154,16 +159,16 @@ def _mock(args: argparse.Namespace) -> int:
     from .runner import serve
 
     fields = ("latency_ms", "chunk_ms", "error_rate", "error_status", "seed", "retry_after", "fault", "fault_rate",
-              "trickle_ms")
+              "trickle_ms", "stream_bytes")
     try:
         options = parse_options({name: getattr(args, name) for name in fields})
     except ValueError as exc:  # "Expected `float` <= 1.0 - at `$.error_rate`": name the flag
         flag = re.sub(r"\$\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(exc))
         print(f"sluice: mock-upstream: {flag}", file=sys.stderr)
         return EXIT_CONFIG
-    serve("sluice.mock.entry:rsgi_app", host=args.host, port=args.port, workers=args.workers,
-          grace_period_s=5, env={"SLUICE_MOCK_OPTIONS": msgspec.json.encode(options).decode()},
-          log_level="warning")
+    serve(f"sluice.mock.entry:{args.interface}_app", host=args.host, port=args.port, workers=args.workers,
+          interface=args.interface, grace_period_s=5,
+          env={"SLUICE_MOCK_OPTIONS": msgspec.json.encode(options).decode()}, log_level="warning")
     return 0
 
 

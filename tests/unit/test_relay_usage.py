@@ -40,6 +40,8 @@ EXPECTED = _stream(usage=False)
 
 
 class _Exchange:
+    client = ""  # no socket: the stream's Backlog (server/backlog.py) finds none and stays out of the way
+
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.ended = False

@@ -5,7 +5,8 @@ the reply text is REPLY (cut to max_tokens words, then finish_reason "length"),
 one word is one completion token, a prompt token is four characters.  With
 ``tools``, a chat answers tool calls (``mock.tools``: forced by ``tool_choice``,
 or asked for by "use a tool" / "call <name>"; "parallel" makes two), and a
-last turn of tool results is answered with REPLY.
+last turn of tool results is answered with REPLY.  ``stream_bytes`` (the mock's option) pads a streamed
+chat with content events of PAD_TEXT until it is at least that long (large streams, e.g. for slow readers).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ __all__ = [
 
 REPLY = "Hello! This is the sluice mock upstream answering your request."
 _WORDS = REPLY.split(" ")
+# The content of each padding event (stream_bytes): ~4 KB events, so that a multi-MB stream is a thousand
+# events, not the tens of thousands a token stream that long would be (the mock's and the gateway's CPU).
+PAD_TEXT = " padding" * 500
 _ids = itertools.count(1)
 DEFAULT_DIMENSIONS = 1536
 
@@ -137,8 +141,9 @@ def _event(payload: dict[str, Any]) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
-def chat_chunks(request: dict[str, Any]) -> Iterator[bytes]:
-    """The SSE events of a streamed chat completion, [DONE] included."""
+def chat_chunks(request: dict[str, Any], stream_bytes: int = 0) -> Iterator[bytes]:
+    """The SSE events of a streamed chat completion, [DONE] included; at least ``stream_bytes`` of them (content
+    events of PAD_TEXT after the reply's words)."""
     words, finish = _reply_words(request)
     n = _choices_count(request)
     include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
@@ -159,10 +164,18 @@ def chat_chunks(request: dict[str, Any]) -> Iterator[bytes]:
                           "usage": _usage(prompt_tokens(request.get("messages", [])), _tool_tokens(calls))})
         yield DONE
         return
+    sent = 0
     for position, word in enumerate(words):
         text = word if position == 0 else " " + word
-        yield chunk([{"index": i, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
-                     for i in range(n)])
+        event = chunk([{"index": i, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+                       for i in range(n)])
+        sent += len(event)
+        yield event
+    if sent < stream_bytes:
+        padding = chunk([{"index": i, "delta": {"content": PAD_TEXT}, "logprobs": None, "finish_reason": None}
+                         for i in range(n)])
+        for _ in range(-(-(stream_bytes - sent) // len(padding))):
+            yield padding
     yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish} for i in range(n)])
     if include_usage:
         prompt = prompt_tokens(request.get("messages", []))

@@ -24,6 +24,8 @@ upstream model name (the deployment on Azure, the path's model on Gemini), so on
 well-behaved and broken targets side by side.  The options:
 
     latency_ms, chunk_ms       a delay before every answer; between stream events
+    stream_bytes               a streamed OpenAI chat is padded to at least this many bytes (openai.py's
+                               PAD_TEXT events): large streams, e.g. for slow readers (0: not padded)
     error_rate, error_status   a fraction of requests answered with an error of that status (drawn
                                with ``seed``, so a seeded run is reproducible)
     retry_after                the Retry-After (seconds) of the errors the mock injects; a 429
@@ -113,6 +115,7 @@ class MockOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fault: Fault | None = None
     fault_rate: _Rate = 1.0
     trickle_ms: _Delay = 10.0
+    stream_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     @property
     def plain(self) -> bool:
@@ -328,7 +331,8 @@ class MockUpstream:
         stream = request.get("stream") is True
         if path == "/v1/chat/completions":
             if stream:
-                await self._stream(ex, wire.chat_chunks(request), 2 if request["model"] == "mock-cut-stream" else None)
+                await self._stream(ex, wire.chat_chunks(request, self.options.stream_bytes),
+                                   2 if request["model"] == "mock-cut-stream" else None)
             else:
                 await ex.respond(200, JSON, wire.chat_completion(request))
         elif path == "/v1/completions":

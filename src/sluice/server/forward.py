@@ -216,7 +216,7 @@ class Sender:
             ctx.ttft_s = ttfb
         if relayed.error is None:
             dep.succeeded(now, spent, ttfb)
-        elif relayed.error == "client_disconnected":
+        elif relayed.error in ("client_disconnected", "client_stalled"):  # the caller's doing, not the upstream's
             dep.released(now)
         else:
             dep.failed(now, spent)  # cut or malformed mid-stream: too late to retry, not too late to count

@@ -37,6 +37,7 @@ from ..providers import Provider
 from ..routing import Router
 from ..routing.plan import model_not_found
 from ..upstream import Response, UpstreamClient, UpstreamError
+from .backlog import Backlog, Stalled
 from .forward import gateway_error
 from .multipart import boundary_of, read_form
 from .relay import relay_headers
@@ -59,10 +60,13 @@ async def relay_raw(ex: Exchange, response: Response, headers: Headers) -> str |
     """Relays an answer of any kind as its pieces arrive: no parsing, no buffering.
 
     Returns an error class when the upstream broke off mid-body (the caller sees a cut body: there is
-    no format to write an error event in).
+    no format to write an error event in), or when the caller stopped reading (``client_stalled``: the
+    stream's ``Backlog``, as in relay_stream).
     """
     stop_watch: Callable[[], object] | None = None
     gone = False
+    backlog = Backlog(ex.client)
+    written = 0
 
     def caller_left() -> None:
         nonlocal gone
@@ -74,14 +78,21 @@ async def relay_raw(ex: Exchange, response: Response, headers: Headers) -> str |
         stop_watch = ex.on_disconnect(caller_left)
         while chunk := await response.next_chunk():
             await ex.write(chunk)
+            written += len(chunk)
+            if written > backlog.next_check:
+                await backlog.check(written)
         await ex.end_stream()
     except ClientGone:
         return "client_disconnected"
     except UpstreamError:
         return "client_disconnected" if gone else "upstream_stream_error"
+    except Stalled:
+        await backlog.cut(ex)
+        return "client_stalled"
     finally:
         if stop_watch is not None:
             stop_watch()
+        backlog.close()
         response.release()
     return None
 

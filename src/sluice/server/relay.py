@@ -10,6 +10,7 @@ import orjson
 
 from ..providers import StreamTranslator
 from ..upstream import Response, UpstreamError
+from .backlog import Backlog, Stalled
 from .exchange import ClientGone, Exchange, Headers
 
 __all__ = ["Relayed", "hide_usage", "relay_headers", "relay_stream", "relay_translated", "split_events"]
@@ -140,9 +141,10 @@ async def relay_stream(ex: Exchange, response: Response, headers: Headers, hidin
                        first: bytes = b"") -> Relayed:
     """Relays an SSE stream whole events at a time, as they arrive.
 
-    A slow caller slows the upstream read where the server's ``write`` waits for
-    the client (ASGI; Granian 2.8's RSGI queues instead, see bench/README.md):
-    the client's buffer fills and the upstream socket read pauses.  A caller
+    A slow caller slows the upstream read: the server's ``write`` waits for the
+    client over ASGI; over RSGI (Granian 2.8 queues instead) ``Backlog`` waits
+    while more than its cap is unacknowledged, and a caller that acknowledges
+    nothing for ``backlog.STALL_S`` is cut (``client_stalled``).  A caller
     that leaves closes the upstream connection at once (and the read waiting on
     it ends).  If the upstream fails mid-stream, the caller gets the events that
     were complete and then an error event, never half a line.
@@ -153,6 +155,8 @@ async def relay_stream(ex: Exchange, response: Response, headers: Headers, hidin
     relayed = Relayed()
     stop_watch: Callable[[], object] | None = None
     left = _Left(response)
+    backlog = Backlog(ex.client)
+    written = 0
     try:
         await ex.start_stream(200, headers)  # in the try: a caller gone already still frees the connection
         stop_watch = ex.on_disconnect(left)
@@ -194,12 +198,19 @@ async def relay_stream(ex: Exchange, response: Response, headers: Headers, hidin
                     if not out:
                         continue
             await ex.write(out)
+            written += len(out)
+            if written > backlog.next_check:
+                await backlog.check(written)
         await ex.end_stream()
     except ClientGone:
         relayed.error = "client_disconnected"
+    except Stalled:
+        relayed.error = "client_stalled"
+        await backlog.cut(ex)
     finally:
         if stop_watch is not None:
             stop_watch()
+        backlog.close()
         response.release()  # closes the connection unless the stream was read to its end
     return relayed
 
@@ -214,6 +225,8 @@ async def relay_translated(ex: Exchange, response: Response, headers: Headers,
     relayed = Relayed()
     stop_watch: Callable[[], object] | None = None
     left = _Left(response)
+    backlog = Backlog(ex.client)
+    written = 0
     try:
         await ex.start_stream(200, headers)
         stop_watch = ex.on_disconnect(left)
@@ -241,12 +254,19 @@ async def relay_translated(ex: Exchange, response: Response, headers: Headers,
                 break
             if out:
                 await ex.write(out)
+                written += len(out)
+                if written > backlog.next_check:
+                    await backlog.check(written)
         await ex.end_stream()
     except ClientGone:
         relayed.error = "client_disconnected"
+    except Stalled:
+        relayed.error = "client_stalled"
+        await backlog.cut(ex)
     finally:
         if stop_watch is not None:
             stop_watch()
+        backlog.close()
         response.release()
     relayed.error = relayed.error or translator.error
     return relayed
