@@ -13,9 +13,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import pytest
@@ -23,29 +21,13 @@ import pytest
 from sluice.config import RateLimitConfig
 from sluice.pipeline.ratelimit import RateLimited, RateLimits
 from sluice.state.redis_limits import BREAKER_FAILURES, Check, LimiterUnavailable, RedisLimiter, connect
+from tests.integration.test_redis_limits import run
 from tests.redis_server import RedisServer
+from tests.unit.test_ratelimit_callers import Request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-T = TypeVar("T")
 HOUR = 3600.0
-
-
-def run(make: Callable[[], Awaitable[T]], timeout: float = 40.0) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await make()
-    return asyncio.run(bounded())
-
-
-@dataclass
-class Request:
-    key: str
-    client: str = "127.0.0.1:5000"
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def header(self, name: str) -> str | None:
-        return f"Bearer {self.key}" if name == "authorization" else None
 
 
 def limits(url: str, prefix: str, rate: int, *, timeout_s: float = 0.2) -> RateLimits:
