@@ -12,8 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sluice._native import _pure, _pure_context
-from sluice.server.relay import _RELAYED_AS as RELAYED_AS
-from sluice.server.relay import _relayed_as as relayed_as
+from sluice.server.relay import RELAYED_AS, relayed_as
 
 try:
     from sluice._native import _context, _speedups

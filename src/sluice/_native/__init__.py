@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ._pure import USAGE_TAIL, RequestIds, TraceIds, count_tokens, finish, token_counts, valid_request_id
+from ._pure import USAGE_TAIL, RequestIds, TraceIds, answer_head, count_tokens, finish, token_counts, valid_request_id
 from ._pure_context import SECURITY_HEADERS, RequestContext
 from ._pure_limits import LocalLimiter
 from ._pure_logline import LineFormatter
@@ -21,7 +21,8 @@ from ._pure_upstream import head as upstream_head
 
 __all__ = ["IMPLEMENTATION", "SECURITY_HEADERS", "USAGE_TAIL", "Histograms", "LineFormatter", "LocalLimiter",
            "RequestContext", "RequestIds", "RequestStats", "TraceIds", "UpstreamConnection", "UpstreamResponse",
-           "closed_while_idle", "count_tokens", "finish", "token_counts", "upstream_head", "valid_request_id"]
+           "answer_head", "closed_while_idle", "count_tokens", "finish", "token_counts", "upstream_head",
+           "valid_request_id"]
 
 IMPLEMENTATION = "pure"
 
@@ -30,14 +31,14 @@ if os.environ.get("SLUICE_NO_EXTENSIONS") != "1":
         from ._context import SECURITY_HEADERS, RequestContext  # type: ignore[assignment]
         from ._limits import LocalLimiter  # type: ignore[assignment]
         from ._logline import LineFormatter  # type: ignore[assignment]
-        from ._speedups import RequestIds, TraceIds, count_tokens, finish, token_counts, valid_request_id  # type: ignore[assignment]
+        from ._speedups import RequestIds, TraceIds, answer_head, count_tokens, finish, token_counts, valid_request_id  # type: ignore[assignment]
         from ._stats import Histograms, RequestStats  # type: ignore[assignment]
         from ._upstream import Connection as UpstreamConnection  # type: ignore[assignment]
         from ._upstream import Response as UpstreamResponse  # type: ignore[assignment]
         from ._upstream import closed_while_idle  # type: ignore[assignment]
         from ._upstream import head as upstream_head
     except ImportError:  # not built: the pure twins serve
-        from ._pure import RequestIds, TraceIds, count_tokens, finish, token_counts, valid_request_id
+        from ._pure import RequestIds, TraceIds, answer_head, count_tokens, finish, token_counts, valid_request_id
         from ._pure_context import SECURITY_HEADERS, RequestContext
         from ._pure_limits import LocalLimiter
         from ._pure_logline import LineFormatter

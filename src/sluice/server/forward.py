@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from .._native import USAGE_TAIL, count_tokens
+from .._native import USAGE_TAIL, answer_head, count_tokens
 from ..config import Config
 from ..context import Exchange, RequestContext
 from ..errors import BadGateway, GatewayError, GatewayTimeout
 from ..providers import Call, InvalidAnswer, Provider, UpstreamRequest
 from ..providers.translate.errors import UnsupportedContent
-from ..resilience.attempts import FailedAttempt, served_headers
+from ..resilience.attempts import FailedAttempt
 from ..resilience.retry import parse_retry_after
 from ..upstream import Response, ResponseTooLarge, UpstreamClient, UpstreamError, UpstreamTimeout
 from .messages import Egress, chain
-from .relay import relay_headers, relay_stream, relay_translated
+from .relay import RELAYED_AS, relay_stream, relay_translated, relayed_as
 
 if TYPE_CHECKING:
     from ..routing import Deployment
@@ -188,20 +188,18 @@ class Sender:
             _end_attempt(ctx, status)
         if egress is not None:
             status, data = egress.answer(status, data)
-        headers = relay_headers(response)
-        if translated:  # the body is ours now: its type is JSON, whatever the upstream said of its own
-            headers = [(n, v) for n, v in headers if n not in ("content-type", "content-encoding")]
-            headers.append(("content-type", JSON))
-        if ctx.admission is not None:  # our limits speak for the gateway; the provider's are renamed
-            headers = [(f"x-upstream-{n[2:]}" if n.startswith("x-ratelimit-") else n, v) for n, v in headers]
-        return status, ctx.headers(*headers, *_served(ctx, provider, attempts)), data
+        # The whole head in one call: ours, the upstream's as relayed (a translated body is ours: its type is
+        # JSON, whatever the upstream said of its own; with rate limits on, the provider's are renamed: ours
+        # speak for the gateway), who served it.
+        return status, answer_head(ctx, response.headers, RELAYED_AS, relayed_as, provider.name, attempts,
+                                   translated), data
 
     async def _relay_stream(self, ex: Exchange, ctx: RequestContext, dep: Deployment, call: Call,
                             response: Response, egress: Egress | None, sent: float, attempts: int,
                             first: bytes) -> None:
         provider = dep.provider
         translator = chain(provider.stream(call), egress.stream() if egress is not None else None)
-        headers = ctx.headers(*relay_headers(response), *_served(ctx, provider, attempts))
+        headers = answer_head(ctx, response.headers, RELAYED_AS, relayed_as, provider.name, attempts, False)
         if translator is None:
             relayed = await relay_stream(ex, response, headers, ctx.usage_asked, first)
             ctx.answer = relayed.usage
@@ -222,10 +220,6 @@ class Sender:
             dep.failed(now, spent)  # cut or malformed mid-stream: too late to retry, not too late to count
         if ctx.trace is not None:
             _end_attempt(ctx, response.status)
-
-
-def _served(ctx: RequestContext, provider: Provider, attempts: int) -> tuple[tuple[str, str], ...]:
-    return served_headers(ctx.served_model or "", provider.name, attempts)
 
 
 _PARSED_UP_TO = 16 * 1024  # answers above this are checked at their ends only (a full parse would stall the loop)

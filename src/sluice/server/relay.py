@@ -13,7 +13,8 @@ from ..upstream import Response, UpstreamError
 from .backlog import Backlog, Stalled
 from .exchange import ClientGone, Exchange, Headers
 
-__all__ = ["Relayed", "hide_usage", "relay_headers", "relay_stream", "relay_translated", "split_events"]
+__all__ = ["RELAYED_AS", "Relayed", "hide_usage", "relay_headers", "relay_stream", "relay_translated", "relayed_as",
+           "split_events"]
 
 # Hop-by-hop headers, headers the server writes itself, and cookies the caller has no use for.
 _NOT_RELAYED = frozenset((
@@ -27,32 +28,34 @@ _MAX_PENDING = 1024 * 1024  # an "event" longer than this is passed on as it is
 
 # The name each header name (as the upstream spelt it) is relayed under, "" for one that is not: upstreams send
 # the same few names on every answer, so each is lowered, checked and decoded once, not per answer (that took
-# half of relay_headers' time).  Bounded, so that a peer inventing names cannot grow it without end.
-_RELAYED_AS: dict[bytes, str] = {}
+# half of relay_headers' time).  Bounded, so that a peer inventing names cannot grow it without end.  A model
+# call's answer reads it in sluice._native.answer_head (with relayed_as for a name not in it yet).
+RELAYED_AS: dict[bytes, str] = {}
 _NAMES_KEPT = 1024
 
 
 def relay_headers(response: Response) -> Headers:
     """The upstream's end-to-end headers; its own request id as x-upstream-request-id."""
     headers = []
-    known = _RELAYED_AS
+    known = RELAYED_AS
     for name, value in response.headers:
         relayed = known.get(name)
         if relayed is None:
-            relayed = _relayed_as(name)
+            relayed = relayed_as(name)
         if relayed:
             headers.append((relayed, value.decode("latin-1")))
     return headers
 
 
-def _relayed_as(name: bytes) -> str:
+def relayed_as(name: bytes) -> str:
+    """The name ``name`` is relayed under ("" for one that is not), remembered in RELAYED_AS."""
     lname = name.lower()
     if lname == b"x-request-id":
         relayed = "x-upstream-request-id"
     else:
         relayed = "" if lname in _NOT_RELAYED else lname.decode("latin-1")
-    if len(_RELAYED_AS) < _NAMES_KEPT:
-        _RELAYED_AS[name] = relayed
+    if len(RELAYED_AS) < _NAMES_KEPT:
+        RELAYED_AS[name] = relayed
     return relayed
 
 
