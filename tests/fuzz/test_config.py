@@ -13,13 +13,13 @@ import pytest
 import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
-from tests.conftest import ROOT
-from tests.fuzz._fuzz import FUZZ, JSON, corpus
 
 from sluice.config import Config
 from sluice.config.loader import parse_config
 from sluice.errors import ConfigError
 from sluice.providers import check_providers
+from tests.conftest import ROOT
+from tests.fuzz._fuzz import FUZZ, JSON, corpus
 
 ENV = {"SLUICE_ADMIN_KEY": "sk-admin-" + "t" * 24, "SLUICE_DB": "/nonexistent/sluice.db", "OPENAI_API_KEY": "sk-x",
        "ANTHROPIC_API_KEY": "sk-y", "GEMINI_API_KEY": "g", "EMPTY": ""}

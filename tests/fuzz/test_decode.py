@@ -19,7 +19,6 @@ import orjson
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from tests.fuzz._fuzz import CHAT_REQUEST, FUZZ, JSON, MESSAGES_REQUEST, corpus, dumps
 
 from sluice.config import ProviderConfig
 from sluice.errors import InvalidRequest
@@ -38,6 +37,7 @@ from sluice.providers.translate.errors import UnsupportedContent
 from sluice.server.endpoints import _asking_usage
 from sluice.server.messages import messages_call
 from sluice.server.routes import MODEL_ENDPOINTS
+from tests.fuzz._fuzz import CHAT_REQUEST, FUZZ, JSON, MESSAGES_REQUEST, corpus, dumps
 
 # Every JSON model route and the type its decode stage reads (server/routes.py builds the same).
 ROUTES: dict[str, type[ModelRequest]] = {**MODEL_ENDPOINTS, "/v1/messages": MessagesRequest,

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from tests.fuzz._fuzz import FUZZ, corpus
 
 from sluice.auth.credential import presented_credential, presented_key
 from sluice.auth.iprules import ClientIp, IpRules, parse_networks
@@ -29,6 +28,7 @@ from sluice.providers.translate.sse import SSEError, SSEEvent, SSEParser, sse_ev
 from sluice.server.multipart import boundary_of, read_form
 from sluice.server.passthrough import check_batch_upload
 from sluice.traceparent import parse_traceparent
+from tests.fuzz._fuzz import FUZZ, corpus
 
 # ------------------------------------------------------------------------------------------ SSE
 

@@ -24,7 +24,6 @@ import orjson
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from tests.fuzz._fuzz import FUZZ, JSON, TEXT, WORDS, corpus, maybe, obj
 
 from sluice.config import ProviderConfig
 from sluice.providers import Call, InvalidAnswer, build_provider
@@ -33,6 +32,7 @@ from sluice.providers.translate import gemini as tg
 from sluice.providers.translate.errors import UnsupportedContent
 from sluice.providers.translate.sse import SSEParser, sse_event
 from sluice.server.messages import Egress
+from tests.fuzz._fuzz import FUZZ, JSON, TEXT, WORDS, corpus, maybe, obj
 
 # What Sender._translated turns into a 502 (server/forward.py): the answer's fault, not the gateway's.
 ANSWER_ERRORS = (InvalidAnswer, UnsupportedContent, TypeError, AttributeError, KeyError)
@@ -322,3 +322,13 @@ def test_anthropic_request_round_trip_keeps_the_text(turns: list[str], system: s
     # and to Gemini: every turn's text is in its contents, in order
     contents = tg.chat_to_gemini(chat)["contents"]
     assert ["".join(p["text"] for p in c["parts"]) for c in contents] == turns
+
+
+@pytest.mark.parametrize("name", list(translators()))
+def test_an_error_event_whose_type_is_not_a_string(name: str) -> None:
+    """Regression (found by test_streams_of_events): ChatToMessagesStream looked the error's type up in a dict,
+    and a list there raised TypeError out of feed(), which the relay does not catch (a broken stream)."""
+    for stream in (b'data: {"error": {"type": [], "message": ""}}\n\n',
+                   b'event: error\ndata: {"type": "error", "error": {"type": {"x": 1}, "message": ["m"]}}\n\n'):
+        out = events(run(translators()[name], [stream]), native=name == "anthropic_native")
+        assert out and out[-1][0] in ("error", "message"), out

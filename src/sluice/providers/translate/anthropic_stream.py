@@ -354,7 +354,9 @@ class ChatToMessagesStream:
         kind, message = error.get("type"), error.get("message")
         code = error.get("code") or kind or "upstream_error"
         message = message if isinstance(message, str) else "The upstream reported an error."
-        return self._fail(str(code), message, kind if kind in ANTHROPIC_ERROR_TYPES else "api_error")
+        # isinstance first: an upstream's type may be any JSON (a list is unhashable), never an exception here
+        known = kind if isinstance(kind, str) and kind in ANTHROPIC_ERROR_TYPES else "api_error"
+        return self._fail(str(code), message, known)
 
     @staticmethod
     def _emit(name: str, payload: dict[str, Any]) -> bytes:
