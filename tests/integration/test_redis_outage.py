@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -20,9 +19,19 @@ import pytest
 
 from sluice.config import RateLimitConfig
 from sluice.pipeline.ratelimit import RateLimited, RateLimits
-from sluice.state.redis_limits import BREAKER_FAILURES, Check, LimiterUnavailable, RedisLimiter, connect
+from sluice.state.redis_limits import (
+    BREAKER_FAILURES,
+    BREAKER_OPEN_S,
+    Check,
+    Circuit,
+    LimiterUnavailable,
+    LogGate,
+    RedisLimiter,
+    connect,
+)
 from tests.integration.test_redis_limits import run
 from tests.redis_server import RedisServer
+from tests.unit.test_auth_keys import Clock
 from tests.unit.test_ratelimit_callers import Request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -52,7 +61,9 @@ def test_a_hung_redis_is_short_circuited_after_a_few_timeouts(redis: RedisServer
     check = Check("per-key", "key:abc", "token_bucket", 10, HOUR, 10, 1)
 
     async def scenario() -> None:
-        limiter = RedisLimiter(connect(redis.url, 0.05), prefix=prefix, timeout_s=0.05)
+        limiter = RedisLimiter(connect(redis.url, 0.5), prefix=prefix, timeout_s=0.5)
+        clock = Clock(0.0)  # the cool-down's clock: no time passes in it unless the test says so
+        limiter.circuit = Circuit(clock=clock)
         try:
             assert (await limiter.acquire([check])).allowed
             assert redis.process is not None
@@ -66,19 +77,21 @@ def test_a_hung_redis_is_short_circuited_after_a_few_timeouts(redis: RedisServer
                 assert limiter.circuit.open
             finally:
                 os.kill(redis.process.pid, signal.SIGCONT)
-            await asyncio.sleep(limiter.circuit.retry_in())  # the cool-down: then one probe goes through
+            clock.now += BREAKER_OPEN_S  # the cool-down: then one probe goes through
             assert (await limiter.acquire([check])).allowed
             assert not limiter.circuit.open
         finally:
             await limiter.aclose()
 
-    run(scenario)
+    run(scenario, 40.0)
 
 
 def test_a_dead_redis_is_warned_about_once_per_interval(redis: RedisServer, prefix: str,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         rl = limits(redis.url, prefix, rate=1000)
+        assert rl.redis is not None
+        rl.redis.warnings = LogGate(clock=Clock(0.0))  # its interval never ends within the test
         try:
             assert await admitted(rl, 1) == 1
             redis.kill()
@@ -87,7 +100,7 @@ def test_a_dead_redis_is_warned_about_once_per_interval(redis: RedisServer, pref
         finally:
             await rl.aclose()
 
-    run(scenario)
+    run(scenario, 40.0)
     warnings = [r for r in caplog.records if r.name == "sluice.ratelimit" and r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "falling back to local buckets" in warnings[0].getMessage()
@@ -104,7 +117,7 @@ def test_fail_open_starts_from_the_level_redis_last_answered(redis: RedisServer,
             await rl.aclose()
         return {"spent": spent, "after": after}
 
-    seen = run(scenario)
+    seen = run(scenario, 40.0)
     assert seen["spent"] == 30
     # Before: a fresh, full local bucket admitted 30 more (60 on a limit of 30).  A refill of one may come.
     assert seen["after"] <= 1, seen
