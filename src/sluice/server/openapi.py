@@ -123,16 +123,17 @@ class _Builder:
         self.secured = False
 
     def operation(self, path: str, method: str, pipeline: Pipeline, *, body: type[Any] | None = None,
-                  ok: dict[str, Any] | None = None, summary: str = "", params: tuple[str, ...] = ()) -> None:
+                  ok: dict[str, Any] | None = None, summary: str = "", params: tuple[str, ...] = (),
+                  status: str = "200", tag: str = "") -> None:
         wire_error = _ref("AnthropicError" if pipeline.wire == "anthropic" else "OpenAIError")
         guarded = _guarded(pipeline)
         self.secured = self.secured or guarded
         op: dict[str, Any] = {
             "operationId": f"{method.lower()}{path.replace('/', '_').replace('{', '').replace('}', '')}",
             "summary": summary or f"{method} {path}",
-            "tags": [_tag(path)],
+            "tags": [tag or _tag(path)],
             "security": [{"bearer": []}, {"apiKey": []}] if guarded else [],
-            "responses": {"200": ok or {"description": "The answer"},
+            "responses": {status: ok or {"description": "The answer"},
                           "default": {"description": "An error in the caller's wire format",
                                       "content": _json(wire_error)}},
         }
@@ -154,8 +155,10 @@ class _Builder:
                 elif path.startswith("/admin/"):
                     collection = path.split("/")[2]
                     bodies = _ADMIN_BODIES.get(collection)
-                    self.operation(path, method, pipeline, body=bodies[0] if bodies and method == "POST" else None,
-                                   ok=_object_answer(), summary=f"admin: {method} {path}")
+                    creates = bool(bodies) and method == "POST"
+                    self.operation(path, method, pipeline, body=bodies[0] if creates and bodies else None,
+                                   ok=_object_answer(), summary=f"admin: {method} {path}",
+                                   status="201" if creates else "200")
                 else:
                     self.operation(path, method, pipeline, ok=_open_answer(path))
                     if path.startswith("/health/"):  # a probe's 503 is its own JSON (the checks), not an error
@@ -178,13 +181,14 @@ class _Builder:
                     body = _ADMIN_ACTIONS.get(action) if action else (
                         _ADMIN_BODIES[collection][1] if method == "PATCH" and collection in _ADMIN_BODIES else None)
                     self.operation(template, method, admin, body=body, ok=_object_answer(), params=("id",),
-                                   summary=f"admin: {method} {template}")
+                                   summary=f"admin: {method} {template}",
+                                   status="201" if action == "rotate" else "200")  # a new key, as create
 
     def families(self) -> None:
         for prefix, pipeline in self.table.families.items():
             for path, params in ((prefix, ()), (prefix + "/{rest}", ("rest",))):
                 for method in _PASSTHROUGH_METHODS:
-                    self.operation(path, method, pipeline, params=params,
+                    self.operation(path, method, pipeline, params=params, tag="passthrough",
                                    summary="passthrough: relayed to an openai-kind provider as it is")
                     # The provider's answers and errors are relayed as they are: no schema of ours.
                     self.paths[path][method.lower()]["responses"]["default"] = {"description": "The provider's"}
