@@ -14,7 +14,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-EXTENSIONS = ["_context", "_speedups", "_stats", "_logline", "_limits", "_upstream"]
+EXTENSIONS = ["_context", "_speedups", "_stats", "_logline", "_limits", "_jsoncheck", "_upstream"]
 
 
 def cython_include():

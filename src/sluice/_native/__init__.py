@@ -11,6 +11,7 @@ import os
 
 from ._pure import USAGE_TAIL, RequestIds, TraceIds, answer_head, count_tokens, finish, token_counts, valid_request_id
 from ._pure_context import SECURITY_HEADERS, RequestContext
+from ._pure_jsoncheck import json_problem
 from ._pure_limits import LocalLimiter
 from ._pure_logline import LineFormatter
 from ._pure_stats import Histograms, RequestStats
@@ -21,14 +22,15 @@ from ._pure_upstream import head as upstream_head
 
 __all__ = ["IMPLEMENTATION", "SECURITY_HEADERS", "USAGE_TAIL", "Histograms", "LineFormatter", "LocalLimiter",
            "RequestContext", "RequestIds", "RequestStats", "TraceIds", "UpstreamConnection", "UpstreamResponse",
-           "answer_head", "closed_while_idle", "count_tokens", "finish", "token_counts", "upstream_head",
-           "valid_request_id"]
+           "answer_head", "closed_while_idle", "count_tokens", "finish", "json_problem", "token_counts",
+           "upstream_head", "valid_request_id"]
 
 IMPLEMENTATION = "pure"
 
 if os.environ.get("SLUICE_NO_EXTENSIONS") != "1":
     try:
         from ._context import SECURITY_HEADERS, RequestContext  # type: ignore[assignment]
+        from ._jsoncheck import json_problem
         from ._limits import LocalLimiter  # type: ignore[assignment]
         from ._logline import LineFormatter  # type: ignore[assignment]
         from ._speedups import RequestIds, TraceIds, answer_head, count_tokens, finish, token_counts, valid_request_id  # type: ignore[assignment]
@@ -40,6 +42,7 @@ if os.environ.get("SLUICE_NO_EXTENSIONS") != "1":
     except ImportError:  # not built: the pure twins serve
         from ._pure import RequestIds, TraceIds, answer_head, count_tokens, finish, token_counts, valid_request_id
         from ._pure_context import SECURITY_HEADERS, RequestContext
+        from ._pure_jsoncheck import json_problem
         from ._pure_limits import LocalLimiter
         from ._pure_logline import LineFormatter
         from ._pure_stats import Histograms, RequestStats

@@ -64,6 +64,7 @@ from ..config.permissions import ADMIN_ALL, ADMIN_PERMISSIONS, ALL, BUILTIN_ROLE
 from ..errors import Forbidden, GatewayError, InvalidRequest, NotFound
 from ..pipeline.quotas import own_quota
 from ..pipeline.ratelimit import own_policy
+from ..pipeline.validate import check_json
 from ..store import MAX_PAGE, ApiKey, Role, Store, Team, User, display_prefix, generate_key, hash_key, new_id
 
 __all__ = ["DEFAULT_GRACE_S", "Actor", "Conflict", "KeyCreate", "KeyRevoke", "KeyRotate", "KeyUpdate", "Manager",
@@ -204,6 +205,7 @@ class RoleUpdate(_Body):
 
 def decode_body(body: bytes, kind: type[B]) -> B:
     """A JSON body as ``kind`` (an empty body is ``{}``); InvalidRequest naming the field otherwise."""
+    check_json(body)  # msgspec recurses into `metadata` (Any): a RecursionError, not a 400, past ~1,000 levels
     try:
         return msgspec.json.decode(body.strip() or b"{}", type=kind)
     except msgspec.ValidationError as exc:

@@ -32,7 +32,7 @@ from ..auth.rbac import model_not_allowed
 from ..context import ClientGone, Exchange, Headers, RequestContext
 from ..errors import Forbidden, InvalidRequest, NotFound
 from ..pipeline.stage import DISCARD_LIMIT, Stage
-from ..pipeline.validate import rename_model
+from ..pipeline.validate import check_json, rename_model
 from ..providers import Provider
 from ..routing import Router
 from ..routing.plan import model_not_found
@@ -181,7 +181,11 @@ def _check_batch_lines(principal: Principal, data: memoryview) -> None:
         if not line.strip():
             continue  # a blank line (the file's last newline, say)
         try:
+            check_json(line)  # a key twice (body.model) would be read one way here, maybe another upstream
             request = orjson.loads(line)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"Line {number} of the batch file: {exc.message}", param="file",
+                                 code=exc.code) from None
         except orjson.JSONDecodeError:
             raise InvalidRequest(f"Line {number} of the batch file is not one JSON object.", param="file",
                                  code="invalid_batch_file") from None
@@ -278,6 +282,7 @@ class PassthroughRequest(Stage):
 
         Other model names (tts-1, whisper-1, …) go as they are to the passthrough provider.
         """
+        check_json(body)  # a key twice, too deep, not UTF-8: forwarded as it is, it could be read otherwise
         try:
             parsed = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:

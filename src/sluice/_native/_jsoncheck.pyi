@@ -1,0 +1,3 @@
+MAX_DEPTH_LIMIT: int
+
+def json_problem(body: bytes, max_depth: int) -> tuple[str, str] | None: ...
