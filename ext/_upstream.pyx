@@ -30,8 +30,9 @@
 # connection gets a new parser.
 
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.string cimport memcmp
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnicode_GET_LENGTH, PyUnicode_KIND
+from libc.string cimport memcmp, memcpy
 
 import asyncio
 
@@ -287,14 +288,16 @@ cdef class Connection:
         self._is_head_request = head_request
         self.in_exchange = True
 
+    cdef object _start(self, bytes head):
+        """Begins an exchange for ``head`` (a HEAD request's answer has no body); its transport."""
+        self._begin(PyBytes_GET_SIZE(head) >= 5 and memcmp(PyBytes_AS_STRING(head), b"HEAD ", 5) == 0)
+        if self.closed or self.transport is None:
+            raise ConnectionClosed("the upstream closed the connection without answering")
+        return self.transport
+
     def send(self, bytes head, body):
         """Begins an exchange and writes its head and (bytes) body."""
-        self._begin(PyBytes_GET_SIZE(head) >= 5 and memcmp(PyBytes_AS_STRING(head), b"HEAD ", 5) == 0)
-        if self.closed:
-            raise ConnectionClosed("the upstream closed the connection without answering")
-        transport = self.transport
-        if transport is None:
-            raise ConnectionClosed("the connection is not open")
+        transport = self._start(head)
         cdef bytes data = body
         if data is None or PyBytes_GET_SIZE(data) == 0:
             transport.write(head)
@@ -305,12 +308,7 @@ cdef class Connection:
 
     async def send_stream(self, bytes head, body):
         """Begins an exchange and sends ``body`` chunked, waiting while the peer reads slowly."""
-        self._begin(PyBytes_GET_SIZE(head) >= 5 and memcmp(PyBytes_AS_STRING(head), b"HEAD ", 5) == 0)
-        if self.closed:
-            raise ConnectionClosed("the upstream closed the connection without answering")
-        transport = self.transport
-        if transport is None:
-            raise ConnectionClosed("the connection is not open")
+        transport = self._start(head)
         transport.write(head)
         async for chunk in body:
             if self.closed or self.complete:
@@ -516,17 +514,99 @@ def closed_while_idle(exc, Connection conn, body):
 
 
 def head(str method, str target, str host_header, headers, body):
-    """The request head: Host first, then ``headers`` as given, then the body's framing."""
-    cdef list lines = [method, " ", target, " HTTP/1.1\r\nhost: ", host_header, "\r\n"]
-    for name, value in headers:
-        lines.append(name if type(name) is str else format(name))
-        lines.append(": ")
-        lines.append(value if type(value) is str else format(value))
-        lines.append("\r\n")
+    """The request head: Host first, then ``headers`` as given, then the body's framing.
+
+    Latin-1 text (every str whose characters are all below 256: CPython stores it one byte a character) is
+    copied straight into the bytes object, sized first; anything else takes the generic way, which encodes
+    (and raises UnicodeEncodeError as the twin does)."""
+    cdef object framing = None
     if body is None or isinstance(body, bytes):
         if body or not (method == "GET" or method == "HEAD" or method == "DELETE" or method == "OPTIONS"):
-            lines.append(f"content-length: {len(body) if body else 0}\r\n")
+            framing = len(body) if body else 0
     else:
+        framing = True  # chunked
+    cdef list pairs = headers if type(headers) is list else list(headers)
+    cdef Py_ssize_t total = 22  # " ", " HTTP/1.1\r\nhost: ", "\r\n" after the host, "\r\n" at the end
+    cdef Py_ssize_t size
+    for text in (method, target, host_header):
+        size = _latin1_size(text)
+        if size < 0:
+            return _head_generic(method, target, host_header, pairs, framing)
+        total += size
+    cdef object pair
+    for pair in pairs:
+        if type(pair) is not tuple or len(<tuple>pair) != 2:
+            return _head_generic(method, target, host_header, pairs, framing)
+        size = _latin1_size((<tuple>pair)[0])
+        if size < 0:
+            return _head_generic(method, target, host_header, pairs, framing)
+        total += size + 4
+        size = _latin1_size((<tuple>pair)[1])
+        if size < 0:
+            return _head_generic(method, target, host_header, pairs, framing)
+        total += size
+    cdef char digits[24]
+    cdef Py_ssize_t ndigits = 0
+    cdef Py_ssize_t length
+    if framing is True:
+        total += 28  # "transfer-encoding: chunked\r\n"
+    elif framing is not None:
+        length = framing
+        while True:
+            digits[23 - ndigits] = <char>(48 + length % 10)
+            ndigits += 1
+            length //= 10
+            if length == 0:
+                break
+        total += 18 + ndigits  # "content-length: " N "\r\n"
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef char* p = PyBytes_AS_STRING(out)
+    p = _put(p, method)
+    p = _put_c(p, b" ", 1)
+    p = _put(p, target)
+    p = _put_c(p, b" HTTP/1.1\r\nhost: ", 17)
+    p = _put(p, host_header)
+    p = _put_c(p, b"\r\n", 2)
+    for pair in pairs:
+        p = _put(p, (<tuple>pair)[0])
+        p = _put_c(p, b": ", 2)
+        p = _put(p, (<tuple>pair)[1])
+        p = _put_c(p, b"\r\n", 2)
+    if framing is True:
+        p = _put_c(p, b"transfer-encoding: chunked\r\n", 28)
+    elif framing is not None:
+        p = _put_c(p, b"content-length: ", 16)
+        p = _put_c(p, &digits[24 - ndigits], ndigits)
+        p = _put_c(p, b"\r\n", 2)
+    p = _put_c(p, b"\r\n", 2)
+    return out
+
+
+cdef inline Py_ssize_t _latin1_size(object text):
+    """The length of ``text`` when it is a str of one byte a character (latin-1), else -1."""
+    if type(text) is str and PyUnicode_KIND(text) == PyUnicode_1BYTE_KIND:
+        return PyUnicode_GET_LENGTH(text)
+    return -1
+
+
+cdef inline char* _put(char* p, str text):
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
+    memcpy(p, PyUnicode_1BYTE_DATA(text), n)
+    return p + n
+
+
+cdef inline char* _put_c(char* p, const char* text, Py_ssize_t n):
+    memcpy(p, text, n)
+    return p + n
+
+
+cdef bytes _head_generic(str method, str target, str host_header, list headers, object framing):
+    lines = [f"{method} {target} HTTP/1.1\r\nhost: {host_header}\r\n"]
+    for name, value in headers:
+        lines.append(f"{name}: {value}\r\n")
+    if framing is True:
         lines.append("transfer-encoding: chunked\r\n")
+    elif framing is not None:
+        lines.append(f"content-length: {framing}\r\n")
     lines.append("\r\n")
     return "".join(lines).encode("latin-1")

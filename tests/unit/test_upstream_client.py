@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import sluice._native as native
 from sluice._native import _pure_upstream
@@ -299,6 +301,31 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> Non
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.005)
+
+
+# -- the request head ----------------------------------------------------------------------
+
+_TEXT = st.text(st.characters(max_codepoint=0x2FF, exclude_characters="\r\n"), max_size=12)
+
+
+@pytest.mark.skipif(_upstream is None, reason="extension not built")
+@given(st.sampled_from(["GET", "HEAD", "POST", "DELETE", "OPTIONS", "PUT", "PÖST"]), _TEXT, _TEXT,
+       st.lists(st.tuples(_TEXT, _TEXT), max_size=5),
+       st.none() | st.binary(max_size=3) | st.just(b"x" * 70_000) | st.just([b"chunk"]))
+def test_request_head_twins_agree(method: str, target: str, host: str, headers: list[tuple[str, str]],
+                                  body: Any) -> None:
+    """The compiled head copies latin-1 text straight in and falls back for the rest: the same bytes (or the
+    same UnicodeEncodeError) as the twin's f-strings for any text, body and method."""
+    try:
+        expected: bytes | type[Exception] = _pure_upstream.head(method, target, host, headers, body)
+    except UnicodeEncodeError:
+        expected = UnicodeEncodeError
+    if expected is UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            _upstream.head(method, target, host, headers, body)
+    else:
+        assert _upstream.head(method, target, host, headers, body) == expected
+        assert _upstream.head(method, target, host, [list(pair) for pair in headers], body) == expected
 
 
 # -- response framing --------------------------------------------------------------------

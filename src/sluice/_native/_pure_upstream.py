@@ -250,13 +250,16 @@ class Connection:
         self._is_head_request = head_request
         self.in_exchange = True
 
+    def _start(self, head: bytes) -> asyncio.Transport:
+        """Begins an exchange for ``head`` (a HEAD request's answer has no body); its transport."""
+        self.begin(head.startswith(b"HEAD "))
+        if self.closed or self.transport is None:
+            raise ConnectionClosed("the upstream closed the connection without answering")
+        return self.transport
+
     def send(self, head: bytes, body: bytes | None) -> None:
         """Begins an exchange and writes its head and (bytes) body."""
-        self.begin(head.startswith(b"HEAD "))
-        if self.closed:
-            raise ConnectionClosed("the upstream closed the connection without answering")
-        transport = self.transport
-        assert transport is not None
+        transport = self._start(head)
         if body and len(body) > BIG_BODY:
             transport.writelines((head, body))
         else:
@@ -264,11 +267,7 @@ class Connection:
 
     async def send_stream(self, head: bytes, body: AsyncIterable[bytes]) -> None:
         """Begins an exchange and sends ``body`` chunked, waiting while the peer reads slowly."""
-        self.begin(head.startswith(b"HEAD "))
-        if self.closed:
-            raise ConnectionClosed("the upstream closed the connection without answering")
-        transport = self.transport
-        assert transport is not None
+        transport = self._start(head)
         transport.write(head)
         async for chunk in body:
             if self.closed or self.complete:
