@@ -145,7 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="sluice-metrics-")
     try:
         serve(entry, host=args.host or server.host, port=server.port if args.port is None else args.port,
-              workers=workers, interface=args.interface, grace_period_s=server.grace_period_s,
+              workers=workers, interface=args.interface, grace_period_s=server.grace_period_s, server=server,
               env={"SLUICE_CONFIG": os.path.abspath(args.config), "SLUICE_METRICS_DIR": metrics_dir})
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
