@@ -13,6 +13,7 @@ file), then explores; hypothesis's example database is a cache of failures, not 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -98,3 +99,9 @@ MESSAGES_REQUEST = obj(
 def dumps(value: Any) -> bytes:
     """JSON text of ``value`` (lone surrogates written as escapes, as a client could send them)."""
     return json.dumps(value).encode()
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    """``data`` in pieces at ``points`` (positions taken modulo its length plus one): bytes as a network splits them."""
+    at = sorted({p % (len(data) + 1) for p in points})
+    return [data[a:b] for a, b in itertools.pairwise([0, *at, len(data)])]

@@ -14,7 +14,6 @@ Properties:
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
@@ -28,7 +27,7 @@ from sluice.providers.translate.sse import SSEError, SSEEvent, SSEParser, sse_ev
 from sluice.server.multipart import boundary_of, read_form
 from sluice.server.passthrough import check_batch_upload
 from sluice.traceparent import parse_traceparent
-from tests.fuzz._fuzz import FUZZ, corpus
+from tests.fuzz._fuzz import FUZZ, corpus, cut
 
 # ------------------------------------------------------------------------------------------ SSE
 
@@ -43,11 +42,6 @@ def parse(pieces: list[bytes]) -> list[SSEEvent] | None:
     except SSEError:
         return None
     return out
-
-
-def cut(data: bytes, points: list[int]) -> list[bytes]:
-    at = sorted({p % (len(data) + 1) for p in points})
-    return [data[a:b] for a, b in itertools.pairwise([0, *at, len(data)])]
 
 
 @pytest.mark.parametrize("stream", corpus("sse"))
@@ -209,7 +203,8 @@ def test_headers_corpus(raw: bytes) -> None:
 
 @FUZZ
 @given(authorization=st.none() | CREDENTIAL, api_key=st.none() | HEADER_TEXT,
-       traceparent=st.none() | HEADER_TEXT | st.from_regex(r"\A[0-9a-fA-F]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-fx]{2}\Z"),
+       traceparent=st.none() | HEADER_TEXT | st.from_regex(
+           r"\A[0-9a-fA-F]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-fx]{2}\Z"),
        forwarded=st.lists(st.lists(st.one_of(st.ip_addresses().map(str), HEADER_TEXT), max_size=3).map(", ".join),
                           max_size=3),
        client=st.one_of(st.ip_addresses(v=4).map(lambda a: f"{a}:1"), st.ip_addresses(v=6).map(lambda a: f"[{a}]:1"),

@@ -16,7 +16,6 @@ Properties:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 from typing import Any
 
@@ -32,7 +31,7 @@ from sluice.providers.translate import gemini as tg
 from sluice.providers.translate.errors import UnsupportedContent
 from sluice.providers.translate.sse import SSEParser, sse_event
 from sluice.server.messages import Egress
-from tests.fuzz._fuzz import FUZZ, JSON, TEXT, WORDS, corpus, maybe, obj
+from tests.fuzz._fuzz import FUZZ, JSON, TEXT, WORDS, corpus, cut, maybe, obj
 
 # What Sender._translated turns into a 502 (server/forward.py): the answer's fault, not the gateway's.
 ANSWER_ERRORS = (InvalidAnswer, UnsupportedContent, TypeError, AttributeError, KeyError)
@@ -49,13 +48,6 @@ def translators() -> dict[str, Any]:
         "anthropic_native": ta.NativeMessagesStream(),
         "gemini_to_openai": tg.GeminiToChatStream("m", 0, "chatcmpl-1", True),
     }
-
-
-def cut(data: bytes, points: list[int]) -> list[bytes]:
-    """``data`` in pieces at ``points`` (positions taken modulo its length)."""
-    at = sorted({p % (len(data) + 1) for p in points})
-    edges = [0, *at, len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(edges)]
 
 
 def run(translator: Any, pieces: list[bytes]) -> bytes:
