@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from tests.conftest import Proc, start_gateway, start_mock
 from tests.fuzz._fuzz import LONG
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300 if LONG else 100)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600 if LONG else 240)]
 
 ADMIN_KEY = "sk-admin-" + "s" * 24
 MODELS = ["gpt-4o-mini", "claude", "gemini"]
