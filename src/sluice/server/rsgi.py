@@ -87,7 +87,15 @@ class RSGIExchange(CallerWatch):
             async for chunk in self.body_chunks(limit):
                 parts += chunk
             return bytes(parts)
-        self._read_begins(check_declared_length(length, limit))
+        # _read_begins and _read_ends, inline: every request with a body comes this way
+        self.body_bytes = check_declared_length(length, limit)
+        self._slow = False
+        self._awaiting = True
+        watches = self._watches
+        reading = watches.reading
+        reading[self] = watches.generation
+        if watches.timer is None:
+            watches.start()
         try:
             body: bytes = await self._proto()
         except ProtocolClosed:  # hyper could not read all of it: the caller closed or reset mid-body
@@ -95,7 +103,7 @@ class RSGIExchange(CallerWatch):
         except asyncio.CancelledError as cancel:
             raise self._deadline_or(cancel) from None
         finally:
-            self._read_ends()
+            reading.pop(self, None)
         return body
 
     async def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
@@ -220,7 +228,7 @@ class RSGIApp:
         if scope.proto != "http":
             return
         ex = RSGIExchange(scope, proto, self._watches)
-        if ex.method == "CONNECT" or not ex._headers.get("host"):
+        if "host" not in ex._headers or ex.method == "CONNECT":  # (a header test is the cheaper one)
             refused = refusal(ex.method, ex.path, ex._headers.get("host"), scope.http_version)
             if refused is not None:
                 proto.response_bytes(*refused)
