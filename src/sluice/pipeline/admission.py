@@ -34,6 +34,10 @@ class AdmissionStage(Stage):
 
     def on_request(self, ex: Exchange, ctx: RequestContext) -> Awaitable[None] | None:
         limits = self.limits
+        if limits.idle:  # only keys' own limits (auth on, nothing configured): a key without any has nothing here
+            principal = ctx.principal
+            if principal is None or not (principal.policies or principal.quotas):
+                return None
         body = ctx.body
         size = len(body) if body is not None else 0
         max_tokens = max_tokens_of(ctx.request)
@@ -52,7 +56,7 @@ class AdmissionStage(Stage):
 
     def on_response(self, ex: Exchange, ctx: RequestContext) -> None:
         admission = ctx.admission
-        if admission is None:
+        if admission is None or not admission.settles:  # nothing taken that the answer's usage changes
             return
         # An embedding's usage has no completion tokens: its prompt tokens are all it used.
         used = ctx.tokens_in + max(ctx.tokens_out, 0) if ctx.tokens_in >= 0 else -1

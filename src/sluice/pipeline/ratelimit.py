@@ -154,10 +154,14 @@ class Policy:
     counts: dict[str, int] = field(default_factory=dict)  # decision -> count
     twin: Policy | None = None  # a hybrid policy's distributed twin (``distributed_twin``)
     limit_header: tuple[str, str] = ("", "")  # x-ratelimit-limit-<unit>, written once: it never changes
+    per_key: bool = False  # scope key, matching every request: its subject is the key's, no _subject call
+    plain: bool = False  # neither on Redis nor hybrid: this process's bucket decides alone
 
     def __post_init__(self) -> None:
         self.capacity = self.burst if self.algorithm == "token_bucket" else self.limit
         self.limit_header = (_HEADER_NAMES[self.tokens][0], f"{self.capacity:g}")
+        self.per_key = self.scope == "key" and not (self.models or self.routes or self.keys)
+        self.plain = not (self.distributed or self.hybrid)
 
     @classmethod
     def build(cls, config: PolicyConfig, limits: RateLimitConfig) -> Policy:
@@ -187,13 +191,14 @@ Taken = tuple[Policy, str, float, bool, float, float]
 Wanted = tuple[Policy, str, float]  # (policy, subject, cost)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: the stage tests ``admission != "await"`` per request
 class Admission:
     """What a request took, for its response headers and for settling its tokens afterwards."""
 
     taken: list[Taken] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)
     quota: QuotaTaken | None = None  # what the daily and monthly quotas took
+    settles: bool = True  # a token policy or a quota took from it: ``settle`` has work once the answer is in
 
 
 class RateLimits:
@@ -208,7 +213,13 @@ class RateLimits:
         # The caller's address (X-Forwarded-For from trusted proxies only): the auth stage's IP rules use the same.
         self.client_ip = ClientIp(config.trusted_proxies)
         self._wants_key = any(p.scope == "key" or p.keys for p in self.policies) or quotas is not None
+        self._key_subjects: dict[str, tuple[str, str]] = {}  # a key -> (its key_id, "key:<key_id>"), bounded
         self.remote = any(p.distributed for p in self.policies)  # some policy needs Redis: admit() awaits
+        self._plain = all(p.plain for p in self.policies)  # the config's policies never need Redis nor a sync
+        # Nothing of the config's own applies to anyone: only a key's own policies or quotas (auth on) can.  The
+        # admission stage then skips a caller whose key carries none, read from its principal per request, so
+        # a key given limits later (admin API, change feed) is limited from its next request on.
+        self.idle = not self.policies and (quotas is None or not quotas.quotas)
         self.fails_closed = any((p.distributed or p.hybrid) and not p.fail_open for p in self.policies)
         self._pending: set[asyncio.Task[None]] = set()
         self.sync_interval = config.sync_interval_s
@@ -235,7 +246,8 @@ class RateLimits:
         process, a caller's own distributed policy): then ``admit``.
         """
         wanted, quota_wanted = self._wants(ex, route, model, body_size, max_tokens, caller, key)
-        if any(policy.distributed for policy, _, _ in wanted):
+        own = caller is not None and caller.policies
+        if (self.remote or own) and any(policy.distributed for policy, _, _ in wanted):
             return "await"
         if len(self._credit) >= self.max_subjects and self._overflowing(wanted):
             return "await"  # a hybrid subject this process has no room for: checked on Redis
@@ -247,6 +259,8 @@ class RateLimits:
                 return "await"
         if not wanted and quota is None:
             return None
+        if self._plain and not own and quota is None:
+            return _take_plain(wanted, time.monotonic())
         try:
             if self.hybrid_down:
                 _refuse_unsynced(wanted)
@@ -279,11 +293,15 @@ class RateLimits:
     def _wants(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None,
                caller: Caller | None, key: str | EllipsisType | None) -> tuple[list[Wanted], list[QuotaWant]]:
         """The policies and quotas this request falls under, with their subjects and costs."""
-        if not (self._wants_key or caller is not None):
-            key = None
-        elif key is ...:
-            key = presented_key(ex)
-        key_ident = key_id(key) if key else None
+        key_ident = key_subject = None
+        if self._wants_key or caller is not None:
+            if key is ...:
+                key = presented_key(ex)
+            if key:
+                subjects = self._key_subjects.get(key)
+                if subjects is None:
+                    subjects = self._key_subject(key)
+                key_ident, key_subject = subjects
         estimate = float(body_size // 4 + (self.default_max_tokens if max_tokens is None else max(max_tokens, 0)))
         user = team = None
         policies = self.policies
@@ -296,12 +314,23 @@ class RateLimits:
                 quota_extra = self.quotas.own_quotas(caller.key_id, caller.quotas)
         wanted = []
         for policy in policies:
-            subject = self._subject(policy, ex, route, model, key_ident, user, team)
+            subject = key_subject if policy.per_key else self._subject(policy, ex, route, model, key_ident, user,
+                                                                        team)
             if subject is not None:
                 wanted.append((policy, subject, estimate if policy.tokens else 1.0))
         quotas = self.quotas
-        quota_wanted = quotas.wanted(route, model, key_ident, user, team, estimate, quota_extra) if quotas else []
+        quota_wanted = (quotas.wanted(route, model, key_ident, user, team, estimate, quota_extra)
+                        if quotas is not None and (quotas.quotas or quota_extra) else [])
         return wanted, quota_wanted
+
+    def _key_subject(self, key: str) -> tuple[str, str]:
+        """A key's id and its per-key subject, computed once per key (bounded: a flood of keys cannot grow it)."""
+        subjects = self._key_subjects
+        if len(subjects) >= 10_000:
+            subjects.clear()
+        ident = key_id(key)
+        subjects[key] = found = (ident, f"key:{ident}")
+        return found
 
     def _own_policies(self, caller: Caller) -> list[Policy]:
         """The policies a key carries in the key store, built once per version of them."""
@@ -354,6 +383,7 @@ class RateLimits:
                           limiter.reset_after(subject, now)))
         for entry in taken:
             entry[0].count("admitted")
+        admission.settles = admission.quota is not None or any(entry[0].tokens for entry in taken)
         admission.headers, warned = _state_headers(taken)
         if admission.quota is not None and self.quotas is not None:
             admission.headers += self.quotas.headers(admission.quota)
@@ -434,7 +464,8 @@ class RateLimits:
                     self._reject(policy, result.retry_after, states)
         admission.taken.extend(states)
 
-    def _reject(self, policy: Policy, wait: float, states: list[Taken]) -> None:
+    @staticmethod
+    def _reject(policy: Policy, wait: float, states: list[Taken]) -> None:
         policy.count("rejected")
         unit = "tokens" if policy.tokens else "requests"
         retry = "a while" if math.isinf(wait) else f"{wait:.3g}s"
@@ -651,6 +682,47 @@ def _mirror(states: list[Taken]) -> None:
             local.adjust(subject, remaining - local.remaining(subject, now), now)
 
 
+def _take_plain(wanted: list[Wanted], now: float) -> Admission:
+    """``_check_local`` then ``_take_local`` for policies this process's buckets decide alone (none on Redis,
+    none hybrid, no quota): the per-request path of local rate limits, in one call and with headers read from
+    tables (``_state_headers``' answer for them)."""
+    for policy, subject, cost in wanted:  # every policy first: a refusal takes nothing from the others
+        limiter = policy.local
+        wait = limiter.check(subject, cost, now)
+        if wait > 0:
+            RateLimits._reject(policy, wait, [(policy, subject, cost, False, limiter.remaining(subject, now),
+                                               limiter.reset_after(subject, now))])
+    taken: list[Taken] = []
+    settles = False
+    for policy, subject, cost in wanted:
+        limiter = policy.local
+        limiter.consume(subject, cost, now)
+        taken.append((policy, subject, cost, False, limiter.remaining(subject, now), limiter.reset_after(subject, now)))
+        counts = policy.counts
+        counts["admitted"] = counts.get("admitted", 0) + 1
+        settles = settles or policy.tokens
+    if len(taken) == 1 and taken[0][0].soft is None:  # one policy, no soft limit: it is the tightest of its unit
+        policy, _, _, _, remaining, reset = taken[0]
+        _, remaining_name, reset_name = _HEADER_NAMES[policy.tokens]
+        headers = [policy.limit_header, (remaining_name, _count_text(remaining)), (reset_name, duration(reset))]
+        return Admission(taken, headers, None, settles)
+    headers, warned = _state_headers(taken)
+    if warned is not None:
+        warned.count("warned")
+        log.info("soft rate limit passed on policy %s", warned.name)
+    return Admission(taken, headers, None, settles)
+
+
+def _count_text(remaining: float) -> str:
+    """What x-ratelimit-remaining-* says: the whole units left, never below 0."""
+    whole = math.floor(remaining) if remaining > 0 else 0
+    return _SMALL[whole] if whole < _SMALL_MAX else str(whole)
+
+
+_SMALL_MAX = 1024
+_SMALL = [str(i) for i in range(_SMALL_MAX)]  # the small counts' texts, made once
+
+
 def _refuse_unsynced(wanted: list[Wanted]) -> None:
     """503 for a fail-closed hybrid policy while its syncs with Redis fail."""
     for policy, _, _ in wanted:
@@ -680,8 +752,7 @@ def _state_headers(states: list[Taken]) -> tuple[list[tuple[str, str]], Policy |
             continue
         policy, remaining, reset = tightest[0], tightest[4], tightest[5]
         _, remaining_name, reset_name = _HEADER_NAMES[tokens]
-        headers += [policy.limit_header, (remaining_name, str(max(0, math.floor(remaining)))),
-                    (reset_name, duration(reset))]
+        headers += [policy.limit_header, (remaining_name, _count_text(remaining)), (reset_name, duration(reset))]
         if policy.soft is not None and ratio < 1 - policy.soft:
             warned = policy
             unit = "tokens" if tokens else "requests"
@@ -695,10 +766,13 @@ def duration(seconds: float) -> str:
     if seconds <= 0:
         return "0s"
     if seconds < 1:
-        return f"{math.ceil(seconds * 1000)}ms"
+        return _MILLISECONDS[math.ceil(seconds * 1000)]
     whole = math.ceil(seconds)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
         return f"{hours}h{minutes}m{secs}s"
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+_MILLISECONDS = [f"{ms}ms" for ms in range(1001)]  # a reset under a second: made once, read per request
