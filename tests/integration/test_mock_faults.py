@@ -371,7 +371,7 @@ def test_command_line_options(tmp_path: Path) -> None:
     try:
         assert call(proc.url, "GET", "/_mock/faults").json() == {
             "latency_ms": 0.0, "chunk_ms": 0.0, "error_rate": 1.0, "error_status": 429, "seed": 9, "retry_after": 2.0,
-            "fault": "trickle", "fault_rate": 0.5, "trickle_ms": 3.0}
+            "fault": "trickle", "fault_rate": 0.5, "trickle_ms": 3.0, "stream_bytes": 0}
         seen = send(proc, "anthropic")
         assert seen.status == 429 and seen.headers["retry-after"] == "2"
         assert error_object("anthropic", seen.body)["type"] == "rate_limit_error"

@@ -384,3 +384,16 @@ def test_gemini_count_tokens_and_errors() -> None:
     assert orjson.loads(gemini.error_body(429, "slow down")) == {
         "error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}}
     assert orjson.loads(gemini.error_body(503, "x"))["error"]["status"] == "UNAVAILABLE"
+
+
+def test_a_padded_chat_stream_is_at_least_stream_bytes_of_well_formed_events() -> None:
+    from sluice.mock.openai import PAD_TEXT, chat_chunks
+
+    request = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    plain = list(chat_chunks(request))
+    padded = list(chat_chunks(request, 100_000))
+    assert len(b"".join(plain)) < 100_000 <= len(b"".join(padded)) < 100_000 + 2 * len(padded[-3])
+    assert padded[-1] == b"data: [DONE]\n\n"
+    deltas = [json.loads(event[len(b"data: "):])["choices"][0]["delta"] for event in padded[:-1]]
+    text = "".join(delta.get("content", "") for delta in deltas)
+    assert text.startswith(REPLY) and text[len(REPLY):] == PAD_TEXT * (len(padded) - len(plain))
