@@ -12,9 +12,10 @@ The config's static keys are in the cache from the start and never leave it.
 **Unknown keys** never reach the store in bulk: a miss first asks the known-key
 filter (sluice.auth.keyfilter: a Bloom filter of every key hash in the store,
 built with the first read of the feed's version and fed by the change feed).  A
-hash it lacks waits for the feed's next read (``_after_next_read``: at most
-``revocation_poll_s``, no read of its own, so a key made on another instance
-still works at its first use) and is then refused, and remembered as unknown;
+hash it lacks waits for the feed's next read to start and end
+(``_after_next_read``: within ``revocation_poll_s`` and the read, no read of
+its own, so a key made on another instance still works at its first use) and
+is then refused, and remembered as unknown;
 only a hash it holds (a real key, or about 1 in 120 made-up ones at the
 filter's full size) is read.  Per-address failure limits (sluice.auth.failures)
 are the auth stage's, before it calls in here.
@@ -92,6 +93,7 @@ UNKNOWN_TTL_S = 5.0  # how long "no such key" is believed without asking the sto
 MAX_UNKNOWN = 10_000  # negative entries kept at most
 MAX_TOKEN_PRINCIPALS = 10_000
 LOG_EVERY_S = 10.0
+READ_GRACE_S = 2.0  # a key the filter lacks waits for the feed's next read: its interval, and this for the read
 _HASH_PAGE = 10_000  # key hashes per store read while the known-key filter is built
 REFRESH_PER_POLL = 100  # changed keys read again per poll; past that they are only dropped
 # The fallback poll while change notices arrive by Redis pub/sub: they do the work, this catches a lost one.
@@ -318,16 +320,17 @@ class Authenticator:
         return entry
 
     async def _after_next_read(self) -> bool:
-        """Waits for the change feed's next read, at most ``revocation_poll_s`` (while notices arrive by pub/sub
-        the reads are rarer, and a key made through the manager comes with a notice); False when the feed could
-        not be read.  At once when no reader runs (the stage starts it at its first request)."""
+        """Waits for the change feed's next read that starts after this call: at most ``revocation_poll_s`` and
+        ``READ_GRACE_S`` for the read itself (while notices arrive by pub/sub the regular reads are rarer, and a
+        key made through the manager comes with a notice that starts one); False when the feed could not be
+        read.  At once when no reader runs (the stage starts it at its first request)."""
         if self._poll_task is None:
             return not self._feed_failing
         future = self._next_read
         if future is None:
             future = self._next_read = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.revocation_poll_s):
+            async with asyncio.timeout(self.config.revocation_poll_s + READ_GRACE_S):
                 return await asyncio.shield(future)
         return not self._feed_failing
 
@@ -519,6 +522,8 @@ class Authenticator:
         failing = False
         while True:
             self._wake.clear()  # a notice from now on (even during this read) asks for another read
+            # The requests waiting for a read that starts after they came (one begun before may miss their key).
+            waiting, self._next_read = self._next_read, None
             try:
                 if self._version is None:
                     await self._ready()
@@ -536,9 +541,8 @@ class Authenticator:
                                 type(exc).__name__, exc)
                 failing = True
             self._feed_failing = failing
-            read, self._next_read = self._next_read, None
-            if read is not None and not read.done():
-                read.set_result(not failing)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(not failing)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
