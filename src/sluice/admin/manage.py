@@ -56,6 +56,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
+import orjson
 
 from .. import store as st
 from ..auth.audit import AuditLog
@@ -318,7 +319,13 @@ def _permission(field: str, value: str) -> str:
 
 
 def _metadata(field: str, value: dict[str, Any]) -> dict[str, Any]:
-    if len(msgspec.json.encode(value)) > _MAX_METADATA:
+    try:
+        # orjson, as the answers write it: it refuses integers beyond 64 bits, which msgspec decodes; stored,
+        # such metadata would make this record's answer, and every list holding it, a 500 (tests/fuzz found it).
+        size = len(orjson.dumps(value))
+    except TypeError:
+        raise _bad(field, "its integers must fit in 64 bits.") from None
+    if size > _MAX_METADATA:
         raise _bad(field, f"at most {_MAX_METADATA} bytes as JSON.")
     return value
 
