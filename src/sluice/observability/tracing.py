@@ -76,20 +76,20 @@ class Tracing:
         self.ratio = config.sample_ratio
         self.ids = TraceIds(int.from_bytes(os.urandom(8), "little"))  # made in the worker: ids of its own
 
-    def begin(self, ex: Exchange, ctx: RequestContext, route: str) -> None:
-        """Starts the request's trace: its spans in ``ctx.trace`` when it is sampled (a caller's sampled
-        ``traceparent``, or a new trace drawn under ``sample_ratio``); else the context it carries upstream in
-        ``ctx.propagated`` and logs in ``ctx.traceparent``."""
+    def begin(self, ex: Exchange, ctx: RequestContext) -> None:
+        """Starts the request's trace (the tracing stage's request step): its spans in ``ctx.trace`` when it is
+        sampled (a caller's sampled ``traceparent``, or a new trace drawn under ``sample_ratio``); else the context
+        it carries upstream in ``ctx.propagated`` and logs in ``ctx.traceparent``."""
         header = ex.header("traceparent")
         parent = parse_traceparent(header) if header is not None else None
         if parent is None:  # none, or malformed (ignored): a new trace
             traceparent = self.ids.new_trace(self.ratio)
             if traceparent is None:
-                ctx.trace = RequestTrace(self, ex, route)
+                ctx.trace = RequestTrace(self, ex, ctx.route)
                 return
             ctx.propagated = [("traceparent", traceparent)]
         elif parent[2]:
-            ctx.trace = RequestTrace(self, ex, route)
+            ctx.trace = RequestTrace(self, ex, ctx.route)
             return
         else:
             traceparent = self.ids.child(parent[0])

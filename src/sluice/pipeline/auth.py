@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AuthStage", "ModelAccess"]
 
+_MEMO_MAX = 10_000
+_UNSEEN = "\0unseen"  # a path not in the permission memo yet (None is an answer: no permission needed)
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})  # signed over an empty body, here
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # signed over their body, by the handler that reads it
 
@@ -100,6 +102,8 @@ class AuthStage(Stage):
                                      prefix=auth.redis_prefix, fail_closed=auth.signature_fail_closed,
                                      timeout_s=auth.redis_timeout_s)
         self._shared_replays = self.signatures.shared
+        self._bearers: dict[str, str] = {}  # the admit path's memos (``_remember_bearer``, ``_permission_of``)
+        self._permissions: dict[str, str | None] = {}
         # Refused credentials per client address (sluice.auth.failures): 429 before a store lookup past the limit.
         self.failures = FailureLimits(auth.failure_limit, auth.failure_period_s) if auth.failure_limit else None
 
@@ -115,7 +119,13 @@ class AuthStage(Stage):
         rules = self.ip_rules
         if rules is not None and not rules.allows(ip := self.client_ip(ex)):
             raise _ip_refused(ip, False)
-        ctx.credential = token = presented_credential(ex)
+        authorization = ex.header("authorization")
+        token = self._bearers.get(authorization) if authorization is not None else None
+        if token is None:
+            token = presented_credential(ex)
+            if authorization is not None and authorization.startswith("Bearer "):
+                self._remember_bearer(authorization, token)
+        ctx.credential = token
         try:
             principal = keys.cached(token)
         except GatewayError as refusal:
@@ -128,8 +138,34 @@ class AuthStage(Stage):
                 ctx.key_prefix = _shown(token)
                 self.failures.check(self.client_ip(ex))
             return False  # not cached, or a signature to claim on Redis now: both need an await
-        self._authorize(ex, ctx, principal)
+        if principal.signing_secret is not None or principal.ip_rules is not None:
+            self._authorize(ex, ctx, principal)
+            return True
+        # The usual caller in one step: no signature, no IP rules of its own (``_permit`` without them).
+        ctx.principal = principal
+        ctx.key_prefix = principal.key_prefix or principal.key_id
+        ctx.user = principal.user
+        path = ex.path
+        permission = self._permissions.get(path, _UNSEEN)
+        if permission is _UNSEEN:
+            permission = self._permission_of(path)
+        if permission is not None and not principal.allows(permission):
+            require(principal, permission)  # refuses, naming the permission
         return True
+
+    def _remember_bearer(self, authorization: str, token: str) -> None:
+        """``Authorization`` header -> the token it carries, so that a caller's header is parsed once (bounded: a
+        flood of made-up keys cannot grow it)."""
+        if len(self._bearers) >= _MEMO_MAX:
+            self._bearers.clear()
+        self._bearers[authorization] = token
+
+    def _permission_of(self, path: str) -> str | None:
+        """The permission a path needs (sluice.auth.rbac.permission_for), remembered per path (bounded)."""
+        if len(self._permissions) >= _MEMO_MAX:
+            self._permissions.clear()
+        permission = self._permissions[path] = permission_for(path)
+        return permission
 
     async def admit_slow(self, ex: Exchange, ctx: RequestContext) -> None:
         token = ctx.credential
