@@ -24,6 +24,7 @@ import yaml
 
 from ..errors import ConfigError
 from .model import (
+    AbuseConfig,
     AuthConfig,
     ClaimsConfig,
     Config,
@@ -35,12 +36,14 @@ from .model import (
     ProviderConfig,
     RateLimitConfig,
     ResilienceConfig,
+    SecurityConfig,
     ServerConfig,
     StoreConfig,
     TargetConfig,
     UpstreamConfig,
 )
 from .permissions import BUILTIN_ROLES, check_permission
+from .urls import check_outbound_urls, parse_networks
 from .vocabulary import CAPABILITIES, provider_kind_names
 
 __all__ = ["interpolate", "load_config", "parse_config"]
@@ -151,6 +154,8 @@ def _decode(raw: dict[str, Any]) -> Config:
         store=_convert(raw.get("store") or {}, StoreConfig, "store"),
         auth=_convert(raw.get("auth") or {}, AuthConfig, "auth"),
         resilience=_convert(raw.get("resilience") or {}, ResilienceConfig, "resilience"),
+        security=_convert(raw.get("security") or {}, SecurityConfig, "security"),
+        abuse=_convert(raw.get("abuse") or {}, AbuseConfig, "abuse"),
         providers=_named_sections(raw.get("providers"), ProviderConfig, "providers"),
         models=_named_sections(raw.get("models"), ModelConfig, "models"),
     )
@@ -198,6 +203,7 @@ def _validate(config: Config) -> None:
     _check_store(config.store)
     _check_auth(config.auth)
     _check_auth_redis(config)
+    _check_abuse(config)
     passthrough = config.passthrough.provider
     if passthrough is not None:
         if passthrough not in config.providers:
@@ -222,6 +228,25 @@ def _validate(config: Config) -> None:
     _check_fallback_cycles(config)
     _check_resilience_routing(config.resilience)
     _check_retries(config)
+    check_outbound_urls(_outbound_urls(config), parse_networks("security.allow_private_networks",
+                                                               config.security.allow_private_networks))
+
+
+def _outbound_urls(config: Config) -> list[tuple[str, str]]:
+    """Every (config path, URL) the gateway calls on its own: checked for SSRF by sluice.config.urls."""
+    urls = []
+    if config.observability.tracing.enabled:
+        urls.append(("observability.tracing.endpoint", config.observability.tracing.endpoint))
+    for name, provider in config.providers.items():
+        urls.append((f"providers.{name}.base_url", provider.base_url))
+        urls += [(f"providers.{name}.base_urls[{i}]", url) for i, url in enumerate(provider.base_urls)]
+    for i, issuer in enumerate(config.auth.jwt):
+        if issuer.jwks_uri is not None:
+            urls.append((f"auth.jwt[{i}].jwks_uri", issuer.jwks_uri))
+        elif issuer.hs256_secret is None:  # keys are discovered under the issuer
+            urls.append((f"auth.jwt[{i}].issuer", issuer.issuer))
+    urls += [(f"auth.introspection[{i}].endpoint", e.endpoint) for i, e in enumerate(config.auth.introspection)]
+    return urls
 
 
 # -- routing (docs/routing.md): deployments, strategies, fallbacks, A/B variants, breakers, health checks --
@@ -382,6 +407,32 @@ def _positive(path: str, value: float, *, maximum: float | None = None, allow_ze
         raise ConfigError(path, f"must be {'zero or more' if allow_zero else 'more than zero'}, got {value}")
     if maximum is not None and value > maximum:
         raise ConfigError(path, f"must be at most {maximum}, got {value}")
+
+
+def _check_abuse(config: Config) -> None:
+    """abuse.*: the anomaly stage follows keys (auth on); proof of work is for routes without a credential."""
+    abuse = config.abuse
+    if abuse.anomaly is not None:
+        if not config.auth.enabled:
+            raise ConfigError("abuse.anomaly", "follows API keys: it needs auth.enabled: true")
+        for field in ("window_s", "baseline_s", "factor", "max_keys"):
+            _positive(f"abuse.anomaly.{field}", getattr(abuse.anomaly, field))
+        for field in ("warmup_s", "min_requests", "min_tokens"):
+            _positive(f"abuse.anomaly.{field}", getattr(abuse.anomaly, field), allow_zero=True)
+        if abuse.anomaly.factor <= 1:
+            raise ConfigError("abuse.anomaly.factor", f"must be more than 1, got {abuse.anomaly.factor}")
+    if abuse.reputation is not None:
+        if not abuse.reputation.files:
+            raise ConfigError("abuse.reputation.files", "name at least one file")
+        _positive("abuse.reputation.refresh_s", abuse.reputation.refresh_s)
+    if abuse.pow is not None:
+        if config.auth.enabled:
+            raise ConfigError("abuse.pow", "is for routes that need no credential: it needs auth.enabled: false")
+        for field in ("threshold_rps", "window_s", "ttl_s", "max_solutions"):
+            _positive(f"abuse.pow.{field}", getattr(abuse.pow, field))
+        _positive("abuse.pow.difficulty", abuse.pow.difficulty, maximum=32)
+        if abuse.pow.secret is not None and len(abuse.pow.secret) < 16:
+            raise ConfigError("abuse.pow.secret", "must be at least 16 characters")
 
 
 def _check_store(store: StoreConfig) -> None:

@@ -11,12 +11,12 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["Algorithm", "AuthConfig", "BreakerConfig", "ClaimsConfig", "Config", "DeadLetterConfig", "GeoConfig",
-           "HealthCheckConfig", "IntrospectionConfig", "JwtIssuerConfig", "LimitMode", "ModelConfig",
-           "ObservabilityConfig", "PassthroughConfig", "PolicyConfig", "PolicyMatch", "ProviderConfig", "QuotaConfig",
-           "QuotaPeriod", "RateLimitConfig", "ResilienceConfig", "Scope", "ServerConfig", "StaticKeyConfig",
-           "StickyConfig", "StoreConfig", "Strategy", "TargetConfig", "TracingConfig", "Unit", "UpstreamConfig",
-           "VariantConfig"]
+__all__ = ["AbuseConfig", "Algorithm", "AnomalyConfig", "AuthConfig", "BreakerConfig", "ClaimsConfig", "Config",
+           "DeadLetterConfig", "GeoConfig", "HealthCheckConfig", "IntrospectionConfig", "JwtIssuerConfig",
+           "LimitMode", "ModelConfig", "ObservabilityConfig", "PassthroughConfig", "PolicyConfig", "PolicyMatch",
+           "PowConfig", "ProviderConfig", "QuotaConfig", "QuotaPeriod", "RateLimitConfig", "ReputationConfig",
+           "ResilienceConfig", "Scope", "SecurityConfig", "ServerConfig", "StaticKeyConfig", "StickyConfig",
+           "StoreConfig", "Strategy", "TargetConfig", "TracingConfig", "Unit", "UpstreamConfig", "VariantConfig"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -338,6 +338,48 @@ class AuthConfig(_Section, frozen=True):
     signature_fail_closed: bool = False  # Redis down: 503 to signed requests, not per-worker replay memory
 
 
+class AnomalyConfig(_Section, frozen=True):
+    """Per-key spikes against the key's own baseline (sluice.pipeline.anomaly, docs/abuse.md); auth on."""
+
+    window_s: float = 60.0  # the short window whose requests and tokens are compared with the baseline
+    baseline_s: float = 3600.0  # the EWMA's time constant: how slowly a key's baseline follows its traffic
+    factor: float = 5.0  # a window over factor x the key's baseline is a spike
+    warmup_s: float = 600.0  # a key first seen less than this long ago is never flagged (no baseline yet)
+    min_requests: int = 30  # a window under this many requests is never a request spike ...
+    min_tokens: int = 50_000  # ... nor one under this many tokens (prompt plus completion) a token spike
+    # "flag": metric and audit record only; "throttle": also 429 past the allowance while the spike lasts.
+    action: Literal["flag", "throttle"] = "flag"
+    max_keys: int = 100_000  # keys followed per worker; past it the least recently seen is forgotten
+
+
+class ReputationConfig(_Section, frozen=True):
+    """Client addresses refused (403) before auth, from files (sluice.auth.reputation, docs/abuse.md)."""
+
+    files: tuple[str, ...]  # one address or CIDR a line; '#' starts a comment
+    refresh_s: float = 60.0  # how often the files are checked (and reloaded when changed)
+
+
+class PowConfig(_Section, frozen=True):
+    """A proof-of-work challenge on routes that need no credential, under flood (sluice.pipeline.pow)."""
+
+    threshold_rps: float = 50.0  # a route's requests per second (per worker) past which callers are challenged
+    window_s: float = 10.0  # the window that rate is measured over
+    difficulty: int = 16  # leading zero bits of sha256(challenge ":" counter)
+    ttl_s: float = 120.0  # a challenge expires this long after it is issued; a solution is good once
+    # HMAC key of the challenges; None: random per worker (then a solution is good only on the worker that
+    # issued its challenge: set one with server.workers > 1, e.g. "${SLUICE_POW_SECRET}").
+    secret: str | None = None
+    max_solutions: int = 100_000  # solutions remembered (single use) per worker; past it, 429 until some expire
+
+
+class AbuseConfig(_Section, frozen=True):
+    """Abuse protection beyond rate limits and auth failure limits (docs/abuse.md); each absent: no stage."""
+
+    anomaly: AnomalyConfig | None = None
+    reputation: ReputationConfig | None = None
+    pow: PowConfig | None = None
+
+
 class BreakerConfig(_Section, frozen=True):
     """Per deployment: closed -> open on a failure ratio over a rolling window or on consecutive failures;
     open -> half-open after open_s, where a few probes decide between closed and open again."""
@@ -399,6 +441,15 @@ class StoreConfig(_Section, frozen=True):
     timeout_s: float = 2.0  # bound on one store call (connect, wait for a lock, query)
 
 
+class SecurityConfig(_Section, frozen=True):
+    """What the gateway's own outbound URLs may point at (sluice.config.urls, docs/security.md)."""
+
+    # Non-public networks (CIDRs) that providers' base URLs, OIDC issuers and JWKS, introspection and the
+    # OTLP endpoint may be in or resolve into; any other private, loopback, link-local (cloud metadata),
+    # unique-local or unspecified address is refused at load.  Loopback by default: the quickstart's mock.
+    allow_private_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
@@ -408,5 +459,7 @@ class Config(_Section, frozen=True):
     store: StoreConfig = StoreConfig()
     auth: AuthConfig = AuthConfig()
     resilience: ResilienceConfig = ResilienceConfig()
+    security: SecurityConfig = SecurityConfig()
+    abuse: AbuseConfig = AbuseConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, ModelConfig] = {}

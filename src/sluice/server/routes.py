@@ -4,8 +4,10 @@ A route's stages, in order (absent when not configured):
 
     access_log → metrics → tracing                      the frame: every route
     admin_headers                                       admin routes (answers never cached)
+    ip_reputation                                       where auth goes, with auth or without (abuse.reputation)
     auth (IP rules, credential, RBAC on the route)      every route but the health probes and /metrics
-    decode → model_access → routing → rate_limits       model routes
+      or pow, with auth off                             (abuse.pow)
+    decode → model_access → anomaly → routing → rate_limits   model routes (anomaly: abuse.anomaly)
     the endpoint                                        the stage that answers
 
 ``RouteTable.resolve`` picks a request's pipeline: an exact path and method, the path's 405, a
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 from ..context import ADMIN_SECURITY_HEADERS, Exchange, RequestContext
 from ..errors import AuthUnavailable, Forbidden, GatewayError, Unauthorized
 from ..observability.stages import AccessLogStage, MetricsStage, TracingStage
+from ..pipeline.abuse import AbuseStages
 from ..pipeline.admission import AdmissionStage
 from ..pipeline.auth import ModelAccess
 from ..pipeline.stage import Pipeline, Stage, Traced
@@ -116,8 +119,12 @@ def build_routes(gw: Gateway) -> RouteTable:
     def traced(stage: Stage, attributes: Callable[[RequestContext], dict[str, object]] | None = None) -> Stage:
         return Traced(stage, attributes) if gw.tracing is not None else stage
 
-    guard: list[Stage] = [traced(gw.auth)] if gw.auth is not None else []
-    access: list[Stage] = [ModelAccess(gw.auth)] if gw.auth is not None else []
+    # abuse.* (pipeline/abuse.py): reputation before auth; proof of work in its place when auth is off; anomaly
+    # after the model check when it is on.  Each absent when not configured.
+    abuse = AbuseStages(gw.config, gw.client_ip, audit=gw.audit.record if gw.audit is not None else None,
+                        metrics=gw.metrics)
+    guard: list[Stage] = [*abuse.screen, *([traced(gw.auth)] if gw.auth is not None else abuse.challenge)]
+    access: list[Stage] = [ModelAccess(gw.auth), *abuse.keys] if gw.auth is not None else []
     admit: list[Stage] = [traced(AdmissionStage(gw.limits))] if gw.limits is not None else []
     audit = gw.audit_failure if gw.audit is not None else None
     max_body, log_bodies = gw.max_body, gw.log_bodies
@@ -157,7 +164,7 @@ def build_routes(gw: Gateway) -> RouteTable:
                                          *([] if path in open_routes else guard), NotAllowed(list(methods))],
                                   "anthropic" if path.startswith("/v1/messages") else "openai")
                    for path, methods in exact.items()}
-    passthrough = [PassthroughRequest(gw.router, gw.passthrough_provider, max_body, gw.auth),
+    passthrough = [PassthroughRequest(gw.router, gw.passthrough_provider, max_body, gw.auth), *abuse.keys,
                    *([traced(AdmissionStage(gw.limits, reads_usage=False))] if gw.limits is not None else []),
                    PassthroughRelay(gw.client)]
     families = {prefix: pipeline(prefix, [*guard, *passthrough]) for prefix in FAMILIES}
