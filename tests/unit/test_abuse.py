@@ -432,3 +432,21 @@ abuse: {{reputation: {{files: ["{blocklist}"]}}, anomaly: {{action: throttle}}}}
     for methods in plain.exact.values():
         for pipeline in methods.values():
             assert not {"pow", "anomaly", "ip_reputation"} & set(names(pipeline))
+
+
+def test_the_client_snippet_in_the_docs_solves_a_challenge(monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "httpx", types.ModuleType("httpx"))  # the snippet's client: not needed here
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "abuse.md").read_text()
+    [snippet] = [b for b in re.findall(r"^```python\n(.*?)^```$", text, re.S | re.M) if "def solve" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(snippet, "docs/abuse.md", "exec"), namespace)
+    clock = Clock()
+    stage = pow_stage(clock, threshold_rps=0.05)
+    challenge = challenge_of(stage, MemoryExchange())
+    stage.on_request(MemoryExchange(headers={SOLUTION_HEADER: namespace["solve"](challenge)}), context(None))
+    assert stage.results[("solved",)] == 1
