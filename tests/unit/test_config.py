@@ -170,8 +170,8 @@ def test_quickstart_example_loads_with_and_without_env() -> None:
     config = load_config(path, env={})
     assert config.providers["mock"].base_url == "http://127.0.0.1:9000"
     assert set(config.models) == {"gpt-4o-mini", "text-embedding-3-small"}
-    moved = load_config(path, env={"SLUICE_UPSTREAM": "http://10.1.2.3:1234"})
-    assert moved.providers["mock"].base_url == "http://10.1.2.3:1234"
+    moved = load_config(path, env={"SLUICE_UPSTREAM": "http://upstream.example:1234"})
+    assert moved.providers["mock"].base_url == "http://upstream.example:1234"
 
 
 def test_quotas_load_with_their_defaults() -> None:

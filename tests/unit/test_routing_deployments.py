@@ -13,6 +13,7 @@ from sluice.routing import ModelRoute, Router, affinity_draw, sticky_affinity
 NOTHING: frozenset[str] = frozenset()
 
 POOL = """
+security: {allow_private_networks: [10.0.0.0/8]}  # the deployments are on a private network
 providers:
   oai:
     kind: openai
@@ -147,6 +148,7 @@ def ab(percents: list[float]) -> Router:
     variants = ", ".join(f"{{name: v{i}, model: m{i}, percent: {p}}}" for i, p in enumerate(percents))
     models = "\n".join(f"  m{i}: {{targets: [{{provider: p, model: up{i}}}]}}" for i in range(len(percents)))
     return Router(parse_config(f"""
+security: {{allow_private_networks: [10.0.0.0/8]}}  # the deployments are on a private network
 providers: {{p: {{kind: openai, base_url: "http://10.0.0.1"}}}}
 models:
   main: {{targets: [{{provider: p, model: up}}], variants: [{variants}]}}
@@ -176,6 +178,7 @@ def test_affinity_draws_split_callers_within_tolerance_and_keep_each_in_its_arm(
 def test_sticky_affinity_follows_hash_on() -> None:
     def router(on: str) -> ModelRoute:
         found = Router(parse_config(f"""
+security: {{allow_private_networks: [10.0.0.0/8]}}  # the deployments are on a private network
 providers: {{p: {{kind: openai, base_url: "http://10.0.0.1"}}}}
 models: {{m: {{strategy: sticky, sticky: {{hash_on: "{on}"}}, targets: [{{provider: p, model: a}}]}}}}
 """, {})).get("m")
@@ -198,6 +201,7 @@ models: {{m: {{strategy: sticky, sticky: {{hash_on: "{on}"}}, targets: [{{provid
 ])
 def test_each_kind_has_a_cheap_health_request(kind: str, extra: str, target: str, header: tuple[str, str]) -> None:
     router = Router(parse_config(f"""
+security: {{allow_private_networks: [10.0.0.0/8]}}  # the deployments are on a private network
 providers: {{p: {{kind: {kind}, base_url: "http://10.0.0.1/p", api_keys: [k0, k1], headers: {{x-extra: "1"}}{extra}}}}}
 models: {{m: {{targets: [{{provider: p, model: a}}]}}}}
 """, {}))

@@ -18,6 +18,7 @@ def route(strategy: str, weights: list[int], *, regions: list[str] | None = None
         f"{{provider: p{i}, model: t{i}, weight: {w}" + (f", region: {regions[i]}" if regions else "") + "}"
         for i, w in enumerate(weights))
     config = parse_config(f"""
+security: {{allow_private_networks: [10.0.0.0/8]}}  # the deployments are on a private network
 providers:
 {providers}
 models:
@@ -53,6 +54,7 @@ def test_weighted_is_exact_and_skips_what_is_not_available() -> None:
 
 def test_a_targets_weight_is_shared_by_its_deployments() -> None:
     config = parse_config("""
+security: {allow_private_networks: [10.0.0.0/8]}  # the deployments are on a private network
 providers:
   pool: {kind: openai, base_url: "http://10.0.0.1", base_urls: ["http://10.0.0.2"], api_keys: [k1, k2, k3]}
   one: {kind: openai, base_url: "http://10.0.0.3"}
@@ -260,6 +262,7 @@ def test_geo_defaults_to_this_instances_region() -> None:
 def test_every_strategy_filters_capabilities_and_exclusions() -> None:
     for strategy in ("weighted", "least_inflight", "latency", "health", "sticky"):
         config = parse_config(f"""
+security: {{allow_private_networks: [10.0.0.0/8]}}  # the deployments are on a private network
 providers:
   oai: {{kind: openai, base_url: "http://10.0.0.1"}}
   ant: {{kind: anthropic, base_url: "http://10.0.0.2"}}

@@ -56,12 +56,15 @@ _AT = re.compile(r" - at `\$(.*)`$")
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Reads, interpolates and validates the file at ``path``."""
+    """Reads, interpolates and validates the file at ``path``; then resolves the host names of its outbound
+    URLs (parse_config checks only literal addresses: it stays pure and quick)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from exc
-    return parse_config(text, os.environ if env is None else env)
+    config = parse_config(text, os.environ if env is None else env)
+    _check_outbound(config, resolve=True)
+    return config
 
 
 def parse_config(text: str, env: Mapping[str, str]) -> Config:
@@ -228,8 +231,12 @@ def _validate(config: Config) -> None:
     _check_fallback_cycles(config)
     _check_resilience_routing(config.resilience)
     _check_retries(config)
-    check_outbound_urls(_outbound_urls(config), parse_networks("security.allow_private_networks",
-                                                               config.security.allow_private_networks))
+    _check_outbound(config, resolve=False)
+
+
+def _check_outbound(config: Config, *, resolve: bool) -> None:
+    allowed = parse_networks("security.allow_private_networks", config.security.allow_private_networks)
+    check_outbound_urls(_outbound_urls(config), allowed, resolve=resolve)
 
 
 def _outbound_urls(config: Config) -> list[tuple[str, str]]:
