@@ -21,10 +21,11 @@ stream through unread.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import orjson
 
@@ -337,12 +338,16 @@ class PassthroughRelay(Stage):
 
 
 _PATH_SAFE = "/-._~:@!$&'()*+,;="
+_SEGMENTS = re.compile(r"[/\\]")
 _QUERY_SAFE = _PATH_SAFE + "=?&%"
 
 
 def safe_path(path: str) -> str:
     """The caller's (decoded) path, re-encoded for the upstream request line; 404 for one that tries to
-    leave its endpoint family (dot segments) or carries control characters."""
-    if any(segment in (".", "..") for segment in path.split("/")) or any(ord(c) < 0x20 or c == "\x7f" for c in path):
+    leave its endpoint family (dot segments) or carries control characters.  A backslash counts as a slash
+    and a segment is also read percent-decoded once more (``%2e%2e`` sent as ``%252e%252e``): an upstream
+    or a proxy before it that normalises either way would otherwise walk out of the family."""
+    if any(unquote(segment) in (".", "..") for segment in _SEGMENTS.split(path)) or any(
+            ord(c) < 0x20 or c == "\x7f" for c in path):
         raise NotFound(f"Unknown request URL: {quote(path[:200], safe=_PATH_SAFE)}.", code="unknown_url")
     return quote(path, safe=_PATH_SAFE)
