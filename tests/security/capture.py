@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,7 +102,8 @@ def request(method: str, target: bytes, headers: bytes = b"", body: bytes = b"",
 
 
 def statuses(received: bytes) -> list[int]:
-    return [int(line.split(b" ")[1]) for line in received.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    """Every answer's status, in order (a pipelined answer starts right after the previous body)."""
+    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
 
 
 def answer_head(received: bytes) -> list[bytes]:
