@@ -221,7 +221,8 @@ def test_the_list_format_and_lookups() -> None:
     ranges = Ranges(parse_list(LIST))
     for ip in ("203.0.113.0", "203.0.113.255", "198.51.100.7", "10.200.0.1", "2001:db8::1", "::ffff:198.51.100.7"):
         assert ip in ranges, ip
-    for ip in ("203.0.114.0", "198.51.100.6", "198.51.100.8", "11.0.0.0", "2001:db9::1", "not an ip", ""):
+    for ip in ("203.0.114.0", "198.51.100.6", "198.51.100.8", "11.0.0.0", "2001:db9::1", "not an ip", "",
+               "fe80::1%eth0", "10.0.0.1\x00", "10.0.0.1 ", "é"):
         assert ip not in ranges, ip
     with pytest.raises(ValueError, match="list:3"):
         parse_list("1.2.3.4\n\nexample.com\n")

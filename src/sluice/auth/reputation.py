@@ -3,8 +3,8 @@
 A list file holds one address or CIDR a line (IPv4 or IPv6; host bits allowed), blank lines and ``#``
 comments ignored: the format of the common blocklists (Spamhaus DROP, FireHOL, an operator's own).  The
 networks of all files are merged into sorted, disjoint integer ranges, one table per IP version, so a lookup
-is one ``bisect`` whatever the list's size; IPv4-mapped IPv6 addresses are looked up as the IPv4 address
-they carry (as the IP rules do, sluice.auth.iprules).
+is one ``inet_pton`` and one ``bisect`` whatever the list's size; IPv4-mapped IPv6 addresses are looked up
+as the IPv4 address they carry (as the IP rules do, sluice.auth.iprules).
 
 ``Reputation.refresh()`` re-reads a file only when its modification time or size changed.  A file is taken
 whole or not at all: one that cannot be read, or that has a line that is no address, keeps its last good
@@ -18,15 +18,29 @@ import bisect
 import ipaddress
 import logging
 import os
+import socket
 from collections.abc import Sequence
-
-from .iprules import _address
 
 __all__ = ["Ranges", "Reputation", "parse_list"]
 
 log = logging.getLogger("sluice.gateway")
 
-Span = tuple[int, int]  # first and last address, as integers
+_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped IPv6 addresses
+
+
+def _value(ip: str) -> tuple[int, int] | None:
+    """(IP version, the address as an integer), or None: inet_pton, ten times cheaper than ipaddress here."""
+    try:
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+    except (OSError, ValueError):
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, ip)
+    except (OSError, ValueError):  # not an address (a scoped IPv6 one, fe80::1%eth0, included)
+        return None
+    if packed[:12] == _MAPPED:
+        return 4, int.from_bytes(packed[12:], "big")
+    return 6, int.from_bytes(packed, "big")
 
 
 def parse_list(text: str, source: str = "list") -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -65,13 +79,12 @@ class Ranges:
             self._ends[version] = [last for _, last in merged]
 
     def __contains__(self, ip: str) -> bool:
-        address = _address(ip)
-        if address is None:
+        parsed = _value(ip)
+        if parsed is None:
             return False
-        value = int(address)
-        starts = self._starts[address.version]
-        i = bisect.bisect_right(starts, value) - 1
-        return i >= 0 and value <= self._ends[address.version][i]
+        version, value = parsed
+        i = bisect.bisect_right(self._starts[version], value) - 1
+        return i >= 0 and value <= self._ends[version][i]
 
 
 class Reputation:
