@@ -419,7 +419,15 @@ class Response:
         """Gives the connection back: to the pool if the exchange is complete, else closed."""
         if not self._released:
             self._released = True
-            self._conn.pool.put_back(self._conn)
+            conn = self._conn
+            conn.pool.put_back(conn)
+            if conn.closed:
+                # The body bytes nobody will read go now: a connection closed unfinished (a caller gone or
+                # stalled while reading was paused: up to HIGH_WATER plus one read) is kept alive by a cycle
+                # (its error's traceback holds a frame that holds it) until a full collection (bench/README.md,
+                # "Soak").  Not in close(): _fail closes too, and the body read whole before it is still read.
+                conn._chunks.clear()
+                conn._buffered = 0
 
     def abort(self) -> None:
         """Closes the connection now (client gone, error); safe to call more than once.
