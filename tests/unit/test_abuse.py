@@ -310,6 +310,18 @@ def test_no_challenge_under_the_threshold() -> None:
     assert stage.results[("challenged",)] == 0
 
 
+def test_each_route_has_its_own_rate() -> None:
+    clock = Clock()
+    stage = pow_stage(clock)
+    for _ in range(10):
+        stage.on_request(MemoryExchange(), context(None))
+    challenge_of(stage, MemoryExchange())
+    other = context(None)
+    other.route = "/v1/models"
+    stage.on_request(MemoryExchange("/v1/models"), other)  # not flooded: not challenged
+    assert stage.results[("challenged",)] == 1
+
+
 def test_under_flood_a_solution_is_needed_good_once() -> None:
     clock = Clock()
     stage = pow_stage(clock)

@@ -1,10 +1,10 @@
 """Proof of work for routes that need no credential, under flood (``abuse.pow``, docs/abuse.md).
 
-With auth off anyone may call, and a flood cannot be told apart by its key.  This stage counts the requests
-of the routes it guards (per worker, in fixed windows of ``window_s``); while the rate is past
+With auth off anyone may call, and a flood cannot be told apart by its key.  This stage counts each route's
+requests (per worker, in fixed windows of ``window_s``); while a route's rate is past
 ``threshold_rps`` (the last full window's, or the current one's so far), a request must carry a solved
 challenge in ``X-Sluice-PoW``, else it is answered 429 (``pow_required``) with a fresh challenge in
-``X-Sluice-PoW-Challenge``.  Below the threshold it costs a clock read and a compare.
+``X-Sluice-PoW-Challenge``.  Below the threshold it costs a clock read, a dict lookup and a compare.
 
 A challenge is ``<expires>.<nonce>.<difficulty>.<mac>``: an expiry (Unix seconds), 16 random hex digits, the
 number of leading zero bits asked for, and an HMAC-SHA256 of the three under the worker's secret (so the
@@ -65,6 +65,17 @@ def solve(challenge: str) -> str:
     return f"{challenge}:{counter}"
 
 
+class _Window:
+    """One route's requests in the current window, and whether the last one was a flood."""
+
+    __slots__ = ("count", "flood", "start")
+
+    def __init__(self, now: float) -> None:
+        self.start = now
+        self.count = 0
+        self.flood = False
+
+
 class PowStage(Stage):
     """See the module docstring."""
 
@@ -78,22 +89,23 @@ class PowStage(Stage):
         self.max_solutions = config.max_solutions
         self._secret = (config.secret or "").encode() or os.urandom(32)
         self._clock = clock
-        self._start = clock()
-        self._count = 0  # requests in the current window
         self._allowed = config.threshold_rps * config.window_s  # requests per window before the challenge
-        self._flood = False  # the last full window was past the threshold
+        self._routes: dict[str, _Window] = {}  # by ctx.route: the gateway's bounded set of route names
         self._used: dict[str, float] = {}  # solved challenges -> their expiry, oldest first
         self.results: dict[tuple[str, ...], int] = {("challenged",): 0, ("solved",): 0, ("invalid",): 0}
 
     def on_request(self, ex: Exchange, ctx: RequestContext) -> None:
         now = self._clock()
-        if now - self._start >= self.window:
+        window = self._routes.get(ctx.route)
+        if window is None:
+            window = self._routes[ctx.route] = _Window(now)
+        elif now - window.start >= self.window:
             # The window that closed decides whether the next is under flood (one past it: an idle gap, not).
-            self._flood = self._count > self._allowed and now - self._start < 2 * self.window
-            self._start = now
-            self._count = 0
-        self._count += 1
-        if self._flood or self._count > self._allowed:
+            window.flood = window.count > self._allowed and now - window.start < 2 * self.window
+            window.start = now
+            window.count = 0
+        window.count += 1
+        if window.flood or window.count > self._allowed:
             self._check(ex.header(SOLUTION_HEADER), now)
 
     def _check(self, solution: str | None, now: float) -> None:
