@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Proc, RawServer, read_request, start_gateway
+from tests.security.test_connections import until_closed
 
-BOUND_S = 10.0  # any probe's whole exchange; far beyond what a healthy gateway needs
+BOUND_S = 10.0  # connecting and sending; until_closed bounds the answer
 KEY = "sk-capture-admin-0123456789abcdef"
 AUTH = b"authorization: Bearer " + KEY.encode() + b"\r\n"
 CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -83,15 +84,7 @@ def exchange(gw: Proc, data: bytes) -> bytes:
     port = int(gw.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=BOUND_S) as sock:
         sock.sendall(data)
-        received = b""
-        try:
-            while piece := sock.recv(65536):
-                received += piece
-        except TimeoutError:
-            pytest.fail(f"no end to the exchange in {BOUND_S} s; received {received[:300]!r}")
-        except ConnectionResetError:
-            pytest.fail(f"connection reset; received {received[:300]!r}")
-    return received
+        return until_closed(sock)  # a reset fails the test too: never a dropped connection
 
 
 def request(method: str, target: bytes, headers: bytes = b"", body: bytes = b"", *, host: bytes = b"gw") -> bytes:
