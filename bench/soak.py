@@ -55,7 +55,7 @@ sys.path.insert(0, str(BENCH.parent))
 from tests.conftest import Proc, free_port, start_mock  # noqa: E402  (the suite's process helpers)
 
 from _harness import BenchError, Deadline, facts_table, log, machine_facts, run_main, table, temp_dir, write_result  # noqa: E402
-from slow_readers import rss_kib, worker_of  # noqa: E402
+from slow_readers import log_counts, rss_kib, worker_of  # noqa: E402
 
 KINDS = (("plain", 55), ("stream", 20), ("error", 10), ("cancel", 10), ("slow", 3), ("stalled", 2))
 FAULT_MODELS = ("mock-status-503", "mock-fault-close-mid-stream", "mock-fault-reset")
@@ -272,15 +272,6 @@ async def settle(sampler: Sampler, tally: Tally, limit_s: float, then_s: float) 
     await asyncio.sleep(then_s)
 
 
-def access_counts(path: Path) -> dict[str, int]:
-    counts: collections.Counter[str] = collections.Counter()
-    for line in path.read_text().splitlines():
-        entry = json.loads(line)
-        if entry.get("route") == "/v1/chat/completions":
-            counts[f"{entry.get('status')} {entry.get('error') or '-'}"] += 1
-    return dict(sorted(counts.items()))
-
-
 def chart(samples: list[Sample], path: Path) -> bool:
     try:
         import matplotlib
@@ -310,6 +301,7 @@ def chart(samples: list[Sample], path: Path) -> bool:
 
 async def soak(args: argparse.Namespace, work: Path) -> str:
     access_log = work / "access.log"
+    facts = machine_facts({"shared": "2 cores shared with other engineers' work during the run"})  # at the start
     small = start_mock(work, "--chunk-ms", "20")
     large = start_mock(work, "--interface", "asgi", "--stream-bytes", "4000000")
     port = free_port()
@@ -344,8 +336,8 @@ async def soak(args: argparse.Namespace, work: Path) -> str:
         sampling.cancel()
         log(f"end: RSS {end.rss_kib / 1024:.1f} MiB, {end.fds} fds, {end.in_flight:g} in flight")
         loaded = [s for s in sampler.samples if s.phase == "load"] or [end]
-        return report(args, base, end, loaded, tally, access_counts(access_log), capacity, rate, loaded_s,
-                      sampler.samples)
+        access = dict(sorted(log_counts(access_log).items()))
+        return report(args, base, end, loaded, tally, access, capacity, rate, loaded_s, sampler.samples, facts)
     finally:
         gateway.stop()
         small.stop()
@@ -357,7 +349,8 @@ def mib(kib: int) -> str:
 
 
 def report(args: argparse.Namespace, base: Sample, end: Sample, loaded: list[Sample], tally: Tally,
-           access: dict[str, int], capacity: float, rate: float, loaded_s: float, samples: list[Sample]) -> str:
+           access: dict[str, int], capacity: float, rate: float, loaded_s: float, samples: list[Sample],
+           facts: list[tuple[str, str]]) -> str:
     rss_ok = end.rss_kib <= base.rss_kib * (1 + args.rss_tolerance)
     fds_ok = end.fds <= base.fds + args.fd_slack
     flight_ok = end.in_flight == 0
@@ -390,7 +383,7 @@ def report(args: argparse.Namespace, base: Sample, end: Sample, loaded: list[Sam
         "```", json.dumps(access, indent=1), "```", "",
         chart_note, "",
         "<details><summary>Machine facts</summary>", "",
-        facts_table(machine_facts({"shared": "2 cores shared with other engineers' work during the run"})), "",
+        facts_table(facts), "",
         "</details>", "",
     ])
 
