@@ -347,7 +347,9 @@ def safe_path(path: str) -> str:
     leave its endpoint family (dot segments) or carries control characters.  A backslash counts as a slash
     and a segment is also read percent-decoded once more (``%2e%2e`` sent as ``%252e%252e``): an upstream
     or a proxy before it that normalises either way would otherwise walk out of the family."""
-    if any(unquote(segment) in (".", "..") for segment in _SEGMENTS.split(path)) or any(
-            ord(c) < 0x20 or c == "\x7f" for c in path):
+    # The regular-expression split and unquote only where they can matter: an ordinary path costs as before.
+    segments = _SEGMENTS.split(path) if "\\" in path else path.split("/")
+    if any(segment in (".", "..") or ("%" in segment and unquote(segment) in (".", ".."))
+           for segment in segments) or any(ord(c) < 0x20 or c == "\x7f" for c in path):
         raise NotFound(f"Unknown request URL: {quote(path[:200], safe=_PATH_SAFE)}.", code="unknown_url")
     return quote(path, safe=_PATH_SAFE)
