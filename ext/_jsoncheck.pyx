@@ -2,12 +2,14 @@
 #
 # What a JSON request body has that the gateway refuses and msgspec does not check, in one pass over its
 # bytes before it is decoded: invalid UTF-8 anywhere, nesting deeper than a limit, a key twice in one
-# object at any level.  The pure-Python twin (and the contract, with the order of the problems) is
+# object at any level, a number beyond a double's range.  The pure-Python twin (and the contract, with the order of the problems) is
 # sluice/_native/_pure_jsoncheck.py; both give the same results for the same bytes.
 #
-# Tokens only: strings (to the closing quote, a backslash escaping the byte after it), and { } [ ] , ;
-# the rest (numbers, literals, colons, blanks) is skipped, so malformed JSON is left to the decode that
-# follows.  A string right after { or after a comma in an object is a key.
+# Tokens only: strings (to the closing quote, a backslash escaping the byte after it), { } [ ] , and
+# numbers (a run of 0-9 . e E + - from a digit or a minus); the rest (literals, colons, blanks) is
+# skipped, so malformed JSON is left to the decode that follows.  A string right after { or after a comma
+# in an object is a key.  A number is looked at only when it has an exponent or more than 308 bytes (else
+# it is below 10^308): then its decimal magnitude decides, and float() the case of 10^308 to 10^309.
 #
 # The open containers are a fixed array of levels (MAX_DEPTH_LIMIT); the keys of the open objects are one
 # stack of (pointer, size) into the body (an escaped key: into its decoded copy, kept alive in a list), an
@@ -20,6 +22,7 @@
 # U+10FFFF), on the bytes >= 0x80 only.  Inside strings (most of a body) the plain bytes are skipped
 # eight at a time (plain_run).
 
+from libc.math cimport isinf
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
@@ -36,10 +39,14 @@ cdef enum:
 
 MAX_DEPTH_LIMIT = LEVELS
 
-# The bytes the scan passes over outside strings (blanks, digits, colons, literals): ASCII but " { } [ ] ,
+# The bytes the scan passes over outside strings (blanks, colons, literals): ASCII but " { } [ ] , - 0-9
 cdef unsigned char PLAIN[256]
+# The bytes of a number's run, each with its class: 1 a digit, 2 a point, 4 an exponent's e, 8 a sign
+cdef unsigned char NUMBER[256]
 for _byte in range(256):
-    PLAIN[_byte] = _byte < 0x80 and _byte not in b'"{}[],'
+    PLAIN[_byte] = _byte < 0x80 and _byte not in b'"{}[],-0123456789'
+    NUMBER[_byte] = (1 if 0x30 <= _byte <= 0x39 else 2 if _byte == 0x2E else 4 if _byte in b"eE"
+                     else 8 if _byte in b"+-" else 0)
 
 
 cdef struct Key:
@@ -156,6 +163,58 @@ cdef bint utf8_valid(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcep
     return True
 
 
+cdef inline bint digit(unsigned char c) noexcept nogil:
+    return 0x30 <= c <= 0x39
+
+
+cdef int overflows(const unsigned char* s, Py_ssize_t i, Py_ssize_t end) except -1:
+    """1 when s[i:end] is a JSON number a double rounds to infinity (as float() does); 0 when it is not,
+    or is no JSON number (left to the decode)."""
+    cdef Py_ssize_t start = i, digits = 0, zeros = 0, exponent = 0, magnitude
+    cdef bint seen = False, negative = False
+    if s[i] == 0x2D:
+        i += 1
+    if i >= end or not digit(s[i]):
+        return 0
+    while i < end and digit(s[i]):  # the integer part's digits from its first that is not 0
+        if seen:
+            digits += 1
+        elif s[i] != 0x30:
+            seen = True
+            digits = 1
+        i += 1
+    if i < end and s[i] == 0x2E:
+        i += 1
+        if i >= end or not digit(s[i]):
+            return 0
+        while i < end and digit(s[i]):  # the fraction's zeros before its first significant digit
+            if not seen:
+                if s[i] == 0x30:
+                    zeros += 1
+                else:
+                    seen = True
+            i += 1
+    if i < end and (s[i] | 0x20) == 0x65:
+        i += 1
+        if i < end and (s[i] == 0x2B or s[i] == 0x2D):
+            negative = s[i] == 0x2D
+            i += 1
+        if i >= end or not digit(s[i]):
+            return 0
+        while i < end and digit(s[i]):
+            if exponent < 1000000000000000:  # capped far above any body's count of digits
+                exponent = exponent * 10 + (s[i] - 0x30)
+            i += 1
+        if negative:
+            exponent = -exponent
+    if i != end or not seen:  # no JSON number, or zero
+        return 0
+    magnitude = (digits - 1 if digits else -(zeros + 1)) + exponent  # 10^magnitude <= |number|
+    if magnitude != 308:
+        return magnitude > 308
+    return isinf(float((<const char*>s)[start:end]))  # 1e308 to 1e309: DBL_MAX is 1.797...e308
+
+
 cdef inline uint64_t fnv1a(const unsigned char* p, Py_ssize_t size) noexcept nogil:
     cdef uint64_t h = 0xCBF29CE484222325ULL
     cdef Py_ssize_t i
@@ -259,13 +318,14 @@ cdef str path(Scan* scan, int levels, const Key* last):
 
 
 def json_problem(bytes body, int max_depth):
-    """None, or the body's first problem: ("utf8", ""), ("depth", path) or ("duplicate", path)."""
+    """None, or the body's first problem: ("utf8", ""), ("depth", path), ("duplicate", path) or
+    ("number", path)."""
     if not 1 <= max_depth <= LEVELS:
         raise ValueError(f"max_depth must be 1..{LEVELS}")
     cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(body)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
     cdef Py_ssize_t i = 0, j, k, size
-    cdef unsigned char c
+    cdef unsigned char c, classes
     cdef bint expect_key = False, escaped
     cdef const unsigned char* key
     cdef Key dup
@@ -349,7 +409,17 @@ def json_problem(bytes body, int max_depth):
                     else:
                         level.index += 1
                 i += 1
-            elif c < 0x80:  # not reached: PLAIN has the rest of ASCII
+            elif c == 45 or digit(c):  # a number (after the structure: a body has more of it than numbers)
+                j = i
+                classes = 0
+                while j < n and NUMBER[s[j]]:
+                    classes |= NUMBER[s[j]]
+                    j += 1
+                if (classes & 4 or j - i > 308) and overflows(s, i, j):
+                    problem = ("number", path(&scan, scan.depth, NULL))
+                    break
+                i = j
+            elif c < 0x80:  # not reached: PLAIN and the branches above have all of ASCII
                 i += 1
             else:
                 k = utf8_length(s, i, n)

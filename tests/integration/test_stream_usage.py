@@ -222,3 +222,19 @@ def test_the_upstream_body_is_changed_only_when_someone_needs_the_tokens(tmp_pat
     assert value(samples, "sluice_tokens_output_total", model="recorded") == 2 * len(RAW_WORDS)
     assert value(samples, "sluice_tokens_input_total", model="recorded") == 2 * 7
     assert value(samples, "sluice_tokens_output_total", model="renamed") == len(RAW_WORDS)
+
+
+@pytest.mark.parametrize("options", [b"null", b'{"include_usage": false}'])
+def test_stream_options_spelt_with_an_escape_reach_the_upstream_once(counting, recorder, options: bytes) -> None:
+    """The key is the decoded request's, however spelt: "stream\\u005foptions" is stream_options, so the
+    gateway merges include_usage into it rather than appending a second stream_options key."""
+    _, bodies = recorder
+    body = (b'{"model": "recorded", "stream": true, "stream\\u005foptions": ' + options
+            + b', "messages": [{"role": "user", "content": "hi"}]}')
+    bodies.clear()
+    reply = call(counting.url, "POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    assert reply.status == 200
+    pairs = json.loads(bodies[0], object_pairs_hook=lambda items: items)
+    assert [key for key, _ in pairs].count("stream_options") == 1
+    assert dict(pairs)["stream_options"] == [("include_usage", True)]
+    assert reply.body == _openai_stream(False)  # the usage asked for behind the caller's back stays hidden

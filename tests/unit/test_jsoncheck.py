@@ -1,10 +1,13 @@
-"""The JSON check before decoding (ext/_jsoncheck.pyx and its pure twin): duplicate keys, nesting, UTF-8."""
+"""The JSON check before decoding (ext/_jsoncheck.pyx and its pure twin): duplicate keys, nesting, UTF-8,
+numbers beyond a double's range."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -46,9 +49,47 @@ def test_the_package_exports_one_of_them() -> None:
     (b"[" * 5 + b"]" * 5, ("depth", "[0][0][0][0]")),
     (b"[" * 4 + b"]" * 4, None),
     (b"", None), (b"not json", None), (b'{"a', None), (b'{"a": "b\\', None), (b"}}]]{", None),  # left to msgspec
+    # Numbers a double cannot hold (orjson refuses them when it re-reads the body), and the path to them.
+    (b'{"seed": 1e400}', ("number", "seed")),
+    (b'{"a": [1, {"b": -1E+999}]}', ("number", "a[1].b")),
+    (b'{"n": ' + b"9" * 309 + b"}", ("number", "n")),
+    (b'{"n": 0.' + b"0" * 5 + b"1e315}", ("number", "n")),
+    (b'{"n": 1.7976931348623159e308}', ("number", "n")),  # just past DBL_MAX: rounds to infinity
+    (b"1e400", ("number", "")),
+    (b'{"a": 1e400, "a": 2}', ("number", "a")),  # the first problem the scan meets
+    (b'{"a": 1, "a": 1e400}', ("duplicate", "a")),
+    (b'{"a": 1e400, "b": "\xff"}', ("utf8", "")),
+    # ... and the numbers it can: below DBL_MAX, beyond 64 bits (a float to orjson), too small (zero).
+    (b'{"n": 1.7976931348623157e308, "m": 1.7976931348623158e308, "k": 1' + b"0" * 308 + b"}", None),
+    (b'{"n": 18446744073709551616, "m": -9223372036854775809, "k": 1' + b"1" * 300 + b"}", None),
+    (b'{"n": 1e-400, "m": -1e-99999, "k": 0e400, "z": 0.0e99999999999999999999, "w": 1' + b"1" * 400 + b"e-300}",
+     None),
+    (b'{"t": 0.7, "p": -1.5e-5, "x": [1e10, 2E+300, -1.25e308]}', None),
+    # A run that is no JSON number is left to msgspec.
+    (b'{"n": 1e400e1, "m": --1e400, "k": 1.e400, "j": 1e+}', None),
 ])
 def test_cases(impl: Any, body: bytes, expected: tuple[str, str] | None) -> None:
     assert impl.json_problem(body, 4) == expected
+
+
+@pytest.mark.parametrize("impl", TWINS)
+@pytest.mark.parametrize("number", ["1e400", "-1e999", "9" * 309, "1.8e308", "0.01e311", "1" * 400 + ".5e-90"])
+def test_infinite_numbers_are_what_float_rounds_to_infinity(impl: Any, number: str) -> None:
+    assert math.isinf(float(number))
+    assert impl.json_problem(b'{"x": [%s]}' % number.encode(), 4) == ("number", "x[0]")
+
+
+@given(st.from_regex(r"-?(0|[1-9][0-9]{0,3})(\.[0-9]{1,4})?([eE][-+]?[0-9]{1,4})?", fullmatch=True)
+       | st.floats(allow_nan=False).map(repr) | st.integers().map(str))
+def test_a_number_is_refused_exactly_when_orjson_would_refuse_it(number: str) -> None:
+    body = b'{"x": ' + number.encode() + b"}"
+    try:
+        orjson.loads(body)
+        refused = False
+    except orjson.JSONDecodeError:
+        refused = True
+    for impl in BOTH:
+        assert (impl.json_problem(body, 4) == ("number", "x")) is refused
 
 
 @pytest.mark.parametrize("impl", TWINS)
@@ -102,7 +143,8 @@ def test_duplicates_are_what_a_strict_parser_finds(value: Any) -> None:
 
 
 PIECES = st.sampled_from([b"{", b"}", b"[", b"]", b",", b":", b'"', b"\\", b'"a"', b'"a":1', b'"\\u0061"', b" ",
-                          b"x" * 9, b"\xc3\xa9", b"\xff", b"\xe2\x82", b"\xed\xa0\x80", b"\\\xc3\xa9"])
+                          b"x" * 9, b"1e400", b"-", b"9" * 150, b"e", b".", b"+", b"0",
+                          b"\xc3\xa9", b"\xff", b"\xe2\x82", b"\xed\xa0\x80", b"\\\xc3\xa9"])
 
 
 @given(st.lists(PIECES, max_size=40), st.sampled_from([1, 2, 3, 256]))

@@ -6,12 +6,14 @@ import asyncio
 import itertools
 from collections.abc import Callable
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sluice._native import token_counts
+from sluice.pipeline.validate import ChatRequest
 from sluice.server.endpoints import _asking_usage
 from sluice.server.relay import Relayed, hide_usage, relay_stream
 
@@ -169,7 +171,11 @@ def test_hide_usage_spellings(events: bytes, caller: bytes, usage: bytes | None)
      b'{"model":"m","stream":true,"stream_options":{"include_usage":true,"x":1}}'),
     (b'{"model":"m","stream":true,"stream_options":null}', "t", b'{"model":"t","stream":true,'
                                                                 b'"stream_options":{"include_usage":true}}'),
+    # The key spelt with an escape is the key: merged, not appended a second time.
+    (b'{"model":"m","stream":true,"stream\\u005foptions":null}', None,
+     b'{"model":"m","stream":true,"stream_options":{"include_usage":true}}'),
 ])
 def test_the_upstream_body_asks_for_usage(body: bytes, model: str | None, sent: bytes) -> None:
-    assert _asking_usage(body, model) == sent
+    has_options = msgspec.json.decode(body, type=ChatRequest).stream_options is not msgspec.UNSET
+    assert _asking_usage(body, model, has_options) == sent
     assert orjson.loads(sent)["stream_options"]["include_usage"] is True

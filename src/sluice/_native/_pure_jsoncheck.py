@@ -8,14 +8,23 @@ refuses and msgspec does not check.
 - ``("depth", path)``: an object or array opened at ``max_depth`` levels (the top object is level 1);
   ``path`` leads to it (``tools[0].function.parameters``);
 - ``("duplicate", path)``: a key an object already has, at any level, compared as decoded text
-  (``"model"`` and ``"mo\\u0064el"`` are one key); ``path`` ends with the key (``messages[0].role``).
+  (``"model"`` and ``"mo\\u0064el"`` are one key); ``path`` ends with the key (``messages[0].role``);
+- ``("number", path)``: a number beyond a double's range (``1e400``, ``-1e999``, an integer of 309 digits
+  or more that rounds to infinity): msgspec keeps or skips it in a field it does not type, orjson (which
+  re-reads the body to rename its model or translate it) refuses it.  ``path`` leads to it.  Only the
+  numbers a double cannot hold: orjson reads an integer beyond 64 bits as a float, a float too small
+  as zero.
 
-The scan reads tokens only: strings (with their escapes), ``{ } [ ] ,``; everything else is skipped, so
-malformed JSON is not reported here but by the decode that follows.
+depth, duplicate and number problems are reported in the order the scan meets them.
+
+The scan reads tokens only: strings (with their escapes), ``{ } [ ] ,`` and numbers (a run of
+``0-9 . e E + -`` that starts with a digit or a minus); everything else is skipped, so malformed JSON is
+not reported here but by the decode that follows (a number run that is no JSON number included).
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 import msgspec
@@ -24,9 +33,12 @@ __all__ = ["MAX_DEPTH_LIMIT", "json_problem"]
 
 MAX_DEPTH_LIMIT = 256  # the compiled scan keeps its levels in a fixed array of this size
 
-# A string (group 1: its content, to the closing quote or the end of the body) or a structural character.
-_TOKENS = re.compile(rb'"([^"\\]*(?:\\.[^"\\]*)*\\?)(?:"|\Z)|[{}\[\],]', re.S)
+# A string (group 1: its content, to the closing quote or the end of the body), a structural character or
+# a number's run of bytes.
+_TOKENS = re.compile(rb'"([^"\\]*(?:\\.[^"\\]*)*\\?)(?:"|\Z)|[{}\[\],]|[-0-9][-+.eE0-9]*', re.S)
+_NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _STRING, _OPEN_OBJECT, _OPEN_ARRAY, _CLOSE_OBJECT, _CLOSE_ARRAY = 0x22, 0x7B, 0x5B, 0x7D, 0x5D
+_STRUCTURE = frozenset(b'"{}[],')
 
 
 def canonical_key(raw: bytes) -> bytes:
@@ -86,6 +98,10 @@ def json_problem(body: bytes, max_depth: int) -> tuple[str, str] | None:
                 return ("depth", _path(levels, None))
             levels.append(_Level(char == _OPEN_OBJECT))
             expect_key = char == _OPEN_OBJECT
+        elif char not in _STRUCTURE:  # a number
+            number = token.group()
+            if _NUMBER.fullmatch(number) and math.isinf(float(number)):
+                return ("number", _path(levels, None))
         elif char in (_CLOSE_OBJECT, _CLOSE_ARRAY):
             if levels:
                 levels.pop()

@@ -14,7 +14,10 @@ provider can read in them.  Before msgspec decodes a body, one compiled pass
 - nesting deeper than ``MAX_DEPTH`` (msgspec recurses, and fails with a
   RecursionError near 1,000 levels; orjson, which re-encodes a renamed body,
   stops at 254);
-- bytes that are not UTF-8, in a field msgspec skips without reading.
+- bytes that are not UTF-8, in a field msgspec skips without reading;
+- a number beyond a double's range (``1e400``) in a field msgspec skips or
+  keeps untyped: orjson, which re-reads a renamed or translated body,
+  refuses it.
 
 The fields that the gateway or the provider count with are typed and bounded
 here, as OpenAI and Anthropic document them: ``max_tokens``, ``n``, ``stop``,
@@ -76,7 +79,8 @@ class ModelRequest(msgspec.Struct):
 
 class ChatRequest(ModelRequest):
     messages: list[Message] = msgspec.field(default_factory=list)
-    stream_options: StreamOptions | None = None
+    # UNSET when the body has no such key, however spelt (None: it is null): the upstream stage adds one.
+    stream_options: StreamOptions | msgspec.UnsetType | None = msgspec.UNSET
     max_tokens: Tokens | None = None
     max_completion_tokens: Tokens | None = None
     n: Choices | None = None
@@ -137,8 +141,9 @@ _NEED_MESSAGES = (ChatRequest, MessagesRequest, CountTokensRequest)
 
 
 def check_json(body: bytes) -> None:
-    """InvalidRequest when the body has a key twice in an object, nests deeper than MAX_DEPTH or is not
-    UTF-8 (see the module docstring); for every JSON body the gateway reads before it forwards it."""
+    """InvalidRequest when the body has a key twice in an object, nests deeper than MAX_DEPTH, is not
+    UTF-8 or has a number beyond a double's range (see the module docstring); for every JSON body the
+    gateway reads before it forwards it."""
     problem = json_problem(body, MAX_DEPTH)
     if problem is not None:
         raise _json_error(*problem)
@@ -150,8 +155,12 @@ def _json_error(kind: str, path: str) -> InvalidRequest:
         return InvalidRequest(
             f"The JSON body of your request has the key '{shown}' more than once in the same object. "
             "Each key may appear once: send it a single time.", param=shown, code="duplicate_key")
-    if kind == "depth":
+    if kind in ("depth", "number"):
         field = re.split(r"[.\[]", path, maxsplit=1)[0] or None
+        if kind == "number":  # orjson, which re-reads the body to rename or translate it, refuses infinity
+            return InvalidRequest(
+                "The JSON body of your request has a number beyond the range of a double (about 1.8e308)"
+                + (f" (in '{field}')." if field else "."), param=field, code="invalid_number")
         return InvalidRequest(
             f"The JSON body of your request nests deeper than {MAX_DEPTH} levels"
             + (f" (in '{field}')." if field else "."), param=field, code="json_too_deep")

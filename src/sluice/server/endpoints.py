@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import orjson
 
 from ..context import Exchange, Handler, RequestContext
@@ -60,7 +61,8 @@ class ModelCall(Stage):
             if (stream and (self.keep_answer or ctx.admission is not None)
                     and _usage_unasked(self.endpoint, request)):
                 ctx.usage_asked = True
-                call.body = _asking_usage(body, dep.model if dep.model != request.model else None)
+                call.body = _asking_usage(body, dep.model if dep.model != request.model else None,
+                                          request.stream_options is not msgspec.UNSET)
             elif dep.model != request.model:
                 call.body = rename_model(body, dep.model)
         return call, None
@@ -181,16 +183,18 @@ def _usage_unasked(endpoint: str, request: Any) -> bool:
     if endpoint != "/v1/chat/completions":
         return False
     options = request.stream_options
-    return options is None or options.include_usage is not True
+    return options is None or options is msgspec.UNSET or options.include_usage is not True
 
 
-def _asking_usage(body: bytes, model: str | None) -> bytes:
+def _asking_usage(body: bytes, model: str | None, has_options: bool) -> bytes:
     """A chat body with stream_options.include_usage on (and renamed to ``model`` unless None).
 
     Without a rename or a stream_options key of its own (the usual case) the key is appended to the
     object as it is, every byte kept; otherwise the body is parsed once and the options merged.
+    ``has_options`` is the decoded request's word (not the bytes': the key may be spelt with escapes,
+    "stream\\u005foptions", and appending one more would send the upstream two).
     """
-    if model is None and b'"stream_options"' not in body:
+    if model is None and not has_options:
         head = body.rstrip()
         if head.endswith(b"}"):
             head = head[:-1].rstrip()
