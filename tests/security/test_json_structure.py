@@ -1,4 +1,5 @@
-"""Duplicate keys, deep nesting and bytes that are not UTF-8, on every route that reads a JSON body.
+"""Duplicate keys, deep nesting, bytes that are not UTF-8 and numbers beyond a double's range, on every route
+that reads a JSON body.
 
 The gateway forwards the caller's bytes: a body it reads one way must not reach a provider that could read
 it another (issue 15, findings 5 and 6a).
@@ -143,6 +144,44 @@ def test_invalid_utf8_in_a_skipped_field_is_refused(gw: Proc, mock: Proc, path: 
     before = upstream_requests(mock)
     refused(post(gw, path, with_field(JSON_ROUTES[path], "x_vendor", raw)), path, code="invalid_json")
     assert upstream_requests(mock) == before
+
+
+# -- numbers beyond a double's range ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw", [b"1e400", b"-1e999", b"1" + b"0" * 400, b"[1, {\"a\": 1.8e308}]",
+                                 b"1.7976931348623159e308"])
+@pytest.mark.parametrize("path", list(JSON_ROUTES))
+def test_a_number_beyond_a_double_is_refused_on_every_json_route(gw: Proc, mock: Proc, path: str,
+                                                                   raw: bytes) -> None:
+    """msgspec skips or keeps it in a field it does not type; orjson, which re-reads the body to rename its
+    model or translate it, refuses it: a 500. Now 400 in the route's format, nothing upstream."""
+    before = upstream_requests(mock)
+    message = refused(post(gw, path, with_field(JSON_ROUTES[path], "x_vendor", raw), MINI), path,
+                      code="invalid_number", param="x_vendor")
+    assert "x_vendor" in message
+    assert upstream_requests(mock) == before
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_huge_number_inside_a_message_names_its_field(gw: Proc, path: str) -> None:
+    body = JSON_ROUTES[path]
+    raw = json.dumps(body).encode().replace(b'"content": "hi"', b'"content": [{"type": "text", "text": "hi", '
+                                                                  b'"n": 1e400}]', 1)
+    assert b"1e400" in raw
+    message = refused(post(gw, path, raw, MINI), path, code="invalid_number", param="messages")
+    assert "messages" in message
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_numbers_a_double_holds_are_forwarded(gw: Proc, mock: Proc, path: str) -> None:
+    """Beyond 64 bits (orjson reads a float), just below DBL_MAX, too small (zero): the gateway forwards
+    those (the Anthropic mock, like Anthropic, then refuses the unknown field itself)."""
+    raw = b"[18446744073709551616, 1.7976931348623157e308, 1e-400, -1" + b"0" * 300 + b"]"
+    before = upstream_requests(mock)
+    reply = post(gw, path, with_field(JSON_ROUTES[path], "x_vendor", raw))
+    assert upstream_requests(mock) == before + 1
+    served_or_refused(reply, path)
+    assert reply.status == 200 or b"x_vendor: Extra inputs" in reply.body, reply.body[:500]
 
 
 def test_refusals_leave_the_gateway_serving(gw: Proc) -> None:
