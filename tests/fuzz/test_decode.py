@@ -90,6 +90,7 @@ def through_the_gateway(kind: type[ModelRequest], body: bytes) -> None:
     endpoint = next(path for path, k in MODEL_ENDPOINTS.items() if k is kind)
     assert _json_object(rename_model(body, "upstream-model"))["model"] == "upstream-model"
     if kind is ChatRequest:
+        assert isinstance(request, ChatRequest)
         asked = _json_object(_asking_usage(body, None, request.stream_options is not msgspec.UNSET))
         assert asked["stream_options"]["include_usage"] is True
     for provider in PROVIDERS:
