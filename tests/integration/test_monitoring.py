@@ -36,13 +36,12 @@ SENT = 5
 # histograms by their base name.
 SERIES_SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 # Alerts the brief asks promtool tests for, each shown firing and silent in alerts.test.yml.
-UNIT_TESTED = ("SluiceHighErrorRate", "SluiceGatewayOverheadHigh", "SluiceBreakerOpen", "SluiceDependencyDown",
-               "SluiceFileDescriptorsExhausted")
+UNIT_TESTED = ("SluiceHighErrorRate", "SluiceGatewayOverheadHigh", "SluiceBreakerOpen", "SluiceFileDescriptorsExhausted")
 # What the alert rules must watch (one alert or more per line).
 ALERTED = {
     "sluice_requests_total", "sluice_request_duration_seconds_bucket", "sluice_gateway_overhead_seconds_bucket",
-    "sluice_time_to_first_token_seconds_bucket", "sluice_breaker_state", "sluice_ratelimit_decisions_total",
-    "sluice_cost_micro_usd_total", "sluice_dependency_up", "sluice_process_resident_memory_bytes",
+    "sluice_time_to_first_token_seconds_bucket", "sluice_breaker_transitions_total", "sluice_ratelimit_decisions_total",
+    "sluice_process_resident_memory_bytes",
     "sluice_process_open_fds", "sluice_process_max_fds", "up", "sluice_access_log_dropped_total",
     "sluice_trace_spans_dropped_total",
 }
