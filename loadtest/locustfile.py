@@ -3,7 +3,9 @@
     locust -f loadtest/locustfile.py --host http://127.0.0.1:8080 --headless -u 50 -r 10 -t 60s
 
 Models default to the quickstart's; set SLUICE_CHAT_MODEL / SLUICE_EMBEDDING_MODEL to change
-them. A streamed answer counts as a failure unless it ends with `data: [DONE]`; its response time
+them. Every request carries `Authorization: Bearer $SLUICE_LOADTEST_KEY` (default `sk-sluice-demo`,
+which the examples without auth accept like any key): against a gateway with auth on, set it to a key
+the gateway knows (docs/loadtest.md). A streamed answer counts as a failure unless it ends with `data: [DONE]`; its response time
 is the time to the stream's end.
 """
 
@@ -17,7 +19,8 @@ from locust import FastHttpUser, between, task
 
 CHAT_MODEL = os.environ.get("SLUICE_CHAT_MODEL", "gpt-4o-mini")
 EMBEDDING_MODEL = os.environ.get("SLUICE_EMBEDDING_MODEL", "text-embedding-3-small")
-HEADERS = {"authorization": "Bearer sk-sluice-demo", "content-type": "application/json"}
+API_KEY = os.environ.get("SLUICE_LOADTEST_KEY", "sk-sluice-demo")
+HEADERS = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
 PROMPTS = ["Hello!", "Summarise the plot of Hamlet in one line.", "What is 2 + 2?",
            "Write a haiku about gateways." * 3]
 
