@@ -35,7 +35,8 @@ def locust(tmp_path: Path, url: str, env: dict[str, str] | None = None) -> tuple
 
 
 def test_locust_mix_runs_clean(tmp_path, mock_upstream) -> None:
-    gateway = start_gateway(tmp_path, f'providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}' + MODELS)
+    upstream = f'providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}'
+    gateway = start_gateway(tmp_path, upstream + MODELS)
     try:
         rows, stderr = locust(tmp_path, gateway.url)
         total = rows["Aggregated"]

@@ -36,7 +36,8 @@ SENT = 5
 # histograms by their base name.
 SERIES_SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 # Alerts the brief asks promtool tests for, each shown firing and silent in alerts.test.yml.
-UNIT_TESTED = ("SluiceHighErrorRate", "SluiceGatewayOverheadHigh", "SluiceBreakerOpen", "SluiceFileDescriptorsExhausted")
+UNIT_TESTED = ("SluiceHighErrorRate", "SluiceGatewayOverheadHigh", "SluiceBreakerOpen",
+               "SluiceFileDescriptorsExhausted")
 # What the alert rules must watch (one alert or more per line).
 ALERTED = {
     "sluice_requests_total", "sluice_request_duration_seconds_bucket", "sluice_gateway_overhead_seconds_bucket",

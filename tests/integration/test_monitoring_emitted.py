@@ -38,7 +38,7 @@ MUST_COUNT = {
     "sluice_ratelimit_decisions_total", "sluice_audit_records_total", "sluice_ip_reputation_refused_total",
     "sluice_ip_reputation_reloads_total", "sluice_pow_challenges_total", "gen_ai_client_token_usage_sum",
 }
-# The gateways' own bookkeeping the test runs with: not part of what monitoring/ may rely on.
+# The series a declared family exposes, by type (gauges: the family's own name).
 SERIES_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
 
 
@@ -172,7 +172,7 @@ def monitored() -> dict[str, list[str]]:
 
 def test_every_example_ran(scrapes: dict[str, Scrape]) -> None:
     ran = {name.split(" ")[0] for name in scrapes}
-    assert ran == {path.name for path in EXAMPLES.glob("*.yaml")}, "a new example needs its gateway here"
+    assert {path.name for path in EXAMPLES.glob("*.yaml")} == ran, "a new example needs its gateway here"
 
 
 def test_every_metric_monitoring_names_is_emitted(scrapes: dict[str, Scrape]) -> None:
@@ -185,7 +185,7 @@ def test_every_metric_monitoring_names_is_emitted(scrapes: dict[str, Scrape]) ->
 def test_the_driven_events_were_counted(scrapes: dict[str, Scrape]) -> None:
     sampled = set().union(*(s.sampled for s in scrapes.values()))
     assert not MUST_COUNT - sampled, f"no sample of {sorted(MUST_COUNT - sampled)}"
-    assert MUST_COUNT <= set(monitored()) | {"sluice_ip_reputation_reloads_total"}
+    assert set(monitored()) | {"sluice_ip_reputation_reloads_total"} >= MUST_COUNT  # the list stays honest
 
 
 def test_the_metrics_table_is_what_the_gateways_declare(scrapes: dict[str, Scrape]) -> None:
