@@ -1,5 +1,8 @@
-"""The ``sluice`` command: serve, mock-upstream, check-config, db (migrate, version), keys, users, teams, roles,
-audit, dlq (in sluice.resilience.dlq_cli), version."""
+"""The ``sluice`` command: serve, mock-upstream, check-config, routes, db (migrate, version), keys, users, teams,
+roles, audit, dlq (in sluice.resilience.dlq_cli), import (sluice.importers), version.
+
+How each command loads its config (what must be set) is sluice.cli_config's; the admin output, sluice.cli_output.
+"""
 
 from __future__ import annotations
 
@@ -121,6 +124,15 @@ def _parser() -> argparse.ArgumentParser:
     from .resilience.dlq_cli import add_parsers as add_dlq_parsers
 
     add_dlq_parsers(commands)  # dlq list|show|replay|purge
+
+    imports = commands.add_parser("import", help="turn another gateway's config into a sluice config: litellm")
+    sources = imports.add_subparsers(dest="import_source", metavar="SOURCE", required=True)
+    litellm = sources.add_parser("litellm", help="a LiteLLM proxy config.yaml (docs/litellm.md)",
+                                 description="Write the sluice config for a LiteLLM proxy config.yaml; list on "
+                                             "stderr what could not be mapped, each with its LiteLLM path and why.")
+    litellm.add_argument("file", help="the LiteLLM config.yaml")
+    litellm.add_argument("-o", "--output", metavar="OUT", help="write the sluice config here (default: stdout)")
+    litellm.set_defaults(run=_import_litellm)
 
     version = commands.add_parser("version", help="print the version and the hot path in use")
     version.set_defaults(run=_version)
@@ -537,6 +549,37 @@ async def _dispatch(manager: Manager, args: argparse.Namespace, actor: Actor) ->
         else:
             answer = await getattr(manager, f"update_{singular}")(args.id, m.convert_body(body, shape), actor)
     return answer
+
+
+def _import_litellm(args: argparse.Namespace) -> int:
+    """``sluice import litellm FILE [-o OUT]``: the config out, what could not be mapped on stderr."""
+    from pathlib import Path
+
+    from .importers import ImportProblem
+    from .importers.litellm import convert_text
+
+    try:
+        imported = convert_text(Path(args.file).read_text(encoding="utf-8"))
+    except OSError as exc:
+        print(f"sluice: import litellm: cannot read {args.file!r}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ImportProblem as exc:
+        print(f"sluice: import litellm: {args.file}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    text = imported.to_yaml(args.file)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"sluice: import litellm: cannot write {args.output!r}: {exc.strerror}", file=sys.stderr)
+            return EXIT_CONFIG
+    if imported.unmapped:
+        print(f"sluice: import litellm: {len(imported.unmapped)} not mapped:", file=sys.stderr)
+        for item in imported.unmapped:
+            print(f"  {item}", file=sys.stderr)
+    return 0
 
 
 def _version(args: argparse.Namespace) -> int:
