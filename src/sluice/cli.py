@@ -561,11 +561,9 @@ def _import_litellm(args: argparse.Namespace) -> int:
     try:
         imported = convert_text(Path(args.file).read_text(encoding="utf-8"))
     except OSError as exc:
-        print(f"sluice: import litellm: cannot read {args.file!r}: {exc.strerror}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _import_failed(f"cannot read {args.file!r}: {exc.strerror}")
     except ImportProblem as exc:
-        print(f"sluice: import litellm: {args.file}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _import_failed(f"{args.file}: {exc}")
     text = imported.to_yaml(args.file)
     if args.output is None:
         sys.stdout.write(text)
@@ -573,13 +571,17 @@ def _import_litellm(args: argparse.Namespace) -> int:
         try:
             Path(args.output).write_text(text, encoding="utf-8")
         except OSError as exc:
-            print(f"sluice: import litellm: cannot write {args.output!r}: {exc.strerror}", file=sys.stderr)
-            return EXIT_CONFIG
+            return _import_failed(f"cannot write {args.output!r}: {exc.strerror}")
     if imported.unmapped:
         print(f"sluice: import litellm: {len(imported.unmapped)} not mapped:", file=sys.stderr)
         for item in imported.unmapped:
             print(f"  {item}", file=sys.stderr)
     return 0
+
+
+def _import_failed(problem: str) -> int:
+    print(f"sluice: import litellm: {problem}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _version(args: argparse.Namespace) -> int:

@@ -186,10 +186,9 @@ class _State:
         if base is None and default_base is None:
             self.skip(f"{path}.api_base", f"{prefix} needs an api_base, and none is given")
             return None
-        provider = {"kind": kind, "base_url": _base_url(_env(base, f"{path}.api_base")) if base is not None
-                    else default_base,
-                    "api_keys": [_env(params["api_key"], f"{path}.api_key") if "api_key" in params
-                                 else "${" + key_variable + "}"]}
+        base_url = default_base if base is None else _base_url(_env(base, f"{path}.api_base"))
+        key = _env(params["api_key"], f"{path}.api_key") if "api_key" in params else "${" + key_variable + "}"
+        provider: dict[str, Any] = {"kind": kind, "base_url": base_url, "api_keys": [key]}
         if "api_version" in params:
             provider["api_version"] = _env(params["api_version"], f"{path}.api_version")
         if "organization" in params:
