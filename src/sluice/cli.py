@@ -1,5 +1,8 @@
-"""The ``sluice`` command: serve, mock-upstream, check-config, db (migrate, version), keys, users, teams, roles,
-audit, dlq (in sluice.resilience.dlq_cli), version."""
+"""The ``sluice`` command: serve, mock-upstream, check-config, routes, db (migrate, version), keys, users, teams,
+roles, audit, dlq (in sluice.resilience.dlq_cli), import (sluice.importers), version.
+
+How each command loads its config (what must be set) is sluice.cli_config's; the admin output, sluice.cli_output.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from . import __version__
+from .cli_config import ADMIN_NEEDS, config_path, load_for_admin, load_for_description, note_placeholders
+from .cli_output import FORMATS, render
 from .errors import ConfigError
+from .listen import listen_problem
 
 if TYPE_CHECKING:
     from .admin.manage import Actor, Manager
@@ -25,6 +31,9 @@ __all__ = ["main"]
 
 EXIT_CONFIG = 2
 EXIT_STORE = 1  # the store could not be reached or failed
+EXIT_LISTEN = 1  # the address to serve on is taken (or not this host's)
+CONFIG_HELP = "the YAML config file (default: $SLUICE_CONFIG)"
+STORE_CONFIG_HELP = "the YAML config file: only its store settings are needed (default: $SLUICE_CONFIG)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,7 +42,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
-    result: int = args.run(args)
+    if "config" in args:
+        args.config = config_path(args.config)
+        if args.config is None:
+            print(f"sluice: {args.command}: no config: give --config FILE or set SLUICE_CONFIG", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        result: int = args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+    except BrokenPipeError:
+        # The reader went away (`sluice keys list | head`): stop quietly, as the Python docs advise (signal
+        # module, "Note on SIGPIPE"), with stdout on devnull so the interpreter's last flush fails no more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_STORE
     return result
 
 
@@ -42,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve the gateway")
-    serve.add_argument("--config", required=True, help="the YAML config file")
+    serve.add_argument("--config", help=CONFIG_HELP)
     serve.add_argument("--host", help="address to bind (default: server.host of the config)")
     serve.add_argument("--port", type=int, help="port to bind (default: server.port of the config)")
     serve.add_argument("--workers", type=int, help="worker processes (default: server.workers of the config)")
@@ -52,9 +74,9 @@ def _parser() -> argparse.ArgumentParser:
 
     mock = commands.add_parser("mock-upstream",
                                help="serve a mock LLM provider (OpenAI, Anthropic, Gemini and Azure wire formats)")
-    mock.add_argument("--host", default="127.0.0.1")
-    mock.add_argument("--port", type=int, default=9000)
-    mock.add_argument("--workers", type=int, default=1)
+    mock.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    mock.add_argument("--port", type=int, default=9000, help="port to bind (default 9000; 0: any free port)")
+    mock.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     mock.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer")
     mock.add_argument("--chunk-ms", type=float, default=0.0, help="delay between stream events")
     mock.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests that fail (0..1)")
@@ -77,21 +99,25 @@ def _parser() -> argparse.ArgumentParser:
                            "reading a large stream does not make the mock queue it)")
     mock.set_defaults(run=_mock)
 
-    check = commands.add_parser("check-config", help="validate a config file without serving")
-    check.add_argument("config")
+    check = commands.add_parser("check-config", help="validate a config file without serving",
+                                description="Validate a config file without serving.  An unset variable that "
+                                            "holds a secret is checked with a placeholder, and named on stderr; "
+                                            "--strict refuses it, as serve does.")
+    check.add_argument("config", nargs="?", help="the YAML config file (default: $SLUICE_CONFIG)")
+    check.add_argument("--strict", action="store_true", help="unset secret variables are errors too (as in serve)")
     check.set_defaults(run=_check_config)
 
     routes = commands.add_parser("routes", help="print each route with its pipeline of stages, in order")
-    routes.add_argument("--config", required=True, help="the config file (YAML)")
-    routes.set_defaults(run=_routes)
+    routes.add_argument("--config", help=CONFIG_HELP)
+    routes.set_defaults(run=_routes, strict=False)
 
     db = commands.add_parser("db", help="the store of keys, users and audit: migrate, version")
     db_actions = db.add_subparsers(dest="db_action", metavar="ACTION", required=True)
     db_migrate = db_actions.add_parser("migrate", help="apply the missing schema migrations")
-    db_migrate.add_argument("--config", required=True, help="the YAML config file (its store section)")
+    db_migrate.add_argument("--config", help=STORE_CONFIG_HELP)
     db_migrate.set_defaults(run=_db_migrate)
     db_version = db_actions.add_parser("version", help="print the store's schema version")
-    db_version.add_argument("--config", required=True, help="the YAML config file (its store section)")
+    db_version.add_argument("--config", help=STORE_CONFIG_HELP)
     db_version.set_defaults(run=_db_version)
 
     _manage_parsers(commands)
@@ -99,13 +125,23 @@ def _parser() -> argparse.ArgumentParser:
 
     add_dlq_parsers(commands)  # dlq list|show|replay|purge
 
+    imports = commands.add_parser("import", help="turn another gateway's config into a sluice config: litellm")
+    sources = imports.add_subparsers(dest="import_source", metavar="SOURCE", required=True)
+    litellm = sources.add_parser("litellm", help="a LiteLLM proxy config.yaml (docs/litellm.md)",
+                                 description="Write the sluice config for a LiteLLM proxy config.yaml; list on "
+                                             "stderr what could not be mapped, each with its LiteLLM path and why.")
+    litellm.add_argument("file", help="the LiteLLM config.yaml")
+    litellm.add_argument("-o", "--output", metavar="OUT", help="write the sluice config here (default: stdout)")
+    litellm.set_defaults(run=_import_litellm)
+
     version = commands.add_parser("version", help="print the version and the hot path in use")
     version.set_defaults(run=_version)
     return parser
 
 
 def _load(path: str) -> Config | None:
-    """The config at ``path``, or None after saying what is wrong with it (its provider kinds' code included)."""
+    """The config at ``path`` with every variable set (to serve it), or None after saying what is wrong with it
+    (its provider kinds' code included)."""
     from .config import load_config
     from .providers import check_providers  # plugin kinds load here; the config layer knows them by name
 
@@ -113,6 +149,29 @@ def _load(path: str) -> Config | None:
         config = load_config(path)
         check_providers(config)
         return config
+    except ConfigError as exc:
+        print(f"sluice: invalid config: {exc}", file=sys.stderr)
+        return None
+
+
+def _load_to_describe(args: argparse.Namespace) -> Config | None:
+    """The config to check or describe: unset secrets filled with placeholders and named (sluice.cli_config)."""
+    from .providers import check_providers
+
+    try:
+        config, filled = load_for_description(args.config, strict=args.strict)
+        check_providers(config)
+    except ConfigError as exc:
+        print(f"sluice: invalid config: {exc}", file=sys.stderr)
+        return None
+    note_placeholders(filled)
+    return config
+
+
+def _load_for_admin(path: str) -> Config | None:
+    """The config of an admin command: only its store and auth Redis settings need their variables set."""
+    try:
+        return load_for_admin(path, ADMIN_NEEDS)
     except ConfigError as exc:
         print(f"sluice: invalid config: {exc}", file=sys.stderr)
         return None
@@ -129,6 +188,10 @@ def _serve(args: argparse.Namespace) -> int:
     if workers < 1:
         print("sluice: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
+    host, port = args.host or server.host, server.port if args.port is None else args.port
+    if (problem := listen_problem(host, port)) is not None:  # before the store is touched: fail fast
+        print(f"sluice: {problem}", file=sys.stderr)
+        return EXIT_LISTEN
     entry = "sluice.server.entry:rsgi_app" if args.interface == "rsgi" else "sluice.server.entry:asgi_app"
     from .auth.keys import prepare_store
     from .runner import record_config_load
@@ -144,8 +207,8 @@ def _serve(args: argparse.Namespace) -> int:
     # The workers' metrics snapshots meet here: one directory per `sluice serve`, gone with it.
     metrics_dir = tempfile.mkdtemp(prefix="sluice-metrics-")
     try:
-        serve(entry, host=args.host or server.host, port=server.port if args.port is None else args.port,
-              workers=workers, interface=args.interface, grace_period_s=server.grace_period_s, server=server,
+        serve(entry, host=host, port=port, workers=workers, interface=args.interface,
+              grace_period_s=server.grace_period_s, server=server,
               env={"SLUICE_CONFIG": os.path.abspath(args.config), "SLUICE_METRICS_DIR": metrics_dir})
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -166,6 +229,9 @@ def _mock(args: argparse.Namespace) -> int:
         flag = re.sub(r"\$\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(exc))
         print(f"sluice: mock-upstream: {flag}", file=sys.stderr)
         return EXIT_CONFIG
+    if (problem := listen_problem(args.host, args.port)) is not None:
+        print(f"sluice: mock-upstream: {problem}", file=sys.stderr)
+        return EXIT_LISTEN
     serve(f"sluice.mock.entry:{args.interface}_app", host=args.host, port=args.port, workers=args.workers,
           interface=args.interface, grace_period_s=5,
           env={"SLUICE_MOCK_OPTIONS": msgspec.json.encode(options).decode()}, log_level="warning")
@@ -173,7 +239,7 @@ def _mock(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load_to_describe(args)
     if config is None:
         return EXIT_CONFIG
     print(f"{args.config}: ok ({len(config.providers)} providers, {len(config.models)} models)")
@@ -184,7 +250,7 @@ def _routes(args: argparse.Namespace) -> int:
     """The pipelines the gateway would build from the config, printed without serving."""
     import asyncio
 
-    config = _load(args.config)
+    config = _load_to_describe(args)
     if config is None:
         return EXIT_CONFIG
     with tempfile.TemporaryDirectory(prefix="sluice-routes-") as metrics_dir:
@@ -235,7 +301,7 @@ def _with_store(config_path: str, action: Callable[[Store], Awaitable[None]]) ->
 
     from .store import StoreError, open_store
 
-    config = _load(config_path)
+    config = _load_for_admin(config_path)
     if config is None:
         return EXIT_CONFIG
     store = open_store(config.store)
@@ -272,7 +338,7 @@ _KINDS = {"keys": ("key", _KEY_FIELDS), "users": ("user", _USER_FIELDS), "teams"
 
 def _manage_parsers(commands: Any) -> None:
     for plural, (singular, fields) in _KINDS.items():
-        parser = commands.add_parser(plural, help=f"manage {plural} on the configured store (JSON out)")
+        parser = commands.add_parser(plural, help=f"manage {plural} on the configured store (JSON or a table)")
         actions = parser.add_subparsers(dest=f"{singular}_action", metavar="ACTION", required=True)
         create = _store_action(actions, "create", f"create a {singular}" + (" (the key is printed once)"
                                                                             if plural == "keys" else ""))
@@ -285,33 +351,33 @@ def _manage_parsers(commands: Any) -> None:
         listing.add_argument("--after", help="the last id of the previous page")
         listing.add_argument("--limit", type=int, default=100, help="at most this many (1..1000)")
         if plural == "keys":
-            listing.add_argument("--owner-user")
-            listing.add_argument("--owner-team")
-            listing.add_argument("--include-revoked", action="store_true")
+            listing.add_argument("--owner-user", help="only keys of this user")
+            listing.add_argument("--owner-team", help="only keys of this team")
+            listing.add_argument("--include-revoked", action="store_true", help="revoked keys too")
         elif plural == "users":
             listing.add_argument("--team", help="only members of this team")
         get = _store_action(actions, "get", f"show one {singular}")
-        get.add_argument("id")
+        get.add_argument("id", help=f"the {singular}'s id")
         update = _store_action(actions, "update", f"change a {singular}'s fields (lists given replace the old)")
-        update.add_argument("id")
+        update.add_argument("id", help=f"the {singular}'s id")
         _field_flags(update, fields)
         if plural == "keys":
             revoke = _store_action(actions, "revoke", "revoke a key now")
-            revoke.add_argument("id")
+            revoke.add_argument("id", help="the key's id")
             revoke.add_argument("--reason", default="", help="kept in the audit record")
             rotate = _store_action(actions, "rotate", "issue a new key (printed once); the old one works for "
                                                       "--grace-s more")
-            rotate.add_argument("id")
+            rotate.add_argument("id", help="the key's id")
             rotate.add_argument("--grace-s", type=float, help="seconds the old key keeps working (default 86400)")
         else:
             delete = _store_action(actions, "delete", f"delete a {singular}")
-            delete.add_argument("id")
+            delete.add_argument("id", help=f"the {singular}'s id")
         for action in actions.choices.values():
             action.set_defaults(run=_manage, kind=plural)
 
     audit = commands.add_parser("audit", help="the audit log: list, verify")
     audit_actions = audit.add_subparsers(dest="audit_action", metavar="ACTION", required=True)
-    audit_list = _store_action(audit_actions, "list", "list audit records in seq order (JSON)")
+    audit_list = _store_action(audit_actions, "list", "list audit records in seq order")
     audit_list.add_argument("--action", dest="action_filter", help="only this action, e.g. key.create")
     audit_list.add_argument("--actor", help="only this actor, e.g. cli:alice or a key id")
     audit_list.add_argument("--target", help="only this target, e.g. a key id")
@@ -326,7 +392,9 @@ def _manage_parsers(commands: Any) -> None:
 
 def _store_action(actions: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
-    parser.add_argument("--config", required=True, help="the YAML config file (its store section)")
+    parser.add_argument("--config", help=STORE_CONFIG_HELP)
+    parser.add_argument("--format", choices=FORMATS, default="json",
+                        help="json (the default, for scripts) or table (aligned columns, for people)")
     parser.set_defaults(action=name)
     return parser
 
@@ -337,12 +405,13 @@ def _field_flags(parser: argparse.ArgumentParser, fields: tuple[tuple[str, str, 
             parser.add_argument(flag, dest=field, action="append", metavar=field.upper().rstrip("S"),
                                 help=f"{field} (repeat the flag; given, it replaces the whole list)")
         elif kind == "bool":
-            parser.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"set {field} (or --no-{flag[2:]} to clear it)")
         elif kind == "json":
             parser.add_argument(flag, dest=field, metavar="JSON", help=f"{field} as JSON")
         else:
             parser.add_argument(flag, dest=field, type=float if kind == "float" else str,
-                                help="epoch seconds or ISO 8601" if kind == "time" else None)
+                                help=f"{field}: epoch seconds or ISO 8601" if kind == "time" else field)
     parser.add_argument("--json", dest="body_json", metavar="BODY",
                         help="the body as the admin API takes it (a JSON object); the flags override its fields")
 
@@ -401,7 +470,7 @@ def _manage(args: argparse.Namespace) -> int:
     from .errors import GatewayError
     from .store import StoreError, open_store
 
-    config = _load(args.config)
+    config = _load_for_admin(args.config)
     if config is None:
         return EXIT_CONFIG
     store = open_store(config.store)
@@ -417,7 +486,7 @@ def _manage(args: argparse.Namespace) -> int:
             if config.store.migrate_on_start:
                 await store.migrate()
             answer = await _dispatch(manager, args, Actor(_cli_actor()))
-            _print_json(answer)
+            print(render(answer, args.format))
             if args.kind == "audit" and args.action == "verify" and not answer["ok"]:
                 print(f"sluice: the audit chain is broken at seq {answer['first_bad_seq']} "
                       f"({answer['checked']} records checked)", file=sys.stderr)
@@ -482,10 +551,37 @@ async def _dispatch(manager: Manager, args: argparse.Namespace, actor: Actor) ->
     return answer
 
 
-def _print_json(value: Any) -> None:
-    import json
+def _import_litellm(args: argparse.Namespace) -> int:
+    """``sluice import litellm FILE [-o OUT]``: the config out, what could not be mapped on stderr."""
+    from pathlib import Path
 
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    from .importers import ImportProblem
+    from .importers.litellm import convert_text
+
+    try:
+        imported = convert_text(Path(args.file).read_text(encoding="utf-8"))
+    except OSError as exc:
+        return _import_failed(f"cannot read {args.file!r}: {exc.strerror}")
+    except ImportProblem as exc:
+        return _import_failed(f"{args.file}: {exc}")
+    text = imported.to_yaml(args.file)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            return _import_failed(f"cannot write {args.output!r}: {exc.strerror}")
+    if imported.unmapped:
+        print(f"sluice: import litellm: {len(imported.unmapped)} not mapped:", file=sys.stderr)
+        for item in imported.unmapped:
+            print(f"  {item}", file=sys.stderr)
+    return 0
+
+
+def _import_failed(problem: str) -> int:
+    print(f"sluice: import litellm: {problem}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _version(args: argparse.Namespace) -> int:

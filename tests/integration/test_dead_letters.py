@@ -368,7 +368,7 @@ def test_dlq_bad_input_gets_a_clear_message(tmp_path: Path) -> None:
         (("dlq", "show", "--config", path, "12"), 1, "no dead letter '12'"),
         (("dlq", "show", "--config", path, "../etc"), 1, "no dead letter '../etc'"),
         (("dlq", "frobnicate", "--config", path), 2, "invalid choice: 'frobnicate'"),
-        (("dlq", "list"), 2, "the following arguments are required: --config"),
+        (("dlq", "list"), 2, "no config: give --config FILE or set SLUICE_CONFIG"),
         (("dlq", "list", "--config", str(tmp_path / "missing.yaml")), 2, "invalid config"),
     ]
     for args, code, message in cases:

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..cli_output import table
 from ..observability.redact import MARKS
 
 if TYPE_CHECKING:
@@ -55,24 +56,25 @@ def add_parsers(commands: Any) -> None:
     listing.add_argument("--json", action="store_true", help="JSON out, bodies included")
 
     show = _action(actions, "show", "show one dead letter (JSON, body included)")
-    show.add_argument("id")
+    show.add_argument("id", help="the letter's id")
 
     replay = _action(actions, "replay", "send letters again to a running gateway; a success removes the letter")
-    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("ids", nargs="*", metavar="ID", help="the letters to replay (or --all)")
     replay.add_argument("--all", action="store_true", help="every letter, oldest first")
     replay.add_argument("--gateway", metavar="URL", help="default: http://<server.host>:<server.port> of the config")
     replay.add_argument("--key", help="the API key to call with (default: $SLUICE_API_KEY)")
     replay.add_argument("--timeout", type=float, default=120.0, help="seconds per replayed request (default 120)")
 
     purge = _action(actions, "purge", "remove letters: --all, --older-than SECONDS, or IDs")
-    purge.add_argument("ids", nargs="*", metavar="ID")
+    purge.add_argument("ids", nargs="*", metavar="ID", help="the letters to remove")
     purge.add_argument("--all", action="store_true", help="every letter")
     purge.add_argument("--older-than", type=float, metavar="SECONDS", help="letters older than this")
 
 
 def _action(actions: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
-    parser.add_argument("--config", required=True, help="the YAML config file (its store, resilience, server)")
+    parser.add_argument("--config", help="the YAML config file: only its store, resilience and server settings "
+                                          "are needed (default: $SLUICE_CONFIG)")
     parser.set_defaults(run=run, dlq_action=name)
     return parser
 
@@ -82,13 +84,11 @@ def run(args: argparse.Namespace) -> int:
     problem = _usage_problem(args)
     if problem is not None:
         return _fail(f"dlq {args.dlq_action}: {problem}", EXIT_USAGE)
-    from ..config import load_config
+    from ..cli_config import DLQ_NEEDS, load_for_admin
     from ..errors import ConfigError
-    from ..providers import check_providers
 
     try:
-        config = load_config(args.config)
-        check_providers(config)  # what only the provider kinds' code can say (sluice.config.vocabulary)
+        config = load_for_admin(args.config, DLQ_NEEDS)  # unset variables elsewhere do not matter here
     except ConfigError as exc:
         return _fail(f"invalid config: {exc}", EXIT_USAGE)
     action = _ACTIONS[args.dlq_action]
@@ -167,12 +167,10 @@ async def _list(letters: DeadLetters, config: Config, args: argparse.Namespace) 
     if not found:
         print("no dead letters")
         return 0
-    rows = [("ID", "AT (UTC)", "STATUS", "MODEL", "ROUTE", "TRIES", "REPLAYS", "ERROR")]
-    rows += [(letter.id, _when(letter.at), str(letter.status), letter.model or "-", letter.route,
-              str(len(letter.attempts)), str(letter.replays), _cut(letter.error, 60)) for letter in found]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    header = ("ID", "AT (UTC)", "STATUS", "MODEL", "ROUTE", "TRIES", "REPLAYS", "ERROR")
+    print(table(header, [(letter.id, _when(letter.at), str(letter.status), letter.model or "-", letter.route,
+                          str(len(letter.attempts)), str(letter.replays), _cut(letter.error, 60))
+                         for letter in found]))
     if len(found) == args.limit:
         print(f"(more may follow: --before {found[-1].id})", file=sys.stderr)
     return 0
