@@ -18,8 +18,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sluice.config import RateLimitConfig
-from sluice.pipeline.quotas import QuotaExceeded, Quotas, QuotaTaken, QuotaWant, TokenQuotaExceeded, period_bounds
-from sluice.pipeline.ratelimit import RateLimited, TokensLimited, duration, key_fingerprint
+from sluice.errors import QuotaExceeded, RateLimited, TokenQuotaExceeded, TokensLimited
+from sluice.pipeline.quotas import Quotas, QuotaTaken, QuotaWant, period_bounds
+from sluice.pipeline.ratelimit import duration, key_fingerprint
 from sluice.state.quota_store import QuotaStore, QuotaStoreUnavailable, SqliteQuotaStore
 
 pytestmark = pytest.mark.timeout(60)

@@ -62,15 +62,15 @@ from .. import store as st
 from ..auth.audit import AuditLog
 from ..auth.globs import covers
 from ..config.permissions import ADMIN_ALL, ADMIN_PERMISSIONS, ALL, BUILTIN_ROLES, MODEL_PREFIX, check_permission
-from ..errors import Forbidden, GatewayError, InvalidRequest, NotFound
+from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, StoreDown
 from ..pipeline.quotas import own_quota
 from ..pipeline.ratelimit import own_policy
 from ..pipeline.validate import check_json
 from ..store import MAX_PAGE, ApiKey, Role, Store, Team, User, display_prefix, generate_key, hash_key, new_id
 
-__all__ = ["DEFAULT_GRACE_S", "Actor", "Conflict", "KeyCreate", "KeyRevoke", "KeyRotate", "KeyUpdate", "Manager",
-           "RoleCreate", "RoleUpdate", "StoreDown", "TeamCreate", "TeamUpdate", "UserCreate", "UserUpdate",
-           "convert_body", "decode_body", "key_status", "key_view", "parse_time"]
+__all__ = ["DEFAULT_GRACE_S", "Actor", "KeyCreate", "KeyRevoke", "KeyRotate", "KeyUpdate", "Manager", "RoleCreate",
+           "RoleUpdate", "TeamCreate", "TeamUpdate", "UserCreate", "UserUpdate", "convert_body", "decode_body",
+           "key_status", "key_view", "parse_time"]
 
 log = logging.getLogger("sluice.admin")
 
@@ -83,20 +83,6 @@ _MAX_METADATA = 16 * 1024  # bytes of a record's metadata as JSON
 B = TypeVar("B", bound=msgspec.Struct)
 UNSET: Any = msgspec.UNSET
 Unset = msgspec.UnsetType
-
-
-class Conflict(GatewayError):
-    """409: the id is taken, or the record's state forbids the change."""
-
-    status = 409
-    type = "invalid_request_error"
-
-
-class StoreDown(GatewayError):
-    """503: the store of keys and users could not be reached."""
-
-    status = 503
-    type = "server_error"
 
 
 class Actor(NamedTuple):
@@ -360,10 +346,10 @@ def _store_errors(kind: str, ref: str | None = None) -> Iterator[None]:
     """The store's errors as the caller's: 404, 409, 503, 400."""
     try:
         yield
-    except st.NotFound:
+    except st.RecordNotFound:
         raise NotFound(f"No {kind} {ref!r}." if ref else f"No such {kind}.", param="id",
                        code=f"{kind}_not_found") from None
-    except st.Conflict as exc:
+    except st.RecordConflict as exc:
         raise Conflict(f"The {kind} clashes with one that exists: {exc}", code=f"{kind}_conflict") from None
     except st.StoreUnavailable:
         raise StoreDown("The key store is unavailable; try again shortly.", code="store_unavailable") from None

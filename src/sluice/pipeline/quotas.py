@@ -80,11 +80,11 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from ..config import QuotaConfig, RateLimitConfig
+from ..errors import QuotaExceeded, TokenQuotaExceeded
 from ..state.quota_store import QuotaStore, QuotaStoreUnavailable
-from .ratelimit import RateLimited, TokensLimited, duration, key_fingerprint
+from .ratelimit import duration, key_fingerprint
 
-__all__ = ["Quota", "QuotaExceeded", "QuotaTaken", "QuotaWant", "Quotas", "TokenQuotaExceeded", "own_quota",
-           "period_bounds"]
+__all__ = ["Quota", "QuotaTaken", "QuotaWant", "Quotas", "own_quota", "period_bounds"]
 
 log = logging.getLogger("sluice.quotas")
 
@@ -96,14 +96,6 @@ _ROOM_TRIES = 3  # early syncs a request waits for before a new subject goes unc
 
 class _Full(Exception):
     """No room for a new counter without waiting (``_counter``)."""
-
-
-class QuotaExceeded(RateLimited):
-    """429 on a requests quota (OpenAI's error type "requests"), code ``quota_exceeded``."""
-
-
-class TokenQuotaExceeded(QuotaExceeded, TokensLimited):
-    """429 on a tokens quota (error type "tokens")."""
 
 
 def own_quota(raw: dict[str, Any]) -> QuotaConfig:

@@ -63,7 +63,7 @@ from .._native import LocalLimiter
 from ..auth.credential import key_digest, presented_key
 from ..auth.iprules import ClientIp
 from ..config import PolicyConfig, RateLimitConfig
-from ..errors import GatewayError
+from ..errors import LimiterDown, RateLimited, TokensLimited
 
 if TYPE_CHECKING:
     from types import EllipsisType
@@ -72,8 +72,7 @@ if TYPE_CHECKING:
     from ..state.redis_limits import RedisLimiter
     from .quotas import Quota, Quotas, QuotaTaken, QuotaWant
 
-__all__ = ["Admission", "Caller", "LimiterDown", "RateLimited", "RateLimits", "TokensLimited", "duration",
-           "key_fingerprint", "own_policy"]
+__all__ = ["Admission", "Caller", "RateLimits", "duration", "key_fingerprint", "own_policy"]
 
 
 class Caller(Protocol):
@@ -109,22 +108,6 @@ def own_policy(raw: dict[str, Any]) -> PolicyConfig:
     return config
 
 log = logging.getLogger("sluice.ratelimit")
-
-
-class RateLimited(GatewayError):
-    """429 on a requests policy (OpenAI's error type "requests")."""
-
-    status = 429
-    type = "requests"
-
-
-class TokensLimited(RateLimited):
-    type = "tokens"
-
-
-class LimiterDown(GatewayError):
-    status = 503
-    type = "server_error"
 
 
 def key_fingerprint(api_key: str) -> str:
