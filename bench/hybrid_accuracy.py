@@ -22,7 +22,8 @@ import uvloop
 
 from _harness import Processes, log, run_main, start_redis
 from sluice.config import RateLimitConfig
-from sluice.pipeline.ratelimit import RateLimited, RateLimits
+from sluice.errors import RateLimited
+from sluice.pipeline.ratelimit import RateLimits
 from sluice.state.redis_limits import RedisLimiter, connect
 
 

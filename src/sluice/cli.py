@@ -23,7 +23,8 @@ from .errors import ConfigError
 from .listen import listen_problem
 
 if TYPE_CHECKING:
-    from .admin.manage import Actor, Manager
+    from .admin.grants import Actor
+    from .admin.manager import Manager
     from .config import Config
     from .store import Store
 
@@ -418,7 +419,7 @@ def _field_flags(parser: argparse.ArgumentParser, fields: tuple[tuple[str, str, 
 
 def _body(args: argparse.Namespace, fields: tuple[tuple[str, str, str], ...]) -> dict[str, Any]:
     """The request body from --json and the field flags (only those given)."""
-    from .admin.manage import parse_time
+    from .admin.bodies import parse_time
     from .errors import InvalidRequest
 
     body: dict[str, Any] = {}
@@ -463,7 +464,8 @@ def _manage(args: argparse.Namespace) -> int:
     """One keys/users/teams/roles/audit action on the configured store; prints its answer as JSON."""
     import asyncio
 
-    from .admin.manage import Actor, Manager
+    from .admin.grants import Actor
+    from .admin.manager import Manager
     from .auth.audit import AuditLog
     from .auth.changes import ChangeNotices, auth_redis_url
     from .config.permissions import BUILTIN_ROLES
@@ -514,7 +516,7 @@ def _manage(args: argparse.Namespace) -> int:
 
 
 async def _dispatch(manager: Manager, args: argparse.Namespace, actor: Actor) -> dict[str, Any]:
-    from .admin import manage as m
+    from .admin import bodies as m
 
     kind, action = args.kind, args.action
     if kind == "audit":

@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from sluice.admin.manage import Actor, KeyCreate, KeyRevoke, Manager, RoleCreate, RoleUpdate
+from sluice.admin.bodies import KeyCreate, KeyRevoke, RoleCreate, RoleUpdate
+from sluice.admin.grants import Actor
+from sluice.admin.manager import Manager
 from sluice.auth.audit import AuditLog
 from sluice.auth.changes import ChangeNotices, auth_redis_url
 from sluice.auth.keys import SUBSCRIBED_POLL_S, Authenticator

@@ -17,7 +17,8 @@ import msgspec
 import pytest
 
 from sluice.config import RateLimitConfig
-from sluice.pipeline.ratelimit import LimiterDown, RateLimited, RateLimits
+from sluice.errors import LimiterDown, RateLimited
+from sluice.pipeline.ratelimit import RateLimits
 from sluice.state.redis_limits import RedisLimiter, connect
 from tests.conftest import ROOT
 from tests.integration.test_distributed_limits import DEMO, burst, gateways

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from sluice.pipeline.quotas import QuotaExceeded, Quotas
+from sluice.errors import QuotaExceeded
+from sluice.pipeline.quotas import Quotas
 from sluice.state.quota_store import KEEP_AFTER_END_S, QuotaStoreUnavailable, RedisQuotaStore, quota_key
 from sluice.state.redis_limits import connect
 from tests.integration.test_redis_limits import raw

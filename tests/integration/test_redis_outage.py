@@ -18,7 +18,8 @@ import msgspec
 import pytest
 
 from sluice.config import RateLimitConfig
-from sluice.pipeline.ratelimit import RateLimited, RateLimits
+from sluice.errors import RateLimited
+from sluice.pipeline.ratelimit import RateLimits
 from sluice.state.redis_limits import (
     BREAKER_FAILURES,
     BREAKER_OPEN_S,

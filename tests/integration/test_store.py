@@ -25,8 +25,8 @@ from sluice.config import StoreConfig
 from sluice.store import (
     MAX_PAGE,
     ApiKey,
-    Conflict,
-    NotFound,
+    RecordConflict,
+    RecordNotFound,
     Role,
     Store,
     StoreError,
@@ -147,11 +147,11 @@ def test_key_create_get_lookup_update(config: StoreConfig) -> None:
             assert await store.get_key(key.id) == created
             assert await store.key_by_hash(key.key_hash) == created
             assert await store.key_by_hash(hash_key("sk-sl-not-issued")) is None
-            with pytest.raises(Conflict):
+            with pytest.raises(RecordConflict):
                 await store.create_key(key)
-            with pytest.raises(Conflict):  # another id, the same secret
+            with pytest.raises(RecordConflict):  # another id, the same secret
                 await store.create_key(make_key(key_hash=key.key_hash))
-            with pytest.raises(NotFound):
+            with pytest.raises(RecordNotFound):
                 await store.get_key("key_missing")
 
             updated = await store.update_key(key.id, name="renamed", roles=["chat"], metadata={"env": "dev"},
@@ -164,7 +164,7 @@ def test_key_create_get_lookup_update(config: StoreConfig) -> None:
                         {"roles": 5}, {"service_account": "yes"}):
                 with pytest.raises(ValueError):
                     await store.update_key(key.id, **bad)
-            with pytest.raises(NotFound):
+            with pytest.raises(RecordNotFound):
                 await store.update_key("key_missing", name="x")
             assert await store.get_key(key.id) == updated  # nothing above changed it
 
@@ -218,7 +218,7 @@ def test_revoke_is_idempotent_and_the_key_stays_findable(config: StoreConfig) ->
             assert found is not None and found.revoked_at == 1_700_000_000.0  # the auth stage sees why it fails
             _, changes = await store.changes_since(0)
             assert [(c.ref, c.op) for c in changes] == [(key.key_hash, "create"), (key.key_hash, "revoke")]
-            with pytest.raises(NotFound):
+            with pytest.raises(RecordNotFound):
                 await store.revoke_key("key_missing", 1.0)
 
     run(scenario)
@@ -234,16 +234,16 @@ def test_rotate_makes_the_new_key_and_the_grace_period_together(config: StoreCon
             old_now = await store.get_key(old.id)
             assert (old_now.rotated_to, old_now.grace_until, old_now.revoked_at) == (new.id, now + 60, None)
             assert old_now.usable(now) and not old_now.usable(now + 61) and new.usable(now + 61)
-            with pytest.raises(Conflict):  # rotated once already
+            with pytest.raises(RecordConflict):  # rotated once already
                 await store.rotate_key(old.id, make_key(), now + 60)
             gone = await store.create_key(make_key())
             await store.revoke_key(gone.id, now)
-            with pytest.raises(Conflict):
+            with pytest.raises(RecordConflict):
                 await store.rotate_key(gone.id, make_key(), now + 60)
-            with pytest.raises(NotFound):
+            with pytest.raises(RecordNotFound):
                 await store.rotate_key("key_missing", make_key(), now + 60)
             fresh = await store.create_key(make_key())
-            with pytest.raises(Conflict):  # the new key's hash is taken: nothing happens
+            with pytest.raises(RecordConflict):  # the new key's hash is taken: nothing happens
                 await store.rotate_key(fresh.id, make_key(key_hash=new.key_hash), now + 60)
             assert (await store.get_key(fresh.id)).rotated_to is None
             _, changes = await store.changes_since(0)
@@ -290,10 +290,10 @@ def test_users_crud(config: StoreConfig) -> None:
                                                   teams=("ml",) if i % 2 else ("ops", "ml-infra"), roles=("chat",)))
                      for i in range(5)]
             assert all(u.created_at > 0 for u in users)
-            with pytest.raises(Conflict):
+            with pytest.raises(RecordConflict):
                 await store.create_user(User(id="user_0"))
             assert await store.get_user("user_3") == users[3]
-            with pytest.raises(NotFound):
+            with pytest.raises(RecordNotFound):
                 await store.get_user("user_9")
             first = await store.list_users(limit=2)
             rest = await store.list_users(after=first[-1].id)
@@ -304,12 +304,12 @@ def test_users_crud(config: StoreConfig) -> None:
             assert disabled.disabled and disabled.teams == ("ops",) and await store.get_user("user_1") == disabled
             with pytest.raises(ValueError):
                 await store.update_user("user_1", id="user_x")
-            with pytest.raises(NotFound):
+            with pytest.raises(RecordNotFound):
                 await store.update_user("user_9", name="x")
             await store.delete_user("user_1")
-            with pytest.raises(NotFound):
+            with pytest.raises(RecordNotFound):
                 await store.get_user("user_1")
-            with pytest.raises(NotFound):
+            with pytest.raises(RecordNotFound):
                 await store.delete_user("user_1")
 
     run(scenario)
@@ -319,19 +319,19 @@ def test_teams_and_roles_crud(config: StoreConfig) -> None:
     async def scenario() -> None:
         async with opened(config) as store:
             team = await store.create_team(Team(id="team_ml", name="ML", roles=("chat",), metadata={"cost": "ml-1"}))
-            with pytest.raises(Conflict):
+            with pytest.raises(RecordConflict):
                 await store.create_team(Team(id="team_ml"))
             assert await store.get_team("team_ml") == team
             renamed = await store.update_team("team_ml", name="Machine learning")
             assert [t.name for t in await store.list_teams()] == ["Machine learning"] and renamed.name == \
                 "Machine learning"
             await store.delete_team("team_ml")
-            with pytest.raises(NotFound):
+            with pytest.raises(RecordNotFound):
                 await store.update_team("team_ml", name="x")
 
             admin = await store.create_role(Role(name="admin", permissions=("admin:keys", "admin:audit")))
             user = await store.create_role(Role(name="user", permissions=("chat", "model:gpt-4o*")))
-            with pytest.raises(Conflict):
+            with pytest.raises(RecordConflict):
                 await store.create_role(Role(name="admin"))
             assert await store.list_roles() == [admin, user]
             assert await store.list_roles(after="admin") == [user]
@@ -341,9 +341,9 @@ def test_teams_and_roles_crud(config: StoreConfig) -> None:
             with pytest.raises(ValueError):
                 await store.update_role("user", name="other")
             await store.delete_role("admin")
-            with pytest.raises(NotFound):
+            with pytest.raises(RecordNotFound):
                 await store.get_role("admin")
-            with pytest.raises(NotFound):
+            with pytest.raises(RecordNotFound):
                 await store.delete_role("admin")
 
     run(scenario)
@@ -360,7 +360,7 @@ def test_changes_since_sees_every_mutation_in_order(config: StoreConfig) -> None
             await store.update_key(key.id, name="x")
             new = await store.rotate_key(key.id, make_key(), time.time() + 5)
             await store.revoke_key(new.id, time.time())
-            with pytest.raises(Conflict):  # a failed mutation appends nothing
+            with pytest.raises(RecordConflict):  # a failed mutation appends nothing
                 await store.create_key(key)
             await store.create_user(User(id="u"))
             await store.update_user("u", disabled=True)

@@ -16,10 +16,10 @@ from sluice.auth.reputation import Ranges, Reputation, parse_list
 from sluice.config import parse_config
 from sluice.config.model import AnomalyConfig, PowConfig, ReputationConfig
 from sluice.context import RequestContext
-from sluice.errors import ConfigError
-from sluice.pipeline.abuse import AddressListed, ReputationStage
-from sluice.pipeline.anomaly import AnomalyStage, AnomalyThrottled
-from sluice.pipeline.pow import CHALLENGE_HEADER, SOLUTION_HEADER, PowRequired, PowStage, solve
+from sluice.errors import AddressListed, AnomalyThrottled, ConfigError, PowRequired
+from sluice.pipeline.abuse import ReputationStage
+from sluice.pipeline.anomaly import AnomalyStage
+from sluice.pipeline.pow import CHALLENGE_HEADER, SOLUTION_HEADER, PowStage, solve
 from sluice.pipeline.stage import Pipeline, Stage
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sluice._native import _pure, _pure_context
+from sluice._native import _pure_context, _pure_speedups
 from sluice.server.relay import RELAYED_AS, relayed_as
 
 try:
@@ -21,7 +21,7 @@ except ImportError:  # not built here
 
 NOT_BUILT = pytest.mark.skipif(_speedups is None, reason="extension not built")
 IMPLEMENTATIONS = [
-    pytest.param((_pure, _pure_context), id="pure"),
+    pytest.param((_pure_speedups, _pure_context), id="pure"),
     pytest.param((_speedups, _context), id="compiled", marks=NOT_BUILT),
 ]
 
@@ -102,7 +102,7 @@ def test_no_provider_no_served_headers_and_names_from_the_callers_map(impl: Any)
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_only_the_context_of_its_implementation(impl: Any) -> None:
-    if impl[0] is _pure:
+    if impl[0] is _pure_speedups:
         pytest.skip("the pure twin reads any object's attributes")
     with pytest.raises(TypeError):
         impl[0].answer_head(_pure_context.RequestContext("r", 0.0), [], {}, relayed_as, None, 1, False)
@@ -119,7 +119,7 @@ def test_twins_agree(upstream_s: float, upstream: list[tuple[bytes, bytes]], jso
                      attempts: int, served: str | None) -> None:
     admission = SimpleNamespace(headers=[("x-ratelimit-limit-requests", "1")]) if admitted else None
     heads = []
-    for impl in ((_pure, _pure_context), (_speedups, _context)):
+    for impl in ((_pure_speedups, _pure_context), (_speedups, _context)):
         ctx = context(impl, admission=admission, served=served)
         ctx.upstream_s = upstream_s
         head = impl[0].answer_head(ctx, upstream, RELAYED_AS, relayed_as, "p", attempts, json)

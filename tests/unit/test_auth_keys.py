@@ -17,7 +17,7 @@ from sluice.auth.keys import Authenticator
 from sluice.auth.signing import Signatures, sign
 from sluice.config import AuthConfig, StaticKeyConfig, parse_config
 from sluice.errors import AuthUnavailable, ConfigError, Unauthorized
-from sluice.store import ApiKey, Change, NotFound, Role, StoreUnavailable, Team, User, generate_key, hash_key
+from sluice.store import ApiKey, Change, RecordNotFound, Role, StoreUnavailable, Team, User, generate_key, hash_key
 
 STATIC = "sk-static-admin-0123456789"
 
@@ -88,13 +88,13 @@ class MemoryStore:
     async def get_user(self, user_id: str) -> User:
         await self._io()
         if user_id not in self.users:
-            raise NotFound(user_id)
+            raise RecordNotFound(user_id)
         return self.users[user_id]
 
     async def get_team(self, team_id: str) -> Team:
         await self._io()
         if team_id not in self.teams:
-            raise NotFound(team_id)
+            raise RecordNotFound(team_id)
         return self.teams[team_id]
 
     async def list_roles(self, *, after: str | None = None, limit: int = 100) -> list[Role]:

@@ -9,8 +9,9 @@ import secrets
 
 import pytest
 
-from sluice.auth.failures import AuthThrottled, FailureLimits
+from sluice.auth.failures import FailureLimits
 from sluice.auth.keyfilter import MIN_CAPACITY, KeyFilter
+from sluice.errors import AuthThrottled
 from sluice.state.redis_limits import Circuit, LogGate
 from sluice.store import generate_key
 from tests.unit.test_auth_keys import Clock, MemoryStore, make, refused

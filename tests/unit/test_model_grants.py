@@ -13,17 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sluice.admin.manage import (
-    Actor,
-    KeyCreate,
-    KeyRotate,
-    KeyUpdate,
-    Manager,
-    RoleCreate,
-    RoleUpdate,
-    TeamCreate,
-    TeamUpdate,
-)
+from sluice.admin.bodies import KeyCreate, KeyRotate, KeyUpdate, RoleCreate, RoleUpdate, TeamCreate, TeamUpdate
+from sluice.admin.grants import Actor
+from sluice.admin.manager import Manager
 from sluice.auth.audit import AuditLog
 from sluice.auth.globs import covers, units
 from sluice.config.permissions import USER_PERMISSIONS

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sluice._native as native
-from sluice._native import _pure, _pure_context, _pure_logline, _pure_stats
+from sluice._native import _pure_context, _pure_logline, _pure_speedups, _pure_stats
 
 try:
     from sluice._native import _context, _logline, _speedups, _stats
@@ -22,7 +22,7 @@ except ImportError:  # not built here
 
 NOT_BUILT = pytest.mark.skipif(_speedups is None, reason="extension not built")
 IMPLEMENTATIONS = [
-    pytest.param(_pure, id="pure"),
+    pytest.param(_pure_speedups, id="pure"),
     pytest.param(_speedups, id="compiled", marks=NOT_BUILT),
 ]
 STATS = [
@@ -39,11 +39,12 @@ def test_compiled_is_active_when_required() -> None:
 
 def _context_class(impl):  # type: ignore[no-untyped-def]
     """The request context each implementation takes: the compiled helpers take only the compiled one."""
-    return _pure_context.RequestContext if impl in (_pure, _pure_stats, _pure_logline) else _context.RequestContext
+    pure = impl in (_pure_speedups, _pure_stats, _pure_logline)
+    return _pure_context.RequestContext if pure else _context.RequestContext
 
 
 def _compiled(impl) -> bool:  # type: ignore[no-untyped-def]
-    return impl not in (_pure, _pure_stats, _pure_logline)
+    return impl not in (_pure_speedups, _pure_stats, _pure_logline)
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -76,13 +77,13 @@ def test_request_id_seed_bounds(impl) -> None:
 @NOT_BUILT
 @given(st.text(max_size=200))
 def test_twins_agree_on_validation(value: str) -> None:
-    assert _speedups.valid_request_id(value) == _pure.valid_request_id(value)
+    assert _speedups.valid_request_id(value) == _pure_speedups.valid_request_id(value)
 
 
 @NOT_BUILT
 @given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=1, max_value=50))
 def test_twins_agree_on_id_sequences(seed: int, count: int) -> None:
-    compiled, pure = _speedups.RequestIds(seed), _pure.RequestIds(seed)
+    compiled, pure = _speedups.RequestIds(seed), _pure_speedups.RequestIds(seed)
     assert [compiled.next() for _ in range(count)] == [pure.next() for _ in range(count)]
 
 
@@ -114,7 +115,7 @@ def test_trace_ids_are_valid_unsampled_contexts_sampled_at_the_ratio(impl) -> No
 @given(st.integers(min_value=0, max_value=2**64 - 1), st.floats(min_value=0.0, max_value=1.0),
        st.integers(min_value=1, max_value=30))
 def test_twins_agree_on_trace_ids(seed: int, ratio: float, count: int) -> None:
-    compiled, pure = _speedups.TraceIds(seed), _pure.TraceIds(seed)
+    compiled, pure = _speedups.TraceIds(seed), _pure_speedups.TraceIds(seed)
     caller = "0af7651916cd43dd8448eb211c80319c"
     assert [(compiled.new_trace(ratio), compiled.child(caller)) for _ in range(count)] == [
         (pure.new_trace(ratio), pure.child(caller)) for _ in range(count)]
@@ -155,7 +156,7 @@ _USAGE_PIECES = st.sampled_from([b'"usage"', b":", b" ", b"\n", b"{", b"}", b'"p
 @NOT_BUILT
 @given(st.lists(_USAGE_PIECES, max_size=40).map(b"".join) | st.binary(max_size=300))
 def test_twins_agree_on_token_counts(answer: bytes) -> None:
-    assert _speedups.token_counts(answer) == _pure.token_counts(answer)
+    assert _speedups.token_counts(answer) == _pure_speedups.token_counts(answer)
 
 
 # -- request stats ---------------------------------------------------------------------------
@@ -305,7 +306,7 @@ def test_token_counts_find_the_last_usage(impl, answer: bytes, counts: tuple[int
        .map(b"".join), st.integers(0, 4200))
 def test_twins_agree_on_token_counts_in_long_answers(tail: bytes, padding: int) -> None:
     answer = b"x" * padding + tail
-    assert _speedups.token_counts(answer) == _pure.token_counts(answer)
+    assert _speedups.token_counts(answer) == _pure_speedups.token_counts(answer)
 
 
 @pytest.mark.parametrize("impl", STATS)

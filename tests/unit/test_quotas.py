@@ -18,8 +18,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sluice.config import RateLimitConfig
-from sluice.pipeline.quotas import QuotaExceeded, Quotas, QuotaTaken, QuotaWant, TokenQuotaExceeded, period_bounds
-from sluice.pipeline.ratelimit import RateLimited, TokensLimited, duration, key_id
+from sluice.errors import QuotaExceeded, RateLimited, TokenQuotaExceeded, TokensLimited
+from sluice.pipeline.quotas import Quotas, QuotaTaken, QuotaWant, period_bounds
+from sluice.pipeline.ratelimit import duration, key_fingerprint
 from sluice.state.quota_store import QuotaStore, QuotaStoreUnavailable, SqliteQuotaStore
 
 pytestmark = pytest.mark.timeout(60)
@@ -227,7 +228,7 @@ def test_which_quotas_apply(tmp_path: Path) -> None:
                     {"name": "vip", "scope": "key", "limit": 5, "match": {"keys": ["sk-vip"], "models": ["m"],
                                                                           "routes": [ROUTE]}})
     quotas = Quotas(config, sqlite(tmp_path))
-    vip = key_id("sk-vip")
+    vip = key_fingerprint("sk-vip")
     assert [(w.quota.name, w.subject, w.cost) for w in quotas.wanted(ROUTE, "m", vip, None, None, 70.0)] == [
         ("per-key", f"key:{vip}", 1.0), ("vip", f"key:{vip}", 1.0)]
     assert [(w.quota.name, w.subject, w.cost) for w in quotas.wanted(ROUTE, "m", "k", "u1", "t1", 70.0)] == [

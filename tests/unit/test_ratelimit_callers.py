@@ -11,8 +11,9 @@ import msgspec
 import pytest
 
 from sluice.config import RateLimitConfig
-from sluice.pipeline.quotas import QuotaExceeded, Quotas, own_quota
-from sluice.pipeline.ratelimit import Admission, RateLimited, RateLimits, own_policy
+from sluice.errors import QuotaExceeded, RateLimited
+from sluice.pipeline.quotas import Quotas, own_quota
+from sluice.pipeline.ratelimit import Admission, RateLimits, own_policy
 from sluice.state.quota_store import SqliteQuotaStore
 
 

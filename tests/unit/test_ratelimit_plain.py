@@ -12,8 +12,9 @@ import msgspec
 import pytest
 
 from sluice.config import RateLimitConfig
+from sluice.errors import RateLimited
 from sluice.pipeline import ratelimit
-from sluice.pipeline.ratelimit import Admission, RateLimited, RateLimits
+from sluice.pipeline.ratelimit import Admission, RateLimits
 
 
 @dataclass

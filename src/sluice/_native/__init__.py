@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import os
 
-from ._pure import USAGE_TAIL, RequestIds, TraceIds, answer_head, count_tokens, finish, token_counts, valid_request_id
 from ._pure_context import SECURITY_HEADERS, RequestContext
 from ._pure_jsoncheck import json_problem
 from ._pure_limits import LocalLimiter
 from ._pure_logline import LineFormatter
+from ._pure_speedups import (
+    USAGE_TAIL,
+    RequestIds,
+    TraceIds,
+    answer_head,
+    count_tokens,
+    finish,
+    token_counts,
+    valid_request_id,
+)
 from ._pure_stats import Histograms, RequestStats
 from ._pure_upstream import Connection as UpstreamConnection
 from ._pure_upstream import Response as UpstreamResponse
@@ -40,11 +49,19 @@ if os.environ.get("SLUICE_NO_EXTENSIONS") != "1":
         from ._upstream import closed_while_idle  # type: ignore[assignment]
         from ._upstream import head as upstream_head
     except ImportError:  # not built: the pure twins serve
-        from ._pure import RequestIds, TraceIds, answer_head, count_tokens, finish, token_counts, valid_request_id
         from ._pure_context import SECURITY_HEADERS, RequestContext
         from ._pure_jsoncheck import json_problem
         from ._pure_limits import LocalLimiter
         from ._pure_logline import LineFormatter
+        from ._pure_speedups import (
+            RequestIds,
+            TraceIds,
+            answer_head,
+            count_tokens,
+            finish,
+            token_counts,
+            valid_request_id,
+        )
         from ._pure_stats import Histograms, RequestStats
         from ._pure_upstream import Connection as UpstreamConnection
         from ._pure_upstream import Response as UpstreamResponse

@@ -15,7 +15,7 @@
 The routes exist only when ``auth.enabled``: without authentication they answer
 404 like any unknown path, never open to everyone.  Each handler requires its
 permission (``_require``, on top of the auth stage's check by path) and the
-checked, audited work is ``sluice.admin.manage.Manager``'s, which the CLI shares.
+checked, audited work is ``sluice.admin.manager.Manager``'s, which the CLI shares.
 The caller acts with its own permissions and model limits: it grants no role
 holding more than it holds, no model outside its own (a model-limited caller
 makes only keys limited to its models), and only a holder of ``*`` changes the
@@ -37,13 +37,11 @@ import orjson
 from ..auth import rbac
 from ..config.permissions import BUILTIN_ROLES
 from ..errors import InvalidRequest, Unauthorized
-from .manage import (
-    Actor,
+from .bodies import (
     KeyCreate,
     KeyRevoke,
     KeyRotate,
     KeyUpdate,
-    Manager,
     RoleCreate,
     RoleUpdate,
     TeamCreate,
@@ -53,6 +51,8 @@ from .manage import (
     decode_body,
     parse_time,
 )
+from .grants import Actor
+from .manager import Manager
 
 if TYPE_CHECKING:
     from ..auth.audit import AuditLog

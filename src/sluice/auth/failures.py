@@ -25,18 +25,11 @@ import time
 from collections.abc import Callable
 
 from .._native import LocalLimiter
-from ..errors import GatewayError
+from ..errors import AuthThrottled
 
-__all__ = ["MAX_ADDRESSES", "AuthThrottled", "FailureLimits"]
+__all__ = ["MAX_ADDRESSES", "FailureLimits"]
 
 MAX_ADDRESSES = 100_000
-
-
-class AuthThrottled(GatewayError):
-    """429: too many authentication failures from this address (Anthropic's ``rate_limit_error``)."""
-
-    status = 429
-    type = "requests"
 
 
 class FailureLimits:

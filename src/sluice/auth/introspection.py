@@ -29,7 +29,7 @@ import orjson
 from ..config.model import IntrospectionConfig
 from ..upstream import UpstreamClient
 from .identity import AuthFailure, ClaimMap, Identity
-from .oidc import ClientFactory, Endpoint, Unavailable, fetch
+from .oidc import ClientFactory, Endpoint, IssuerUnavailable, fetch
 
 __all__ = ["MAX_ANSWER_BYTES", "Introspector"]
 
@@ -119,7 +119,7 @@ class Introspector:
                 ttl = config.inactive_ttl_s
                 inactive_ttl = ttl if inactive_ttl is None else min(inactive_ttl, ttl)
                 continue
-            except Unavailable as exc:
+            except IssuerUnavailable as exc:
                 log.warning("auth: token introspection at %s failed: %s", config.endpoint, exc)
                 unavailable = True
                 continue
@@ -141,13 +141,13 @@ class Introspector:
         status, data = await fetch(client, endpoint.endpoint, "POST", endpoint.headers,
                                    urlencode(form).encode(), config.timeout_s, MAX_ANSWER_BYTES)
         if status != 200:
-            raise Unavailable(f"status {status}")
+            raise IssuerUnavailable(f"status {status}")
         try:
             answer = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise Unavailable("the answer is not JSON") from None
+            raise IssuerUnavailable("the answer is not JSON") from None
         if not isinstance(answer, dict):
-            raise Unavailable("the answer is not a JSON object")
+            raise IssuerUnavailable("the answer is not a JSON object")
         if answer.get("active") is not True:
             raise _Inactive
         now = self._clock()

@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.model import AuthConfig, Config, StaticKeyConfig
 from ..errors import AuthUnavailable, Unauthorized
-from ..store import MAX_PAGE, ApiKey, NotFound, Store, StoreError, StoreUnavailable, hash_key, open_store
+from ..store import MAX_PAGE, ApiKey, RecordNotFound, Store, StoreError, StoreUnavailable, hash_key, open_store
 from .credential import key_digest
 from .identity import AuthFailure, Identity
 from .keyfilter import KeyFilter
@@ -339,14 +339,14 @@ class Authenticator:
         async def user_disabled() -> bool:
             if not key.owner_user:
                 return False
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(RecordNotFound):
                 return (await store.get_user(key.owner_user)).disabled
             return False
 
         async def team_roles() -> tuple[str, ...]:
             if not key.owner_team:
                 return ()
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(RecordNotFound):
                 return (await store.get_team(key.owner_team)).roles
             return ()
 

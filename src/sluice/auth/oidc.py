@@ -33,10 +33,11 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
 from ..config.model import JwtIssuerConfig
+from ..errors import DependencyUnavailable
 from ..upstream import Origin, UpstreamClient, UpstreamError, parse_base_url
 from .identity import AuthFailure
 
-__all__ = ["ClientFactory", "Endpoint", "JwksCache", "Unavailable", "fetch", "fetch_json"]
+__all__ = ["ClientFactory", "Endpoint", "IssuerUnavailable", "JwksCache", "fetch", "fetch_json"]
 
 log = logging.getLogger("sluice.auth")
 
@@ -46,8 +47,10 @@ MIN_RSA_BITS = 2048  # NIST SP 800-131A; a shorter RSA key in a JWKS is ignored
 _HEADERS = [("accept", "application/json"), ("user-agent", "sluice")]
 
 
-class Unavailable(Exception):
+class IssuerUnavailable(DependencyUnavailable):
     """An issuer's endpoint could not be used; the message is for the operator's log."""
+
+    dependency = "a token issuer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +65,11 @@ class Endpoint:
     def parse(cls, url: str, ca_file: str | None = None) -> Endpoint:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise Unavailable(f"not an http(s) URL: {url!r}")
+            raise IssuerUnavailable(f"not an http(s) URL: {url!r}")
         try:
             origin, _ = parse_base_url(url, ca_file=ca_file)
         except (ValueError, OSError) as exc:  # a bad port; an unreadable CA file
-            raise Unavailable(f"cannot use {url!r}: {exc}") from None
+            raise IssuerUnavailable(f"cannot use {url!r}: {exc}") from None
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         return cls(url, origin, target)
 
@@ -75,7 +78,7 @@ async def fetch(
     client: UpstreamClient, endpoint: Endpoint, method: str, headers: list[tuple[str, str]],
     body: bytes | None, timeout: float, limit: int,
 ) -> tuple[int, bytes]:
-    """One exchange bounded by ``timeout`` seconds: (status, body); Unavailable when it fails."""
+    """One exchange bounded by ``timeout`` seconds: (status, body); IssuerUnavailable when it fails."""
     deadline = asyncio.get_running_loop().time() + timeout
     try:
         response = await client.request(endpoint.origin, method, endpoint.target, headers, body, deadline=deadline)
@@ -83,21 +86,21 @@ async def fetch(
         if data is None:
             data = await response.read(limit)
     except UpstreamError as exc:
-        raise Unavailable(f"{method} {endpoint.url}: {exc}") from None
+        raise IssuerUnavailable(f"{method} {endpoint.url}: {exc}") from None
     return response.status, data
 
 
 async def fetch_json(client: UpstreamClient, endpoint: Endpoint, timeout: float) -> dict[str, Any]:
-    """GET a JSON object; Unavailable unless the answer is 200 with one."""
+    """GET a JSON object; IssuerUnavailable unless the answer is 200 with one."""
     status, data = await fetch(client, endpoint, "GET", _HEADERS, None, timeout, MAX_DOCUMENT_BYTES)
     if status != 200:
-        raise Unavailable(f"GET {endpoint.url}: status {status}")
+        raise IssuerUnavailable(f"GET {endpoint.url}: status {status}")
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise Unavailable(f"GET {endpoint.url}: not JSON") from None
+        raise IssuerUnavailable(f"GET {endpoint.url}: not JSON") from None
     if not isinstance(document, dict):
-        raise Unavailable(f"GET {endpoint.url}: not a JSON object")
+        raise IssuerUnavailable(f"GET {endpoint.url}: not a JSON object")
     return document
 
 
@@ -109,7 +112,7 @@ def _parse_jwks(document: dict[str, Any], url: str) -> dict[str | None, list[dic
     """The usable keys of a JWKS by kid (None: keys without one)."""
     keys = document.get("keys")
     if not isinstance(keys, list):
-        raise Unavailable(f"GET {url}: not a JWKS (no keys list)")
+        raise IssuerUnavailable(f"GET {url}: not a JWKS (no keys list)")
     jwks: dict[str | None, list[dict[str, Any]]] = {}
     for jwk in keys:
         if _usable(jwk):
@@ -209,7 +212,7 @@ class JwksCache:
             self.fetches += 1
             document = await fetch_json(client, self._jwks_endpoint, config.timeout_s)
             jwks = _parse_jwks(document, self._jwks_endpoint.url)
-        except Unavailable as exc:
+        except IssuerUnavailable as exc:
             self._jwks_endpoint = self._configured  # rediscover next time
             log.warning("auth: cannot fetch the signing keys of issuer %s: %s", config.issuer, exc)
             return
@@ -221,10 +224,10 @@ class JwksCache:
         url = issuer.rstrip("/") + "/.well-known/openid-configuration"
         document = await fetch_json(client, Endpoint.parse(url, self.config.ca_file), self.config.timeout_s)
         if document.get("issuer") != issuer:
-            raise Unavailable(f"GET {url}: the document names issuer {document.get('issuer')!r}, not {issuer!r}")
+            raise IssuerUnavailable(f"GET {url}: the document names issuer {document.get('issuer')!r}, not {issuer!r}")
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str):
-            raise Unavailable(f"GET {url}: no jwks_uri")
+            raise IssuerUnavailable(f"GET {url}: no jwks_uri")
         return Endpoint.parse(jwks_uri, self.config.ca_file)
 
     def _install(self, jwks: dict[str | None, list[dict[str, Any]]]) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..auth.reputation import Reputation
 from ..context import Exchange, RequestContext
-from ..errors import GatewayError
+from ..errors import AddressListed
 from .anomaly import AnomalyStage
 from .pow import PowStage
 from .stage import Stage
@@ -28,14 +28,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..config.model import ReputationConfig
 
-__all__ = ["AbuseStages", "AddressListed", "ReputationStage"]
-
-
-class AddressListed(GatewayError):
-    """403: the client address is on an IP reputation list (not an auth failure: never in the audit log)."""
-
-    status = 403
-    type = "invalid_request_error"
+__all__ = ["AbuseStages", "ReputationStage"]
 
 
 class ReputationStage(Stage):

@@ -35,25 +35,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..context import Exchange, RequestContext
-from ..errors import GatewayError
+from ..errors import AnomalyThrottled
 from .stage import Stage
 
 if TYPE_CHECKING:
     from ..config.model import AnomalyConfig
 
-__all__ = ["AnomalyStage", "AnomalyThrottled"]
+__all__ = ["AnomalyStage"]
 
 REQUESTS, TOKENS = 1, 2  # episode bits
 _KINDS = ((REQUESTS, "requests"), (TOKENS, "tokens"))
 
 Audit = Callable[..., None]
-
-
-class AnomalyThrottled(GatewayError):
-    """429: the key is far above its own baseline (Anthropic's ``rate_limit_error``)."""
-
-    status = 429
-    type = "requests"
 
 
 class _Key:

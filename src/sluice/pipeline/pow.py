@@ -30,24 +30,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..context import Exchange, RequestContext
-from ..errors import GatewayError
+from ..errors import PowRequired
 from .stage import Stage
 
 if TYPE_CHECKING:
     from ..config.model import PowConfig
 
-__all__ = ["CHALLENGE_HEADER", "SOLUTION_HEADER", "PowRequired", "PowStage", "solve"]
+__all__ = ["CHALLENGE_HEADER", "SOLUTION_HEADER", "PowStage", "solve"]
 
 SOLUTION_HEADER = "x-sluice-pow"
 CHALLENGE_HEADER = "x-sluice-pow-challenge"
 _MAX_HEADER = 256
-
-
-class PowRequired(GatewayError):
-    """429 with a challenge to solve (Anthropic's ``rate_limit_error``)."""
-
-    status = 429
-    type = "requests"
 
 
 def _zero_bits(text: str, difficulty: int) -> bool:

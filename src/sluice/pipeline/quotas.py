@@ -1,7 +1,7 @@
 """Quotas: daily and monthly allowances of requests or tokens per key, user or team, kept across restarts.
 
 A quota applies to the requests its ``match`` fits (models, routes, caller
-keys) and counts per subject: the caller's key (``key:<key_id>``, a hash,
+keys) and counts per subject: the caller's key (``key:<fingerprint>``, a hash,
 never the key), its user or its team (``user:<id>``, ``team:<id>``; those
 come with authentication, until then such quotas never apply).  A request
 costs 1 on a requests quota and its token estimate on a tokens quota; it is
@@ -80,11 +80,11 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from ..config import QuotaConfig, RateLimitConfig
+from ..errors import QuotaExceeded, TokenQuotaExceeded
 from ..state.quota_store import QuotaStore, QuotaStoreUnavailable
-from .ratelimit import RateLimited, TokensLimited, duration, key_id
+from .ratelimit import duration, key_fingerprint
 
-__all__ = ["Quota", "QuotaExceeded", "QuotaTaken", "QuotaWant", "Quotas", "TokenQuotaExceeded", "own_quota",
-           "period_bounds"]
+__all__ = ["Quota", "QuotaTaken", "QuotaWant", "Quotas", "own_quota", "period_bounds"]
 
 log = logging.getLogger("sluice.quotas")
 
@@ -96,14 +96,6 @@ _ROOM_TRIES = 3  # early syncs a request waits for before a new subject goes unc
 
 class _Full(Exception):
     """No room for a new counter without waiting (``_counter``)."""
-
-
-class QuotaExceeded(RateLimited):
-    """429 on a requests quota (OpenAI's error type "requests"), code ``quota_exceeded``."""
-
-
-class TokenQuotaExceeded(QuotaExceeded, TokensLimited):
-    """429 on a tokens quota (error type "tokens")."""
 
 
 def own_quota(raw: dict[str, Any]) -> QuotaConfig:
@@ -159,7 +151,7 @@ class Quota:
     def build(cls, config: QuotaConfig) -> Quota:
         return cls(config.name, config.scope.value, config.unit.value == "tokens", config.limit, config.period.value,
                    frozenset(config.match.models), frozenset(config.match.routes),
-                   frozenset(key_id(k) for k in config.match.keys))
+                   frozenset(key_fingerprint(k) for k in config.match.keys))
 
     @property
     def unit(self) -> str:
@@ -174,7 +166,7 @@ class QuotaWant:
     """What a request asks of one quota."""
 
     quota: Quota
-    subject: str  # "key:<key_id>", "user:<id>", "team:<id>"
+    subject: str  # "key:<fingerprint>", "user:<id>", "team:<id>"
     cost: float
 
 
@@ -236,19 +228,19 @@ class Quotas:
         self._full_warned = False  # the bound was met with nothing to forget: warned once per episode
         self._scanned_dry = False  # the last _make_room found too few to forget: no scan before a push
 
-    def wanted(self, route: str, model: str, key_id: str | None, user: str | None, team: str | None,
+    def wanted(self, route: str, model: str, key_fingerprint: str | None, user: str | None, team: str | None,
                tokens_estimate: float, own: Sequence[Quota] = ()) -> list[QuotaWant]:
-        """The quotas this request falls under (``key_id`` is ``ratelimit.key_id`` of the key presented;
-        ``own`` the caller's key's own quotas, from ``own_quotas``)."""
+        """The quotas this request falls under (``key_fingerprint`` is ``ratelimit.key_fingerprint`` of the key
+        presented; ``own`` the caller's key's own quotas, from ``own_quotas``)."""
         wanted = []
         for quota in (*self.quotas, *own) if own else self.quotas:
             if quota.models and model not in quota.models:
                 continue
             if quota.routes and route not in quota.routes:
                 continue
-            if quota.keys and key_id not in quota.keys:
+            if quota.keys and key_fingerprint not in quota.keys:
                 continue
-            ident = key_id if quota.scope == "key" else user if quota.scope == "user" else team
+            ident = key_fingerprint if quota.scope == "key" else user if quota.scope == "user" else team
             if ident is None:
                 continue
             wanted.append(QuotaWant(quota, f"{quota.scope}:{ident}", tokens_estimate if quota.tokens else 1.0))

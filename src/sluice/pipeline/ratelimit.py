@@ -63,7 +63,7 @@ from .._native import LocalLimiter
 from ..auth.credential import key_digest, presented_key
 from ..auth.iprules import ClientIp
 from ..config import PolicyConfig, RateLimitConfig
-from ..errors import GatewayError
+from ..errors import LimiterDown, RateLimited, TokensLimited
 
 if TYPE_CHECKING:
     from types import EllipsisType
@@ -72,8 +72,7 @@ if TYPE_CHECKING:
     from ..state.redis_limits import RedisLimiter
     from .quotas import Quota, Quotas, QuotaTaken, QuotaWant
 
-__all__ = ["Admission", "Caller", "LimiterDown", "RateLimited", "RateLimits", "TokensLimited", "duration", "key_id",
-           "own_policy"]
+__all__ = ["Admission", "Caller", "RateLimits", "duration", "key_fingerprint", "own_policy"]
 
 
 class Caller(Protocol):
@@ -111,23 +110,7 @@ def own_policy(raw: dict[str, Any]) -> PolicyConfig:
 log = logging.getLogger("sluice.ratelimit")
 
 
-class RateLimited(GatewayError):
-    """429 on a requests policy (OpenAI's error type "requests")."""
-
-    status = 429
-    type = "requests"
-
-
-class TokensLimited(RateLimited):
-    type = "tokens"
-
-
-class LimiterDown(GatewayError):
-    status = 503
-    type = "server_error"
-
-
-def key_id(api_key: str) -> str:
+def key_fingerprint(api_key: str) -> str:
     """What identifies a caller's key in buckets and Redis: a hash prefix, never the key (the digest is computed
     once per key: the auth stage uses the same one)."""
     return key_digest(api_key)[:24]
@@ -172,7 +155,7 @@ class Policy:
                    burst, config.algorithm.value, mode == "distributed" and shared, mode == "hybrid" and shared,
                    config.fail_open, config.soft_limit if config.soft_limit is not None else limits.soft_limit,
                    frozenset(config.match.models), frozenset(config.match.routes),
-                   frozenset(key_id(k) for k in config.match.keys),
+                   frozenset(key_fingerprint(k) for k in config.match.keys),
                    LocalLimiter(config.algorithm.value, config.rate, config.period_s, burst))
 
     def count(self, decision: str) -> None:
@@ -213,7 +196,7 @@ class RateLimits:
         # The caller's address (X-Forwarded-For from trusted proxies only): the auth stage's IP rules use the same.
         self.client_ip = ClientIp(config.trusted_proxies)
         self._wants_key = any(p.scope == "key" or p.keys for p in self.policies) or quotas is not None
-        self._key_subjects: dict[str, tuple[str, str]] = {}  # a key -> (its key_id, "key:<key_id>"), bounded
+        self._key_subjects: dict[str, tuple[str, str]] = {}  # a key -> (its fingerprint, "key:<fingerprint>"), bounded
         self.remote = any(p.distributed for p in self.policies)  # some policy needs Redis: admit() awaits
         self._plain = all(p.plain for p in self.policies)  # the config's policies never need Redis nor a sync
         # Nothing of the config's own applies to anyone: only a key's own policies or quotas (auth on) can.  The
@@ -293,7 +276,7 @@ class RateLimits:
     def _wants(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None,
                caller: Caller | None, key: str | EllipsisType | None) -> tuple[list[Wanted], list[QuotaWant]]:
         """The policies and quotas this request falls under, with their subjects and costs."""
-        key_ident = key_subject = None
+        key_print = key_subject = None
         if self._wants_key or caller is not None:
             if key is ...:
                 key = presented_key(ex)
@@ -301,7 +284,7 @@ class RateLimits:
                 subjects = self._key_subjects.get(key)
                 if subjects is None:
                     subjects = self._key_subject(key)
-                key_ident, key_subject = subjects
+                key_print, key_subject = subjects
         estimate = float(body_size // 4 + (self.default_max_tokens if max_tokens is None else max(max_tokens, 0)))
         user = team = None
         policies = self.policies
@@ -314,22 +297,23 @@ class RateLimits:
                 quota_extra = self.quotas.own_quotas(caller.key_id, caller.quotas)
         wanted = []
         for policy in policies:
-            subject = key_subject if policy.per_key else self._subject(policy, ex, route, model, key_ident, user,
+            subject = key_subject if policy.per_key else self._subject(policy, ex, route, model, key_print, user,
                                                                         team)
             if subject is not None:
                 wanted.append((policy, subject, estimate if policy.tokens else 1.0))
         quotas = self.quotas
-        quota_wanted = (quotas.wanted(route, model, key_ident, user, team, estimate, quota_extra)
+        quota_wanted = (quotas.wanted(route, model, key_print, user, team, estimate, quota_extra)
                         if quotas is not None and (quotas.quotas or quota_extra) else [])
         return wanted, quota_wanted
 
     def _key_subject(self, key: str) -> tuple[str, str]:
-        """A key's id and its per-key subject, computed once per key (bounded: a flood of keys cannot grow it)."""
+        """A key's fingerprint and its per-key subject, computed once per key (bounded: a flood of keys cannot
+        grow it)."""
         subjects = self._key_subjects
         if len(subjects) >= 10_000:
             subjects.clear()
-        ident = key_id(key)
-        subjects[key] = found = (ident, f"key:{ident}")
+        fingerprint = key_fingerprint(key)
+        subjects[key] = found = (fingerprint, f"key:{fingerprint}")
         return found
 
     def _own_policies(self, caller: Caller) -> list[Policy]:

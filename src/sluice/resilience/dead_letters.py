@@ -28,7 +28,8 @@ what ``sluice dlq`` uses.  Errors::
 
     DeadLetterError
     ├── LetterNotFound          no letter with that id
-    └── DeadLettersUnavailable  the store or Redis failed or did not answer (``__cause__`` says why)
+    └── DeadLettersUnavailable  the store or Redis failed or did not answer (``__cause__`` says why; also a
+                                sluice.errors.DependencyUnavailable)
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DependencyUnavailable, SluiceError
 from ..observability.redact import redact
-from ..store import NotFound, Store, StoreError, display_prefix
+from ..store import RecordNotFound, Store, StoreError, display_prefix
 from ..store.dead_letters import Attempt, DeadLetter
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ _SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "token", "acc
                             "signature", "sig", "x-amz-signature", "x-goog-signature"})
 
 
-class DeadLetterError(Exception):
+class DeadLetterError(SluiceError):
     """Base of the dead-letter queue's errors."""
 
 
@@ -76,8 +77,10 @@ class LetterNotFound(DeadLetterError):
     """No letter with that id."""
 
 
-class DeadLettersUnavailable(DeadLetterError):
+class DeadLettersUnavailable(DeadLetterError, DependencyUnavailable):
     """The store or Redis could not be reached, or failed."""
+
+    dependency = "the dead-letter queue"
 
 
 class Failure(NamedTuple):
@@ -258,7 +261,7 @@ class StoreBackend:
 async def _store_call(call: Awaitable[T]) -> T:
     try:
         return await call
-    except NotFound as exc:
+    except RecordNotFound as exc:
         raise LetterNotFound(str(exc)) from None
     except StoreError as exc:
         raise DeadLettersUnavailable(str(exc)) from exc

@@ -3,7 +3,6 @@
 from .breaker import Breaker
 from .deployment import Deployment
 from .health_check import HealthChecker
-from .table import ModelRoute, Router, Target, affinity_draw, sticky_affinity
+from .table import ModelRoute, Router, affinity_draw, sticky_affinity
 
-__all__ = ["Breaker", "Deployment", "HealthChecker", "ModelRoute", "Router", "Target", "affinity_draw",
-           "sticky_affinity"]
+__all__ = ["Breaker", "Deployment", "HealthChecker", "ModelRoute", "Router", "affinity_draw", "sticky_affinity"]

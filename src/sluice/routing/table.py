@@ -41,9 +41,8 @@ from .breaker import Breaker
 from .deployment import Deployment
 from .strategies import STRATEGIES, affinity_draw
 
-__all__ = ["ModelRoute", "Router", "Target", "affinity_draw", "sticky_affinity"]
+__all__ = ["ModelRoute", "Router", "affinity_draw", "sticky_affinity"]
 
-Target = Deployment  # the name the request path knew it by
 _EMPTY: frozenset[str] = frozenset()
 
 

@@ -7,12 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from ..errors import PayloadTooLarge
+from ..errors import BodyTimeout, PayloadTooLarge
 from .exchange import (
     BODY_MIN_RATE,
     BODY_TIMEOUT_S,
     DISCARD_TIMEOUT_S,
-    BodyTimeout,
     CallerWatch,
     ClientGone,
     Exchange,

@@ -10,26 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ..context import ClientGone, Exchange, Headers
-from ..errors import GatewayError, InvalidRequest, MethodNotAllowed, PayloadTooLarge
+from ..errors import BodyTimeout, GatewayError, InvalidRequest, MethodNotAllowed, PayloadTooLarge
 
-__all__ = ["BODY_MIN_RATE", "BODY_TIMEOUT_S", "DISCARD_TIMEOUT_S", "WATCH_AFTER_S", "BodyTimeout", "CallerWatch",
-           "ClientGone", "Exchange", "Headers", "Watches", "check_declared_length", "incomplete_body",
-           "refusal"]
+__all__ = ["BODY_MIN_RATE", "BODY_TIMEOUT_S", "DISCARD_TIMEOUT_S", "WATCH_AFTER_S", "CallerWatch", "ClientGone",
+           "Exchange", "Headers", "Watches", "check_declared_length", "incomplete_body", "refusal"]
 
 DISCARD_TIMEOUT_S = 2.0  # the most a refused body is read for, to be dropped
 BODY_TIMEOUT_S = 30.0  # server.body_read_timeout_s's default
 BODY_MIN_RATE = 32 * 1024  # server.body_min_rate_bytes_s's default
 _CLOSE = (("connection", "close"),)  # the rest of the body is not read: the connection cannot carry another request
-
-
-class BodyTimeout(GatewayError):
-    """A request body that did not arrive in time (``server.body_read_timeout_s``, ``body_min_rate_bytes_s``)."""
-
-    status = 408
-    type = "invalid_request_error"
-
-    def __init__(self) -> None:
-        super().__init__("The request body did not arrive in time.", code="request_timeout", headers=_CLOSE)
 
 
 def incomplete_body() -> InvalidRequest:

@@ -16,7 +16,7 @@ from ..pipeline.validate import rename_model
 from ..providers import Call, StreamTranslator
 from ..providers.translate import anthropic as translate
 from ..providers.translate.errors import UnsupportedContent
-from ..routing import Target
+from ..routing import Deployment
 
 __all__ = ["Egress", "chain", "messages_call"]
 
@@ -78,7 +78,7 @@ def chain(first: StreamTranslator | None, second: StreamTranslator | None) -> St
     return _Chain(first, second)
 
 
-def messages_call(request: Any, body: bytes, target: Target, request_id: str,
+def messages_call(request: Any, body: bytes, target: Deployment, request_id: str,
                   beta: str | None) -> tuple[Call, Egress | None]:
     """The call that carries an Anthropic request to ``target``, and the egress its answer needs."""
     stream = bool(request.stream)

@@ -35,7 +35,7 @@ import msgspec
 import orjson
 
 from .. import __version__
-from ..admin.manage import (
+from ..admin.bodies import (
     KeyCreate,
     KeyRevoke,
     KeyRotate,

@@ -9,12 +9,11 @@ from typing import Any
 
 from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported, not in __all__
 
-from ..errors import PayloadTooLarge
+from ..errors import BodyTimeout, PayloadTooLarge
 from .exchange import (
     BODY_MIN_RATE,
     BODY_TIMEOUT_S,
     DISCARD_TIMEOUT_S,
-    BodyTimeout,
     CallerWatch,
     ClientGone,
     Exchange,

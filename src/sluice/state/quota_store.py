@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ..errors import DependencyUnavailable
 from ..store.sqlite import connect_shared
 
 if TYPE_CHECKING:
@@ -78,8 +79,10 @@ Load = Sequence[tuple[str, str, str]]  # (quota, subject, period id)
 Add = Sequence[tuple[str, str, str, float, float]]  # (quota, subject, period id, delta, period end epoch)
 
 
-class QuotaStoreUnavailable(Exception):
+class QuotaStoreUnavailable(DependencyUnavailable):
     """The quota store failed or did not answer in time; ``__cause__`` holds why."""
+
+    dependency = "the quota store"
 
 
 class QuotaStore(Protocol):

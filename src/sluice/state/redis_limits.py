@@ -82,6 +82,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from ..errors import DependencyUnavailable
+
 __all__ = ["BREAKER_FAILURES", "BREAKER_OPEN_S", "LOG_EVERY_S", "SYNC_CHUNK", "Check", "Circuit", "Decision",
            "LimiterUnavailable", "LogGate", "RedisLimiter", "Result", "connect", "key_name"]
 
@@ -255,13 +257,15 @@ _KEY_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 _FAILURES = (TimeoutError, RedisError, RedisClusterException, OSError)
 
 
-class LimiterUnavailable(Exception):
+class LimiterUnavailable(DependencyUnavailable):
     """Redis did not answer within the timeout, or failed; ``__cause__`` holds why.
 
     From ``RedisLimiter.sync``, ``answered`` holds the level of each take answered before the failure, in
     order, None for one that Redis refused (not applied); the takes past its end got no answer (those
     of a round trip that timed out may still be applied).  Empty otherwise.
     """
+
+    dependency = "the rate limiter (Redis)"
 
     def __init__(self, message: str, answered: Sequence[float | None] = ()) -> None:
         super().__init__(message)

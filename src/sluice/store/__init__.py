@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import MAX_PAGE, Conflict, NotFound, Store, StoreError, StoreUnavailable
+from .base import MAX_PAGE, RecordConflict, RecordNotFound, Store, StoreError, StoreUnavailable
 from .records import (
     GENESIS_HASH,
     KEY_SCHEME,
@@ -33,9 +33,9 @@ from .sqlite import SqliteStore
 if TYPE_CHECKING:
     from ..config import StoreConfig
 
-__all__ = ["GENESIS_HASH", "KEY_SCHEME", "MAX_PAGE", "ApiKey", "AuditRecord", "Change", "Conflict", "NotFound",
-           "Role", "SqliteStore", "Store", "StoreError", "StoreUnavailable", "Team", "User", "audit_hash",
-           "display_prefix", "generate_key", "hash_key", "new_id", "open_store"]
+__all__ = ["GENESIS_HASH", "KEY_SCHEME", "MAX_PAGE", "ApiKey", "AuditRecord", "Change", "RecordConflict",
+           "RecordNotFound", "Role", "SqliteStore", "Store", "StoreError", "StoreUnavailable", "Team", "User",
+           "audit_hash", "display_prefix", "generate_key", "hash_key", "new_id", "open_store"]
 
 
 def open_store(config: StoreConfig) -> Store:

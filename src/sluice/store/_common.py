@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 import msgspec
 
-from .base import MAX_PAGE, Conflict, NotFound, StoreError
+from .base import MAX_PAGE, RecordConflict, RecordNotFound, StoreError
 from .records import GENESIS_HASH, ApiKey, AuditRecord, Change, Role, Team, User, audit_hash, canonical_json
 
 __all__ = ["HASH_PAGE", "LONG_TIMEOUT_S", "Dialect", "Query", "SqlStore", "Tx", "Want", "advisory_key", "drive",
@@ -198,7 +198,7 @@ def _load(d: Dialect, table: _Table, record: type[R], key: str, *, lock: bool = 
     sql = f"{table.select} WHERE {table.key} = ?" + (d.for_update if lock else "")
     row = yield Query(sql, (key,), Want.ROW)
     if row is None:
-        raise NotFound(f"no {table.kind} {key!r}")
+        raise RecordNotFound(f"no {table.kind} {key!r}")
     return _decode(table, row, record)
 
 
@@ -207,11 +207,11 @@ def _create(d: Dialect, table: _Table, record: R, now: float) -> Op[R]:
     record = _validated(msgspec.structs.replace(record, created_at=stamp, updated_at=stamp))
     key = getattr(record, table.key)
     if (yield Query(f"SELECT 1 FROM {table.name} WHERE {table.key} = ?", (key,), Want.ROW)) is not None:
-        raise Conflict(f"{table.kind} {key!r} exists")
+        raise RecordConflict(f"{table.kind} {key!r} exists")
     if table is KEYS:
         key_hash = cast(ApiKey, record).key_hash
         if (yield Query("SELECT 1 FROM api_keys WHERE key_hash = ?", (key_hash,), Want.ROW)) is not None:
-            raise Conflict("a key with that hash exists")
+            raise RecordConflict("a key with that hash exists")
     yield Query(table.insert, _encode(table, record))
     yield from _changed(d, now, (table.kind, _ref(table, record), "create"))
     return record
@@ -234,7 +234,7 @@ def _delete(d: Dialect, table: _Table, key: str, now: float) -> Op[None]:
     ref = table.key if table is not KEYS else "key_hash"
     found = yield Query(f"DELETE FROM {table.name} WHERE {table.key} = ? RETURNING {ref}", (key,), Want.VALUE)
     if found is None:
-        raise NotFound(f"no {table.kind} {key!r}")
+        raise RecordNotFound(f"no {table.kind} {key!r}")
     yield from _changed(d, now, (table.kind, found, "delete"))
 
 
@@ -262,16 +262,16 @@ def _revoke_key(d: Dialect, key_id: str, at: float, now: float) -> Op[ApiKey]:
 def _rotate_key(d: Dialect, old_id: str, new: ApiKey, grace_until: float, now: float) -> Op[ApiKey]:
     old = yield from _load(d, KEYS, ApiKey, old_id, lock=True)
     if old.revoked_at is not None:
-        raise Conflict(f"key {old_id!r} is revoked")
+        raise RecordConflict(f"key {old_id!r} is revoked")
     if old.rotated_to is not None:
-        raise Conflict(f"key {old_id!r} was already rotated to {old.rotated_to!r}")
+        raise RecordConflict(f"key {old_id!r} was already rotated to {old.rotated_to!r}")
     if new.rotated_to is not None or new.revoked_at is not None:
         raise ValueError("the new key must be neither revoked nor rotated")
     stamp = new.created_at or now
     new = _validated(msgspec.structs.replace(new, created_at=stamp, updated_at=stamp))
     for column, value in (("id", new.id), ("key_hash", new.key_hash)):
         if (yield Query(f"SELECT 1 FROM api_keys WHERE {column} = ?", (value,), Want.ROW)) is not None:
-            raise Conflict(f"a key with that {column} exists")
+            raise RecordConflict(f"a key with that {column} exists")
     yield Query(KEYS.insert, _encode(KEYS, new))
     yield Query("UPDATE api_keys SET rotated_to = ?, grace_until = ?, updated_at = ? WHERE id = ?",
                 (new.id, grace_until, now, old_id))

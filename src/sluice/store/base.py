@@ -3,18 +3,22 @@
 Errors::
 
     StoreError                  anything the store raises on purpose
-    ├── StoreUnavailable        cannot connect, timed out, database failed (``__cause__`` says why)
-    ├── NotFound                no record with that id (get_*, update_*, delete_*, revoke, rotate)
-    └── Conflict                a record with that id (or key hash) exists, or the change is not allowed
+    ├── StoreUnavailable        cannot connect, timed out, database failed (``__cause__`` says why; also a
+    │                           sluice.errors.DependencyUnavailable)
+    ├── RecordNotFound          no record with that id (get_*, update_*, delete_*, revoke, rotate)
+    └── RecordConflict          a record with that id (or key hash) exists, or the change is not allowed
+
+The admin API answers them as ``NotFound`` (404), ``Conflict`` (409) and
+``StoreDown`` (503) of sluice.errors.
 
 A call that raised ``StoreUnavailable`` after its timeout may still have been
-applied by the database: a retried create then raises ``Conflict``.  Arguments
-the store cannot accept (an unknown field in ``update_*``, a bad ``limit``)
+applied by the database: a retried create then raises ``RecordConflict``.
+Arguments the store cannot accept (an unknown field in ``update_*``, a bad ``limit``)
 raise ``ValueError``.
 
 Reads that a request may make on a cache miss (``key_by_hash``) answer None
-when nothing matches; the admin reads (``get_*``) raise ``NotFound``.  Lists
-are ordered by id (name for roles, seq for audit) and paged with a cursor:
+when nothing matches; the admin reads (``get_*``) raise ``RecordNotFound``.
+Lists are ordered by id (name for roles, seq for audit) and paged with a cursor:
 pass the last id seen as ``after``.
 """
 
@@ -23,29 +27,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import DependencyUnavailable, SluiceError
 from .records import ApiKey, AuditRecord, Change, Role, Team, User
 
 if TYPE_CHECKING:
     from .dead_letters import Attempt, DeadLetter
 
-__all__ = ["MAX_PAGE", "Conflict", "NotFound", "Store", "StoreError", "StoreUnavailable"]
+__all__ = ["MAX_PAGE", "RecordConflict", "RecordNotFound", "Store", "StoreError", "StoreUnavailable"]
 
 MAX_PAGE = 1000  # the most records one list call answers
 
 
-class StoreError(Exception):
+class StoreError(SluiceError):
     """Base of the store's errors."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, DependencyUnavailable):
     """The database could not be reached, or did not answer within the store's timeout."""
 
+    dependency = "the key store"
 
-class NotFound(StoreError):
+
+class RecordNotFound(StoreError):
     """No record with that id."""
 
 
-class Conflict(StoreError):
+class RecordConflict(StoreError):
     """A record with that id already exists, or the record is in a state that forbids the change."""
 
 
@@ -85,7 +92,7 @@ class Store(Protocol):
 
     # -- API keys ---------------------------------------------------------------------------------
     async def create_key(self, key: ApiKey) -> ApiKey:
-        """Stores a new key (``Conflict`` when its id or hash exists); answers it with its times stamped."""
+        """Stores a new key (``RecordConflict`` when its id or hash exists); answers it with its times stamped."""
         ...
 
     async def key_by_hash(self, key_hash: str) -> ApiKey | None:
@@ -113,7 +120,7 @@ class Store(Protocol):
 
     async def rotate_key(self, old_id: str, new: ApiKey, grace_until: float) -> ApiKey:
         """In one transaction: stores ``new`` and marks the old key rotated to it, usable until ``grace_until``.
-        ``Conflict`` when the old key is revoked or already rotated.  Answers the new key."""
+        ``RecordConflict`` when the old key is revoked or already rotated.  Answers the new key."""
         ...
 
     # -- users --------------------------------------------------------------------------------------

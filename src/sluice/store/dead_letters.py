@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from ._common import Op, Query, SqlStore, Tx, Want
-from .base import MAX_PAGE, NotFound
+from .base import MAX_PAGE, RecordNotFound
 
 __all__ = ["Attempt", "DeadLetter", "DeadLetterOps"]
 
@@ -121,7 +121,7 @@ def _get(letter_id: str, lock: str = "") -> Op[DeadLetter]:
     seq = _seq(letter_id)
     row = None if seq is None else (yield Query(f"{_SELECT} WHERE seq = ?{lock}", (seq,), Want.ROW))
     if row is None:
-        raise NotFound(f"no dead letter {letter_id!r}")
+        raise RecordNotFound(f"no dead letter {letter_id!r}")
     return _letter(row)
 
 

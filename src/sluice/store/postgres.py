@@ -25,7 +25,7 @@ import asyncpg
 
 from . import migrations
 from ._common import LONG_TIMEOUT_S, Dialect, Op, Query, SqlStore, Tx, Want, advisory_key, drive_async
-from .base import Conflict, StoreError, StoreUnavailable
+from .base import RecordConflict, StoreError, StoreUnavailable
 from .dead_letters import DeadLetterOps
 
 __all__ = ["PostgresStore", "redact_url"]
@@ -144,7 +144,7 @@ class PostgresStore(DeadLetterOps, SqlStore):  # DeadLetterOps: the dead_letters
                     await pool.release(conn)
                 return result
         except asyncpg.UniqueViolationError as exc:
-            raise Conflict(f"store {self.location}: {exc}") from exc
+            raise RecordConflict(f"store {self.location}: {exc}") from exc
         except TimeoutError as exc:
             raise StoreUnavailable(f"store {self.location}: no answer within {bound:g}s") from exc
         except _FAILURES as exc:

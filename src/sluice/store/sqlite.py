@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from . import migrations
 from ._common import LONG_TIMEOUT_S, Dialect, Op, Query, SqlStore, Tx, Want, drive
-from .base import Conflict, StoreUnavailable
+from .base import RecordConflict, StoreUnavailable
 from .dead_letters import DeadLetterOps
 
 __all__ = ["SqliteStore"]
@@ -87,7 +87,7 @@ class SqliteStore(DeadLetterOps, SqlStore):  # DeadLetterOps: the dead_letters t
                 return await loop.run_in_executor(self._executor, self._guarded, work, *args)
         except sqlite3.IntegrityError as exc:
             if getattr(exc, "sqlite_errorname", "") in _UNIQUE:
-                raise Conflict(f"store {self.path!r}: {exc}") from exc
+                raise RecordConflict(f"store {self.path!r}: {exc}") from exc
             raise StoreUnavailable(f"store {self.path!r}: IntegrityError: {exc}") from exc
         except TimeoutError as exc:
             raise StoreUnavailable(f"store {self.path!r}: no answer within {bound:g}s") from exc

@@ -1,358 +1,73 @@
 """Managing keys, users, teams and roles: checked, stored, audited.  The admin API and the CLI both call this.
 
-``Manager`` takes the bodies as typed structs (``KeyCreate``, ``UserUpdate``, …,
-decoded by ``decode_body`` from JSON or ``convert_body`` from a dict, both
-refusing unknown fields), checks what the types cannot say (globs, CIDRs,
-times, that the roles, users and teams named exist), calls the store and
-records one audit event per change (``key.create``, ``key.update``,
-``key.revoke``, ``key.rotate``, ``user.create``, …, ``role.delete``).  It answers
-plain JSON-ready dicts: a key's view never holds its hash or its signing
-secret; the key itself (and a new signing secret) only in the answers of
-create and rotate, the one time they are shown.
-
-Nobody grants more than they hold: the ``Actor`` carries the caller's
-permissions (the CLI's operator holds ``*``).  A role may be given to a key
-(directly or through the team that owns it), a team or a user only when the
-actor holds every permission of that role (``_missing``: ``*`` covers all,
-``admin:*`` every admin permission, a ``model:<glob>`` is held by an actor
-without model limits or with a glob that covers it); a key whose roles the
-actor could not grant cannot be changed or rotated by it either.  A role is
-created or changed only with permissions the actor holds, and only an actor
-with ``*`` may create, change or delete a role whose name is built in
-(``admin``, ``user``) or comes from the config.  A refusal is a 403 with code
-``permission_denied`` naming the missing permission.
-
-Models: an actor is model-limited when its own key has ``models`` globs
-(``Actor.models``) or its roles have ``model:<glob>`` permissions (and not
-``*``).  Such an actor grants only models it holds: every key it creates,
-changes or rotates (service accounts and team keys included) must have
-``models`` of its own, each covered by one glob of each of the actor's limits;
-each ``model:<glob>`` it puts in a role, or grants through a role, likewise;
-``*`` it does not hold in full (``*`` grants every model: ``model:*``); and it
-may not lift a model limit (change or delete a role so that it has no
-``model:<glob>`` left, or take a team's last model-limited role away), which
-would give the holders every model.  "Covered" is decided on the globs'
-text by ``sluice.auth.globs.covers``: conservative, never a wrong yes
-(``gpt-4*`` covers ``gpt-4o-mini`` and ``gpt-4o*``; ``claude-3-?`` does not
-cover ``claude-3-*``).
+``Manager`` takes the bodies as typed structs (sluice.admin.bodies: ``KeyCreate``,
+``UserUpdate``, …), checks what the types cannot say (globs, CIDRs, times, that
+the roles, users and teams named exist), checks that the actor may grant what
+the change gives (sluice.admin.grants), calls the store and records one audit
+event per change (``key.create``, ``key.update``, ``key.revoke``,
+``key.rotate``, ``user.create``, …, ``role.delete``).  It answers plain
+JSON-ready dicts: a key's view never holds its hash or its signing secret; the
+key itself (and a new signing secret) only in the answers of create and
+rotate, the one time they are shown.
 
 Every refusal is a GatewayError that names the field in ``param``: 400 for bad
-input, 404 for an id that does not exist, 409 for a clash (an id taken, a key
-already revoked or rotated, a user who still owns keys), 503 when the store
-cannot be reached.  The audit details never hold key material.
+input, 403 for a grant the actor may not make, 404 for an id that does not
+exist, 409 for a clash (an id taken, a key already revoked or rotated, a user
+who still owns keys), 503 when the store cannot be reached (``_store_errors``
+maps the store's errors to these).  The audit details never hold key material.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import math
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
-from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
-import orjson
 
 from .. import store as st
 from ..auth.audit import AuditLog
-from ..auth.globs import covers
-from ..config.permissions import ADMIN_ALL, ADMIN_PERMISSIONS, ALL, BUILTIN_ROLES, MODEL_PREFIX, check_permission
-from ..errors import Forbidden, GatewayError, InvalidRequest, NotFound
+from ..config.permissions import ALL, BUILTIN_ROLES, MODEL_PREFIX
+from ..errors import Conflict, InvalidRequest, NotFound, StoreDown
 from ..pipeline.quotas import own_quota
 from ..pipeline.ratelimit import own_policy
-from ..pipeline.validate import check_json
 from ..store import MAX_PAGE, ApiKey, Role, Store, Team, User, display_prefix, generate_key, hash_key, new_id
+from .bodies import (
+    KeyCreate,
+    KeyRevoke,
+    KeyRotate,
+    KeyUpdate,
+    RoleCreate,
+    RoleUpdate,
+    TeamCreate,
+    TeamUpdate,
+    UserCreate,
+    UserUpdate,
+    check_cidr,
+    check_glob,
+    check_grace,
+    check_id,
+    check_list,
+    check_metadata,
+    check_page_limit,
+    check_permission_name,
+    check_policies,
+    check_role_name,
+    check_text,
+    given_fields,
+    invalid_value,
+)
+from .grants import Actor, denied, grants_models, missing_permission, model_limits
 
-__all__ = ["DEFAULT_GRACE_S", "Actor", "Conflict", "KeyCreate", "KeyRevoke", "KeyRotate", "KeyUpdate", "Manager",
-           "RoleCreate", "RoleUpdate", "StoreDown", "TeamCreate", "TeamUpdate", "UserCreate", "UserUpdate",
-           "convert_body", "decode_body", "key_status", "key_view", "parse_time"]
+__all__ = ["DEFAULT_GRACE_S", "Manager", "key_status", "key_view"]
 
 log = logging.getLogger("sluice.admin")
 
 DEFAULT_GRACE_S = 86400.0  # a rotated key keeps working this long unless told otherwise
-MAX_GRACE_S = 366 * 86400.0
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}")
-_MAX_TEXT = 200  # names, globs, permissions
-_MAX_LIST = 256  # roles, models, CIDRs, teams, permissions, policies per record
-_MAX_METADATA = 16 * 1024  # bytes of a record's metadata as JSON
-B = TypeVar("B", bound=msgspec.Struct)
-UNSET: Any = msgspec.UNSET
-Unset = msgspec.UnsetType
-
-
-class Conflict(GatewayError):
-    """409: the id is taken, or the record's state forbids the change."""
-
-    status = 409
-    type = "invalid_request_error"
-
-
-class StoreDown(GatewayError):
-    """503: the store of keys and users could not be reached."""
-
-    status = 503
-    type = "server_error"
-
-
-class Actor(NamedTuple):
-    """Who makes a change: a key id (``key_…``, ``static:<name>``), ``jwt:<user>``, ``cli:<os user>``; never a key."""
-
-    name: str
-    client_ip: str | None = None
-    key_prefix: str | None = None  # the display prefix of the caller's key, when it used one
-    # What the actor holds (its principal's permissions): it grants no more.  The CLI's operator holds "*".
-    permissions: frozenset[str] = frozenset({ALL})
-    # The model globs of the actor's own key (empty: its key does not limit them): it grants no other models.
-    models: tuple[str, ...] = ()
-
-
-# -- bodies -------------------------------------------------------------------------------------------------
-
-
-class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class KeyCreate(_Body):
-    name: str = ""
-    owner_user: str | None = None
-    owner_team: str | None = None
-    service_account: bool = False  # a machine's key: owned by a team (owner_team), not a person
-    # Deny by default would make a key without roles useless: it may call the models, no more.
-    roles: list[str] = msgspec.field(default_factory=lambda: ["user"])
-    models: list[str] = []  # glob patterns
-    policies: list[dict[str, Any]] = []  # rate-limit policies (PolicyConfig fields)
-    quotas: list[dict[str, Any]] = []  # quotas (QuotaConfig fields)
-    ip_allow: list[str] = []  # CIDRs
-    ip_deny: list[str] = []
-    signing: bool = False  # requests must be signed; a signing secret is made and shown once
-    expires_at: float | None = None  # epoch seconds
-    ttl_s: float | None = None  # or: expires this long after creation
-    metadata: dict[str, Any] = {}
-
-
-class KeyUpdate(_Body):
-    name: str | Unset = UNSET
-    owner_user: str | Unset | None = UNSET
-    owner_team: str | Unset | None = UNSET
-    service_account: bool | Unset = UNSET
-    roles: list[str] | Unset = UNSET
-    models: list[str] | Unset = UNSET
-    policies: list[dict[str, Any]] | Unset = UNSET
-    quotas: list[dict[str, Any]] | Unset = UNSET
-    ip_allow: list[str] | Unset = UNSET
-    ip_deny: list[str] | Unset = UNSET
-    signing: bool | Unset = UNSET
-    expires_at: float | Unset | None = UNSET
-    ttl_s: float | Unset = UNSET
-    metadata: dict[str, Any] | Unset = UNSET
-
-
-class KeyRevoke(_Body):
-    reason: str = ""  # kept in the audit record
-
-
-class KeyRotate(_Body):
-    grace_s: float | None = None  # how long the old key keeps working; None: the configured default
-
-
-class UserCreate(_Body):
-    id: str | None = None  # None: a new "user_…" id
-    name: str = ""
-    email: str | None = None
-    teams: list[str] = []
-    roles: list[str] = []
-    metadata: dict[str, Any] = {}
-    disabled: bool = False
-
-
-class UserUpdate(_Body):
-    name: str | Unset = UNSET
-    email: str | Unset | None = UNSET
-    teams: list[str] | Unset = UNSET
-    roles: list[str] | Unset = UNSET
-    metadata: dict[str, Any] | Unset = UNSET
-    disabled: bool | Unset = UNSET
-
-
-class TeamCreate(_Body):
-    id: str | None = None  # None: a new "team_…" id
-    name: str = ""
-    roles: list[str] = []
-    metadata: dict[str, Any] = {}
-
-
-class TeamUpdate(_Body):
-    name: str | Unset = UNSET
-    roles: list[str] | Unset = UNSET
-    metadata: dict[str, Any] | Unset = UNSET
-
-
-class RoleCreate(_Body):
-    name: str
-    permissions: list[str] = []
-    description: str = ""
-
-
-class RoleUpdate(_Body):
-    permissions: list[str] | Unset = UNSET
-    description: str | Unset = UNSET
-
-
-def decode_body(body: bytes, kind: type[B]) -> B:
-    """A JSON body as ``kind`` (an empty body is ``{}``); InvalidRequest naming the field otherwise."""
-    check_json(body)  # msgspec recurses into `metadata` (Any): a RecursionError, not a 400, past ~1,000 levels
-    try:
-        return msgspec.json.decode(body.strip() or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        raise _invalid_body(exc) from None
-    except msgspec.DecodeError:
-        raise InvalidRequest("We could not parse the JSON body of your request.", code="invalid_json") from None
-
-
-def convert_body(data: dict[str, Any], kind: type[B]) -> B:
-    """A dict (the CLI's flags) as ``kind``, checked as a JSON body would be."""
-    try:
-        return msgspec.convert(data, kind)
-    except msgspec.ValidationError as exc:
-        raise _invalid_body(exc) from None
-
-
-def _invalid_body(exc: msgspec.ValidationError) -> InvalidRequest:
-    """msgspec's message, with the field it names (``roles[1]``, ``policies[0].rate``) as ``param``."""
-    text = str(exc)
-    param = None
-    if (found := re.search(r" - at `\$\.?([^`]*)`$", text)) is not None:
-        param = found.group(1) or None
-        text = text[: found.start()]
-    if (found := re.search(r"(unknown|missing required) field `([^`]*)`", text)) is not None:
-        param = f"{param}.{found.group(2)}" if param else found.group(2)
-        text = f"{'unknown' if found.group(1) == 'unknown' else 'missing required'} field `{param}`"
-    elif param:
-        text = f"`{param}`: {text}"
-    return InvalidRequest(f"Invalid request body: {text}.", param=param, code="invalid_body")
-
-
-def parse_time(field: str, text: str) -> float:
-    """Epoch seconds, or an ISO 8601 time (UTC when it names no zone)."""
-    try:
-        value = float(text)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            raise InvalidRequest(f"`{field}` must be epoch seconds or an ISO 8601 time, got {text[:64]!r}.",
-                                 param=field, code="invalid_parameter") from None
-        value = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    if not math.isfinite(value):
-        raise InvalidRequest(f"`{field}` must be a finite time.", param=field, code="invalid_parameter")
-    return value
-
-
-# -- checks -------------------------------------------------------------------------------------------------
-
-
-def _bad(field: str, message: str) -> InvalidRequest:
-    return InvalidRequest(f"`{field}`: {message}", param=field, code="invalid_value")
-
-
-def _text(field: str, value: str, limit: int = _MAX_TEXT) -> str:
-    if len(value) > limit or any(ord(c) < 0x20 or c == "\x7f" for c in value):
-        raise _bad(field, f"must be at most {limit} characters, without control characters.")
-    return value
-
-
-def _ident(field: str, value: str) -> str:
-    if _ID.fullmatch(value) is None:
-        raise _bad(field, f"{value[:64]!r} is not a valid id (letters, digits and ._@:+- , at most 128).")
-    return value
-
-
-def _listed(field: str, values: list[str], check: Callable[[str, str], str]) -> tuple[str, ...]:
-    if len(values) > _MAX_LIST:
-        raise _bad(field, f"at most {_MAX_LIST} entries.")
-    return tuple(dict.fromkeys(check(f"{field}[{i}]", value) for i, value in enumerate(values)))
-
-
-def _role(field: str, name: str) -> str:
-    """A role a record refers to: built in, from the config (printable, no spaces) or from the store."""
-    if not name or len(name) > 128 or not name.isprintable() or any(c.isspace() for c in name):
-        raise _bad(field, f"{name[:64]!r} is not a role name (printable, no spaces, at most 128 characters).")
-    return name
-
-
-def _glob(field: str, pattern: str) -> str:
-    """A model glob (fnmatch: * ? [..]): no whitespace or control characters, brackets closed."""
-    if not pattern or len(pattern) > _MAX_TEXT or any(c.isspace() or ord(c) < 0x20 for c in pattern):
-        raise _bad(field, f"{pattern[:64]!r} is not a valid model pattern (1..{_MAX_TEXT} characters, no spaces).")
-    i = 0
-    while i < len(pattern):
-        if pattern[i] == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1: i + 2] in ("!", "]") else i + 1)
-            if end < 0:
-                raise _bad(field, f"{pattern[:64]!r} is not a valid model pattern: `[` is never closed.")
-            i = end
-        i += 1
-    return pattern
-
-
-def _cidr(field: str, value: str) -> str:
-    try:
-        return str(ipaddress.ip_network(value.strip(), strict=False))
-    except ValueError:
-        raise _bad(field, f"{value[:64]!r} is not an IPv4 or IPv6 address or CIDR.") from None
-
-
-def _permission(field: str, value: str) -> str:
-    """A permission as ``sluice.config.permissions`` knows them: ``chat``, ``admin:keys``, ``*``, ``model:<glob>``."""
-    problem = check_permission(value)
-    if problem is not None:
-        raise _bad(field, problem + ".")
-    if value.startswith("model:"):
-        _glob(field, value[len("model:"):])
-    return value
-
-
-def _metadata(field: str, value: dict[str, Any]) -> dict[str, Any]:
-    try:
-        # orjson, as the answers write it: it refuses integers beyond 64 bits, which msgspec decodes; stored,
-        # such metadata would make this record's answer, and every list holding it, a 500 (tests/fuzz found it).
-        size = len(orjson.dumps(value))
-    except TypeError:
-        raise _bad(field, "its integers must fit in 64 bits.") from None
-    if size > _MAX_METADATA:
-        raise _bad(field, f"at most {_MAX_METADATA} bytes as JSON.")
-    return value
-
-
-def _policies(field: str, raws: list[dict[str, Any]], check: Callable[[dict[str, Any]], Any]) -> tuple[
-        dict[str, Any], ...]:
-    if len(raws) > _MAX_LIST:
-        raise _bad(field, f"at most {_MAX_LIST} entries.")
-    for i, raw in enumerate(raws):
-        try:
-            check(raw)
-        except ValueError as exc:
-            raise _bad(f"{field}[{i}]", str(exc)) from None
-    return tuple(raws)
-
-
-def _grace(value: float | None, default: float) -> float:
-    grace = default if value is None else value
-    if not 0 <= grace <= MAX_GRACE_S:
-        raise _bad("grace_s", f"must be between 0 and {MAX_GRACE_S:g} seconds.")
-    return grace
-
-
-def _limit(limit: int) -> int:
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidRequest(f"`limit` must be between 1 and {MAX_PAGE}.", param="limit", code="invalid_parameter")
-    return limit
 
 
 @contextlib.contextmanager
@@ -360,59 +75,15 @@ def _store_errors(kind: str, ref: str | None = None) -> Iterator[None]:
     """The store's errors as the caller's: 404, 409, 503, 400."""
     try:
         yield
-    except st.NotFound:
+    except st.RecordNotFound:
         raise NotFound(f"No {kind} {ref!r}." if ref else f"No such {kind}.", param="id",
                        code=f"{kind}_not_found") from None
-    except st.Conflict as exc:
+    except st.RecordConflict as exc:
         raise Conflict(f"The {kind} clashes with one that exists: {exc}", code=f"{kind}_conflict") from None
     except st.StoreUnavailable:
         raise StoreDown("The key store is unavailable; try again shortly.", code="store_unavailable") from None
     except ValueError as exc:
         raise InvalidRequest(str(exc), code="invalid_value") from None
-
-
-def _given(body: msgspec.Struct) -> dict[str, Any]:
-    return {name: value for name in body.__struct_fields__ if (value := getattr(body, name)) is not UNSET}
-
-
-def _model_limits(actor: Actor) -> tuple[tuple[str, ...], ...]:
-    """The glob lists that limit the actor's models: its key's and its roles' (a model must pass each)."""
-    limits = [actor.models] if actor.models else []
-    if ALL not in actor.permissions:  # "*" lifts the roles' model limits (not the key's own)
-        role_globs = tuple(p[len(MODEL_PREFIX):] for p in actor.permissions if p.startswith(MODEL_PREFIX))
-        if role_globs:
-            limits.append(role_globs)
-    return tuple(limits)
-
-
-def _grants_models(limits: tuple[tuple[str, ...], ...], pattern: str) -> bool:
-    """Whether an actor with these limits holds every model ``pattern`` names."""
-    return all(any(covers(held, pattern) for held in globs) for globs in limits)
-
-
-def _missing(actor: Actor, permission: str) -> str | None:
-    """What the actor lacks to grant ``permission`` (None: it holds it; see the module docstring).
-
-    A model-limited actor holds ``model:<glob>`` only when the glob is within each of its limits, and does
-    not hold ``*`` in full: ``*`` grants every model (``model:*``)."""
-    held = actor.permissions
-    if permission.startswith(MODEL_PREFIX):
-        return None if _grants_models(_model_limits(actor), permission[len(MODEL_PREFIX):]) else permission
-    if permission == ALL and ALL in held:
-        return None if not _model_limits(actor) else MODEL_PREFIX + "*"
-    if ALL in held or permission in held:
-        return None
-    if permission == ADMIN_ALL:
-        return None if all(p in held for p in ADMIN_PERMISSIONS) else permission
-    if permission.startswith("admin:"):
-        return None if ADMIN_ALL in held else permission
-    return permission
-
-
-def _denied(field: str, message: str, permission: str) -> Forbidden:
-    return Forbidden(f"{message} needs the `{permission}` permission, which this credential lacks; an actor "
-                     f"grants only what it holds.", code="permission_denied", param=field,
-                     reason=f"missing:{permission}")
 
 
 # -- views --------------------------------------------------------------------------------------------------
@@ -487,7 +158,7 @@ class Manager:
             with _store_errors(kind, ref):
                 await get(ref)
         except NotFound:
-            raise _bad(field, f"no {kind} {ref!r}.") from None
+            raise invalid_value(field, f"no {kind} {ref!r}.") from None
 
     async def _check_roles(self, field: str, roles: tuple[str, ...]) -> None:
         for i, role in enumerate(roles):
@@ -511,8 +182,8 @@ class Manager:
             return
         for i, role in enumerate(roles):
             for permission in await self._role_permissions(role):
-                if (missing := _missing(actor, permission)) is not None:
-                    raise _denied(f"{field}[{i}]", f"Granting the role `{role}`", missing)
+                if (missing := missing_permission(actor, permission)) is not None:
+                    raise denied(f"{field}[{i}]", f"Granting the role `{role}`", missing)
 
     async def _check_key_grant(self, key: ApiKey, actor: Actor) -> None:
         """403 unless ``actor`` could grant all the key holds: its roles, those of the team that owns it, and
@@ -525,50 +196,50 @@ class Manager:
                 team = await self.store.get_team(key.owner_team)
             for role in team.roles:
                 for permission in await self._role_permissions(role):
-                    if (missing := _missing(actor, permission)) is not None:
-                        raise _denied("owner_team", f"A key of team `{team.id}` (role `{role}`)", missing)
-        limits = _model_limits(actor)
+                    if (missing := missing_permission(actor, permission)) is not None:
+                        raise denied("owner_team", f"A key of team `{team.id}` (role `{role}`)", missing)
+        limits = model_limits(actor)
         if not limits:
             return
         if not key.models:  # its roles alone may allow any model (a role without model:<glob> limits none)
-            raise _denied("models", "A key without `models` (any model its roles allow)", MODEL_PREFIX + "*")
+            raise denied("models", "A key without `models` (any model its roles allow)", MODEL_PREFIX + "*")
         for i, pattern in enumerate(key.models):
-            if not _grants_models(limits, pattern):
-                raise _denied(f"models[{i}]", f"A key limited to the models `{pattern}`", MODEL_PREFIX + pattern)
+            if not grants_models(limits, pattern):
+                raise denied(f"models[{i}]", f"A key limited to the models `{pattern}`", MODEL_PREFIX + pattern)
 
     async def _check_model_limit_kept(self, field: str, what: str, before: Iterable[str], after: Iterable[str],
                                       actor: Actor) -> None:
         """403 when a model-limited actor would lift the model limit of a role or a team's roles: permissions
         ``before`` had a ``model:<glob>``, ``after`` none, so their holders could use every model."""
-        if not _model_limits(actor):
+        if not model_limits(actor):
             return
         if any(p.startswith(MODEL_PREFIX) for p in before) and not any(p.startswith(MODEL_PREFIX) for p in after):
-            raise _denied(field, f"Lifting the model limits of {what}", MODEL_PREFIX + "*")
+            raise denied(field, f"Lifting the model limits of {what}", MODEL_PREFIX + "*")
 
     async def _key_fields(self, given: dict[str, Any], now: float) -> dict[str, Any]:
         """The checked ApiKey fields of a create or update body (``ttl_s`` becomes ``expires_at``)."""
         fields: dict[str, Any] = {}
         for name, value in given.items():
             if name == "name":
-                fields[name] = _text(name, value)
+                fields[name] = check_text(name, value)
             elif name in ("roles", "ip_allow", "ip_deny", "models"):
-                check = {"roles": _role, "models": _glob}.get(name, _cidr)
-                fields[name] = _listed(name, value, check)
+                check = {"roles": check_role_name, "models": check_glob}.get(name, check_cidr)
+                fields[name] = check_list(name, value, check)
             elif name in ("policies", "quotas"):
-                fields[name] = _policies(name, value, own_policy if name == "policies" else own_quota)
+                fields[name] = check_policies(name, value, own_policy if name == "policies" else own_quota)
             elif name == "metadata":
-                fields[name] = _metadata(name, value)
+                fields[name] = check_metadata(name, value)
             elif name in ("owner_user", "owner_team"):
-                fields[name] = None if value is None else _ident(name, value)
+                fields[name] = None if value is None else check_id(name, value)
             elif name == "ttl_s":
                 if not 0 < value < math.inf:
-                    raise _bad(name, "must be more than zero.")
+                    raise invalid_value(name, "must be more than zero.")
                 if given.get("expires_at") is not None:
-                    raise _bad(name, "give expires_at or ttl_s, not both.")
+                    raise invalid_value(name, "give expires_at or ttl_s, not both.")
                 fields["expires_at"] = now + value
             elif name == "expires_at":
                 if value is not None and value <= now:
-                    raise _bad(name, "is in the past.")
+                    raise invalid_value(name, "is in the past.")
                 fields.setdefault(name, value)
             else:  # service_account, signing
                 fields[name] = value
@@ -583,9 +254,9 @@ class Manager:
     @staticmethod
     def _check_owner(key: ApiKey) -> None:
         if key.owner_user is not None and key.owner_team is not None:
-            raise _bad("owner_team", "a key has one owner: give owner_user or owner_team, not both.")
+            raise invalid_value("owner_team", "a key has one owner: give owner_user or owner_team, not both.")
         if key.service_account and key.owner_team is None:
-            raise _bad("service_account", "a service account's key is owned by a team: give owner_team.")
+            raise invalid_value("service_account", "a service account's key is owned by a team: give owner_team.")
 
     # -- keys ---------------------------------------------------------------------------------------------
 
@@ -616,7 +287,7 @@ class Manager:
         with _store_errors("key"):
             keys, more = await _paged(lambda n, a: self.store.list_keys(
                 owner_user=owner_user, owner_team=owner_team, include_revoked=include_revoked, after=a, limit=n),
-                after, _limit(limit), "id")
+                after, check_page_limit(limit), "id")
         now = self._clock()
         return _page([key_view(k, now) for k in keys], more, "after", keys[-1].id if keys else None)
 
@@ -628,7 +299,7 @@ class Manager:
     async def update_key(self, key_id: str, body: KeyUpdate, actor: Actor) -> dict[str, Any]:
         """The key changed; with ``signing_secret`` (shown once) when signing was turned on without one."""
         now = self._clock()
-        given = _given(body)
+        given = given_fields(body)
         if not given:
             raise InvalidRequest("Nothing to update: give at least one field.", code="invalid_body")
         fields = await self._key_fields(given, now)
@@ -653,7 +324,7 @@ class Manager:
     async def revoke_key(self, key_id: str, body: KeyRevoke, actor: Actor) -> dict[str, Any]:
         """The key revoked from now on (a key revoked before is answered as it is, and not audited again)."""
         now = self._clock()
-        reason = _text("reason", body.reason, 1000)
+        reason = check_text("reason", body.reason, 1000)
         with _store_errors("key", key_id):
             before = await self.store.get_key(key_id)
             key = await self.store.revoke_key(key_id, now)
@@ -666,7 +337,7 @@ class Manager:
         """A new key with the old one's settings (and a new signing secret), shown once; the old one works
         until ``grace_s`` from now."""
         now = self._clock()
-        grace_until = now + _grace(body.grace_s, self.default_grace_s)
+        grace_until = now + check_grace(body.grace_s, self.default_grace_s)
         with _store_errors("key", key_id):
             old = await self.store.get_key(key_id)
         if old.revoked_at is not None:
@@ -696,24 +367,24 @@ class Manager:
     async def _user_fields(self, given: dict[str, Any], actor: Actor) -> dict[str, Any]:
         fields = dict(given)
         if "name" in fields:
-            _text("name", fields["name"])
+            check_text("name", fields["name"])
         if fields.get("email") is not None:
-            _text("email", fields["email"])
+            check_text("email", fields["email"])
         if "metadata" in fields:
-            _metadata("metadata", fields["metadata"])
+            check_metadata("metadata", fields["metadata"])
         if "teams" in fields:
-            fields["teams"] = teams = _listed("teams", fields["teams"], _ident)
+            fields["teams"] = teams = check_list("teams", fields["teams"], check_id)
             for i, team in enumerate(teams):
                 await self._exists(f"teams[{i}]", "team", team, self.store.get_team)
         if "roles" in fields:
-            fields["roles"] = _listed("roles", fields["roles"], _role)
+            fields["roles"] = check_list("roles", fields["roles"], check_role_name)
             await self._check_roles("roles", fields["roles"])
             await self._check_grant("roles", fields["roles"], actor)
         return fields
 
     async def create_user(self, body: UserCreate, actor: Actor) -> dict[str, Any]:
         given = msgspec.structs.asdict(body)
-        user_id = _ident("id", given.pop("id") or new_id("user"))
+        user_id = check_id("id", given.pop("id") or new_id("user"))
         user = User(id=user_id, **await self._user_fields(given, actor))
         with _store_errors("user", user_id):
             user = await self.store.create_user(user)
@@ -725,7 +396,7 @@ class Manager:
                          limit: int = 100) -> dict[str, Any]:
         with _store_errors("user"):
             users, more = await _paged(lambda n, a: self.store.list_users(team=team, after=a, limit=n), after,
-                                       _limit(limit), "id")
+                                       check_page_limit(limit), "id")
         return _page([_view("user", u) for u in users], more, "after", users[-1].id if users else None)
 
     async def get_user(self, user_id: str) -> dict[str, Any]:
@@ -754,18 +425,18 @@ class Manager:
     async def _team_fields(self, given: dict[str, Any], actor: Actor) -> dict[str, Any]:
         fields = dict(given)
         if "name" in fields:
-            _text("name", fields["name"])
+            check_text("name", fields["name"])
         if "metadata" in fields:
-            _metadata("metadata", fields["metadata"])
+            check_metadata("metadata", fields["metadata"])
         if "roles" in fields:
-            fields["roles"] = _listed("roles", fields["roles"], _role)
+            fields["roles"] = check_list("roles", fields["roles"], check_role_name)
             await self._check_roles("roles", fields["roles"])
             await self._check_grant("roles", fields["roles"], actor)
         return fields
 
     async def create_team(self, body: TeamCreate, actor: Actor) -> dict[str, Any]:
         given = msgspec.structs.asdict(body)
-        team_id = _ident("id", given.pop("id") or new_id("team"))
+        team_id = check_id("id", given.pop("id") or new_id("team"))
         team = Team(id=team_id, **await self._team_fields(given, actor))
         with _store_errors("team", team_id):
             team = await self.store.create_team(team)
@@ -775,8 +446,8 @@ class Manager:
 
     async def list_teams(self, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
         with _store_errors("team"):
-            teams, more = await _paged(lambda n, a: self.store.list_teams(after=a, limit=n), after, _limit(limit),
-                                       "id")
+            teams, more = await _paged(lambda n, a: self.store.list_teams(after=a, limit=n), after,
+                                       check_page_limit(limit), "id")
         return _page([_view("team", t) for t in teams], more, "after", teams[-1].id if teams else None)
 
     async def get_team(self, team_id: str) -> dict[str, Any]:
@@ -785,7 +456,7 @@ class Manager:
 
     async def update_team(self, team_id: str, body: TeamUpdate, actor: Actor) -> dict[str, Any]:
         fields = await self._team_fields(_nonempty(body), actor)
-        if "roles" in fields and _model_limits(actor):  # the team's keys hold its roles: keep them limited
+        if "roles" in fields and model_limits(actor):  # the team's keys hold its roles: keep them limited
             with _store_errors("team", team_id):
                 old = await self.store.get_team(team_id)
             before = [p for role in old.roles for p in await self._role_permissions(role)]
@@ -813,8 +484,8 @@ class Manager:
 
     def _check_role_change(self, name: str, actor: Actor) -> None:
         """403 unless ``actor`` may create, change or delete the role ``name`` (built-in and config names: ``*``)."""
-        if name in self.builtin_roles and (missing := _missing(actor, ALL)) is not None:
-            raise _denied("name", f"Changing the built-in or configured role `{name}`", missing)
+        if name in self.builtin_roles and (missing := missing_permission(actor, ALL)) is not None:
+            raise denied("name", f"Changing the built-in or configured role `{name}`", missing)
 
     async def _check_role_held(self, name: str, actor: Actor) -> tuple[str, ...]:
         """403 unless ``actor`` holds every permission the role ``name`` has now (404 when there is none);
@@ -822,25 +493,25 @@ class Manager:
         with _store_errors("role", name):
             role = await self.store.get_role(name)
         for permission in role.permissions:
-            if (missing := _missing(actor, permission)) is not None:
-                raise _denied("name", f"Changing the role `{name}`", missing)
+            if (missing := missing_permission(actor, permission)) is not None:
+                raise denied("name", f"Changing the role `{name}`", missing)
         return role.permissions
 
     @staticmethod
     def _role_fields(given: dict[str, Any], actor: Actor) -> dict[str, Any]:
         fields = dict(given)
         if "permissions" in fields:
-            fields["permissions"] = _listed("permissions", fields["permissions"], _permission)
+            fields["permissions"] = check_list("permissions", fields["permissions"], check_permission_name)
             for i, permission in enumerate(fields["permissions"]):
-                if (missing := _missing(actor, permission)) is not None:
-                    raise _denied(f"permissions[{i}]", "Granting it in a role", missing)
+                if (missing := missing_permission(actor, permission)) is not None:
+                    raise denied(f"permissions[{i}]", "Granting it in a role", missing)
         if "description" in fields:
-            _text("description", fields["description"], 1000)
+            check_text("description", fields["description"], 1000)
         return fields
 
     async def create_role(self, body: RoleCreate, actor: Actor) -> dict[str, Any]:
         given = msgspec.structs.asdict(body)
-        name = _ident("name", given.pop("name"))  # a built-in or configured role's name: overrides it
+        name = check_id("name", given.pop("name"))  # a built-in or configured role's name: overrides it
         self._check_role_change(name, actor)
         role = Role(name=name, **self._role_fields(given, actor))
         with _store_errors("role", name):
@@ -851,8 +522,8 @@ class Manager:
 
     async def list_roles(self, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
         with _store_errors("role"):
-            roles, more = await _paged(lambda n, a: self.store.list_roles(after=a, limit=n), after, _limit(limit),
-                                       "name")
+            roles, more = await _paged(lambda n, a: self.store.list_roles(after=a, limit=n), after,
+                                       check_page_limit(limit), "name")
         return _page([_view("role", r) for r in roles], more, "after", roles[-1].name if roles else None)
 
     async def get_role(self, name: str) -> dict[str, Any]:
@@ -887,7 +558,7 @@ class Manager:
                          limit: int = 100) -> dict[str, Any]:
         """Records in seq order; what this process recorded before is flushed first (bounded)."""
         await self.audit.flush(timeout_s=2.0)
-        limit = _limit(limit)
+        limit = check_page_limit(limit)
         with _store_errors("audit record"):
             records, more = await _paged(lambda n, a: self.store.list_audit(
                 action=action, actor=actor, target=target, since=since, until=until, after_seq=a, limit=n),
@@ -917,7 +588,7 @@ async def _paged(fetch: Callable[[int, C | None], Any], after: C | None, limit: 
 
 
 def _nonempty(body: msgspec.Struct) -> dict[str, Any]:
-    given = _given(body)
+    given = given_fields(body)
     if not given:
         raise InvalidRequest("Nothing to update: give at least one field.", code="invalid_body")
     return given
