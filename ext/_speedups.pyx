@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 #
 # Per-request helpers of the gateway core, compiled.  The pure-Python twin is
-# sluice/_native/_pure.py; both must give the same results for the same input.
+# sluice/_native/_pure_speedups.py; both must give the same results for the same input.
 #
 # Request ids.  An id is 32 lowercase hex digits: 16 for a per-process seed and
 # 16 for splitmix64(counter).  splitmix64's finaliser is a bijection on 64-bit
