@@ -104,13 +104,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: str) -> Config | None:
-    """The config at ``path``, or None after saying what is wrong with it (its provider kinds' code included)."""
-    from .config import load_config
+def _load(path: str, *, serving: bool = False) -> Config | None:
+    """The config at ``path``, or None after saying what is wrong with it (its provider kinds' code included);
+    ``serving``: one that would serve nothing (no models) is wrong too (the admin commands need only a store)."""
+    from .config import check_serves_something, load_config
     from .providers import check_providers  # plugin kinds load here; the config layer knows them by name
 
     try:
         config = load_config(path)
+        if serving:
+            check_serves_something(config)
         check_providers(config)
         return config
     except ConfigError as exc:
@@ -119,7 +122,7 @@ def _load(path: str) -> Config | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, serving=True)
     if config is None:
         return EXIT_CONFIG
     from .runner import serve
@@ -173,7 +176,7 @@ def _mock(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, serving=True)
     if config is None:
         return EXIT_CONFIG
     print(f"{args.config}: ok ({len(config.providers)} providers, {len(config.models)} models)")
