@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 def test_the_committed_reference_is_current() -> None:
     committed = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    assert committed == render(), f"docs/configuration.md is out of date with src/sluice/config/model.py: run `{COMMAND}`"
+    assert committed == render(), f"docs/configuration.md is out of date with config/model.py: run `{COMMAND}`"
 
 
 def test_every_field_and_enum_value_has_a_comment() -> None:
