@@ -140,14 +140,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: str) -> Config | None:
-    """The config at ``path`` with every variable set (to serve it), or None after saying what is wrong with it
-    (its provider kinds' code included)."""
-    from .config import load_config
+def _load(path: str, *, serving: bool = False) -> Config | None:
+    """The config at ``path`` with every variable set, or None after saying what is wrong with it (its provider
+    kinds' code included); ``serving``: one that would serve nothing (no models) is wrong too."""
+    from .config import check_serves_something, load_config
     from .providers import check_providers  # plugin kinds load here; the config layer knows them by name
 
     try:
         config = load_config(path)
+        if serving:
+            check_serves_something(config)
         check_providers(config)
         return config
     except ConfigError as exc:
@@ -155,12 +157,16 @@ def _load(path: str) -> Config | None:
         return None
 
 
-def _load_to_describe(args: argparse.Namespace) -> Config | None:
-    """The config to check or describe: unset secrets filled with placeholders and named (sluice.cli_config)."""
+def _load_to_describe(args: argparse.Namespace, *, serving: bool = False) -> Config | None:
+    """The config to check or describe: unset secrets filled with placeholders and named (sluice.cli_config);
+    ``serving``: one that would serve nothing (no models) is refused, as `serve` refuses it."""
+    from .config import check_serves_something
     from .providers import check_providers
 
     try:
         config, filled = load_for_description(args.config, strict=args.strict)
+        if serving:
+            check_serves_something(config)
         check_providers(config)
     except ConfigError as exc:
         print(f"sluice: invalid config: {exc}", file=sys.stderr)
@@ -179,7 +185,7 @@ def _load_for_admin(path: str) -> Config | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, serving=True)
     if config is None:
         return EXIT_CONFIG
     from .runner import serve
@@ -240,7 +246,7 @@ def _mock(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = _load_to_describe(args)
+    config = _load_to_describe(args, serving=True)
     if config is None:
         return EXIT_CONFIG
     print(f"{args.config}: ok ({len(config.providers)} providers, {len(config.models)} models)")

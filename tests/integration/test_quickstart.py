@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from sluice.mock.openai import REPLY
-from tests.conftest import ROOT, free_port, wait_for_port
+from tests.conftest import ROOT, Proc, call, free_port, start_gateway, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +95,48 @@ def test_new_user_pip_install_and_openai_sdk(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
+
+
+AUTH_OFF = "auth is off: any caller is accepted, with any key or none; see docs/auth.md"
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def _served_log(gateway: Proc) -> list[str]:
+    """The gateway's output once it has answered a request (each worker logs at start, before it answers)."""
+    try:
+        assert call(gateway.url, "POST", "/v1/chat/completions", body=CHAT, headers={
+            "content-type": "application/json", "authorization": "Bearer sk-sluice-demo"}).status == 200
+    finally:
+        gateway.stop()
+    return gateway.log.read_text().splitlines()
+
+
+def test_the_quickstart_warns_once_that_auth_is_off(tmp_path: Path, mock_upstream: Proc) -> None:
+    gateway = start_gateway(tmp_path, (ROOT / "examples" / "quickstart.yaml").read_text(),
+                            env={"SLUICE_UPSTREAM": mock_upstream.url})
+    warnings = [line for line in _served_log(gateway) if AUTH_OFF in line]
+    assert len(warnings) == 1, warnings
+    assert " WARNING sluice.server " in warnings[0]
+
+
+def test_no_auth_warning_when_auth_is_on(tmp_path: Path, mock_upstream: Proc) -> None:
+    demo = "sk-sluice-demo-" + "x" * 16
+    config = (ROOT / "examples" / "quickstart.yaml").read_text() + f"""
+store: {{sqlite_path: "{tmp_path / 'sluice.db'}"}}
+auth:
+  enabled: true
+  static_keys: [{{name: demo, key: {demo}, roles: [user]}}]
+"""
+    gateway = start_gateway(tmp_path, config, env={"SLUICE_UPSTREAM": mock_upstream.url})
+    try:
+        refused = call(gateway.url, "POST", "/v1/chat/completions", body=CHAT,
+                       headers={"content-type": "application/json"})
+        assert refused.status == 401
+        answered = call(gateway.url, "POST", "/v1/chat/completions", body=CHAT,
+                        headers={"content-type": "application/json", "authorization": f"Bearer {demo}"})
+        assert answered.status == 200
+    finally:
+        gateway.stop()
+    log = gateway.log.read_text()
+    assert "auth is off" not in log
+    assert "Started worker-1" in log, log  # the worker did start (after its app was built): the check is real

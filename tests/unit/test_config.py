@@ -161,8 +161,16 @@ def test_each_mistake_names_its_path(text: str, path: str, problem: str) -> None
     assert problem in info.value.problem
 
 
-def test_empty_file_is_a_config_with_no_models() -> None:
-    assert parse("").models == {}
+def test_empty_file_parses_but_serves_nothing() -> None:
+    """parse_config takes any section alone (the admin commands' store-only files); serving needs models."""
+    from sluice.config import check_serves_something
+
+    empty = parse("")
+    assert empty.models == {}
+    with pytest.raises(ConfigError) as info:
+        check_serves_something(empty)
+    assert str(info.value) == ("no models: add a `models:` section, see examples/quickstart.yaml (or a "
+                               "passthrough.provider, for the other OpenAI endpoints alone)")
 
 
 def test_quickstart_example_loads_with_and_without_env() -> None:

@@ -1,6 +1,6 @@
 """Typed, immutable configuration and its loader."""
 
-from .loader import interpolate, load_config, parse_config
+from .loader import check_serves_something, interpolate, load_config, parse_config
 from .model import (
     AuthConfig,
     BreakerConfig,
@@ -61,6 +61,7 @@ __all__ = [
     "TracingConfig",
     "UpstreamConfig",
     "VariantConfig",
+    "check_serves_something",
     "interpolate",
     "load_config",
     "parse_config",

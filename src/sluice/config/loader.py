@@ -24,6 +24,7 @@ import yaml
 
 from ..errors import ConfigError
 from .model import (
+    ENVIRONMENT_DEFAULTS,
     AbuseConfig,
     AuthConfig,
     ClaimsConfig,
@@ -43,16 +44,18 @@ from .model import (
     UpstreamConfig,
 )
 from .permissions import BUILTIN_ROLES, check_permission
+from .schema import did_you_mean, field_names, struct_at
 from .urls import check_outbound_urls, parse_networks
 from .vocabulary import CAPABILITIES, provider_kind_names
 
-__all__ = ["interpolate", "load_config", "parse_config"]
+__all__ = ["check_serves_something", "interpolate", "load_config", "parse_config"]
 
 T = TypeVar("T")
 
 # ${VAR} or ${VAR:-default}; $$ is a literal dollar.
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _AT = re.compile(r" - at `\$(.*)`$")
+_UNKNOWN_FIELD = re.compile(r"unknown field `(.*)`")
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -79,9 +82,20 @@ def parse_config(text: str, env: Mapping[str, str]) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("", "the config must be a mapping of sections")
     raw = _interpolate_tree(raw, env, "")
+    _environment_defaults(raw, env)
     config = _decode(raw)
     _validate(config)
     return config
+
+
+def _environment_defaults(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Fills in the fields the file leaves out that take their value from the environment (ENVIRONMENT_DEFAULTS)."""
+    for path, variable in ENVIRONMENT_DEFAULTS.items():
+        value = env.get(variable)
+        section, field = path.split(".")
+        if not value or (raw.get(section) is not None and not isinstance(raw[section], dict)):
+            continue  # not set, or a section that is no mapping (its conversion says so)
+        raw[section] = {field: value, **(raw.get(section) or {})}
 
 
 def interpolate(value: str, env: Mapping[str, str], path: str) -> str:
@@ -131,6 +145,10 @@ def _convert(value: Any, typ: type[T], path: str) -> T:
         sub = match.group(1).lstrip(".") if match else ""
         where = path + ("" if not sub else sub if sub.startswith("[") or not path else "." + sub)
         problem = message[: match.start()] if match else message
+        unknown = _UNKNOWN_FIELD.search(problem)
+        struct = struct_at(typ, sub) if unknown else None
+        if unknown and struct is not None:
+            problem += did_you_mean(unknown.group(1), field_names(struct))
         raise ConfigError(where, problem[0].lower() + problem[1:]) from None
 
 
@@ -147,7 +165,7 @@ def _decode(raw: dict[str, Any]) -> Config:
     known = set(Config.__struct_fields__)
     for key in raw:
         if key not in known:
-            raise ConfigError(key, f"unknown section (known: {', '.join(sorted(known))})")
+            raise ConfigError(key, "unknown section" + did_you_mean(key, known))
     return Config(
         server=_convert(raw.get("server") or {}, ServerConfig, "server"),
         upstream=_convert(raw.get("upstream") or {}, UpstreamConfig, "upstream"),
@@ -232,6 +250,16 @@ def _validate(config: Config) -> None:
     _check_resilience_routing(config.resilience)
     _check_retries(config)
     _check_outbound(config, resolve=False)
+
+
+def check_serves_something(config: Config) -> None:
+    """A config file that serves nothing is refused: an empty file, or one whose models went astray, would
+    start a gateway that answers 404 to everything.  ``sluice serve`` and ``check-config`` run it after loading;
+    the admin commands (keys, db, dlq...) do not, as their config may hold a store section alone."""
+    if config.models or config.passthrough.provider is not None:
+        return
+    raise ConfigError("", "no models: add a `models:` section, see examples/quickstart.yaml "
+                                "(or a passthrough.provider, for the other OpenAI endpoints alone)")
 
 
 def _check_outbound(config: Config, *, resolve: bool) -> None:

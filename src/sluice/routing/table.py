@@ -26,7 +26,6 @@ a sticky caller stays in its arm.
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -154,7 +153,7 @@ class Router:
 
     def __init__(self, config: Config, *, seed: int | None = None, region: str | None = None) -> None:
         resilience = config.resilience
-        self.region = region or resilience.region or os.environ.get("SLUICE_REGION") or None
+        self.region = region or resilience.region  # $SLUICE_REGION is read by the loader (ENVIRONMENT_DEFAULTS)
         self.transitions: dict[tuple[str, str], int] = {}
         self.endpoints: dict[str, tuple[Provider, ...]] = {
             name: tuple(build_provider(name, p if url == p.base_url else msgspec.structs.replace(p, base_url=url))

@@ -6,6 +6,7 @@ that ``sluice serve`` validated before starting them.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ..config import load_config
@@ -16,6 +17,8 @@ from .rsgi import RSGIApp
 
 __all__ = ["asgi_app", "rsgi_app"]
 
+log = logging.getLogger("sluice.server")
+
 
 def _gateway() -> Gateway:
     path = os.environ.get("SLUICE_CONFIG")
@@ -23,6 +26,8 @@ def _gateway() -> Gateway:
         raise RuntimeError("SLUICE_CONFIG must name the config file")
     config = load_config(path)
     configure_logging(config.observability.log_level, config.observability.log_format.value)
+    if not config.auth.enabled:  # the quickstart's case: say so at start, where whoever runs it looks
+        log.warning("auth is off: any caller is accepted, with any key or none; see docs/auth.md")
     return Gateway(config)
 
 
