@@ -18,7 +18,8 @@ import pytest
 
 from sluice.config import RateLimitConfig
 from sluice.pipeline.ratelimit import LimiterDown, RateLimited, RateLimits
-from sluice.state.redis_limits import RedisLimiter, connect
+from sluice.state.redis import connect
+from sluice.state.redis_limits import RedisLimiter
 from tests.conftest import ROOT
 from tests.integration.test_distributed_limits import DEMO, burst, gateways
 from tests.redis_server import RedisServer
@@ -45,7 +46,7 @@ def limits(url: str, *, rate: float, period: float, burst: float, sync_s: float 
         "policies": [{"name": "hybrid-global", "scope": "global", "unit": unit, "rate": rate, "period_s": period,
                       "burst": burst, "mode": "hybrid", "fail_open": fail_open}],
     }, RateLimitConfig)
-    return RateLimits(config, RedisLimiter(connect(url, timeout_s), timeout_s=timeout_s))
+    return RateLimits(config, RedisLimiter(connect(url, timeout_s=timeout_s, name="ratelimit"), timeout_s=timeout_s))
 
 
 def admitted(instance: RateLimits, times: int, ex: Any = None) -> int:
@@ -216,7 +217,8 @@ def per_ip(url: str, *, rate: float, period: float, burst: float, bound: int, sy
         "policies": [{"name": "per-ip", "scope": "ip", "rate": rate, "period_s": period, "burst": burst,
                       "mode": "hybrid"}],
     }, RateLimitConfig)
-    return RateLimits(config, RedisLimiter(connect(url, 1.0), timeout_s=1.0, sync_chunk=sync_chunk))
+    return RateLimits(config, RedisLimiter(connect(url, timeout_s=1.0, name="ratelimit"),
+                                           timeout_s=1.0, sync_chunk=sync_chunk))
 
 
 async def ask(instance: RateLimits, ip: str) -> bool:
@@ -237,7 +239,7 @@ async def redis_levels(url: str, ips: list[str], *, rate: float, period: float, 
     """What Redis holds for each subject now (a take of 0 through a fresh limiter)."""
     from sluice.state.redis_limits import Check
 
-    reader = RedisLimiter(connect(url, 1.0), timeout_s=1.0)
+    reader = RedisLimiter(connect(url, timeout_s=1.0, name="ratelimit"), timeout_s=1.0)
     try:
         return await reader.sync([Check("per-ip", f"ip:{ip}", "token_bucket", rate, period, burst, 0.0)
                                   for ip in ips])
@@ -351,7 +353,8 @@ def test_at_the_bound_with_redis_down_a_new_subject_falls_back_like_a_distribute
                   "trusted_proxies": ["127.0.0.0/8"]}
         policy = {"name": "per-ip", "scope": "ip", "rate": 3, "period_s": 3600, "burst": 3, "mode": "hybrid"}
         pair = [RateLimits(msgspec.convert({**config, "policies": [{**policy, "fail_open": fail_open}]},
-                                           RateLimitConfig), RedisLimiter(connect(redis.url, 0.2), timeout_s=0.2))
+                                           RateLimitConfig),
+                           RedisLimiter(connect(redis.url, timeout_s=0.2, name="ratelimit"), timeout_s=0.2))
                 for fail_open in (True, False)]
         for instance in pair:
             assert await ask(instance, "10.0.0.1") and await ask(instance, "10.0.0.2")

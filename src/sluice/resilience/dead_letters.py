@@ -531,10 +531,11 @@ def open_dead_letters(config: Config, *, store: Store | None = None, prefix: str
         if url is None:
             raise ConfigError("resilience.dead_letters.redis",
                               "a Redis stream needs resilience.redis or ratelimit.redis")
-        from .dead_letters_redis import RedisBackend, connect
+        from ..state.redis import connect
+        from .dead_letters_redis import RedisBackend
 
-        backend = RedisBackend(connect(url, redis_timeout_s), prefix=prefix, timeout_s=redis_timeout_s,
-                               owns_client=True)
+        backend = RedisBackend(connect(url, timeout_s=redis_timeout_s, name="dlq"), prefix=prefix,
+                               timeout_s=redis_timeout_s, owns_client=True)
     elif store is not None:
         backend = StoreBackend(store)
     else:
