@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio
 
 from ..state.redis import connect
+from ..tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from ..config.model import Config
@@ -198,9 +199,7 @@ class ChangeNotices:
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self.subscribed = False
         for client in (self._listener, self.client):
             if client is not None:

@@ -49,7 +49,6 @@ bound, without the ten intervals' grace).  Syncs go in round trips of at most
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -64,6 +63,7 @@ from ..auth.credential import key_digest, presented_key
 from ..auth.iprules import ClientIp
 from ..config import PolicyConfig, RateLimitConfig
 from ..errors import GatewayError
+from ..tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from types import EllipsisType
@@ -653,10 +653,9 @@ class RateLimits:
         """Stops the hybrid sync after a last push, and closes the Redis client."""
         self._closing = True
         if self._sync_task is not None:
-            if not self._syncing:  # asleep; a sync under way ends by itself (cancelled, its pushed
-                self._sync_task.cancel()  # round trips would be pushed again below)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
+            # Asleep: cancelled.  A sync under way ends by itself (cancelled, its pushed round trips would be
+            # pushed again below).
+            await cancel_and_wait(self._sync_task, cancel=not self._syncing)
             self._sync_task = None
             await self.sync()
         if self._pending:
