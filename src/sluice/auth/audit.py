@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..state.writer import BackgroundWriter, SinkDown
+from ..state.writer import BackgroundWriter, SinkDown, WriterCounts
 from ..store import KEY_SCHEME, Store, StoreError, display_prefix
 
 __all__ = ["COALESCE_PREFIX", "SAMPLE_ACTORS", "AuditLog"]
@@ -71,7 +71,7 @@ class _Entry:
         self.logged = False
 
 
-class AuditLog:
+class AuditLog(WriterCounts):
     """``record`` queues (never waits, never raises); a background task writes; ``aclose`` flushes.
 
     ``store`` None: the records are only logged.  ``owns_store``: ``aclose``
@@ -99,16 +99,6 @@ class AuditLog:
     def dropped(self) -> int:
         """Refused: the queue was full, the log was closed, or a client IP's flood (``ip_dropped``)."""
         return self.writer.dropped + self.ip_dropped
-
-    @property
-    def failed(self) -> int:
-        """The store could not take them (a bad record, or still down at close)."""
-        return self.writer.failed
-
-    @property
-    def written(self) -> int:
-        """Appended to the store (or only logged, without a store)."""
-        return self.writer.written
 
     # -- the hot side ---------------------------------------------------------------------------------
 
@@ -143,11 +133,6 @@ class AuditLog:
                 writer.kick()  # the writer sleeps until this window closes
             return
         writer.put(_Entry(now, action, actor, target, client_ip, details))
-
-    @property
-    def pending(self) -> int:
-        """Records not written yet (the open coalescing windows count one each)."""
-        return self.writer.pending
 
     def stats(self) -> dict[str, int]:
         """The counters, for /health/details and the metrics snapshot (``audit_queue_dropped``: the drops that

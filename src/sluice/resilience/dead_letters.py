@@ -45,7 +45,7 @@ import msgspec
 
 from ..errors import ConfigError
 from ..observability.redact import redact
-from ..state.writer import BackgroundWriter, SinkDown
+from ..state.writer import BackgroundWriter, SinkDown, WriterCounts
 from ..store import NotFound, Store, StoreError, display_prefix
 from ..store.dead_letters import Attempt, DeadLetter
 
@@ -265,7 +265,7 @@ async def _store_call(call: Awaitable[T]) -> T:
 # -- the queue --------------------------------------------------------------------------------------------
 
 
-class DeadLetters:
+class DeadLetters(WriterCounts):
     """``record`` queues (never waits, never raises); a background task redacts and writes in batches;
     ``aclose`` flushes.  The reader methods go straight to the backend."""
 
@@ -291,20 +291,6 @@ class DeadLetters:
         self._since_trim = 0  # letters written since the last trim
         self.trimmed = 0  # removed by retention
 
-    @property
-    def dropped(self) -> int:
-        """Refused: the queue was full, or the queue was closed."""
-        return self.writer.dropped
-
-    @property
-    def failed(self) -> int:
-        """Could not be built or written (a bad record, or the backend still down at close)."""
-        return self.writer.failed
-
-    @property
-    def written(self) -> int:
-        return self.writer.written
-
     @classmethod
     def from_config(cls, config: DeadLetterConfig, backend: Backend, **options: Any) -> DeadLetters:
         return cls(backend, max_entries=config.max_entries, max_age_s=config.max_age_s,
@@ -320,10 +306,6 @@ class DeadLetters:
     def start(self) -> None:
         """Starts the writer on the running loop (no loop: it starts with the first record made in one)."""
         self.writer.start()
-
-    @property
-    def pending(self) -> int:
-        return self.writer.pending
 
     def stats(self) -> dict[str, int]:
         return {"dlq_pending": self.pending, "dlq_dropped": self.dropped, "dlq_failed": self.failed,

@@ -37,11 +37,11 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ..tasks import cancel_and_wait
 
-__all__ = ["BackgroundWriter", "SinkDown"]
+__all__ = ["BackgroundWriter", "SinkDown", "WriterCounts"]
 
 T = TypeVar("T")
 
@@ -247,3 +247,28 @@ class BackgroundWriter(Generic[T]):
 
 def _nothing() -> int:
     return 0
+
+
+class WriterCounts:
+    """The counters of an owner's ``writer``, read as the owner's own (``audit.dropped``, ``letters.written``)."""
+
+    writer: BackgroundWriter[Any]
+
+    @property
+    def pending(self) -> int:
+        """Handed over and not written yet."""
+        return self.writer.pending
+
+    @property
+    def dropped(self) -> int:
+        """Refused: the queue was full, or closing."""
+        return self.writer.dropped
+
+    @property
+    def failed(self) -> int:
+        """Failed for good (a bad item), or still unwritten at close."""
+        return self.writer.failed
+
+    @property
+    def written(self) -> int:
+        return self.writer.written
