@@ -29,7 +29,8 @@ from sluice.pipeline.admission import AdmissionStage  # what the gateway runs pe
 from sluice.pipeline.quotas import Quotas
 from sluice.pipeline.ratelimit import RateLimits
 from sluice.state.quota_store import SqliteQuotaStore
-from sluice.state.redis_limits import RedisLimiter, connect
+from sluice.state.redis import connect
+from sluice.state.redis_limits import RedisLimiter
 
 POLICIES = [{"name": "g", "scope": "global", "rate": 1e9, "period_s": 60, "burst": 1e9},
             {"name": "m", "scope": "model", "rate": 1e9, "period_s": 60, "burst": 1e9}]
@@ -51,7 +52,8 @@ def variants(redis: str, tmp: Path) -> dict[str, RateLimits]:
         if quotas:
             raw["quotas"] = quotas
         config = msgspec.convert(raw, RateLimitConfig)
-        limiter = RedisLimiter(connect(redis, 0.5), prefix=f"bench:{mode}", timeout_s=0.5) if mode != "local" else None
+        limiter = RedisLimiter(connect(redis, timeout_s=0.5, name="ratelimit"),
+                               prefix=f"bench:{mode}", timeout_s=0.5) if mode != "local" else None
         quota = Quotas(config, SqliteQuotaStore(str(tmp / "q.db"))) if quotas else None
         return RateLimits(config, limiter, quota)
 

@@ -24,7 +24,8 @@ from _harness import Processes, log, run_main, start_redis
 from sluice.config import RateLimitConfig
 from sluice.errors import RateLimited
 from sluice.pipeline.ratelimit import RateLimits
-from sluice.state.redis_limits import RedisLimiter, connect
+from sluice.state.redis import connect
+from sluice.state.redis_limits import RedisLimiter
 
 
 class Caller:
@@ -39,7 +40,7 @@ def instance(url: str, prefix: str, algorithm: str, rate: float, burst: float, s
         "redis": url, "redis_timeout_s": 0.5, "sync_interval_s": sync_s,
         "policies": [{"name": "hybrid", "scope": "global", "rate": rate, "period_s": 1, "burst": burst,
                       "algorithm": algorithm, "mode": "hybrid"}]}, RateLimitConfig)
-    return RateLimits(config, RedisLimiter(connect(url, 0.5), prefix=prefix, timeout_s=0.5))
+    return RateLimits(config, RedisLimiter(connect(url, timeout_s=0.5, name="ratelimit"), prefix=prefix, timeout_s=0.5))
 
 
 async def overload(url: str, algorithm: str, count: int, sync_s: float, rate: float, burst: float,

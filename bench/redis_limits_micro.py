@@ -17,11 +17,12 @@ from pathlib import Path
 import uvloop
 
 from _harness import Processes, log, run_main, start_redis
-from sluice.state.redis_limits import Check, RedisLimiter, connect
+from sluice.state.redis import connect
+from sluice.state.redis_limits import Check, RedisLimiter
 
 
 async def measure(url: str, calls: int) -> dict[str, float]:
-    limiter = RedisLimiter(connect(url, 1.0), timeout_s=1.0)
+    limiter = RedisLimiter(connect(url, timeout_s=1.0, name="ratelimit"), timeout_s=1.0)
     one = [Check("p1", "key:a", "token_bucket", 1e9, 60, 1e9, 1)]
     three = [*one, Check("p2", "ip:1.2.3.4", "sliding_window", 1e9, 60, 1e9, 1),
              Check("p3", "global", "token_bucket", 1e9, 60, 1e9, 1)]

@@ -19,7 +19,8 @@ import pytest
 from sluice.config import StoreConfig, load_config
 from sluice.resilience import Attempt, DeadLetter, DeadLetters, Failure, LetterNotFound, letter_for, open_dead_letters
 from sluice.resilience.dead_letters import DeadLettersUnavailable, StoreBackend
-from sluice.resilience.dead_letters_redis import RedisBackend, connect
+from sluice.resilience.dead_letters_redis import RedisBackend
+from sluice.state.redis import connect
 from sluice.store import open_store
 from tests.conftest import Proc, free_port
 
@@ -62,7 +63,8 @@ def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Place]:
         server, prefix = request.getfixturevalue("redis_server"), request.getfixturevalue("prefix")
 
         async def open_redis(**options: Any) -> DeadLetters:
-            backend = RedisBackend(connect(server.url, 5.0), prefix=prefix, timeout_s=5.0, owns_client=True)
+            backend = RedisBackend(connect(server.url, timeout_s=5.0, name="dlq"),
+                                   prefix=prefix, timeout_s=5.0, owns_client=True)
             await backend.trim(max_entries=0, before=None)  # a rerun's leftovers on the shared server
             return DeadLetters(backend, **options)
 
@@ -245,7 +247,8 @@ def test_redis_down_then_back(redis: Any) -> None:
     """Redis stops: letters wait in the queue (bounded); it comes back: they are written."""
 
     async def body() -> None:
-        letters = DeadLetters(RedisBackend(connect(redis.url, 1.0), timeout_s=1.0, owns_client=True),
+        letters = DeadLetters(RedisBackend(connect(redis.url, timeout_s=1.0, name="dlq"),
+                                           timeout_s=1.0, owns_client=True),
                               close_timeout_s=2.0)
         try:
             redis.stop()

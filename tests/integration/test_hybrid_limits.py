@@ -19,7 +19,8 @@ import pytest
 from sluice.config import RateLimitConfig
 from sluice.errors import LimiterDown, RateLimited
 from sluice.pipeline.ratelimit import RateLimits
-from sluice.state.redis_limits import RedisLimiter, connect
+from sluice.state.redis import connect
+from sluice.state.redis_limits import RedisLimiter
 from tests.conftest import ROOT
 from tests.integration.test_distributed_limits import DEMO, burst, gateways
 from tests.redis_server import RedisServer
@@ -46,7 +47,7 @@ def limits(url: str, *, rate: float, period: float, burst: float, sync_s: float 
         "policies": [{"name": "hybrid-global", "scope": "global", "unit": unit, "rate": rate, "period_s": period,
                       "burst": burst, "mode": "hybrid", "fail_open": fail_open}],
     }, RateLimitConfig)
-    return RateLimits(config, RedisLimiter(connect(url, timeout_s), timeout_s=timeout_s))
+    return RateLimits(config, RedisLimiter(connect(url, timeout_s=timeout_s, name="ratelimit"), timeout_s=timeout_s))
 
 
 def admitted(instance: RateLimits, times: int, ex: Any = None) -> int:
@@ -74,9 +75,9 @@ def test_two_instances_overshoot_by_at_most_one_burst_then_adopt_the_debt(redis:
         started = time.monotonic()
         first = admitted(a, 40) + admitted(b, 40)  # neither has synced: each spends its own full view
         elapsed = time.monotonic() - started
-        await a.sync()
-        await b.sync()
-        await a.sync()  # a learns what b took
+        await a.hybrid.sync()
+        await b.hybrid.sync()
+        await a.hybrid.sync()  # a learns what b took
         after_sync = admitted(a, 10) + admitted(b, 10)
         await asyncio.sleep(0)
         level = a.credit("hybrid-global", "global")
@@ -120,10 +121,10 @@ def test_tokens_settled_locally_reach_redis(redis: RedisServer) -> None:
         admission = a.admit_local(Caller(), "/v1/chat/completions", "m", 400, 100)  # reserves 100 + 100
         assert admission is not None
         a.settle(admission, 50)  # 150 back
-        await a.sync()
-        await b.sync()  # b has never taken: nothing to refresh
+        await a.hybrid.sync()
+        await b.hybrid.sync()  # b has never taken: nothing to refresh
         b.admit_local(Caller(), "/v1/chat/completions", "m", 0, 1)
-        await b.sync()
+        await b.hybrid.sync()
         seen = (a.credit("hybrid-global", "global"), b.credit("hybrid-global", "global"))
         await a.aclose()
         await b.aclose()
@@ -139,14 +140,14 @@ def test_redis_down_fails_open_or_closed_and_recovers(redis: RedisServer) -> Non
         open_ = limits(f"{redis.url}/0", rate=100, period=60, burst=100, timeout_s=0.2)
         closed = limits(f"{redis.url}/0", rate=100, period=60, burst=100, fail_open=False, timeout_s=0.2)
         seen: dict[str, Any] = {"before": admitted(open_, 1) + admitted(closed, 1)}
-        await open_.sync()
-        await closed.sync()
+        await open_.hybrid.sync()
+        await closed.hybrid.sync()
         redis.kill()
         admitted(open_, 1)
         admitted(closed, 1)
         started = time.monotonic()
-        await open_.sync()
-        await closed.sync()
+        await open_.hybrid.sync()
+        await closed.hybrid.sync()
         seen["sync_s"] = time.monotonic() - started
         seen["open_down"] = admitted(open_, 3)
         try:
@@ -155,8 +156,8 @@ def test_redis_down_fails_open_or_closed_and_recovers(redis: RedisServer) -> Non
         except LimiterDown as exc:
             seen["closed_down"] = exc.code
         redis.restart()
-        await open_.sync()
-        await closed.sync()
+        await open_.hybrid.sync()
+        await closed.hybrid.sync()
         seen["closed_back"] = admitted(closed, 1)
         seen["counts"] = open_.decision_counts()
         await open_.aclose()
@@ -217,7 +218,8 @@ def per_ip(url: str, *, rate: float, period: float, burst: float, bound: int, sy
         "policies": [{"name": "per-ip", "scope": "ip", "rate": rate, "period_s": period, "burst": burst,
                       "mode": "hybrid"}],
     }, RateLimitConfig)
-    return RateLimits(config, RedisLimiter(connect(url, 1.0), timeout_s=1.0, sync_chunk=sync_chunk))
+    return RateLimits(config, RedisLimiter(connect(url, timeout_s=1.0, name="ratelimit"),
+                                           timeout_s=1.0, sync_chunk=sync_chunk))
 
 
 async def ask(instance: RateLimits, ip: str) -> bool:
@@ -231,14 +233,14 @@ async def ask(instance: RateLimits, ip: str) -> bool:
 
 
 def held(instance: RateLimits) -> tuple[int, int, int]:
-    return len(instance._credit), len(instance._active), len(instance._unsynced)
+    return len(instance.hybrid.credit), len(instance.hybrid.active), len(instance.hybrid.unsynced)
 
 
 async def redis_levels(url: str, ips: list[str], *, rate: float, period: float, burst: float) -> list[float]:
     """What Redis holds for each subject now (a take of 0 through a fresh limiter)."""
     from sluice.state.redis_limits import Check
 
-    reader = RedisLimiter(connect(url, 1.0), timeout_s=1.0)
+    reader = RedisLimiter(connect(url, timeout_s=1.0, name="ratelimit"), timeout_s=1.0)
     try:
         return await reader.sync([Check("per-ip", f"ip:{ip}", "token_bucket", rate, period, burst, 0.0)
                                   for ip in ips])
@@ -263,10 +265,10 @@ def test_a_flood_of_distinct_ips_stays_within_the_bound_and_every_take_reaches_r
                 if i >= bound:
                     seen["late"] += await ask(instance, late)
             if i % 40 == 39:
-                await instance.sync()
+                await instance.hybrid.sync()
             seen["most"] = tuple(max(a, b) for a, b in zip(seen["most"], held(instance), strict=True))
-        seen["early_held"] = ((instance.policies[0], f"ip:{early}") in instance._credit)
-        seen["late_held"] = ((instance.policies[0], f"ip:{late}") in instance._credit)
+        seen["early_held"] = ((instance.policies[0], f"ip:{early}") in instance.hybrid.credit)
+        seen["late_held"] = ((instance.policies[0], f"ip:{late}") in instance.hybrid.credit)
         seen["counts"] = instance.decision_counts()
         await instance.aclose()  # the last sync
         seen["levels"] = await redis_levels(redis.url, [early, late, *flood], rate=rate, period=period,
@@ -295,11 +297,11 @@ def test_subjects_synced_and_full_again_leave_at_the_bound_and_new_ones_are_held
         for i in range(30):
             assert await ask(instance, f"10.0.0.{i}")
         full = held(instance)
-        await instance.sync()  # pushes the 20 held: nothing unsynced is forgotten
+        await instance.hybrid.sync()  # pushes the 20 held: nothing unsynced is forgotten
         await asyncio.sleep(0.05)  # refilled on Redis
-        await instance.sync()  # adopts the full levels
+        await instance.hybrid.sync()  # adopts the full levels
         await asyncio.sleep(0.02)
-        await instance.sync()  # idle and full again: forgotten
+        await instance.hybrid.sync()  # idle and full again: forgotten
         drained = held(instance)
         overflow = instance.decision_counts()[("per-ip", "overflow")]
         assert await ask(instance, "10.0.1.1")
@@ -330,11 +332,11 @@ def test_a_failed_round_trip_keeps_its_takes_and_the_later_ones_for_the_next_syn
         poisoned = key_name("sluice:rl", "token_bucket", "per-ip", f"ip:{ips[16]}")  # in the third chunk
         async with raw(redis.url) as client:
             await client.set(poisoned, "not a bucket")
-            await instance.sync()
-            kept = len(instance._unsynced)
+            await instance.hybrid.sync()
+            kept = len(instance.hybrid.unsynced)
             await client.delete(poisoned)
-        await instance.sync()
-        left = len(instance._unsynced)
+        await instance.hybrid.sync()
+        left = len(instance.hybrid.unsynced)
         await instance.aclose()
         return kept, await redis_levels(redis.url, ips, rate=5, period=3600, burst=5), left
 
@@ -352,7 +354,8 @@ def test_at_the_bound_with_redis_down_a_new_subject_falls_back_like_a_distribute
                   "trusted_proxies": ["127.0.0.0/8"]}
         policy = {"name": "per-ip", "scope": "ip", "rate": 3, "period_s": 3600, "burst": 3, "mode": "hybrid"}
         pair = [RateLimits(msgspec.convert({**config, "policies": [{**policy, "fail_open": fail_open}]},
-                                           RateLimitConfig), RedisLimiter(connect(redis.url, 0.2), timeout_s=0.2))
+                                           RateLimitConfig),
+                           RedisLimiter(connect(redis.url, timeout_s=0.2, name="ratelimit"), timeout_s=0.2))
                 for fail_open in (True, False)]
         for instance in pair:
             assert await ask(instance, "10.0.0.1") and await ask(instance, "10.0.0.2")

@@ -17,7 +17,7 @@ import redis.asyncio
 from sluice.errors import QuotaExceeded
 from sluice.pipeline.quotas import Quotas
 from sluice.state.quota_store import KEEP_AFTER_END_S, QuotaStoreUnavailable, RedisQuotaStore, quota_key
-from sluice.state.redis_limits import connect
+from sluice.state.redis import connect
 from tests.integration.test_redis_limits import raw
 from tests.redis_server import RedisServer, encode
 from tests.unit.test_quotas import Clock, ask, at, bounded, flood, limits, run, store_contract, want
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 @asynccontextmanager
 async def quota_store(url: str, prefix: str, timeout_s: float = 1.0) -> AsyncIterator[RedisQuotaStore]:
-    store = RedisQuotaStore(connect(url, timeout_s), prefix=prefix, timeout_s=timeout_s)
+    store = RedisQuotaStore(connect(url, timeout_s=timeout_s, name="quotas"), prefix=prefix, timeout_s=timeout_s)
     try:
         yield store
     finally:
@@ -107,8 +107,10 @@ def test_two_gateways_share_quotas_through_redis(redis_server: RedisServer, pref
     config = limits({"name": "daily", "scope": "key", "limit": 5})
 
     async def scenario() -> None:
-        a = Quotas(config, RedisQuotaStore(connect(redis_server.url, 1.0), prefix=prefix, timeout_s=1.0), clock)
-        b = Quotas(config, RedisQuotaStore(connect(redis_server.url, 1.0), prefix=prefix, timeout_s=1.0), clock)
+        a = Quotas(config, RedisQuotaStore(connect(redis_server.url, timeout_s=1.0, name="quotas"),
+                                           prefix=prefix, timeout_s=1.0), clock)
+        b = Quotas(config, RedisQuotaStore(connect(redis_server.url, timeout_s=1.0, name="quotas"),
+                                           prefix=prefix, timeout_s=1.0), clock)
         try:
             await a.admit(want(a))
             a.admit_cached(want(a))
@@ -159,7 +161,7 @@ def test_a_flood_of_keys_stays_within_the_bound_and_redis_holds_every_admitted_r
     keys = [f"flood-{i}" for i in range(200)]
 
     async def scenario() -> tuple[int, int, list[Any]]:
-        store = RedisQuotaStore(connect(redis_server.url, 1.0), prefix=prefix, timeout_s=1.0)
+        store = RedisQuotaStore(connect(redis_server.url, timeout_s=1.0, name="quotas"), prefix=prefix, timeout_s=1.0)
         quotas = Quotas(bounded(50, {"name": "daily", "scope": "key", "limit": 3}), store, clock)
         steady, most = await flood(quotas, keys, "steady")
         await quotas.aclose()
@@ -181,7 +183,7 @@ def test_with_the_store_down_and_every_counter_unsent_new_keys_go_uncounted(
     clock = Clock(at("UTC", 2037, 11, 23, 12))
 
     async def scenario() -> tuple[int, dict[tuple[str, ...], int], list[Any]]:
-        store = RedisQuotaStore(connect(redis.url, 0.2), prefix=prefix, timeout_s=0.2)
+        store = RedisQuotaStore(connect(redis.url, timeout_s=0.2, name="quotas"), prefix=prefix, timeout_s=0.2)
         quotas = Quotas(bounded(5, {"name": "daily", "scope": "key", "limit": 3}), store, clock)
         await flood(quotas, [f"before-{i}" for i in range(5)], "before-0")
         await quotas.flush()

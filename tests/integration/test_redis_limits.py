@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 import pytest
 import redis.asyncio
 
-from sluice.state.redis_limits import Check, Decision, LimiterUnavailable, RedisLimiter, connect, key_name
+from sluice.state.redis import connect
+from sluice.state.redis_limits import Check, Decision, LimiterUnavailable, RedisLimiter, key_name
 from tests.redis_server import RedisServer, encode
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -32,7 +33,7 @@ def run(make: Callable[[], Awaitable[T]], timeout: float = 15.0) -> T:
 
 @asynccontextmanager
 async def limiter(url: str, prefix: str, timeout_s: float = 1.0) -> AsyncIterator[RedisLimiter]:
-    limits = RedisLimiter(connect(url, timeout_s), prefix=prefix, timeout_s=timeout_s)
+    limits = RedisLimiter(connect(url, timeout_s=timeout_s, name="ratelimit"), prefix=prefix, timeout_s=timeout_s)
     try:
         yield limits
     finally:
@@ -131,7 +132,8 @@ def test_concurrent_gateways_admit_exactly_the_limit(redis_server: RedisServer, 
     check = Check("global", "global", algorithm, 50, HOUR, 50, 1)
 
     async def scenario() -> list[bool]:
-        gateways = [RedisLimiter(connect(redis_server.url, 5.0), prefix=prefix, timeout_s=5.0) for _ in range(4)]
+        gateways = [RedisLimiter(connect(redis_server.url, timeout_s=5.0, name="ratelimit"),
+                                 prefix=prefix, timeout_s=5.0) for _ in range(4)]
         try:
             decisions = await asyncio.gather(*(gateways[i % 4].acquire([check]) for i in range(200)))
         finally:
@@ -284,7 +286,8 @@ def test_adjust_gives_back_and_takes_more_within_bounds(redis_server: RedisServe
 
 def test_no_checks_need_no_redis_and_unknown_algorithms_are_refused() -> None:
     async def scenario() -> None:
-        limits = RedisLimiter(connect("redis://127.0.0.1:1/0", 0.05))  # nothing listens on port 1
+        # nothing listens on port 1
+        limits = RedisLimiter(connect("redis://127.0.0.1:1/0", timeout_s=0.05, name="ratelimit"))
         try:
             assert await limits.acquire([]) == Decision(True, [])
             with pytest.raises(ValueError, match="leaky_bucket"):
@@ -341,7 +344,8 @@ def test_a_sync_of_more_keys_than_a_chunk_goes_in_round_trips_of_a_chunk(redis_s
 
     async def scenario() -> tuple[list[float], list[int], list[Any]]:
         options = {} if chunk is None else {"sync_chunk": chunk}
-        limits = CountingLimiter(connect(redis_server.url, 1.0), prefix=prefix, timeout_s=1.0, **options)
+        limits = CountingLimiter(connect(redis_server.url, timeout_s=1.0, name="ratelimit"),
+                                 prefix=prefix, timeout_s=1.0, **options)
         try:
             levels = await limits.sync(checks)
             async with raw(redis_server.url) as client:
@@ -357,4 +361,4 @@ def test_a_sync_of_more_keys_than_a_chunk_goes_in_round_trips_of_a_chunk(redis_s
     full = 10.0  # a full bucket is an absent key (a take of 0 leaves it full)
     assert [full if t is None else round(float(t), 2) for t in stored] == [10.0 - i % 5 for i in range(len(stored))]
     with pytest.raises(ValueError, match="sync_chunk"):
-        RedisLimiter(connect(redis_server.url, 1.0), sync_chunk=0)
+        RedisLimiter(connect(redis_server.url, timeout_s=1.0, name="ratelimit"), sync_chunk=0)

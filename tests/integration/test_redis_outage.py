@@ -20,6 +20,7 @@ import pytest
 from sluice.config import RateLimitConfig
 from sluice.errors import RateLimited
 from sluice.pipeline.ratelimit import RateLimits
+from sluice.state.redis import connect
 from sluice.state.redis_limits import (
     BREAKER_FAILURES,
     BREAKER_OPEN_S,
@@ -28,7 +29,6 @@ from sluice.state.redis_limits import (
     LimiterUnavailable,
     LogGate,
     RedisLimiter,
-    connect,
 )
 from tests.integration.test_redis_limits import run
 from tests.redis_server import RedisServer
@@ -44,7 +44,8 @@ def limits(url: str, prefix: str, rate: int, *, timeout_s: float = 0.2) -> RateL
     config = msgspec.convert({"redis": url, "redis_timeout_s": timeout_s, "policies": [
         {"name": f"{prefix}-per-key", "scope": "key", "rate": rate, "period_s": HOUR, "mode": "distributed",
          "fail_open": True}]}, RateLimitConfig)
-    return RateLimits(config, RedisLimiter(connect(url, timeout_s), prefix=prefix, timeout_s=timeout_s))
+    return RateLimits(config, RedisLimiter(connect(url, timeout_s=timeout_s, name="ratelimit"),
+                                           prefix=prefix, timeout_s=timeout_s))
 
 
 async def admitted(rl: RateLimits, times: int, key: str = "sk-caller-0001") -> int:
@@ -62,7 +63,7 @@ def test_a_hung_redis_is_short_circuited_after_a_few_timeouts(redis: RedisServer
     check = Check("per-key", "key:abc", "token_bucket", 10, HOUR, 10, 1)
 
     async def scenario() -> None:
-        limiter = RedisLimiter(connect(redis.url, 0.5), prefix=prefix, timeout_s=0.5)
+        limiter = RedisLimiter(connect(redis.url, timeout_s=0.5, name="ratelimit"), prefix=prefix, timeout_s=0.5)
         clock = Clock(0.0)  # the cool-down's clock: no time passes in it unless the test says so
         limiter.circuit = Circuit(clock=clock)
         try:

@@ -2,8 +2,9 @@
 
 ``AuditLog.record`` only appends to a bounded in-process queue (past
 ``queue_size`` the record is dropped and counted in ``dropped``: a request never
-waits on the audit log).  A background task, started by the first record, takes
-what is queued in batches of up to ``batch_size``, emits each record as one
+waits on the audit log).  The background writer (``sluice.state.writer``),
+started by the first record, takes what is queued in batches of up to
+``batch_size``, emits each record as one
 structured log line (logger ``sluice.audit``, the record under the ``audit``
 key of ``extra``) and appends it to the store, which hash-chains it
 (``Store.append_audit``; appends are serialised there, so several workers and
@@ -32,14 +33,12 @@ and of anything that looks like a sluice key.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..state.writer import BackgroundWriter, SinkDown, WriterCounts
 from ..store import KEY_SCHEME, Store, StoreError, display_prefix
 
 __all__ = ["COALESCE_PREFIX", "SAMPLE_ACTORS", "AuditLog"]
@@ -50,7 +49,6 @@ _internal = logging.getLogger("sluice.gateway")
 COALESCE_PREFIX = "auth."  # actions that may come in floods (auth failures, denials)
 _SECRET_NAMES = frozenset({"key", "api_key", "token", "secret", "signing_secret", "password", "authorization",
                            "client_secret", "hs256_secret"})
-_MAX_BACKOFF_S = 5.0
 SAMPLE_ACTORS = 3  # distinct actors a coalesced record names
 
 
@@ -73,7 +71,7 @@ class _Entry:
         self.logged = False
 
 
-class AuditLog:
+class AuditLog(WriterCounts):
     """``record`` queues (never waits, never raises); a background task writes; ``aclose`` flushes.
 
     ``store`` None: the records are only logged.  ``owns_store``: ``aclose``
@@ -83,41 +81,33 @@ class AuditLog:
     def __init__(self, store: Store | None, *, queue_size: int = 10000, batch_size: int = 256,
                  coalesce_s: float = 1.0, max_groups_per_ip: int = 10, close_timeout_s: float = 5.0,
                  owns_store: bool = False, clock: Callable[[], float] = time.time) -> None:
-        if queue_size < 1 or batch_size < 1:
-            raise ValueError("queue_size and batch_size must be at least 1")
         self.store = store
-        self.queue_size = queue_size
-        self.batch_size = batch_size
         self.coalesce_s = coalesce_s
         self.max_groups_per_ip = max_groups_per_ip
-        self.close_timeout_s = close_timeout_s
         self.owns_store = owns_store
         self._clock = clock
-        self._queue: deque[_Entry] = deque()
         self._groups: dict[tuple[str, Any, str | None], _Entry] = {}  # open coalescing windows
         self._per_ip: dict[str | None, tuple[float, int]] = {}  # client IP -> (window start, groups opened in it)
-        self._wake = asyncio.Event()  # something was queued
-        self._retry = asyncio.Event()  # a flush: try a down store again now, not after the backoff
-        self._waiters: list[asyncio.Future[None]] = []
-        self._force = False  # release the open windows now (flush, close)
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._closed = False
-        self._store_down = False
-        self._writing = 0  # taken from the queue by the writer, not yet in the store
-        self.dropped = 0  # refused: the queue was full, or the log was closed
-        self.failed = 0  # the store could not take them (a bad record, or still down at close)
-        self.written = 0  # appended to the store (or only logged, without a store)
+        # The open windows count in the queue's bound; the writer releases them as they close (``_release``).
+        self.writer = BackgroundWriter(self._write_batch, name="audit log", logger=_internal, queue_size=queue_size,
+                                       batch_size=batch_size, close_timeout_s=close_timeout_s,
+                                       holds=self._groups.__len__, tick=self._release, idle_s=self._next_window)
         self.coalesced = 0  # merged into an earlier identical record
         self.ip_dropped = 0  # auth failures past a client IP's max_groups_per_ip (counted in dropped too)
+
+    @property
+    def dropped(self) -> int:
+        """Refused: the queue was full, the log was closed, or a client IP's flood (``ip_dropped``)."""
+        return self.writer.dropped + self.ip_dropped
 
     # -- the hot side ---------------------------------------------------------------------------------
 
     def record(self, action: str, *, actor: str, target: str | None = None, client_ip: str | None = None,
                details: dict[str, Any] | None = None) -> None:
         """Queues one event; O(1), never waits, never raises (a full queue or a closed log counts a drop)."""
-        if self._closing:
-            self.dropped += 1
+        writer = self.writer
+        if writer.closing:
+            writer.dropped += 1
             return
         now = self._clock()
         if action.startswith(COALESCE_PREFIX):
@@ -133,24 +123,16 @@ class AuditLog:
                 return
             if entry is not None:  # its window is over: to the queue (the writer would have moved it soon)
                 del self._groups[group]
-                self._queue.append(entry)
-            if not self._ip_room(client_ip, now) or not self._room():
+                writer.hand_over((entry,))
+            if not self._ip_room(client_ip, now) or not writer.room():
                 return
             entry = _Entry(now, action, actor, target, client_ip, details)
             entry.count = 1
             self._groups[group] = entry
             if len(self._groups) == 1:
-                self._kick()  # the writer sleeps until this window closes
+                writer.kick()  # the writer sleeps until this window closes
             return
-        if not self._room():
-            return
-        self._queue.append(_Entry(now, action, actor, target, client_ip, details))
-        self._kick()
-
-    @property
-    def pending(self) -> int:
-        """Records not written yet (the open coalescing windows count one each)."""
-        return len(self._queue) + len(self._groups) + self._writing
+        writer.put(_Entry(now, action, actor, target, client_ip, details))
 
     def stats(self) -> dict[str, int]:
         """The counters, for /health/details and the metrics snapshot (``audit_queue_dropped``: the drops that
@@ -166,104 +148,33 @@ class AuditLog:
         if now - start >= self.coalesce_s:
             start, opened = now, 0
         if opened >= self.max_groups_per_ip:
-            self.dropped += 1
             self.ip_dropped += 1
             return False
-        if client_ip not in per_ip and len(per_ip) >= self.queue_size:  # bounded: forget the windows that ended
+        bound = self.writer.queue_size
+        if client_ip not in per_ip and len(per_ip) >= bound:  # bounded: forget the windows that ended
             for ip in [ip for ip, (began, _) in per_ip.items() if now - began >= self.coalesce_s]:
                 del per_ip[ip]
-            if len(per_ip) >= self.queue_size:
+            if len(per_ip) >= bound:
                 per_ip.clear()
         per_ip[client_ip] = (start, opened + 1)
         return True
-
-    def _room(self) -> bool:
-        if len(self._queue) + len(self._groups) >= self.queue_size:
-            self.dropped += 1
-            return False
-        return True
-
-    def _kick(self) -> None:
-        if not self._wake.is_set():
-            self._wake.set()
-        if self._task is None:
-            with contextlib.suppress(RuntimeError):  # no running loop: the task starts with the next call
-                self._task = asyncio.get_running_loop().create_task(self._run(), name="sluice-audit")
 
     # -- flushing and closing -------------------------------------------------------------------------
 
     async def flush(self, timeout_s: float = 5.0) -> bool:
         """Waits until what was recorded so far is written (open windows included); False on timeout."""
-        if self._closed or not self.pending:
-            return not self.pending
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        self._force = True
-        self._retry.set()
-        self._kick()
-        try:
-            async with asyncio.timeout(timeout_s):
-                await asyncio.shield(waiter)
-        except TimeoutError:
-            return False
-        return True
+        return await self.writer.flush(timeout_s)
 
     async def aclose(self) -> None:
-        """Writes what is queued (bounded by ``close_timeout_s``), stops the task, closes an owned store."""
-        if self._closed:
+        """Writes what is queued (bounded by ``close_timeout_s``), stops the writer, closes an owned store."""
+        if self.writer.closed:
             return
-        self._closing = True
-        if self._queue or self._groups:
-            self._force = True
-            self._retry.set()
-            self._kick()
-        task = self._task
-        if task is not None:
-            self._wake.set()
-            try:
-                async with asyncio.timeout(self.close_timeout_s):
-                    await asyncio.shield(task)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        lost = self.pending  # a batch cut short by the cancel included
-        if lost:
-            self.failed += lost
-            _internal.error("audit log: %d records could not be written before shutdown", lost)
-            self._queue.clear()
-            self._groups.clear()
-            self._writing = 0
-        self._closed = True
-        self._release_waiters()
+        if await self.writer.aclose():
+            self._groups.clear()  # counted lost (failed) with the queue
         if self.owns_store and self.store is not None:
             await self.store.aclose()
 
-    # -- the writer -----------------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        backoff = 0.0
-        while True:
-            if backoff:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff):
-                        await self._retry.wait()
-                self._retry.clear()
-            elif not self._queue and not self._force:
-                timeout = self._next_window()
-                if self._closing and timeout is None:
-                    return
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await self._wake.wait()
-            self._release_windows()
-            backoff = await self._drain(backoff)
-            if not self._queue and not self._groups:
-                self._force = False
-                self._release_waiters()
-                if self._closing:
-                    return
+    # -- the writer's side ----------------------------------------------------------------------------
 
     def _next_window(self) -> float | None:
         """Seconds until the oldest open window closes (None: no window open)."""
@@ -272,10 +183,11 @@ class AuditLog:
         oldest = min(entry.at for entry in self._groups.values())
         return max(0.0, oldest + self.coalesce_s - self._clock())
 
-    def _release_windows(self) -> None:
+    async def _release(self, forced: bool) -> None:
+        """Hands the closed windows (all of them when ``forced``: a flush or close) to the writer's queue."""
         if not self._groups:
             return
-        if self._force:
+        if forced:
             released = list(self._groups.values())
             self._groups.clear()
         else:
@@ -283,32 +195,20 @@ class AuditLog:
             done = [group for group, entry in self._groups.items() if now - entry.at >= self.coalesce_s]
             released = [self._groups.pop(group) for group in done]
         released.sort(key=lambda entry: entry.at)
-        self._queue.extend(released)
+        self.writer.hand_over(released)
 
-    async def _drain(self, backoff: float) -> float:
-        """Writes the queue in batches; answers the backoff before the next try (0: all written)."""
-        while self._queue:
-            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-            for i, entry in enumerate(batch):
-                self._writing = len(batch) - i
-                try:
-                    await self._write(entry)
-                except StoreError as exc:
-                    self._writing = 0
-                    self._queue.extendleft(reversed(batch[i:]))
-                    if not self._store_down:
-                        _internal.warning("audit log: the store refused a record (%s); retrying", exc)
-                        self._store_down = True
-                    return min(_MAX_BACKOFF_S, max(0.1, backoff * 2))
-                except Exception:  # a record the store cannot encode: dropped, never the writer
-                    _internal.exception("audit log: record %s by %s could not be written", entry.action,
-                                        entry.actor)
-                    self.failed += 1
-            self._writing = 0
-            if self._store_down:
-                _internal.warning("audit log: the store takes records again")
-                self._store_down = False
-        return 0.0
+    async def _write_batch(self, batch: list[_Entry]) -> int:
+        """Appends the records one by one; answers how many could not be (SinkDown while the store is down)."""
+        failed = 0
+        for i, entry in enumerate(batch):
+            try:
+                await self._write(entry)
+            except StoreError as exc:  # the store is down: the writer retries from this record
+                raise SinkDown(batch[i:], failed=failed) from exc
+            except Exception:  # a record the store cannot encode: dropped, never the writer
+                _internal.exception("audit log: record %s by %s could not be written", entry.action, entry.actor)
+                failed += 1
+        return failed
 
     async def _write(self, entry: _Entry) -> None:
         details = _scrub(entry.details) if entry.details else {}
@@ -324,13 +224,6 @@ class AuditLog:
         if self.store is not None:
             await self.store.append_audit(entry.actor, entry.action, entry.target, entry.client_ip, details,
                                           at=entry.at)
-        self.written += 1
-
-    def _release_waiters(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
 
 def _log(entry: _Entry, details: dict[str, Any]) -> None:

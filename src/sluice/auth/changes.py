@@ -39,14 +39,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+
+from ..state.redis import connect
+from ..tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from ..config.model import Config
 
-__all__ = ["BACKOFF_MAX_S", "HEARTBEAT_S", "ChangeNotices", "auth_redis_url", "connect"]
+__all__ = ["BACKOFF_MAX_S", "HEARTBEAT_S", "ChangeNotices", "auth_redis_url"]
 
 log = logging.getLogger("sluice.auth")
 
@@ -61,14 +61,6 @@ LISTEN_TIMEOUT_S = 2.0
 def auth_redis_url(config: Config) -> str | None:
     """The Redis of the auth stage: ``auth.redis``, else ``ratelimit.redis``, else None (no Redis)."""
     return config.auth.redis or config.ratelimit.redis
-
-
-def connect(url: str, timeout_s: float, *, retries: int = 1) -> redis.asyncio.Redis:
-    """A client with socket timeouts of ``timeout_s``; ``retries`` immediate retries on a dropped connection
-    (1 covers the stale pooled connection met first after a Redis restart; the listener uses 0)."""
-    return redis.asyncio.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
-        retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)), client_name="sluice-auth")
 
 
 def _describe(exc: BaseException) -> str:
@@ -86,7 +78,7 @@ class ChangeNotices:
         self.origin = secrets.token_hex(8)
         self.timeout_s = timeout_s
         self._url = url
-        self.client = connect(url, timeout_s)
+        self.client = connect(url, timeout_s=timeout_s, name="auth", health_check_s=0)
         self._listener: redis.asyncio.Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self.subscribed = False
@@ -159,7 +151,7 @@ class ChangeNotices:
         """Subscribes, then hands notices to ``on_notice`` until the connection fails (it raises then)."""
         timeout_s = max(self.timeout_s, LISTEN_TIMEOUT_S)
         if self._listener is None:
-            self._listener = connect(self._url, timeout_s, retries=0)
+            self._listener = connect(self._url, timeout_s=timeout_s, name="auth", retries=0, health_check_s=0)
         pubsub: Any = self._listener.pubsub()  # its methods are untyped
         try:
             async with asyncio.timeout(timeout_s):
@@ -207,9 +199,7 @@ class ChangeNotices:
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self.subscribed = False
         for client in (self._listener, self.client):
             if client is not None:

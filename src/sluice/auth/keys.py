@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 from ..config.model import AuthConfig, Config, StaticKeyConfig
 from ..errors import AuthUnavailable, Unauthorized
 from ..store import MAX_PAGE, ApiKey, RecordNotFound, Store, StoreError, StoreUnavailable, hash_key, open_store
+from ..tasks import cancel_and_wait
 from .credential import key_digest
 from .identity import AuthFailure, Identity
 from .keyfilter import KeyFilter
@@ -591,9 +592,7 @@ class Authenticator:
     async def aclose(self) -> None:
         for task in (self._poll_task, self._filter_task):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
         self._poll_task = self._filter_task = None
         if self.notices is not None:
             await self.notices.aclose()

@@ -66,7 +66,6 @@ counters per call to the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import math
@@ -82,6 +81,7 @@ import msgspec
 from ..config import QuotaConfig, RateLimitConfig
 from ..errors import QuotaExceeded, TokenQuotaExceeded
 from ..state.quota_store import QuotaStore, QuotaStoreUnavailable
+from ..tasks import cancel_and_wait
 from .ratelimit import duration, key_fingerprint
 
 __all__ = ["Quota", "QuotaTaken", "QuotaWant", "Quotas", "own_quota", "period_bounds"]
@@ -317,8 +317,7 @@ class Quotas:
             if task is not None:
                 task.cancel()  # it sleeps or waits for the lock: never cancelled inside a store call
         if task is not None and task.get_loop() is asyncio.get_running_loop():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task, cancel=False)  # cancelled above, under the lock
         await self.flush()
         lost = sum(abs(c.pending) for c in self._touched)
         if lost:

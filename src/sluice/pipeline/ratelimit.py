@@ -18,42 +18,20 @@ timeout: a ``fail_open`` policy falls back to its local bucket (counted), the
 others answer 503.  Policies of scope user and team wait for authentication.
 
 **Hybrid** policies are for rates too high for a round trip per request: each
-instance (each worker) admits from its own credit, without waiting: Redis' level
-at the last sync minus what it took since.  Every ``sync_interval_s`` it pushes
-those takes to the Redis bucket in one pipelined round trip and adopts the
-(signed) level Redis answers.  Refills reach an instance only through syncs, so
-check-config refuses a bucket that would refill more than half its burst in one
-sync interval.  The trade-off: between two syncs each of N instances may spend
-the whole credit it last saw, so a burst can admit up to (N - 1) x burst more
-than the limit; that excess is kept in full as debt in Redis, never clamped,
-and the next syncs hand it to every instance, so over longer spans the admitted
-rate is the limit (bench/hybrid_accuracy.py measures both).  Hybrid policies are
-token buckets: a window forgets within two periods what the instances
-overspent, so its overshoot would come back every period.  A subject an
-instance has not synced yet (or forgot, idle long enough to be full again)
-starts full there.  While Redis fails, hybrid policies go on from their credit
-(``fail_open``, refilled by nothing) or answer 503 until a sync succeeds.
-
-**Bounded memory.**  A process keeps at most ``hybrid_max_subjects`` (policy,
-subject) pairs of hybrid policies (a flood of random IPs or keys cannot grow it).
-At the bound a subject it does not hold is checked on Redis per request, as a
-distributed policy would (the same bucket: exact, one round trip; ``overflow``
-in the decision counts, a warning logged once per episode), and never enters
-the maps; nothing is evicted that is not synced, so no usage is lost and no
-subject gets a fresh bucket because of the bound.  A pair leaves only through
-a sync: once pushed, and idle until its bucket would be full again (at the
-bound, without the ten intervals' grace).  Syncs go in round trips of at most
-``SYNC_CHUNK`` keys.
+instance admits from its own credit, synced with the Redis bucket every
+``sync_interval_s`` in the background (``sluice.state.hybrid``: the model, its
+overshoot, and the bound of ``hybrid_max_subjects`` pairs per process).  At
+that bound a subject the process does not hold is checked on Redis per request,
+as a distributed policy would (``overflow`` in the decision counts, a warning
+logged once per episode).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -64,6 +42,7 @@ from ..auth.credential import key_digest, presented_key
 from ..auth.iprules import ClientIp
 from ..config import PolicyConfig, RateLimitConfig
 from ..errors import LimiterDown, RateLimited, TokensLimited
+from ..state.hybrid import HybridSync
 
 if TYPE_CHECKING:
     from types import EllipsisType
@@ -205,20 +184,12 @@ class RateLimits:
         self.idle = not self.policies and (quotas is None or not quotas.quotas)
         self.fails_closed = any((p.distributed or p.hybrid) and not p.fail_open for p in self.policies)
         self._pending: set[asyncio.Task[None]] = set()
-        self.sync_interval = config.sync_interval_s
-        self._sync_timeout = max(config.redis_timeout_s, config.sync_interval_s)
-        self._unsynced: dict[tuple[Policy, str], float] = {}  # hybrid: taken here since the last sync
-        self._credit: dict[tuple[Policy, str], float] = {}  # hybrid: Redis' level at the last sync - takes since
-        self._active: dict[tuple[Policy, str], float] = {}  # hybrid: last local take, to refresh the view
-        # The three hold the same pairs (_unsynced some of them), at most max_subjects: a pair enters at a
-        # take when there is room and leaves at a sync, once synced and idle (``sync``).
+        self.hybrid: HybridSync[Policy] = HybridSync(
+            redis, interval_s=config.sync_interval_s, timeout_s=max(config.redis_timeout_s, config.sync_interval_s),
+            max_subjects=config.hybrid_max_subjects, fails_closed=self.fails_closed, spill=self._adjust_remote)
+        # The hybrid credit's map and bound, read per request (the sync never rebinds the map).
+        self._credit = self.hybrid.credit
         self.max_subjects = config.hybrid_max_subjects
-        self._synced_at = -math.inf  # when _credit last adopted Redis' levels (monotonic)
-        self._full_warned = False  # the bound was met: warned once, until a sync finds room again
-        self._sync_task: asyncio.Task[None] | None = None
-        self._syncing = False  # the sync task is inside sync(): aclose lets it finish instead of cancelling
-        self._closing = False
-        self.hybrid_down = False  # the last hybrid sync failed
 
     def admit_local(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None,
                     caller: Caller | None = None, *,
@@ -245,7 +216,7 @@ class RateLimits:
         if self._plain and not own and quota is None:
             return _take_plain(wanted, time.monotonic())
         try:
-            if self.hybrid_down:
+            if self.hybrid.down:
                 _refuse_unsynced(wanted)
             now = time.monotonic()
             self._check_local(wanted, now)
@@ -331,7 +302,7 @@ class RateLimits:
             self.quotas.refund(quota)
 
     async def _admit_policies(self, wanted: list[Wanted], admission: Admission) -> Admission:
-        if self.hybrid_down:
+        if self.hybrid.down:
             _refuse_unsynced(wanted)
         if len(self._credit) >= self.max_subjects:
             wanted = self._overflow(wanted)
@@ -358,8 +329,8 @@ class RateLimits:
         taken = admission.taken
         for policy, subject, cost in local:
             if policy.hybrid:
-                self._hybrid_take(policy, subject, cost, now)
-                taken.append((policy, subject, cost, False, *self._hybrid_view(policy, subject)))
+                self.hybrid.take(policy, subject, cost, now)
+                taken.append((policy, subject, cost, False, *self.hybrid.view(policy, subject)))
                 continue
             limiter = policy.local
             limiter.consume(subject, cost, now)
@@ -406,11 +377,11 @@ class RateLimits:
     def _check_local(self, wanted: list[Wanted], now: float) -> None:
         for policy, subject, cost in wanted:
             if policy.hybrid:
-                wait = self._hybrid_wait(policy, subject, cost)
+                hybrid = self.hybrid
+                wait = hybrid.wait(policy, subject, cost)
                 if wait > 0:
-                    if (policy, subject) in self._credit:
-                        self._active[policy, subject] = now  # still asked for: kept in the sync
-                    self._reject(policy, wait, [(policy, subject, cost, False, *self._hybrid_view(policy, subject))])
+                    hybrid.touch(policy, subject, now)  # still asked for: kept in the sync
+                    self._reject(policy, wait, [(policy, subject, cost, False, *hybrid.view(policy, subject))])
                 continue
             wait = policy.local.check(subject, cost, now)
             if wait > 0:
@@ -475,7 +446,7 @@ class RateLimits:
             if remote:
                 self._adjust_remote(policy, subject, delta)
             elif policy.hybrid:
-                self._hybrid_take(policy, subject, -delta, now)
+                self.hybrid.take(policy, subject, -delta, now)
             else:
                 policy.local.adjust(subject, delta, now)
 
@@ -508,11 +479,7 @@ class RateLimits:
         """At the bound: the hybrid checks of subjects this process does not hold go to Redis, exact."""
         if not self._overflowing(wanted):
             return wanted
-        if not self._full_warned:
-            self._full_warned = True
-            log.warning("hybrid rate limits hold %d subjects (ratelimit.hybrid_max_subjects): new subjects are "
-                        "checked on Redis, one round trip per request, until syncs forget idle ones",
-                        len(self._credit))
+        self.hybrid.warn_full()
         routed: list[Wanted] = []
         for policy, subject, cost in wanted:
             if policy.hybrid and (policy, subject) not in self._credit:
@@ -521,128 +488,14 @@ class RateLimits:
             routed.append((policy, subject, cost))
         return routed
 
-    def _hybrid_take(self, policy: Policy, subject: str, cost: float, now: float) -> None:
-        key = (policy, subject)
-        credit = self._credit.get(key)
-        if credit is None:
-            if len(self._credit) >= self.max_subjects:
-                # No room (filled while this request waited, or a settlement after a sync forgot it):
-                # the units go straight to the Redis bucket, never lost.
-                self._adjust_remote(policy, subject, -cost)
-                return
-            credit = policy.capacity
-        self._credit[key] = credit - cost
-        self._unsynced[key] = self._unsynced.get(key, 0.0) + cost
-        self._active[key] = now
-        if self._sync_task is None:
-            self._sync_task = asyncio.get_running_loop().create_task(self._sync_forever())
-
-    def _hybrid_wait(self, policy: Policy, subject: str, cost: float) -> float:
-        """0 when the credit covers ``cost``; else the seconds until the refill would (learnt at a sync)."""
-        credit = self._credit.get((policy, subject), policy.capacity)
-        if cost <= credit:
-            return 0.0
-        if cost > policy.capacity:
-            return math.inf
-        return max((cost - credit) * policy.period / policy.limit, self.sync_interval)
-
     def credit(self, policy_name: str, subject: str) -> float:
         """What this instance may still take on a hybrid policy before its next sync (signed)."""
         policy = next(p for p in self.policies if p.name == policy_name)
-        return self._credit.get((policy, subject), policy.capacity)
-
-    def _hybrid_view(self, policy: Policy, subject: str) -> tuple[float, float]:
-        """(remaining, seconds until full) as this instance sees them."""
-        credit = self._credit.get((policy, subject), policy.capacity)
-        return max(credit, 0.0), (policy.capacity - credit) * policy.period / policy.limit
-
-    async def _sync_forever(self) -> None:
-        # A flag as well as the cancel: redis-py may turn a cancellation into a connection error,
-        # which sync() takes for Redis failing.
-        while not self._closing:
-            await asyncio.sleep(self.sync_interval)
-            self._syncing = True
-            try:
-                await self.sync()
-            finally:
-                self._syncing = False
-
-    async def sync(self) -> None:
-        """Pushes the hybrid takes of this instance to Redis and adopts Redis' levels as its credit.
-
-        Subjects taken from in the last ten intervals are refreshed even when idle here, so that
-        another instance's spending reaches this one's view before its next request.  A subject
-        leaves only here, with nothing unsynced and idle until its bucket would be full again (at
-        ``max_subjects``, without the ten intervals' grace): coming back, it starts full, as it
-        would be.  Round trips of at most ``SYNC_CHUNK`` keys (``RedisLimiter.sync``).
-        """
-        assert self.redis is not None
-        from ..state.redis_limits import Check, LimiterUnavailable
-
-        now = time.monotonic()
-        full = len(self._credit) >= self.max_subjects
-        grace = 0.0 if full else 10 * self.sync_interval
-        unsynced = self._unsynced
-        self._active = {key: at for key, at in self._active.items()
-                        if key in unsynced or not self._forgotten(key, at, now, grace)}
-        for key in self._credit.keys() - self._active.keys():
-            del self._credit[key]
-        if self._full_warned and len(self._credit) < self.max_subjects:
-            self._full_warned = False
-        pushed, self._unsynced = unsynced, {}
-        keys = list(self._active)  # every pair pushed is in it: unsynced ones are never forgotten
-        if not keys:
-            return
-        takes = [Check(p.name, s, p.algorithm, p.limit, p.period, p.burst, pushed.get((p, s), 0.0)) for p, s in keys]
-        try:
-            levels = await self.redis.sync(takes, self._sync_timeout)
-        except BaseException as exc:
-            answered = exc.answered if isinstance(exc, LimiterUnavailable) else []
-            for i, key in enumerate(keys):  # not applied (or maybe, unanswered): kept for the next sync
-                cost = pushed.get(key)
-                if cost is not None and (i >= len(answered) or answered[i] is None):
-                    self._unsynced[key] = self._unsynced.get(key, 0.0) + cost
-            self._adopt(keys, answered)
-            if not isinstance(exc, LimiterUnavailable):
-                raise  # cancelled (shutdown: aclose pushes them once more) or a bug
-            for policy in {p for p, _ in keys}:
-                policy.count("redis_unavailable")
-            if not self.hybrid_down:
-                log.warning("hybrid rate-limit sync failed (%s): serving from local buckets%s", exc,
-                            "; fail-closed hybrid policies answer 503" if self.fails_closed else "")
-            self.hybrid_down = True
-            return
-        self.hybrid_down = False
-        self._adopt(keys, levels)
-
-    def _adopt(self, keys: list[tuple[Policy, str]], levels: Sequence[float | None]) -> None:
-        """Redis' levels (of the first ``len(levels)`` keys, but None) become this instance's credit."""
-        if not levels:
-            return
-        unsynced = self._unsynced
-        for key, level in zip(keys, levels, strict=False):
-            if level is not None:  # what was taken here while Redis answered is not in its level yet
-                self._credit[key] = level - unsynced.get(key, 0.0)
-        self._synced_at = time.monotonic()  # no earlier than Redis read them: refills are counted from here
-
-    def _forgotten(self, key: tuple[Policy, str], at: float, now: float, grace: float) -> bool:
-        """A subject nobody asked for here in ``grace`` and whose bucket is full again by now unless others
-        took from it (its credit refilling since the later of its last take and the last sync): it leaves
-        the sync, and starts full here if it comes back."""
-        policy = key[0]
-        refill = (policy.capacity - self._credit.get(key, policy.capacity)) * policy.period / policy.limit
-        return now - at > grace and now - max(at, self._synced_at) > refill
+        return self.hybrid.level(policy, subject)
 
     async def aclose(self) -> None:
         """Stops the hybrid sync after a last push, and closes the Redis client."""
-        self._closing = True
-        if self._sync_task is not None:
-            if not self._syncing:  # asleep; a sync under way ends by itself (cancelled, its pushed
-                self._sync_task.cancel()  # round trips would be pushed again below)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
-            self._sync_task = None
-            await self.sync()
+        await self.hybrid.aclose()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         if self.redis is not None:

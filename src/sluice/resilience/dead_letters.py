@@ -2,8 +2,8 @@
 
 On the request path the gateway calls ``DeadLetters.record(Failure(...))``: an
 append to a bounded in-process deque, O(1), never waiting, never raising (past
-``queue_size`` the failure is dropped and counted in ``dropped``).  A background
-task (started by ``start()`` or the first record) takes what is queued in
+``queue_size`` the failure is dropped and counted in ``dropped``).  The background
+writer (``sluice.state.writer``, started by ``start()`` or the first record) takes what is queued in
 batches of up to ``batch_size`` and, off the event loop in a worker thread,
 turns each ``Failure`` into a ``DeadLetter`` with ``letter_for``: the body
 redacted of secrets and personal data (``sluice.observability.redact``, the
@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode
@@ -48,6 +46,7 @@ import msgspec
 
 from ..errors import ConfigError, DependencyUnavailable, SluiceError
 from ..observability.redact import redact
+from ..state.writer import BackgroundWriter, SinkDown, WriterCounts
 from ..store import RecordNotFound, Store, StoreError, display_prefix
 from ..store.dead_letters import Attempt, DeadLetter
 
@@ -63,7 +62,6 @@ T = TypeVar("T")
 MAX_ERROR_CHARS = 1000  # of a letter's error text
 MAX_ATTEMPTS = 64  # attempts kept per letter (the first ones and the last ones)
 _MAX_TEXT = 2000  # request ids, routes, labels, content types
-_MAX_BACKOFF_S = 5.0
 # Query parameters that carry credentials (Gemini's ?key=): never kept in a letter's route.
 _SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "token", "access_token", "secret", "password",
                             "signature", "sig", "x-amz-signature", "x-goog-signature"})
@@ -270,7 +268,7 @@ async def _store_call(call: Awaitable[T]) -> T:
 # -- the queue --------------------------------------------------------------------------------------------
 
 
-class DeadLetters:
+class DeadLetters(WriterCounts):
     """``record`` queues (never waits, never raises); a background task redacts and writes in batches;
     ``aclose`` flushes.  The reader methods go straight to the backend."""
 
@@ -287,25 +285,13 @@ class DeadLetters:
         self.max_entries = max_entries
         self.max_age_s = max_age_s
         self.max_body_bytes = max_body_bytes
-        self.queue_size = queue_size
-        self.batch_size = batch_size
         self.trim_every_s = trim_every_s
-        self.close_timeout_s = close_timeout_s
         self._clock = clock
-        self._queue: deque[tuple[float, DeadLetter | Failure]] = deque()
-        self._wake = asyncio.Event()
-        self._retry = asyncio.Event()  # a flush or close: try a down backend again now
-        self._idle = asyncio.Event()  # nothing queued, nothing being written
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._closed = False
-        self._down = False
-        self._writing = 0  # taken from the queue, not written yet
+        self.writer: BackgroundWriter[tuple[float, DeadLetter | Failure]] = BackgroundWriter(
+            self._write_batch, name="dead letters", logger=log, queue_size=queue_size, batch_size=batch_size,
+            close_timeout_s=close_timeout_s, tick=self._trim_when_due, idle_s=self._until_trim)
+        self._next_trim: float | None = None  # loop time; None: trim at the writer's first round
         self._since_trim = 0  # letters written since the last trim
-        self.dropped = 0  # refused: the queue was full, or the queue was closed
-        self.failed = 0  # could not be built or written (a bad record, or the backend still down at close)
-        self.written = 0
         self.trimmed = 0  # removed by retention
 
     @classmethod
@@ -318,25 +304,11 @@ class DeadLetters:
     def record(self, letter: DeadLetter | Failure) -> None:
         """Queues a failed request; O(1), never waits, never raises (a full or closed queue counts a drop).
         A ``DeadLetter`` is kept as given (build it with ``letter_for``); a ``Failure`` is built by the writer."""
-        if self._closing or len(self._queue) >= self.queue_size:
-            self.dropped += 1
-            return
-        self._queue.append((self._clock(), letter))
-        self._idle.clear()
-        if not self._wake.is_set():
-            self._wake.set()
-        if self._task is None:
-            self.start()
+        self.writer.put((self._clock(), letter))
 
     def start(self) -> None:
         """Starts the writer on the running loop (no loop: it starts with the first record made in one)."""
-        if self._task is None and not self._closed:
-            with contextlib.suppress(RuntimeError):
-                self._task = asyncio.get_running_loop().create_task(self._run(), name="sluice-dlq")
-
-    @property
-    def pending(self) -> int:
-        return len(self._queue) + self._writing
+        self.writer.start()
 
     def stats(self) -> dict[str, int]:
         return {"dlq_pending": self.pending, "dlq_dropped": self.dropped, "dlq_failed": self.failed,
@@ -344,107 +316,45 @@ class DeadLetters:
 
     async def flush(self, timeout_s: float = 5.0) -> bool:
         """Waits until everything recorded so far is written; False when that took over ``timeout_s``."""
-        if not self.pending:
-            return True
-        self.start()
-        self._retry.set()
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await self.writer.flush(timeout_s)
 
     async def aclose(self) -> None:
         """Writes what is queued (bounded by ``close_timeout_s``), stops the writer, closes the backend."""
-        if self._closed:
+        if self.writer.closed:
             return
-        self._closing = True
-        if self._queue:
-            self.start()
-        task = self._task
-        if task is not None:
-            self._wake.set()
-            self._retry.set()
-            try:
-                async with asyncio.timeout(self.close_timeout_s):
-                    await asyncio.shield(task)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        lost = self.pending
-        if lost:
-            self.failed += lost
-            log.error("dead letters: %d could not be written before shutdown", lost)
-            self._queue.clear()
-            self._writing = 0
-        self._closed = True
-        self._idle.set()
+        await self.writer.aclose()
         await self.backend.aclose()
 
-    # -- the writer -----------------------------------------------------------------------------------
+    # -- the writer's side ----------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_trim = loop.time()  # trim once at start: the retention may have changed since the last run
-        backoff = 0.0
-        while True:
-            if backoff:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff):
-                        await self._retry.wait()
-                self._retry.clear()
-            elif not self._queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, next_trim - loop.time())):
-                        await self._wake.wait()
-            if loop.time() >= next_trim or self._since_trim >= max(100, self.max_entries // 10):
-                await self._trim_quietly()
-                next_trim = loop.time() + self.trim_every_s
-            backoff = await self._drain(backoff)
-            if not self._queue and not self._writing:
-                self._idle.set()
-                if self._closing:
-                    return
+    def _until_trim(self) -> float | None:
+        """How long the writer may sleep with nothing queued: until the next trim."""
+        if self._next_trim is None:
+            return 0.0
+        return max(0.0, self._next_trim - asyncio.get_running_loop().time())
 
-    async def _trim_quietly(self) -> None:
-        try:
-            await self.trim()
-        except DeadLetterError as exc:
-            log.warning("dead letters: trimming failed (%s); trying again later", exc)
-        self._since_trim = 0
-
-    async def _drain(self, backoff: float) -> float:
-        """Writes the queue in batches; answers the backoff before the next try (0: all written)."""
-        while self._queue:
-            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-            self._writing = len(batch)
-            letters = await self._letters(batch)
+    async def _trim_when_due(self, forced: bool) -> None:
+        """Trims at the writer's first round (the retention may have changed since the last run), every
+        ``trim_every_s``, and after a tenth of ``max_entries`` written."""
+        now = asyncio.get_running_loop().time()
+        if self._next_trim is None or now >= self._next_trim or self._since_trim >= max(100, self.max_entries // 10):
             try:
-                await self.backend.add(letters, self.max_entries)
-            except DeadLettersUnavailable as exc:
-                self._writing = 0
-                self._queue.extendleft((letter.at, letter) for letter in reversed(letters))  # not redacted twice
-                if not self._down:
-                    log.warning("dead letters: the backend failed (%s); retrying", exc)
-                    self._down = True
-                return min(_MAX_BACKOFF_S, max(0.1, backoff * 2))
-            except Exception:  # letters the backend cannot encode: dropped, never the writer
-                log.exception("dead letters: a batch of %d could not be written", len(letters))
-                self.failed += len(letters)
-            else:
-                self.written += len(letters)
-                self._since_trim += len(letters)
-            self.failed += len(batch) - len(letters)  # failures that could not be made letters
-            self._writing = 0
-            if self._down:
-                log.warning("dead letters: the backend takes letters again")
-                self._down = False
-        return 0.0
+                await self.trim()
+            except DeadLetterError as exc:
+                log.warning("dead letters: trimming failed (%s); trying again later", exc)
+            self._since_trim = 0
+            self._next_trim = asyncio.get_running_loop().time() + self.trim_every_s
+
+    async def _write_batch(self, batch: builtins.list[tuple[float, DeadLetter | Failure]]) -> int:
+        """Builds the letters (off the loop) and adds them; answers how many failures could not be made
+        letters.  While the backend is down the built letters go back (not redacted twice)."""
+        letters = await self._letters(batch)
+        try:
+            await self.backend.add(letters, self.max_entries)
+        except DeadLettersUnavailable as exc:
+            raise SinkDown([(letter.at, letter) for letter in letters], failed=len(batch) - len(letters)) from exc
+        self._since_trim += len(letters)
+        return len(batch) - len(letters)
 
     async def _letters(self, batch: builtins.list[tuple[float, DeadLetter | Failure]]) -> builtins.list[DeadLetter]:
         ready = [item for _, item in batch if isinstance(item, DeadLetter)]
@@ -534,10 +444,11 @@ def open_dead_letters(config: Config, *, store: Store | None = None, prefix: str
         if url is None:
             raise ConfigError("resilience.dead_letters.redis",
                               "a Redis stream needs resilience.redis or ratelimit.redis")
-        from .dead_letters_redis import RedisBackend, connect
+        from ..state.redis import connect
+        from .dead_letters_redis import RedisBackend
 
-        backend = RedisBackend(connect(url, redis_timeout_s), prefix=prefix, timeout_s=redis_timeout_s,
-                               owns_client=True)
+        backend = RedisBackend(connect(url, timeout_s=redis_timeout_s, name="dlq"), prefix=prefix,
+                               timeout_s=redis_timeout_s, owns_client=True)
     elif store is not None:
         backend = StoreBackend(store)
     else:

@@ -29,14 +29,11 @@ from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from .dead_letters import Attempt, DeadLetter, DeadLettersUnavailable, LetterNotFound
 
-__all__ = ["RedisBackend", "connect"]
+__all__ = ["RedisBackend"]
 
 T = TypeVar("T")
 _ID = re.compile(r"\d{1,20}-\d{1,20}")
@@ -51,13 +48,6 @@ class _Replays(msgspec.Struct, kw_only=True):
 
 
 _REPLAYS = msgspec.json.Decoder(_Replays)
-
-
-def connect(url: str, timeout_s: float) -> redis.asyncio.Redis:
-    """A client for the dead letters: socket timeouts of ``timeout_s``, one retry on a dropped connection."""
-    return redis.asyncio.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=30,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), client_name="sluice-dlq")
 
 
 def _key(entry_id: str) -> tuple[int, int]:

@@ -23,13 +23,13 @@ is nothing to act on, and ``start`` starts nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from ..config import HealthCheckConfig
 from ..providers import Provider
+from ..tasks import cancel_and_wait
 from ..upstream import UpstreamClient
 from .deployment import Deployment
 from .table import Router
@@ -66,9 +66,7 @@ class HealthChecker:
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

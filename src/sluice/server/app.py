@@ -244,9 +244,11 @@ def _open_limits(config: Config, metrics: Metrics | None) -> RateLimits | None:
         return None
     redis = None
     if limits.redis is not None:
-        from ..state.redis_limits import RedisLimiter, connect  # loaded only when Redis is configured
+        from ..state.redis import connect  # loaded only when Redis is configured
+        from ..state.redis_limits import RedisLimiter
 
-        redis = RedisLimiter(connect(limits.redis, limits.redis_timeout_s), timeout_s=limits.redis_timeout_s)
+        client = connect(limits.redis, timeout_s=limits.redis_timeout_s, name="ratelimit")
+        redis = RedisLimiter(client, timeout_s=limits.redis_timeout_s)
     quotas = None
     if limits.quotas or keys_carry_limits:
         from ..pipeline.quotas import Quotas

@@ -101,9 +101,10 @@ def open_quota_store(config: RateLimitConfig) -> QuotaStore:
     """The store the config names: Redis when ``ratelimit.redis`` is set, else the SQLite file ``quota_store``."""
     if config.redis is None:
         return SqliteQuotaStore(config.quota_store)
-    from .redis_limits import connect
+    from .redis import connect
 
-    return RedisQuotaStore(connect(config.redis, config.redis_timeout_s), timeout_s=config.redis_timeout_s)
+    client = connect(config.redis, timeout_s=config.redis_timeout_s, name="quotas")
+    return RedisQuotaStore(client, timeout_s=config.redis_timeout_s)
 
 
 class SqliteQuotaStore:

@@ -77,15 +77,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ..errors import DependencyUnavailable
 
 __all__ = ["BREAKER_FAILURES", "BREAKER_OPEN_S", "LOG_EVERY_S", "SYNC_CHUNK", "Check", "Circuit", "Decision",
-           "LimiterUnavailable", "LogGate", "RedisLimiter", "Result", "connect", "key_name"]
+           "LimiterUnavailable", "LogGate", "RedisLimiter", "Result", "key_name"]
 
 SCRIPT = """
 -- sluice rate limits; the model is in sluice/state/redis_limits.py.
@@ -370,19 +367,6 @@ class LogGate:
     def suffix(suppressed: int) -> str:
         """What a line adds about the lines it stands for."""
         return f" ({suppressed} more like this since the last warning)" if suppressed else ""
-
-
-def connect(url: str, timeout_s: float) -> redis.asyncio.Redis:
-    """A client for the limiter: socket timeouts of ``timeout_s``, one immediate retry on a dropped connection.
-
-    The retry covers the stale pooled connection met first after a Redis
-    restart; a slow Redis is not retried (``timeout_s`` bounds the call anyway).
-    For Redis Cluster build a ``redis.asyncio.RedisCluster.from_url`` client
-    with the same options.
-    """
-    return redis.asyncio.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=30,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), client_name="sluice-ratelimit")
 
 
 def key_name(prefix: str, algorithm: str, policy_id: str, key: str) -> str:

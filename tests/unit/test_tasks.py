@@ -1,0 +1,69 @@
+"""sluice.tasks.cancel_and_wait: a background task stopped, its cleanup run, its cancellation swallowed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sluice.tasks import cancel_and_wait
+
+
+async def _sleeper(cleaned: list[str]) -> None:
+    try:
+        await asyncio.Event().wait()  # never set: only a cancel ends it
+    finally:
+        cleaned.append("finally")
+
+
+def test_the_task_is_cancelled_and_has_run_its_finally_when_the_call_returns() -> None:
+    async def scenario() -> tuple[bool, list[str]]:
+        cleaned: list[str] = []
+        task = asyncio.get_running_loop().create_task(_sleeper(cleaned))
+        await asyncio.sleep(0)  # let it start
+        await cancel_and_wait(task)
+        return task.cancelled(), cleaned
+
+    assert asyncio.run(scenario()) == (True, ["finally"])
+
+
+def test_without_cancel_it_waits_for_the_task_to_finish_by_itself() -> None:
+    async def scenario() -> tuple[bool, int]:
+        release = asyncio.Event()
+
+        async def work() -> int:
+            await release.wait()
+            return 7
+
+        task = asyncio.get_running_loop().create_task(work())
+        waiting = asyncio.get_running_loop().create_task(cancel_and_wait(task, cancel=False))
+        await asyncio.sleep(0)
+        still_waiting = not waiting.done()
+        release.set()
+        await waiting
+        return still_waiting, task.result()
+
+    assert asyncio.run(scenario()) == (True, 7)
+
+
+def test_an_error_the_task_ended_with_is_raised() -> None:
+    async def scenario() -> None:
+        async def broken() -> None:
+            raise ValueError("the loop broke")
+
+        task = asyncio.get_running_loop().create_task(broken())
+        await asyncio.sleep(0)  # it ends with its error before the cancel
+        await cancel_and_wait(task)
+
+    with pytest.raises(ValueError, match="the loop broke"):
+        asyncio.run(scenario())
+
+
+def test_a_task_already_done_is_fine() -> None:
+    async def scenario() -> bool:
+        task = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+        await task
+        await cancel_and_wait(task)
+        return task.done() and not task.cancelled()
+
+    assert asyncio.run(scenario())
