@@ -8,7 +8,7 @@
      │    ├── StoreUnavailable       the key store (sluice.store; also a StoreError)
      │    ├── QuotaStoreUnavailable  the quota store (sluice.state.quota_store)
      │    ├── LimiterUnavailable     Redis of the rate limits (sluice.state.redis_limits)
-     │    ├── DeadLettersUnavailable the dead-letter queue (sluice.resilience.dead_letters; also a DeadLetterError)
+     │    ├── DeadLettersUnavailable the dead-letter queue (also a DeadLetterError)
      │    └── IssuerUnavailable      a token issuer's endpoint (sluice.auth.oidc)
      └── GatewayError                answered to the caller in its wire format
           ├── InvalidRequest         400 invalid_request_error (names the field in ``param``)
@@ -41,7 +41,9 @@ routes, Anthropic's on /v1/messages (``GatewayError.body``).
 A ``DependencyUnavailable`` is never answered as it is: the stage that met it
 decides (fail open, or a ``DependencyDown`` 503 with a message for the caller).
 The other errors of a part stay with it: the store's ``RecordNotFound`` and
-``RecordConflict`` (sluice.store), the dead-letter queue's ``LetterNotFound``.
+``RecordConflict`` (sluice.store), and the dead-letter queue's ``DeadLetterError``
+family (``LetterNotFound``, ``DeadLettersUnavailable``), defined here so that its backends in
+sluice.state and sluice.resilience share them.
 
 ``Unauthorized``, ``Forbidden`` and ``AuthUnavailable`` carry a ``reason`` for the
 audit log (finer than the code the caller sees: "revoked" and "unknown" share
@@ -68,12 +70,15 @@ __all__ = [
     "BodyTimeout",
     "ConfigError",
     "Conflict",
+    "DeadLetterError",
+    "DeadLettersUnavailable",
     "DependencyDown",
     "DependencyUnavailable",
     "Forbidden",
     "GatewayError",
     "GatewayTimeout",
     "InvalidRequest",
+    "LetterNotFound",
     "LimiterDown",
     "MethodNotAllowed",
     "NoDeployment",
@@ -108,6 +113,20 @@ class DependencyUnavailable(SluiceError):
     ``__cause__`` holds why.  Internal: the stage that meets it fails open or answers a ``DependencyDown``."""
 
     dependency: ClassVar[str] = "a dependency"  # what could not be reached, for logs and messages
+
+
+class DeadLetterError(SluiceError):
+    """Base of the dead-letter queue's errors."""
+
+
+class LetterNotFound(DeadLetterError):
+    """No letter with that id."""
+
+
+class DeadLettersUnavailable(DeadLetterError, DependencyUnavailable):
+    """The store or Redis could not be reached, or failed."""
+
+    dependency: ClassVar[str] = "the dead-letter queue"
 
 
 class GatewayError(SluiceError):

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from sluice.config import StoreConfig, load_config
-from sluice.resilience import Attempt, DeadLetter, DeadLetters, Failure, LetterNotFound, letter_for, open_dead_letters
+from sluice.errors import LetterNotFound
+from sluice.resilience import Attempt, DeadLetter, DeadLetters, Failure, letter_for, open_dead_letters
 from sluice.resilience.dead_letters import DeadLettersUnavailable, StoreBackend
-from sluice.resilience.dead_letters_redis import RedisBackend
+from sluice.state.dead_letters_redis import RedisBackend
 from sluice.state.redis import connect
 from sluice.store import open_store
 from tests.conftest import Proc, free_port

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from sluice.resilience import Attempt, DeadLetter, DeadLetters, DeadLettersUnavailable, Failure, letter_for
+from sluice.errors import DeadLettersUnavailable
+from sluice.resilience import Attempt, DeadLetter, DeadLetters, Failure, letter_for
 from sluice.resilience.dead_letters import MAX_ATTEMPTS, describe_error, redact_body
 
 SECRET = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"

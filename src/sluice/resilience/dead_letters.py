@@ -14,7 +14,7 @@ down the batch waits and is retried with backoff; the queue keeps its bound.
 
 Backends (``Backend``): the store (``StoreBackend``: the ``dead_letters`` table
 of SQLite or PostgreSQL, see ``sluice.store.dead_letters``) or a Redis stream
-(``sluice.resilience.dead_letters_redis.RedisBackend``), picked by
+(``sluice.state.dead_letters_redis.RedisBackend``), picked by
 ``resilience.dead_letters.redis`` in ``open_dead_letters``.
 
 Retention is bounded: ``trim()`` removes the letters older than ``max_age_s``
@@ -44,7 +44,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
-from ..errors import ConfigError, DependencyUnavailable, SluiceError
+from ..errors import ConfigError, DeadLetterError, DeadLettersUnavailable, LetterNotFound
 from ..observability.redact import redact
 from ..state.writer import BackgroundWriter, SinkDown, WriterCounts
 from ..store import RecordNotFound, Store, StoreError, display_prefix
@@ -65,20 +65,6 @@ _MAX_TEXT = 2000  # request ids, routes, labels, content types
 # Query parameters that carry credentials (Gemini's ?key=): never kept in a letter's route.
 _SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "token", "access_token", "secret", "password",
                             "signature", "sig", "x-amz-signature", "x-goog-signature"})
-
-
-class DeadLetterError(SluiceError):
-    """Base of the dead-letter queue's errors."""
-
-
-class LetterNotFound(DeadLetterError):
-    """No letter with that id."""
-
-
-class DeadLettersUnavailable(DeadLetterError, DependencyUnavailable):
-    """The store or Redis could not be reached, or failed."""
-
-    dependency = "the dead-letter queue"
 
 
 class Failure(NamedTuple):
@@ -444,8 +430,8 @@ def open_dead_letters(config: Config, *, store: Store | None = None, prefix: str
         if url is None:
             raise ConfigError("resilience.dead_letters.redis",
                               "a Redis stream needs resilience.redis or ratelimit.redis")
+        from ..state.dead_letters_redis import RedisBackend
         from ..state.redis import connect
-        from .dead_letters_redis import RedisBackend
 
         backend = RedisBackend(connect(url, timeout_s=redis_timeout_s, name="dlq"), prefix=prefix,
                                timeout_s=redis_timeout_s, owns_client=True)

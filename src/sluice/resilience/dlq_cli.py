@@ -116,8 +116,8 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
 
 
 def _with_letters(config: Config, action: Callable[[DeadLetters], Awaitable[int]]) -> int:
-    from ..errors import ConfigError
-    from .dead_letters import DeadLetterError, StoreBackend, open_dead_letters
+    from ..errors import ConfigError, DeadLetterError
+    from .dead_letters import StoreBackend, open_dead_letters
 
     try:
         letters = open_dead_letters(config)
@@ -141,8 +141,8 @@ def _with_letters(config: Config, action: Callable[[DeadLetters], Awaitable[int]
 
 
 async def _migrate(backend: Any) -> None:
+    from ..errors import DeadLettersUnavailable
     from ..store import StoreError
-    from .dead_letters import DeadLettersUnavailable
 
     try:
         await backend.store.migrate()
@@ -220,7 +220,8 @@ async def _replay(letters: DeadLetters, config: Config, args: argparse.Namespace
 
 async def _replay_one(letters: DeadLetters, client: UpstreamClient, gateway: str, key: str | None,
                       letter_id: str) -> tuple[bool, str]:
-    from .dead_letters import Attempt, LetterNotFound
+    from ..errors import LetterNotFound
+    from .dead_letters import Attempt
 
     try:
         letter = await letters.get(letter_id)

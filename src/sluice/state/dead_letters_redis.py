@@ -31,7 +31,8 @@ import msgspec
 import redis.asyncio
 from redis.exceptions import RedisError, ResponseError
 
-from .dead_letters import Attempt, DeadLetter, DeadLettersUnavailable, LetterNotFound
+from ..errors import DeadLettersUnavailable, LetterNotFound
+from ..store.dead_letters import Attempt, DeadLetter
 
 __all__ = ["RedisBackend"]
 
