@@ -24,9 +24,10 @@
           │    ├── TokensLimited     429 a tokens rate limit (error type "tokens")
           │    │    └── TokenQuotaExceeded   429 a tokens quota (also a QuotaExceeded)
           │    └── QuotaExceeded     429 a requests quota
-          ├── AuthThrottled          429 too many authentication failures from the client address
-          ├── PowRequired            429 with a proof-of-work challenge to solve
-          ├── AnomalyThrottled       429 the key is far above its own baseline
+          ├── Throttled              429 abuse protection (not a limit the caller was given)
+          │    ├── AuthThrottled     429 too many authentication failures from the client address
+          │    ├── PowRequired       429 with a proof-of-work challenge to solve
+          │    └── AnomalyThrottled  429 the key is far above its own baseline
           ├── BadGateway             502 upstream unreachable, reset or malformed
           ├── DependencyDown         503 server_error: a dependency the answer needs is unavailable
           │    ├── AuthUnavailable   503 the key store or a token issuer cannot be reached (retry-after: 1)
@@ -89,6 +90,7 @@ __all__ = [
     "RateLimited",
     "SluiceError",
     "StoreDown",
+    "Throttled",
     "TokenQuotaExceeded",
     "TokensLimited",
     "Unauthorized",
@@ -257,25 +259,24 @@ class TokenQuotaExceeded(QuotaExceeded, TokensLimited):
     """429 on a tokens quota (error type "tokens")."""
 
 
-class AuthThrottled(GatewayError):
-    """429: too many authentication failures from this address (Anthropic's ``rate_limit_error``)."""
+class Throttled(GatewayError):
+    """429 from abuse protection, not from a limit the caller was given (so not a ``RateLimited``, whose
+    subclasses name the caller's own policies); Anthropic's ``rate_limit_error``."""
 
     status = 429
     type = "requests"
 
 
-class PowRequired(GatewayError):
-    """429 with a challenge to solve (Anthropic's ``rate_limit_error``)."""
-
-    status = 429
-    type = "requests"
+class AuthThrottled(Throttled):
+    """429: too many authentication failures from this address."""
 
 
-class AnomalyThrottled(GatewayError):
-    """429: the key is far above its own baseline (Anthropic's ``rate_limit_error``)."""
+class PowRequired(Throttled):
+    """429 with a challenge to solve."""
 
-    status = 429
-    type = "requests"
+
+class AnomalyThrottled(Throttled):
+    """429: the key is far above its own baseline."""
 
 
 class BadGateway(GatewayError):
