@@ -48,7 +48,8 @@ if [ "$1" = -m ] && [ "$2" = venv ]; then
 fi
 exec REAL "$@"
 """
-# apt-get and apt record; update succeeds, install fails; sudo records and runs its command (so root and not root meet the same fakes).
+# apt-get and apt record; update succeeds, install fails.  sudo records and runs its command, so that root and
+# not root meet the same fakes.
 FAKE_APT = '#!/bin/sh\necho "$(basename "$0") $*" >> "$CALLS/system"\n[ "$1" = update ]\n'
 FAKE_SUDO = '#!/bin/sh\necho "sudo $*" >> "$CALLS/system"\n[ "$1" = -n ] && exit 0\nexec env "$@"\n'
 
