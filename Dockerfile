@@ -6,8 +6,8 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY ext ext
 COPY src src
-# The runtime and its optional extras (sluice.extras), never the dev ones: an image serves whatever config is
-# mounted, PostgreSQL store, tracing and JWT included.  --build-arg EXTRAS= builds the smallest image.
+# The runtime and its optional extras (sluice.config.extras), never the dev ones: an image serves whatever
+# config is mounted, PostgreSQL store, tracing and JWT included.  --build-arg EXTRAS= builds the smallest image.
 ARG EXTRAS=postgres,otel,jwt
 RUN SLUICE_REQUIRE_EXTENSIONS=1 pip wheel --no-cache-dir --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 

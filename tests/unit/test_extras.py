@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from sluice.config import parse_config
+from sluice.config.extras import EXTRAS, check_extras, installed, needed
 from sluice.errors import ConfigError
-from sluice.extras import EXTRAS, check_extras, installed, needed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,7 +104,7 @@ def test_a_config_without_those_features_needs_no_extra() -> None:
     assert needed(config) == []
     result = without("postgres", f"""
         from sluice.config import parse_config
-        from sluice.extras import check_extras
+        from sluice.config.extras import check_extras
         sys.modules["opentelemetry.sdk"] = sys.modules["jwt"] = None
         check_extras(parse_config({BASE!r}, {{}}))
         print("ok")

@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from ..extras import missing_extra
+from ..config.extras import missing_extra
 
 try:
     from jwt import PyJWK, PyJWS

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from ..extras import missing_extra
+from ..config.extras import missing_extra
 
 try:
     from jwt import PyJWK

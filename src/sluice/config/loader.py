@@ -23,7 +23,7 @@ import msgspec
 import yaml
 
 from ..errors import ConfigError
-from ..extras import check_extras
+from .extras import check_extras
 from .model import (
     AbuseConfig,
     AuthConfig,

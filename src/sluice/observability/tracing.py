@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..extras import missing_extra
+from ..config.extras import missing_extra
 
 try:
     from opentelemetry.context import Context

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from ..extras import missing_extra
+from ..config.extras import missing_extra
 
 try:
     import asyncpg

@@ -22,10 +22,10 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .model import Config
 
 __all__ = ["EXTRAS", "check_extras", "installed", "missing_extra"]
 
