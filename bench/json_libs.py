@@ -9,9 +9,12 @@ library that could do it, on the payload the gateway really handles there:
   ChatRequest with its validation (today), msgspec and orjson untyped (a dict, no validation);
 - ``model rename``: the same body decoded, its model replaced, encoded again (validate.rename_model);
 - ``response decode``: the 629-byte chat.completion an upstream answers (its usage is read from it);
-- ``chunk decode`` / ``chunk encode``: one chat.completion.chunk of a stream with a short text delta;
+- ``chunk decode`` / ``chunk encode``: one chat.completion.chunk of a stream with a short text delta, as a dict
+  and (msgspec) as a struct made for the call; ``chunk text encode``: the delta's text alone, which is what the
+  translated streams encode per chunk (providers/translate/anthropic_stream.py joins it into bytes made once);
 - ``log line encode``: one access-log line (msgspec: the Line struct, as today; both: the same as a dict);
-- ``error body encode``: the OpenAI error shape of a 400 (errors.GatewayError.openai_body).
+- ``error body encode``: the OpenAI error shape of a 400 (errors.GatewayError.openai_body), as a dict and
+  (msgspec) as a struct made for the call.
 
 Two measures: ``--callgrind`` (the default) counts instructions per call under valgrind, the difference between
 a run of N calls and a run of none (made once) in a fresh interpreter (PYTHONHASHSEED=0), so the figure does not
@@ -63,10 +66,42 @@ ERROR = {"error": {"message": "Invalid value for 'max_tokens': Expected `int` >=
                    "param": "max_tokens", "code": "invalid_value"}}
 
 
+class Delta(msgspec.Struct):
+    content: str
+
+
+class Choice(msgspec.Struct):
+    index: int
+    delta: Delta
+    logprobs: None
+    finish_reason: str | None
+
+
+class Chunk(msgspec.Struct):
+    id: str
+    object: str
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[Choice]
+
+
+class ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
 def cases() -> list[Case]:
     body = chat_request("gpt-4o-mini")
     response = CHAT_COMPLETION.encode()
     chunk = msgspec.json.decode(CHUNK)
+    text = chunk["choices"][0]["delta"]["content"]
     line = Line(**LINE)
     typed = msgspec.json.Decoder(ChatRequest)
     decoder = msgspec.json.Decoder()
@@ -94,11 +129,17 @@ def cases() -> list[Case]:
         ("chunk decode", "msgspec", lambda: decoder.decode(CHUNK)),
         ("chunk encode", "orjson (today)", lambda: orjson.dumps(chunk)),
         ("chunk encode", "msgspec", lambda: encoder.encode(chunk)),
+        ("chunk encode", "msgspec struct", lambda: encoder.encode(Chunk(
+            chunk["id"], chunk["object"], chunk["created"], chunk["model"], chunk["system_fingerprint"],
+            [Choice(0, Delta(text), None, None)]))),
+        ("chunk text encode", "orjson (today)", lambda: orjson.dumps(text)),
+        ("chunk text encode", "msgspec", lambda: encoder.encode(text)),
         ("log line encode", "msgspec struct (today)", lambda: encoder.encode(line)),
         ("log line encode", "msgspec dict", lambda: encoder.encode(LINE)),
         ("log line encode", "orjson dict", lambda: orjson.dumps(LINE)),
         ("error body encode", "orjson (today)", lambda: orjson.dumps(ERROR)),
         ("error body encode", "msgspec", lambda: encoder.encode(ERROR)),
+        ("error body encode", "msgspec struct", lambda: encoder.encode(ErrorBody(ErrorDetail(**ERROR["error"])))),
     ]
 
 
