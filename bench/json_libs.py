@@ -19,7 +19,7 @@ library that could do it, on the payload the gateway really handles there:
 Two measures: ``--callgrind`` (the default) counts instructions per call under valgrind, the difference between
 a run of N calls and a run of none (made once) in a fresh interpreter (PYTHONHASHSEED=0), so the figure does not
 depend on the machine's load; ``--timeit`` is the best of R timed loops of N calls, in ns (quick, noisy on a busy
-machine).  A call includes the loop and the lambda around the library's call (about the same for every case).
+machine).  A call includes the loop and the lambda around the library's call: the first row measures them alone.
 Encoders and decoders are made once and reused, as the gateway does.  It reports; it never fails on a figure.
 
     .venv/bin/python bench/json_libs.py [--callgrind | --timeit] [--calls 5000] [--repeat 7]
@@ -118,6 +118,7 @@ def cases() -> list[Case]:
         return encoder.encode(data)
 
     return [
+        ("loop and call", "none (what every row below includes)", lambda: None),
         ("request decode", "msgspec typed+validated (today)", lambda: typed.decode(body)),
         ("request decode", "msgspec untyped", lambda: decoder.decode(body)),
         ("request decode", "orjson untyped", lambda: orjson.loads(body)),
