@@ -13,7 +13,7 @@ trap 'kill $mock 2>/dev/null; wait $mock 2>/dev/null' EXIT INT TERM
 
 # The openai SDK is a dev dependency, not the gateway's: the second example says how to get it.
 cat <<MSG
-sluice: starting on http://127.0.0.1:$SLUICE_PORT ($(.venv/bin/sluice version)). Try:
+sluice: starting $(.venv/bin/sluice version) on http://127.0.0.1:$SLUICE_PORT. Try:
 
   curl http://127.0.0.1:$SLUICE_PORT/v1/chat/completions \\
     -H 'Authorization: Bearer sk-sluice-demo' -H 'Content-Type: application/json' \\
