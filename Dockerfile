@@ -6,7 +6,10 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY ext ext
 COPY src src
-RUN SLUICE_REQUIRE_EXTENSIONS=1 pip wheel --no-cache-dir --wheel-dir /wheels .
+# The runtime and its optional extras (sluice.config.extras), never the dev ones: an image serves whatever
+# config is mounted, PostgreSQL store, tracing and JWT included.  --build-arg EXTRAS= builds the smallest image.
+ARG EXTRAS=postgres,otel,jwt
+RUN SLUICE_REQUIRE_EXTENSIONS=1 pip wheel --no-cache-dir --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 sluice

@@ -3,6 +3,7 @@
 The extensions are an accelerator, not a requirement: when no C compiler is at
 hand the build continues and the pure-Python twins serve (`sluice version` says
 which is active).  Set SLUICE_REQUIRE_EXTENSIONS=1 to make a failed build fatal,
+SLUICE_NO_EXTENSIONS=1 not to build them at all (as at run time: the twins serve),
 SLUICE_CYTHON_TRACE=1 for line tracing (profiling), SLUICE_CYTHON_ANNOTATE=1 to
 write the HTML annotation next to each .pyx.
 """
@@ -38,6 +39,9 @@ def cython_include():
 
 
 def extensions():
+    if os.environ.get("SLUICE_NO_EXTENSIONS") == "1":  # asked not to build (scripts/bootstrap.sh: no compiler)
+        print("sluice: SLUICE_NO_EXTENSIONS=1; using the pure-Python twins", file=sys.stderr)
+        return []
     try:
         from Cython.Build import cythonize
     except ImportError:

@@ -1,52 +1,133 @@
 #!/usr/bin/env bash
-# Creates .venv and installs sluice with its extensions; installs Debian's venv/compiler
-# packages first when they are missing and we may (root or passwordless sudo).
+# Creates .venv and installs sluice into it, one "sluice: ..." line per step; pip's own output is kept in
+# build/bootstrap.log and shown only when a step fails.
+#
+#   scripts/bootstrap.sh runtime       `make serve`: the runtime dependencies and the compiled extensions, and
+#                                      never a system package.  No C compiler or Python headers: it says so and
+#                                      the pure-Python twins serve.  No venv module (Debian without
+#                                      python3-venv): virtualenv if there is one, else one line naming the package.
+#   scripts/bootstrap.sh dev[,bench]   `make test`, `make venv`, `make bench`: the dev extras (every optional
+#                                      extra included) and what the tests need from the system (compiler,
+#                                      promtool, valgrind, PostgreSQL, Redis), installed with apt-get when we may
+#                                      (root or passwordless sudo).
+#
+# PYTHON picks the interpreter (python3), CC the compiler looked for (cc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 extras=${1:-dev}
+mkdir -p build
+log=build/bootstrap.log
+: >"$log"
+
+step() { echo "sluice: $*"; }
+
+# Runs a command with its output in the log; on failure shows the log's tail and stops.
+quietly() {
+  if ! "$@" >>"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "sluice: failed: $* (whole output in $log)" >&2
+    exit 1
+  fi
+}
+
+# The system set-up is the tests' business: the runtime bootstrap never changes the machine.
+system_setup() { [[ $extras != runtime ]]; }
 
 apt_install() {
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+  system_setup || return 1
+  step "installing system packages: $*"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >>"$log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$log" 2>&1
   elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
-  else echo "bootstrap: please install: $*" >&2; return 1; fi
+    sudo apt-get update -qq >>"$log" 2>&1 \
+      && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$log" 2>&1
+  else echo "sluice: please install: $*" >&2; return 1; fi
+}
+
+# A stamp newer than everything the install depends on.
+up_to_date() {
+  [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ] && [ ! setup.py -nt "$1" ] \
+    && [ -z "$(find ext -newer "$1" -name '*.pyx' 2>/dev/null)" ]
 }
 
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
-  echo "bootstrap: sluice needs Python >= 3.11 ($PYTHON is $("$PYTHON" -V 2>&1))" >&2; exit 1; }
+  echo "sluice: needs Python >= 3.11 ($PYTHON is $("$PYTHON" -V 2>&1))" >&2; exit 1; }
 
 if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv 2>/dev/null || { rm -rf .venv; apt_install python3-venv; "$PYTHON" -m venv .venv; }
+  step "creating .venv ($PYTHON -m venv)"
+  if ! "$PYTHON" -m venv .venv >>"$log" 2>&1; then
+    rm -rf .venv
+    venv_package=$("$PYTHON" -c 'import sys; print(f"python3.{sys.version_info[1]}-venv")')
+    if system_setup && apt_install python3-venv; then
+      quietly "$PYTHON" -m venv .venv
+    elif command -v virtualenv >/dev/null; then
+      step "no venv module ($venv_package is not installed): creating .venv with virtualenv"
+      quietly virtualenv -q -p "$PYTHON" .venv
+    else
+      echo "sluice: '$PYTHON -m venv' is unavailable: install $venv_package (or python3-venv), e.g." \
+           "'sudo apt-get install $venv_package', then run this again" >&2
+      exit 1
+    fi
+  fi
 fi
+
 # The extensions need a C compiler and the Python headers; without them the pure twins serve.
-if ! command -v cc >/dev/null || [ ! -f "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; then
-  apt_install gcc python3-dev || echo "bootstrap: no C toolchain; using the pure-Python twins" >&2
+compiler=yes
+include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+if ! command -v "${CC:-cc}" >/dev/null || [ ! -f "$include/Python.h" ]; then
+  if ! apt_install gcc python3-dev; then
+    step "no C compiler or Python headers (gcc, python3-dev): the pure-Python twins will serve (install them" \
+         "and run this again for the compiled hot path)"
+    compiler=no
+  fi
 fi
-# promtool and prometheus check monitoring/ in the tests (they skip without them, outside CI).
-if [[ ",$extras," == *,dev,* ]] && ! command -v promtool >/dev/null; then
-  apt_install --no-install-recommends prometheus \
-    || echo "bootstrap: no promtool; the monitoring tests will be skipped" >&2
-fi
-# The performance gate (tests/perf/) counts instructions per request under valgrind's callgrind (fails in CI without it).
-if [[ ",$extras," == *,dev,* ]] && ! command -v valgrind >/dev/null; then
-  apt_install --no-install-recommends valgrind \
-    || echo "bootstrap: no valgrind; the performance gate will be skipped (it fails in CI)" >&2
-fi
-# The integration tests start throwaway PostgreSQL (initdb, postgres) and redis-server processes of their own.
-if [[ ",$extras," == *,dev,* ]]; then
+
+if system_setup && [[ ",$extras," == *,dev,* ]]; then
+  # promtool and prometheus check monitoring/ in the tests (they skip without them, outside CI).
+  if ! command -v promtool >/dev/null; then
+    apt_install --no-install-recommends prometheus \
+      || echo "sluice: no promtool; the monitoring tests will be skipped" >&2
+  fi
+  # The performance gate (tests/perf/) counts instructions per request under callgrind (fails in CI without it).
+  if ! command -v valgrind >/dev/null; then
+    apt_install --no-install-recommends valgrind \
+      || echo "sluice: no valgrind; the performance gate will be skipped (it fails in CI)" >&2
+  fi
+  # The integration tests start throwaway PostgreSQL (initdb, postgres) and redis-server processes of their own.
   servers=()
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null || servers+=(postgresql)
   command -v redis-server >/dev/null || servers+=(redis-server)
   if [ ${#servers[@]} -gt 0 ]; then
     apt_install --no-install-recommends "${servers[@]}" \
-      || echo "bootstrap: no ${servers[*]}; the store and Redis tests will fail" >&2
+      || echo "sluice: no ${servers[*]}; the store and Redis tests will fail" >&2
   fi
 fi
+
 stamp=.venv/.installed-$extras
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-   || [ -n "$(find ext -newer "$stamp" -name '*.pyx' 2>/dev/null)" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[$extras]"
-  touch "$stamp"
+# The dev install holds the runtime: `make serve` after `make test` installs nothing.
+if up_to_date "$stamp" || { [ "$extras" = runtime ] && up_to_date .venv/.installed-dev; }; then
+  step ".venv is up to date"
+  exit 0
 fi
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+if [ "$extras" = runtime ]; then
+  step "installing runtime dependencies ($("$PYTHON" scripts/requirements.py --names runtime))"
+else
+  step "installing runtime and $extras dependencies ($("$PYTHON" scripts/requirements.py --names "$extras"))"
+fi
+"$PYTHON" scripts/requirements.py "$extras" >build/requirements.txt
+quietly "${pip[@]}" -r build/requirements.txt
+if [ "$compiler" = yes ]; then
+  step "building compiled extensions (Cython, then the C compiler: a minute or two)"
+  quietly "${pip[@]}" --no-deps -e .
+  hot_path=$(.venv/bin/python -c 'from sluice._native import IMPLEMENTATION; print(IMPLEMENTATION)')
+  if [ "$hot_path" != compiled ]; then
+    step "the compiled extensions did not build (see $log): the pure-Python twins will serve"
+  fi
+else
+  step "installing sluice without its compiled extensions"
+  SLUICE_NO_EXTENSIONS=1 quietly "${pip[@]}" --no-deps -e .
+fi
+touch "$stamp"
+step "installed in .venv"

@@ -27,6 +27,34 @@ ROOT = Path(__file__).resolve().parent.parent
 settings.register_profile("sluice", deadline=None)
 settings.load_profile("sluice")
 
+# The compiled extensions are checked in every run, not only in CI: a build that failed must not leave a local
+# run testing the pure twins alone while it looks green.  SLUICE_REQUIRE_COMPILED=0 opts out (a machine without
+# a C compiler), and so does SLUICE_NO_EXTENSIONS=1 (a deliberate pure run).  The tests' own checks
+# (test_compiled_is_active_when_required) read the same variable; the twin parity tests run both either way.
+os.environ.setdefault("SLUICE_REQUIRE_COMPILED", "0" if os.environ.get("SLUICE_NO_EXTENSIONS") == "1" else "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ["SLUICE_REQUIRE_COMPILED"] == "1" and (problem := _compiled_problem()):
+        raise pytest.UsageError(
+            f"the compiled extensions are required and {problem}.\n  Build them: `make venv` (or "
+            "`.venv/bin/pip install -e . -v` to see the compiler's output); SLUICE_REQUIRE_COMPILED=0 runs the "
+            "pure-Python twins alone.")
+
+
+def _compiled_problem() -> str | None:
+    """Why the compiled hot path is not the one in use, or None when it is."""
+    import importlib
+
+    for source in sorted((ROOT / "ext").glob("*.pyx")):
+        try:
+            importlib.import_module(f"sluice._native.{source.stem}")
+        except ImportError as exc:
+            return f"sluice._native.{source.stem} does not import ({exc})"
+    from sluice._native import IMPLEMENTATION
+
+    return None if IMPLEMENTATION == "compiled" else f"sluice._native picked the {IMPLEMENTATION} twins"
+
 
 class Reply:
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:

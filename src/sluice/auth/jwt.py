@@ -34,14 +34,20 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from jwt import PyJWK, PyJWS
-from jwt.exceptions import (
-    DecodeError,
-    InvalidAlgorithmError,
-    InvalidKeyError,
-    InvalidSignatureError,
-    PyJWTError,
-)
+
+from ..config.extras import missing_extra
+
+try:
+    from jwt import PyJWK, PyJWS
+    from jwt.exceptions import (
+        DecodeError,
+        InvalidAlgorithmError,
+        InvalidKeyError,
+        InvalidSignatureError,
+        PyJWTError,
+    )
+except ImportError as exc:  # the jwt extra is not installed: say which, not a traceback
+    raise missing_extra("jwt", "auth.jwt") from exc
 
 from ..config.model import JwtIssuerConfig
 from .identity import AuthFailure, ClaimMap, Identity

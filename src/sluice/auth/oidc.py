@@ -29,8 +29,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from jwt import PyJWK
-from jwt.exceptions import PyJWTError
+
+from ..config.extras import missing_extra
+
+try:
+    from jwt import PyJWK
+    from jwt.exceptions import PyJWTError
+except ImportError as exc:  # the jwt extra is not installed (introspection's discovery shares it)
+    raise missing_extra("jwt", "auth.introspection") from exc
 
 from ..config.model import JwtIssuerConfig
 from ..errors import DependencyUnavailable

@@ -23,6 +23,7 @@ import msgspec
 import yaml
 
 from ..errors import ConfigError
+from .extras import check_extras
 from .model import (
     ENVIRONMENT_DEFAULTS,
     AbuseConfig,
@@ -60,13 +61,15 @@ _UNKNOWN_FIELD = re.compile(r"unknown field `(.*)`")
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
     """Reads, interpolates and validates the file at ``path``; then resolves the host names of its outbound
-    URLs (parse_config checks only literal addresses: it stays pure and quick)."""
+    URLs (parse_config checks only literal addresses: it stays pure and quick) and checks that the extras
+    its features need are installed."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from exc
     config = parse_config(text, os.environ if env is None else env)
     _check_outbound(config, resolve=True)
+    check_extras(config)
     return config
 
 

@@ -21,7 +21,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
+from ..config.extras import missing_extra
+
+try:
+    import asyncpg
+except ImportError as exc:  # the postgres extra is not installed: say which, not a traceback
+    raise missing_extra("postgres", "store.postgres_url") from exc
 
 from . import migrations
 from ._common import LONG_TIMEOUT_S, Dialect, Op, Query, SqlStore, Tx, Want, advisory_key, drive_async
