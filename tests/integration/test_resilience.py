@@ -24,7 +24,7 @@ from tests.conftest import Proc, call, start_gateway, start_mock, wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-DEADLINE_MARGIN_S = 0.75  # the stated bound on outliving the total timeout: reported with each deadline case, not asserted
+DEADLINE_MARGIN_S = 0.75  # the stated bound on outliving the total timeout: reported with each case, not asserted
 
 
 @pytest.fixture(scope="module")
