@@ -41,6 +41,14 @@ def settled(url: str, done: Callable[[dict[Any, float]], bool], what: str) -> No
     wait_until(lambda: done(scrape(url)), what)
 
 
+def finished(url: str, route: str | None = "/v1/chat/completions") -> float:
+    """Requests on ``route`` (None: any but the scrapes) the gateway has finished, by a scrape (one worker: its own
+    count, flushed to answer).  The metrics stage's response step runs after every other stage's (rate limits and
+    quotas settled)."""
+    return sum(v for (name, labels), v in scrape(url).items() if name == "sluice_requests_total"
+               and (("route", route) in labels if route else ("route", "/metrics") not in labels))
+
+
 def test_two_workers_count_exactly(tmp_path, mock_upstream) -> None:
     config = f"""
 providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Proc, call, start_gateway, wait_until
+from tests.integration.test_metrics import finished
 from tests.redis_server import command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -65,13 +65,6 @@ def test_the_zone_keeps_clear_of_midnight() -> None:
         assert local.hour == 12, (hour, zone_at_noon(now))
 
 
-def answered(gateway: Proc) -> float:
-    """Chat completions the gateway has finished (their quota settled: the metrics stage's step runs after it)."""
-    samples = text_string_to_metric_families(call(gateway.url, "GET", "/metrics").body.decode())
-    return sum(sample.value for family in samples for sample in family.samples
-               if sample.name == "sluice_requests_total" and sample.labels["route"] == "/v1/chat/completions")
-
-
 def stored(redis_port: int, quota: str) -> int:
     """The usage the instances have pushed to Redis for ``quota`` (one subject, one period in these tests)."""
     keys = command(redis_port, "KEYS", f"sluice:q:{{{quota}:*").split(b"\r\n")[2::2]
@@ -119,7 +112,7 @@ def test_a_token_quota_is_settled_with_the_usage_the_provider_reported(tmp_path,
     try:
         first = call(gateway.url, "POST", "/v1/chat/completions", CHAT, ALICE)
         used = first.json()["usage"]["total_tokens"]
-        wait_until(lambda: answered(gateway) >= 1, "the first request settled")
+        wait_until(lambda: finished(gateway.url) >= 1, "the first request settled")
         second = call(gateway.url, "POST", "/v1/chat/completions", CHAT, ALICE)
     finally:
         gateway.stop()
