@@ -58,8 +58,10 @@ class Upstream:
         answer = json.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
                                           "finish_reason": "stop"}]}).encode()
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                     % (len(answer), answer))
+        # One answer per connection, said so: unannounced, the close raced the gateway's next request on the pooled
+        # connection (a 502 once the tests no longer slept between requests).
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(answer), answer))
         await writer.drain()
 
 
