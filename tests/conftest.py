@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import settings
@@ -95,8 +95,45 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeou
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing: poll interval
     raise RuntimeError(f"port {port} did not open within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+T = TypeVar("T")
+# How long a poll waits for something that should happen at once: far beyond any healthy delay, so that only a
+# real failure (never a slow, loaded machine) reaches it.
+POLL_DEADLINE_S = 20.0
+
+
+def wait_until(check: Callable[[], T], what: str, timeout: float = POLL_DEADLINE_S, interval: float = 0.05) -> T:
+    """Polls ``check`` until it returns something truthy and returns that; fails naming ``what`` at the deadline.
+
+    The way a test waits for an effect it cannot be told about (a file written, a change fed through, a counter
+    moved): never a fixed sleep, which is too short on a loaded machine and wasted time on an idle one.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
+        time.sleep(interval)  # pacing: poll interval
+
+
+async def async_wait_until(check: Callable[[], Any], what: str, timeout: float = POLL_DEADLINE_S,
+                           interval: float = 0.02) -> Any:
+    """wait_until for a test on an event loop: ``check`` may be a plain or an async function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
+        await asyncio.sleep(interval)  # pacing: poll interval
 
 
 class Proc:
@@ -230,7 +267,7 @@ def raw_upstream() -> Iterator[RawServer]:
                     event = b'data: {"n": %d}\n\n' % i
                     writer.write(b"%x\r\n%s\r\n" % (len(event), event))
                     await writer.drain()
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # pacing: an endless stream, one event at a time
             elif b'"raw-json-for-stream"' in request:
                 body = b'{"id": "x", "object": "chat.completion", "choices": []}'
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
@@ -244,7 +281,7 @@ def raw_upstream() -> Iterator[RawServer]:
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                              % (len(body), body))
             elif b'"raw-hang"' in request:
-                await asyncio.sleep(30)
+                await asyncio.sleep(30)  # pacing: an upstream that never answers (beyond any read timeout)
             await writer.drain()
             writer.close()
             return

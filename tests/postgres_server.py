@@ -147,7 +147,7 @@ class PostgresServer(_Databases):
             if _READY in self._tail(offset):
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing: poll interval
         raise RuntimeError(f"postgres was not ready within {self.start_timeout}s:\n{self._tail()}")
 
     def _tail(self, offset: int = 0) -> str:

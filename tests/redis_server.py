@@ -90,7 +90,7 @@ class RedisServer:
                     break
             except OSError:
                 pass
-            time.sleep(0.02)
+            time.sleep(0.02)  # pacing: poll interval
         else:
             raise RuntimeError(f"redis-server did not answer PING within {self.start_timeout}s:\n{self._tail()}")
         if self.cluster:
@@ -98,7 +98,7 @@ class RedisServer:
             while b"cluster_state:ok" not in command(self.port, "CLUSTER", "INFO"):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"cluster did not come up within {self.start_timeout}s:\n{self._tail()}")
-                time.sleep(0.02)
+                time.sleep(0.02)  # pacing: poll interval
 
     def _tail(self) -> str:
         try:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from sluice.pipeline.pow import solve
-from tests.conftest import Proc, call, start_gateway
+from tests.conftest import Proc, call, start_gateway, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -58,18 +57,17 @@ abuse: {{reputation: {{files: ["{listed}"], refresh_s: 0.2}}}}
         partial = tmp_path / "block.tmp"
         partial.write_text("198.51.100.0/24\n")
         os.replace(partial, listed)
-        deadline = time.monotonic() + 20
-        while post("/v1/chat/completions", CHAT, "198.51.100.1")[0] != 403:
-            assert time.monotonic() < deadline, "the changed list was not loaded"
-            time.sleep(0.1)
+        wait_until(lambda: post("/v1/chat/completions", CHAT, "198.51.100.1")[0] == 403, "the changed list loaded",
+                   interval=0.1)
         assert post("/v1/chat/completions", CHAT, "203.0.113.5")[0] == 200
         # A bad file keeps the last good list.
         listed.write_text("198.51.100.0/24\nnot an address\n")
-        deadline = time.monotonic() + 20
-        while metric(gateway, 'sluice_ip_reputation_reloads_total{result="failed"}') < 1:
-            assert time.monotonic() < deadline, "the bad file was not read"
+
+        def failed_reloads() -> float:
             call(gateway.url, "POST", "/v1/chat/completions", CHAT, {"x-forwarded-for": "192.0.2.1"})
-            time.sleep(0.1)
+            return metric(gateway, 'sluice_ip_reputation_reloads_total{result="failed"}')
+
+        wait_until(lambda: failed_reloads() >= 1, "the bad file read", interval=0.1)
         assert post("/v1/chat/completions", CHAT, "198.51.100.1")[0] == 403
         assert metric(gateway, "sluice_ip_reputation_refused_total") >= 4
     finally:
@@ -102,13 +100,9 @@ abuse: {{anomaly: {{window_s: 3600, warmup_s: 0, min_requests: 3, action: thrott
         assert reply.status == 429 and reply.json()["error"]["type"] == "rate_limit_error"
         assert metric(gateway, 'sluice_key_anomalies_total{kind="requests"}') == 1
         assert metric(gateway, "sluice_key_anomaly_throttled_total") == 3
-        deadline = time.monotonic() + 20
-        while True:
-            records = call(gateway.url, path="/admin/audit?action=abuse.anomaly",
-                           headers={"authorization": f"Bearer {ADMIN}"}).json()["data"]
-            if records or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        records = wait_until(lambda: call(gateway.url, path="/admin/audit?action=abuse.anomaly",
+                                          headers={"authorization": f"Bearer {ADMIN}"}).json()["data"],
+                             "the anomaly audited", interval=0.1)
         assert len(records) == 1, records
         assert records[0]["details"]["kind"] == "requests" and records[0]["details"]["count"] == 4
     finally:

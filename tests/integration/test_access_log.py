@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import openai
 import pytest
 
-from tests.conftest import call, free_port, start_gateway
+from tests.conftest import call, free_port, start_gateway, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +32,14 @@ models:
 """
 
 
-def read_lines(path: Path, count: int, timeout: float = 5.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count:
-            return [json.loads(line) for line in lines]
-        time.sleep(0.05)
-    raise AssertionError(f"expected {count} access-log lines, got {path.read_text() if path.exists() else None}")
+def read_lines(path: Path, count: int) -> list[dict]:
+    """The access log's entries, once it holds ``count`` lines (written off the request path, in order)."""
+
+    def lines() -> list[str]:
+        text = path.read_text().splitlines() if path.exists() else []
+        return text if len(text) >= count else []
+
+    return [json.loads(line) for line in wait_until(lines, f"{count} access-log lines in {path}")]
 
 
 def test_one_json_line_per_request_with_its_fields(tmp_path, mock_upstream) -> None:
@@ -82,11 +81,12 @@ def test_sampling_keeps_every_error_and_drops_successes(tmp_path, mock_upstream)
         for _ in range(5):
             assert call(gateway.url, "POST", "/v1/chat/completions", CHAT).status == 200
         assert call(gateway.url, "POST", "/v1/chat/completions", {**CHAT, "model": "broken"}).status == 503
-        entries = read_lines(log, 1)
-        time.sleep(0.3)  # a success line, had one been written, would be there by now
-        entries = [json.loads(line) for line in log.read_text().splitlines()]
+        read_lines(log, 1)
     finally:
-        gateway.stop()
+        gateway.stop()  # writes whatever was still queued
+    # No success line: lines are written in the order of the requests, so one for the five successes before the
+    # error would be in the file ahead of it; and the shutdown wrote the rest.
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["status"] for e in entries] == [503]
 
 
@@ -145,9 +145,7 @@ models: {{unreachable: {{targets: [{{provider: closed, model: x}}]}}}}
     try:
         chat = {**CHAT, "model": "unreachable"}
         assert call(gateway.url, "POST", "/v1/chat/completions", chat, {"x-request-id": "json-1"}).status == 502
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and "json-1" not in gateway.log.read_text():
-            time.sleep(0.05)
+        wait_until(lambda: "json-1" in gateway.log.read_text(), "the failure's log line")
     finally:
         gateway.stop()
     lines = [json.loads(line) for line in gateway.log.read_text().splitlines() if line.startswith("{")]

@@ -17,7 +17,7 @@ import pytest
 
 from sluice.config import StoreConfig
 from sluice.store import open_store
-from tests.conftest import Proc, Reply, call, start_gateway
+from tests.conftest import Proc, Reply, call, start_gateway, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -152,24 +152,35 @@ def admin_count(admin: Admin) -> int:
     return len(admin.ok("GET", "/admin/audit?limit=1000")["data"])
 
 
+def refused(admin: Admin, key: str, model: str = "gpt-4o-mini",
+            error: type[openai.APIStatusError] = openai.AuthenticationError) -> bool:
+    """True when a chat with ``key`` is refused with ``error`` (False when it is answered)."""
+    try:
+        chat(admin, key, model)
+    except error:
+        return True
+    return False
+
+
 def test_rotation_keeps_the_old_key_until_the_grace_ends(admin: Admin) -> None:
     old = admin.ok("POST", "/admin/keys", {"name": "svc", "roles": ["user"], "signing": False}, status=201)
     assert chat(admin, old["key"])
-    new = admin.ok("POST", f"/admin/keys/{old['id']}/rotate", {"grace_s": 2}, status=201)
+    # A grace period long enough for the checks below on a loaded machine; the test then polls for its end.
+    sent = time.time()
+    new = admin.ok("POST", f"/admin/keys/{old['id']}/rotate", {"grace_s": 5}, status=201)
     assert new["key"] != old["key"] and new["rotated_from"] == old["id"] and new["name"] == "svc"
-    assert new["old_key_valid_until"] == pytest.approx(time.time() + 2, abs=1.5)
+    assert sent + 5 <= new["old_key_valid_until"] <= time.time() + 5  # from the moment of the rotation
     assert chat(admin, new["key"]) and chat(admin, old["key"])  # both during the grace period
     assert admin.ok("GET", f"/admin/keys/{old['id']}")["status"] == "rotating"
     again = admin("POST", f"/admin/keys/{old['id']}/rotate", {})
     assert again.status == 409 and again.json()["error"]["code"] == "key_rotated"
-    time.sleep(max(0.0, new["old_key_valid_until"] - time.time()) + 0.3)
-    with pytest.raises(openai.AuthenticationError):
-        chat(admin, old["key"])
+    wait_until(lambda: refused(admin, old["key"]), "the old key refused once its grace period is over")
     assert chat(admin, new["key"])
     assert admin.ok("GET", f"/admin/keys/{old['id']}")["status"] == "rotated"
 
+    sent = time.time()
     default = admin.ok("POST", f"/admin/keys/{new['id']}/rotate", status=201)  # no body: 24 h
-    assert default["old_key_valid_until"] == pytest.approx(time.time() + 86400, abs=60)
+    assert sent + 86400 <= default["old_key_valid_until"] <= time.time() + 86400
     admin.ok("POST", f"/admin/keys/{default['id']}/revoke")
     revoked = admin("POST", f"/admin/keys/{default['id']}/rotate", {"grace_s": 0})
     assert revoked.status == 409 and revoked.json()["error"]["code"] == "key_revoked"
@@ -201,20 +212,15 @@ def test_users_teams_roles_crud_and_ownership(admin: Admin) -> None:
 
     updated = admin.ok("PATCH", "/admin/roles/analyst", {"permissions": ["chat", "model:gpt-4o*"]})
     assert updated["permissions"] == ["chat", "model:gpt-4o*"]
-    deadline = time.monotonic() + 3  # the role table is read again from the change feed
-    while True:
-        try:
-            assert chat(admin, service["key"], "gpt-4o")
-            break
-        except openai.PermissionDeniedError:
-            assert time.monotonic() < deadline, "the role change did not reach the gateway"
-            time.sleep(0.1)
+    # the role table is read again from the change feed
+    wait_until(lambda: not refused(admin, service["key"], "gpt-4o", openai.PermissionDeniedError),
+               "the role change reaching the gateway")
     assert admin.ok("PATCH", "/admin/users/alice", {"disabled": True, "name": "Alice"})["disabled"] is True
     assert admin.ok("PATCH", "/admin/teams/ml", {"name": "Machine learning"})["name"] == "Machine learning"
 
     for path, code in (("/admin/users/alice", "user_has_keys"), ("/admin/teams/ml", "team_has_keys")):
-        refused = admin("DELETE", path)
-        assert refused.status == 409 and refused.json()["error"]["code"] == code
+        in_use = admin("DELETE", path)
+        assert in_use.status == 409 and in_use.json()["error"]["code"] == code
     admin.ok("POST", f"/admin/keys/{owned['id']}/revoke")
     admin.ok("POST", f"/admin/keys/{service['id']}/revoke")
     members = admin("DELETE", "/admin/teams/ml")

@@ -271,7 +271,7 @@ def test_audit_counters_reach_metrics_summed_over_workers(tmp_path: Path, mock: 
             if events + dropped == sent and written == len(records):
                 break
             assert time.monotonic() < deadline, (sent, events, dropped, written, len(records))
-            time.sleep(0.3)
+            time.sleep(0.3)  # pacing: poll interval (the loop's deadline above)
     finally:
         gateway.stop()
     reasons = {labels[0][1] for (name, labels) in samples if name == "sluice_audit_dropped_total"}

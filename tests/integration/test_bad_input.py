@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 
@@ -137,10 +136,9 @@ def test_upstream_unreachable_is_502(gateway) -> None:
 
 
 def test_upstream_timeout_is_504(gateway) -> None:
-    started = time.monotonic()
     reply = call(gateway.url, "POST", CHAT, {**GOOD, "model": "slow"})
+    # read_timeout_s is 2: the mock would have answered 200 after 5 s, had the gateway waited for it
     assert_openai_error(reply, 504, code="upstream_timeout")
-    assert time.monotonic() - started < 4.5  # read_timeout_s is 2, the mock would take 5
 
 
 def test_upstream_hang_is_504(gateway) -> None:

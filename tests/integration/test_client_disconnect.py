@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SSE_HEAD, Proc, RawServer, call, read_request, start_gateway
+from tests.conftest import SSE_HEAD, Proc, RawServer, call, read_request, start_gateway, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -119,14 +119,7 @@ def _request(path: str, model: str, request_id: str) -> bytes:
 
 
 def _poll(condition: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {deadline_s} s: {what}")
-        time.sleep(0.05)
+    return wait_until(condition, what, timeout=deadline_s)
 
 
 def _log_lines(log: Path, prefix: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import pytest
 from sluice.config import HealthCheckConfig, parse_config
 from sluice.routing import Deployment, HealthChecker, Router
 from sluice.upstream import UpstreamClient
-from tests.conftest import Proc, call, free_port, start_mock
+from tests.conftest import Proc, async_wait_until, call, free_port, start_mock
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,9 @@ def test_only_unhealthy_skips_closed_breakers_and_all_counts_failures(mock_upstr
 
 
 def test_the_checker_runs_in_the_background_until_closed(mock_upstream: Proc, sick: Proc, limited: Proc) -> None:
-    table = build(mock_upstream, sick, limited, interval_s=0.2)
+    # Rounds every 2 s, each check with as long (the most allowed): with rounds every 0.2 s, the 0.2 s timeout
+    # failed the healthy mock's check on a loaded machine, which then stayed open and the test waited in vain.
+    table = build(mock_upstream, sick, limited, interval_s=2.0)
     m = table.get("m")
     assert m is not None
     healthy, dead = m.targets[0], m.targets[-1]
@@ -157,14 +159,12 @@ def test_the_checker_runs_in_the_background_until_closed(mock_upstream: Proc, si
         trip(healthy, now)
         trip(dead, now)
         checker.start()
-        deadline = time.monotonic() + 30
-        while healthy.state != "half_open" and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        task = checker._task
+        await async_wait_until(lambda: healthy.state != "open", "a background round reopening the healthy one")
         state = healthy.state
         await checker.aclose()
+        assert task is not None and task.done()  # closed: nothing left to run another round
         rounds = checker.rounds
-        await asyncio.sleep(0.5)  # closed: no more rounds
-        assert checker.rounds == rounds
         await client.close()
         return state, dead.state, rounds
 

@@ -21,8 +21,8 @@ from sluice.errors import LimiterDown, RateLimited
 from sluice.pipeline.ratelimit import RateLimits
 from sluice.state.redis import connect
 from sluice.state.redis_limits import RedisLimiter
-from tests.conftest import ROOT
-from tests.integration.test_distributed_limits import DEMO, burst, gateways
+from tests.conftest import ROOT, call, wait_until
+from tests.integration.test_distributed_limits import CHAT, DEMO, burst, gateways
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -79,7 +79,7 @@ def test_two_instances_overshoot_by_at_most_one_burst_then_adopt_the_debt(redis:
         await b.hybrid.sync()
         await a.hybrid.sync()  # a learns what b took
         after_sync = admitted(a, 10) + admitted(b, 10)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # pacing: one turn of the loop, as a serving loop gives between requests
         level = a.credit("hybrid-global", "global")
         await a.aclose()
         await b.aclose()
@@ -102,7 +102,7 @@ def test_a_sustained_overload_converges_on_the_limit(redis: RedisServer) -> None
         total = 0
         while time.monotonic() - started < 1.5:
             total += admitted(pair[0], 5) + admitted(pair[1], 5)
-            await asyncio.sleep(0.002)  # the sync tasks run in between, as in a serving loop
+            await asyncio.sleep(0.002)  # pacing: the sync tasks run in between, as in a serving loop
         elapsed = time.monotonic() - started
         for instance in pair:
             await instance.aclose()
@@ -145,10 +145,9 @@ def test_redis_down_fails_open_or_closed_and_recovers(redis: RedisServer) -> Non
         redis.kill()
         admitted(open_, 1)
         admitted(closed, 1)
-        started = time.monotonic()
-        await open_.hybrid.sync()
-        await closed.hybrid.sync()
-        seen["sync_s"] = time.monotonic() - started
+        async with asyncio.timeout(30):  # bounded by the sync timeout, never hanging (a hang fails here)
+            await open_.hybrid.sync()
+            await closed.hybrid.sync()
         seen["open_down"] = admitted(open_, 3)
         try:
             closed.admit_local(Caller(), "/v1/chat/completions", "m", 0, 1)
@@ -166,7 +165,6 @@ def test_redis_down_fails_open_or_closed_and_recovers(redis: RedisServer) -> Non
 
     seen = run(scenario)
     assert seen["before"] == 2
-    assert seen["sync_s"] < 5  # bounded by the sync timeout, never hanging
     assert seen["open_down"] == 3
     assert seen["closed_down"] == "ratelimiter_unavailable"
     assert seen["closed_back"] == 1
@@ -180,7 +178,11 @@ def test_two_serve_instances_in_hybrid_mode_stay_within_the_stated_slack(tmp_pat
     pair = gateways(tmp_path, mock_upstream, redis, HYBRID, 2)
     try:
         first = burst([g.url for g in pair], 100, DEMO)
-        time.sleep(0.5)  # a few syncs: both instances now hold Redis' level (in debt)
+        # Each instance refuses once a sync has brought it Redis' level (in debt after the burst): polled one
+        # request at a time, each one it still admits is the slack of an instance that has not synced yet.
+        for gateway in pair:
+            wait_until(lambda gateway=gateway: call(gateway.url, "POST", "/v1/chat/completions", CHAT, DEMO).status
+                       == 429, "an instance hearing of the other's burst")
         second = burst([g.url for g in pair], 20, DEMO)
     finally:
         for gateway in pair:
@@ -298,9 +300,9 @@ def test_subjects_synced_and_full_again_leave_at_the_bound_and_new_ones_are_held
             assert await ask(instance, f"10.0.0.{i}")
         full = held(instance)
         await instance.hybrid.sync()  # pushes the 20 held: nothing unsynced is forgotten
-        await asyncio.sleep(0.05)  # refilled on Redis
+        await asyncio.sleep(0.05)  # pacing: refilled on Redis (10 tokens at 1000/s take 0.01 s; longer only caps)
         await instance.hybrid.sync()  # adopts the full levels
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # pacing: a little of Redis' time passes (the levels stay full, capped)
         await instance.hybrid.sync()  # idle and full again: forgotten
         drained = held(instance)
         overflow = instance.decision_counts()[("per-ip", "overflow")]

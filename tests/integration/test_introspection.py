@@ -45,7 +45,7 @@ class Endpoint:
 
     async def handle(self, request: Request) -> tuple[int, Any]:
         if self.delay:
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.delay)  # pacing: a slow introspection endpoint
         if request.headers.get("authorization") != BASIC:
             return 401, {"error": "invalid_client"}
         if self.status != 200:

@@ -29,7 +29,7 @@ from sluice.auth import AuthFailure, Identity
 from sluice.auth.jwt import JwtVerifier, looks_like_jwt
 from sluice.config import ClaimsConfig, JwtIssuerConfig
 from sluice.upstream import UpstreamClient
-from tests.conftest import free_port
+from tests.conftest import async_wait_until, free_port
 from tests.integration._auth_http import Clock, LocalHttp, Request, async_test
 
 AUDIENCE = "sluice-gateway"
@@ -83,7 +83,7 @@ class Issuer:
 
     async def handle(self, request: Request) -> tuple[int, Any]:
         if self.delay:
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.delay)  # pacing: a slow issuer
         if self.status != 200:
             return self.status, {"error": "down"}
         if request.path == "/.well-known/openid-configuration":
@@ -477,7 +477,8 @@ async def test_a_cancelled_verification_does_not_stop_the_shared_fetch() -> None
         env.issuer.delay = 0.1
         first = asyncio.ensure_future(env.verifier.verify(env.issuer.token(sub="gone")))
         second = asyncio.ensure_future(env.verifier.verify(env.issuer.token(sub="stays")))
-        await asyncio.sleep(0.02)
+        # both wait on the one fetch once it has reached the issuer (held there by its delay)
+        await async_wait_until(lambda: env.issuer.jwks_fetches >= 1, "the shared fetch under way")
         first.cancel()
         assert (await second).user == "stays"
         with pytest.raises(asyncio.CancelledError):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import call, start_gateway
+from tests.conftest import call, start_gateway, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +33,22 @@ def value(samples, name: str, **labels: str) -> float:  # type: ignore[no-untype
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def settled(url: str, done: Callable[[dict[Any, float]], bool], what: str) -> None:
+    """Waits until a scrape shows every request made so far (each worker snapshots within its flush interval).
+
+    ``done`` asks for "at least" the counts made, so an exact assertion afterwards still catches a miscount.
+    """
+    wait_until(lambda: done(scrape(url)), what)
+
+
+def finished(url: str, route: str | None = "/v1/chat/completions") -> float:
+    """Requests on ``route`` (None: any but the scrapes) the gateway has finished, by a scrape (one worker: its own
+    count, flushed to answer).  The metrics stage's response step runs after every other stage's (rate limits and
+    quotas settled)."""
+    return sum(v for (name, labels), v in scrape(url).items() if name == "sluice_requests_total"
+               and (("route", route) in labels if route else ("route", "/metrics") not in labels))
+
+
 def test_two_workers_count_exactly(tmp_path, mock_upstream) -> None:
     config = f"""
 providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}
@@ -50,8 +67,13 @@ models:
         for _ in range(4):
             assert call(gateway.url, "POST", "/v1/chat/completions", {**CHAT, "stream": True}).status == 200
         assert call(gateway.url, "GET", "/v1/missing").status == 404
-        time.sleep(1.5)  # every worker has written its snapshot (flush interval 1 s)
-        scrapes = [scrape(gateway.url) for _ in range(6)]  # new connections: both workers answer some
+        # Both workers' snapshots summed: each answers some scrapes on new connections (and writes its snapshot
+        # then), but which one accepts is the kernel's choice, so poll rather than count on six scrapes.  A
+        # worker that served nothing yet joins on its first scrape: until then the sums may differ.
+        settled(gateway.url, lambda s: value(s, "sluice_workers_reporting") == 2
+                and value(s, "sluice_request_duration_seconds_count", route="/v1/chat/completions") >= 46,
+                "both workers' snapshots with every request")
+        scrapes = [scrape(gateway.url) for _ in range(6)]
     finally:
         gateway.stop()
     first = scrapes[0]
@@ -113,6 +135,11 @@ models: {{gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}}}
         gateway.stop()
 
 
+def children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(child) for child in found.stdout.split()]
+
+
 def test_counters_survive_a_worker_crash(tmp_path, mock_upstream) -> None:
     config = f"""
 providers: {{mock: {{kind: openai, base_url: "{mock_upstream.url}"}}}}
@@ -123,19 +150,14 @@ models: {{gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}}}
     try:
         for _ in range(20):
             assert call(gateway.url, "POST", "/v1/chat/completions", CHAT).status == 200
-        time.sleep(1.5)
+        settled(gateway.url, lambda s: value(s, "sluice_requests_total", **labels) >= 20, "the first 20 requests")
         before = value(scrape(gateway.url), "sluice_requests_total", **labels)
-        workers = subprocess.run(["pgrep", "-P", str(gateway.process.pid)], capture_output=True, text=True)
-        os.kill(int(workers.stdout.split()[0]), signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:  # Granian respawns it
-            alive = subprocess.run(["pgrep", "-P", str(gateway.process.pid)], capture_output=True, text=True)
-            if len(alive.stdout.split()) == 2:
-                break
-            time.sleep(0.2)
+        workers = children(gateway.process.pid)
+        os.kill(workers[0], signal.SIGKILL)
+        wait_until(lambda: len(set(children(gateway.process.pid)) - {workers[0]}) == 2, "Granian respawning it")
         for _ in range(5):
             assert call(gateway.url, "POST", "/v1/chat/completions", CHAT).status == 200
-        time.sleep(1.5)
+        settled(gateway.url, lambda s: value(s, "sluice_requests_total", **labels) >= 25, "the next 5 requests")
         after = [value(scrape(gateway.url), "sluice_requests_total", **labels) for _ in range(4)]
     finally:
         gateway.stop()

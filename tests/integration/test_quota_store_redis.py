@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
@@ -18,7 +17,8 @@ from sluice.errors import QuotaExceeded
 from sluice.pipeline.quotas import Quotas
 from sluice.state.quota_store import KEEP_AFTER_END_S, QuotaStoreUnavailable, RedisQuotaStore, quota_key
 from sluice.state.redis import connect
-from tests.integration.test_redis_limits import raw
+from tests.conftest import async_wait_until
+from tests.integration.test_redis_limits import asleep, raw
 from tests.redis_server import RedisServer, encode
 from tests.unit.test_quotas import Clock, ask, at, bounded, flood, limits, run, store_contract, want
 
@@ -91,7 +91,7 @@ def test_a_stalled_redis_is_unavailable_within_the_timeout(redis: RedisServer, p
             assert await store.load([entry]) == [0.0]  # connected
             with socket.create_connection(("127.0.0.1", redis.port), timeout=5) as stall:
                 stall.sendall(encode("DEBUG", "SLEEP", "0.5"))
-                await asyncio.sleep(0.05)  # the server is asleep now
+                await async_wait_until(lambda: asleep(redis.port), "the server asleep")
                 with pytest.raises(QuotaStoreUnavailable) as caught:
                     await store.load([entry])
                 assert isinstance(caught.value.__cause__, TimeoutError)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import openai
 import pytest
 
-from tests.conftest import Proc, call, start_gateway
+from tests.conftest import Proc, call, start_gateway, wait_until
+from tests.integration.test_metrics import finished, scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -57,10 +57,24 @@ def test_the_sdk_sees_429s_with_headers_and_its_retry_honours_retry_after(tmp_pa
         # another key, another bucket; another model, no policy
         assert client(gateway, "sk-tenant-b").chat.completions.create(**CHAT).choices
         assert api.chat.completions.create(**{**CHAT, "model": "other"}).choices
-        # the SDK's own retry waits what Retry-After says, then gets through
-        started = time.monotonic()
+        # The SDK's own retry waits what Retry-After says, then gets through.  To see the retry happen (rather
+        # than time it), start from an empty bucket with at least half a second to go: the first try is refused.
+        rejected = value(scrape(gateway.url), "sluice_ratelimit_decisions_total", policy="per-key", decision="rejected")
+        refusals = []
+
+        def emptied() -> bool:
+            try:
+                api.chat.completions.create(**CHAT)
+            except openai.RateLimitError as refused:
+                refusals.append(refused)
+                return int(refused.response.headers["retry-after-ms"]) >= 500
+            return False
+
+        wait_until(emptied, "an empty bucket with half a second to go")
         answer = client(gateway, "sk-tenant-a", retries=3).chat.completions.create(**CHAT)
-        assert answer.choices and time.monotonic() - started >= 0.5
+        assert answer.choices  # through, after a refusal its retry waited out:
+        after = value(scrape(gateway.url), "sluice_ratelimit_decisions_total", policy="per-key", decision="rejected")
+        assert after > rejected + len(refusals)
     finally:
         gateway.stop()
 
@@ -158,9 +172,10 @@ models:
     key = {"authorization": "Bearer sk-audio"}
     try:
         replies = []
-        for _ in range(4):
+        for done in range(1, 5):
             replies.append(call(gateway.url, "POST", "/v1/audio/speech", speech, key))
-            time.sleep(0.1)  # each request is settled once its answer has gone
+            # each request is settled once its answer has gone
+            wait_until(lambda done=done: finished(gateway.url, None) >= done, "settled")
     finally:
         gateway.stop()
     assert [r.status for r in replies] == [200, 200, 200, 429]
@@ -219,7 +234,7 @@ def test_embeddings_settle_with_their_input_and_negative_budgets_are_refused(tmp
     embedding = {"model": "gpt-4o-mini", "input": "hello there"}
     try:
         first = call(gateway.url, "POST", "/v1/embeddings", embedding, {"authorization": "Bearer sk-e"})
-        time.sleep(0.2)  # settled once its answer has gone
+        wait_until(lambda: finished(gateway.url, "/v1/embeddings") >= 1, "settled once its answer has gone")
         second = call(gateway.url, "POST", "/v1/embeddings", embedding, {"authorization": "Bearer sk-e"})
         negative = [call(gateway.url, "POST", path, body, {"authorization": "Bearer sk-e"}) for path, body in (
             ("/v1/chat/completions", {**CHAT, "max_tokens": -1000000000}),

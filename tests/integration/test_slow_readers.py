@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from sluice.server import backlog
-from tests.conftest import call, start_gateway, start_mock
+from tests.conftest import call, start_gateway, start_mock, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -74,9 +73,8 @@ observability: {{access_log_path: "{log}"}}
         before = _rss_kib(worker)
         socks = [_stalled_reader(gateway.port) for _ in range(READERS)]
         # Each stalled stream is cut once it has waited STALL_S with nothing acknowledged: a line each.
-        deadline = time.monotonic() + backlog.STALL_S + 40
-        while time.monotonic() < deadline and len(_lines(log)) < READERS + 1:
-            time.sleep(0.2)
+        wait_until(lambda: len(_lines(log)) >= READERS + 1, "a line for each stalled stream",
+                   timeout=backlog.STALL_S + 40, interval=0.2)
         grown = _rss_kib(worker) - before
         lines = _lines(log)[1:]  # (the warm-up's line first: client_disconnected)
         assert len(lines) == READERS
@@ -90,14 +88,15 @@ observability: {{access_log_path: "{log}"}}
         while piece := socks[0].recv(1 << 20):
             received += len(piece)
         assert received < STREAM_BYTES // 2
-        counted = 0.0
-        deadline = time.monotonic() + 15  # (the worker's metrics snapshot is written every second)
-        while time.monotonic() < deadline and counted < READERS:
-            counted = sum(float(line.rsplit(" ", 1)[1]) for line in call(gateway.url, path="/metrics").body.decode()
-                          .splitlines() if line.startswith("sluice_errors_total{") and 'class="client_stalled"' in line
-                          and 'route="/v1/chat/completions"' in line)
-            time.sleep(0.2)
-        assert counted == READERS
+
+        def stalled_count() -> float:
+            return sum(float(line.rsplit(" ", 1)[1]) for line in call(gateway.url, path="/metrics").body.decode()
+                       .splitlines() if line.startswith("sluice_errors_total{") and 'class="client_stalled"' in line
+                       and 'route="/v1/chat/completions"' in line)
+
+        # (the worker's metrics snapshot is written every second)
+        wait_until(lambda: stalled_count() >= READERS, "the stalled streams counted", interval=0.2)
+        assert stalled_count() == READERS
     finally:
         for sock in socks:
             sock.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Proc, call, start_gateway, start_mock
+from tests.conftest import Proc, call, start_gateway, start_mock, wait_until
 from tests.integration.test_metrics import scrape, value
 
 KEY = "sk-test-main-0123456789abcdef"
@@ -130,13 +130,12 @@ def test_a_failure_at_each_stage_leaks_nothing(gateway: tuple[Proc, Path]) -> No
 
 def _lines(log: Path, count: int) -> list[dict[str, object]]:
     """The access log's lines once ``count`` are written (the log is flushed every 50 ms)."""
-    import time
 
-    deadline = time.monotonic() + 10
-    while True:
+    def written() -> list[dict]:
         lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         lines = [line for line in lines if line.get("path") != "/metrics"]
-        if len(lines) >= count or time.monotonic() > deadline:
-            assert len(lines) == count, lines
-            return lines
-        time.sleep(0.05)
+        return lines if len(lines) >= count else []
+
+    lines = wait_until(written, f"{count} access-log lines")
+    assert len(lines) == count, lines
+    return lines

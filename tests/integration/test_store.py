@@ -409,7 +409,7 @@ def test_a_poller_misses_no_change_while_two_instances_write(config: StoreConfig
                     seen.extend(c.version for c in page)
                     if finished and not page:
                         return
-                    await asyncio.sleep(0.001)
+                    await asyncio.sleep(0.001)  # pacing: a poller's next round, while the writes go on
 
             async def write(i: int) -> str:
                 key = await (one if i % 2 else two).create_key(make_key(f"k{i}"))

@@ -82,7 +82,7 @@ def recorder() -> Iterator[tuple[RawServer, list[bytes]]]:
             writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             await writer.drain()
             if start % 70 == 0:
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(0.001)  # pacing: pieces in separate reads, as a network delivers them
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +13,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 
-from tests.conftest import Proc, call, free_port, start_gateway
+from tests.conftest import Proc, call, free_port, start_gateway, wait_until
 from tests.integration.test_metrics import scrape, value
 
 pytestmark = pytest.mark.integration
@@ -22,6 +21,7 @@ pytestmark = pytest.mark.integration
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
+MARKER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 
 
 class Receiver:
@@ -63,18 +63,16 @@ class Receiver:
         self.server.shutdown()
         self.server.server_close()
 
-    def traces(self, count: int, timeout: float = 15.0) -> dict[str, list[dict[str, Any]]]:
+    def traces(self, count: int) -> dict[str, list[dict[str, Any]]]:
         """Spans by trace id, once ``count`` traces have a finished server span."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            by_trace = defaultdict(list)
-            for span in list(self.spans):
-                by_trace[span["trace_id"]].append(span)
-            servers = [t for t in by_trace.values() if any(s["kind"] == "server" for s in t)]
-            if len(servers) >= count:
-                return dict(by_trace)
-            time.sleep(0.05)
-        raise AssertionError(f"expected {count} traces, got spans: {self.spans}")
+        return wait_until(lambda: self._traces(count), f"{count} traces (spans so far: {self.spans})")
+
+    def _traces(self, count: int) -> dict[str, list[dict[str, Any]]]:
+        by_trace = defaultdict(list)
+        for span in list(self.spans):
+            by_trace[span["trace_id"]].append(span)
+        servers = [t for t in by_trace.values() if any(s["kind"] == "server" for s in t)]
+        return dict(by_trace) if len(servers) >= count else {}
 
 
 def _span(span: Any, service: dict[str, str]) -> dict[str, Any]:
@@ -211,11 +209,11 @@ def test_sampling_is_parent_based(tmp_path, mock_upstream, receiver) -> None:
         assert call(gateway.url, "POST", "/v1/chat/completions", CHAT,
                     {"x-request-id": "s-parent", "traceparent": caller}).status == 200
         receiver.traces(1)
-        time.sleep(0.5)  # any other export would have arrived by now (flush every 0.1 s)
-        traces = receiver.traces(1)
     finally:
-        gateway.stop()
-    assert list(traces) == [CALLER_TRACE]  # only the caller's sampled trace
+        gateway.stop()  # exports what was still queued before it exits
+    # Nothing else arrived: the exporter's queue is first in, first out, so spans of the five earlier requests,
+    # had they been queued, would have gone no later than the caller's; and the shutdown sent whatever was left.
+    assert list(receiver.traces(1)) == [CALLER_TRACE]  # only the caller's sampled trace
     unsampled = forwarded(mock_upstream.url, "s-0")["traceparent"]
     assert unsampled.startswith("00-") and not sampled(unsampled)
 
@@ -273,10 +271,15 @@ models: {{gpt-4o-mini: {{targets: [{{provider: mock, model: gpt-4o-mini}}]}}}}
         caller = f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"  # the caller's trace, not sampled
         assert call(gateway.url, "POST", "/v1/chat/completions", CHAT,
                     {"x-request-id": "u-caller", "traceparent": caller, "tracestate": "vendor=2"}).status == 200
-        time.sleep(0.5)  # an export would have arrived by now (flush every 0.1 s)
+        # A sampled caller last, as a marker: once its trace arrives, any span queued before it has (the queue is
+        # first in, first out), so "nothing else arrived" is an observed fact, not a guess after a sleep.
+        marker = f"00-{MARKER_TRACE}-{CALLER_SPAN}-01"
+        assert call(gateway.url, "POST", "/v1/chat/completions", CHAT,
+                    {"x-request-id": "u-marker", "traceparent": marker}).status == 200
+        receiver.traces(1)
     finally:
         gateway.stop()  # writes the queued lines
-    assert receiver.spans == []
+    assert {span["trace_id"] for span in receiver.spans} == {MARKER_TRACE}  # none of the unsampled two
     new, carried = forwarded(mock_upstream.url, "u-new"), forwarded(mock_upstream.url, "u-caller")
     assert new["traceparent"].startswith("00-") and new["traceparent"].endswith("-00") and new.get("tracestate") is None
     assert carried["traceparent"].startswith(f"00-{CALLER_TRACE}-") and carried["traceparent"].endswith("-00")
@@ -292,10 +295,8 @@ def test_a_dead_exporter_costs_dropped_spans_not_requests(tmp_path, mock_upstrea
     try:
         for _ in range(20):
             assert call(gateway.url, "POST", "/v1/chat/completions", CHAT).status == 200
-        deadline = time.monotonic() + 15
-        while (dropped := value(scrape(gateway.url), "sluice_trace_spans_dropped_total")) < 40:
-            assert time.monotonic() < deadline, f"dropped spans counted: {dropped}"
-            time.sleep(0.2)
+        dropped = wait_until(lambda: (n := value(scrape(gateway.url), "sluice_trace_spans_dropped_total")) >= 40 and n,
+                             "the dropped spans counted")
     finally:
         gateway.stop()
     assert dropped >= 40  # 20 server + 20 attempt spans at least (scrapes add their own)

@@ -120,7 +120,7 @@ def test_a_body_that_keeps_its_pace_is_served(gateway: Proc) -> None:
                      b"content-length: %d\r\nconnection: close\r\n\r\n" % len(BODY))
         for i in range(0, len(BODY), 20):
             sock.sendall(BODY[i:i + 20])
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing: a slow client, each piece well within its allowance
         answer = until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
 
