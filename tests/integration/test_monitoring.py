@@ -298,7 +298,7 @@ class Prometheus:
             done, last = check()
             if done:
                 return last
-            time.sleep(0.25)
+            time.sleep(0.25)  # pacing: the interval of this bounded poll (the deadline above)
         raise AssertionError(f"no {what} within {timeout}s; last answer: {last}\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
