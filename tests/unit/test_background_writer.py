@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from sluice.state.writer import BackgroundWriter, SinkDown
+from tests.conftest import async_wait_until
 
 log = logging.getLogger("tests.writer")
 BOUND_S = 5.0  # the most any wait in these tests may take before the test fails
@@ -47,15 +48,6 @@ class ListSink:
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(scenario(), BOUND_S * 4))
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Polls ``condition`` until it holds; the test fails (TimeoutError) if it does not within BOUND_S."""
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), BOUND_S)
 
 
 def writer_for(sink: ListSink, **options: object) -> BackgroundWriter[int]:
@@ -122,7 +114,7 @@ def test_a_down_sink_is_retried_after_a_backoff_and_the_rest_keeps_its_order() -
         writer = writer_for(sink, batch_size=8)
         for i in range(20):
             writer.put(i)
-        await until(lambda: writer.written == 20)  # no flush: the retries come from the backoff alone
+        await async_wait_until(lambda: writer.written == 20, "20 written")  # no flush: the backoff retries
         assert sink.items == list(range(20))  # nothing lost, nothing twice, in order
         assert writer.failed == 0 and writer.pending == 0
         # Each failed call wrote half its batch; the next batch starts with the rest: 0-7, 4-11, 8-15, 12-19.

@@ -20,7 +20,7 @@ def test_the_task_is_cancelled_and_has_run_its_finally_when_the_call_returns() -
     async def scenario() -> tuple[bool, list[str]]:
         cleaned: list[str] = []
         task = asyncio.get_running_loop().create_task(_sleeper(cleaned))
-        await asyncio.sleep(0)  # let it start
+        await asyncio.sleep(0)  # pacing: one loop turn, deterministic: the task runs to its first await
         await cancel_and_wait(task)
         return task.cancelled(), cleaned
 
@@ -37,7 +37,7 @@ def test_without_cancel_it_waits_for_the_task_to_finish_by_itself() -> None:
 
         task = asyncio.get_running_loop().create_task(work())
         waiting = asyncio.get_running_loop().create_task(cancel_and_wait(task, cancel=False))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # pacing: one loop turn, deterministic: both tasks reach their waits
         still_waiting = not waiting.done()
         release.set()
         await waiting
@@ -52,7 +52,7 @@ def test_an_error_the_task_ended_with_is_raised() -> None:
             raise ValueError("the loop broke")
 
         task = asyncio.get_running_loop().create_task(broken())
-        await asyncio.sleep(0)  # it ends with its error before the cancel
+        await asyncio.sleep(0)  # pacing: one loop turn, deterministic: it ends with its error before the cancel
         await cancel_and_wait(task)
 
     with pytest.raises(ValueError, match="the loop broke"):
@@ -61,7 +61,7 @@ def test_an_error_the_task_ended_with_is_raised() -> None:
 
 def test_a_task_already_done_is_fine() -> None:
     async def scenario() -> bool:
-        task = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+        task = asyncio.get_running_loop().create_task(asyncio.sleep(0))  # pacing: a task that ends at once
         await task
         await cancel_and_wait(task)
         return task.done() and not task.cancelled()
