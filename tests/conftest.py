@@ -67,8 +67,20 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeou
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing: the poll interval
     raise RuntimeError(f"port {port} did not open within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+async def wait_until(check: Callable[[], bool], what: str = "the condition", timeout: float = 10.0) -> None:
+    """Polls ``check`` on the running loop until it holds; AssertionError naming ``what`` after ``timeout`` s.
+
+    The way to wait for an event in a test (never a fixed sleep): it returns as soon as the event happened, and the
+    timeout is only a bound for a test that would otherwise hang, generous for a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        await asyncio.sleep(0.005)  # pacing: the poll interval
 
 
 class Proc:

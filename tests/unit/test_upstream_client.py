@@ -115,7 +115,7 @@ class Request:
 
 
 class BadRequest(Exception):
-    pass
+    """The client sent bytes that are not a well-formed request: a client bug, so ``serving`` fails the test."""
 
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
@@ -174,9 +174,9 @@ class Server:
         self.max_open = max(self.max_open, self.open)
         try:
             await self.handler(self, reader, writer, index)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError, BadRequest):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
-        except Exception as exc:  # a broken test handler: remembered, checked by tests that care
+        except Exception as exc:  # a broken test handler: remembered, and failed on by ``serving``
             self.errors.append(exc)
         finally:
             self.open -= 1
@@ -234,12 +234,15 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def serving(handler: Handler, **kwargs: Any) -> AsyncIterator[Server]:
+    """A started Server, stopped at the end; the test fails if the server's handler raised (a broken handler
+    would otherwise pass for a client bug, or hide one)."""
     server = Server(handler, **kwargs)
     await server.start()
     try:
         yield server
     finally:
         await server.stop()
+    assert not server.errors, f"the test server's handler raised: {server.errors!r}"
 
 
 @contextlib.asynccontextmanager

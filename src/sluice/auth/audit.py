@@ -78,11 +78,14 @@ class AuditLog:
 
     ``store`` None: the records are only logged.  ``owns_store``: ``aclose``
     closes the store too (the CLI's case; the gateway closes its own store).
+    ``backoff_s``: the first and the longest wait before a down store is tried
+    again (doubling in between; a flush tries at once).
     """
 
     def __init__(self, store: Store | None, *, queue_size: int = 10000, batch_size: int = 256,
                  coalesce_s: float = 1.0, max_groups_per_ip: int = 10, close_timeout_s: float = 5.0,
-                 owns_store: bool = False, clock: Callable[[], float] = time.time) -> None:
+                 owns_store: bool = False, clock: Callable[[], float] = time.time,
+                 backoff_s: tuple[float, float] = (0.1, _MAX_BACKOFF_S)) -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be at least 1")
         self.store = store
@@ -93,6 +96,7 @@ class AuditLog:
         self.close_timeout_s = close_timeout_s
         self.owns_store = owns_store
         self._clock = clock
+        self._first_backoff_s, self._max_backoff_s = backoff_s  # the waits between tries of a down store
         self._queue: deque[_Entry] = deque()
         self._groups: dict[tuple[str, Any, str | None], _Entry] = {}  # open coalescing windows
         self._per_ip: dict[str | None, tuple[float, int]] = {}  # client IP -> (window start, groups opened in it)
@@ -299,7 +303,7 @@ class AuditLog:
                     if not self._store_down:
                         _internal.warning("audit log: the store refused a record (%s); retrying", exc)
                         self._store_down = True
-                    return min(_MAX_BACKOFF_S, max(0.1, backoff * 2))
+                    return min(self._max_backoff_s, max(self._first_backoff_s, backoff * 2))
                 except Exception:  # a record the store cannot encode: dropped, never the writer
                     _internal.exception("audit log: record %s by %s could not be written", entry.action,
                                         entry.actor)
