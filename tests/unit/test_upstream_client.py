@@ -175,7 +175,10 @@ class Server:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._server.wait_closed()
-        await asyncio.sleep(0.01)  # let the client side see the EOFs and close its transports
+        # the client side sees the ends and closes its sockets to this server (the last of them: those with unsent
+        # bytes, which the client closed but could only let go now)
+        await wait_until(lambda: all(_socket_closed(c) for c in OPENED if _peer_port(c) == self.port),
+                         "the client's sockets to the stopped server closed")
 
     async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -265,7 +268,12 @@ async def upstream_client(**kwargs: Any) -> AsyncIterator[UpstreamClient]:
         yield client
     finally:
         await client.close()
-        await asyncio.sleep(0.01)  # the closed transports finish closing
+        # the transports finish closing (those with bytes the peer never read close when the peer goes)
+        await wait_until(lambda: all(_socket_closed(c) or _waits_for_peer(c) for c in OPENED),
+                         "the client's sockets closed")
+        # and asyncio's own done-callbacks of a cancelled connect (a timed-out one) run: scheduled with call_soon,
+        # they run in the next turn of the loop, and nothing exposes them to wait on
+        await asyncio.sleep(0)  # pacing: one turn of the loop, not a time
 
 
 def origin_of(server: Server, **kwargs: Any) -> Any:
@@ -323,6 +331,24 @@ def reading_stopped(index: int = 0) -> Callable[[], bool]:
     """A check for wait_until: the client holds all it will take of the response before the consumer reads (it
     arrived whole, or reading paused at the high-water mark)."""
     return lambda: OPENED[index].complete or not OPENED[index].transport.is_reading()
+
+
+def _socket_closed(conn: Any) -> bool:
+    """The connection's socket is closed (a transport closes it a loop turn after ``close()``)."""
+    transport = getattr(conn, "transport", None)
+    sock = None if transport is None else transport.get_extra_info("socket")
+    return sock is None or sock.fileno() == -1
+
+
+def _waits_for_peer(conn: Any) -> bool:
+    """Closed by the client with bytes still unsent: its socket closes once the peer reads them or goes."""
+    return conn.transport.is_closing() and conn.transport.get_write_buffer_size() > 0
+
+
+def _peer_port(conn: Any) -> int | None:
+    transport = getattr(conn, "transport", None)
+    peer = None if transport is None else transport.get_extra_info("peername")
+    return None if peer is None else int(peer[1])
 
 
 def since(start: float) -> float:
