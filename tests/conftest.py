@@ -121,7 +121,7 @@ def wait_until(check: Callable[[], T], what: str, timeout: float = POLL_DEADLINE
         time.sleep(interval)  # pacing: poll interval
 
 
-async def async_wait_until(check: Callable[[], Any], what: str, timeout: float = POLL_DEADLINE_S,
+async def async_wait_until(check: Callable[[], Any], what: str = "the condition", timeout: float = POLL_DEADLINE_S,
                            interval: float = 0.02) -> Any:
     """wait_until for a test on an event loop: ``check`` may be a plain or an async function."""
     deadline = time.monotonic() + timeout

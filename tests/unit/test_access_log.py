@@ -11,6 +11,7 @@ import pytest
 
 from sluice.context import RequestContext
 from sluice.observability.access_log import AccessLog
+from tests.conftest import async_wait_until
 
 
 def record(i: int, status: int = 200, answer: bytes | None = None, **fields) -> RequestContext:  # type: ignore[no-untyped-def]
@@ -174,13 +175,10 @@ def test_lines_wait_while_the_sink_is_full_and_go_out_when_it_drains() -> None:
         for i in range(400):  # ~300 bytes each: more than the pipe's 64 KiB once a few flushes ran
             log.record(record(i, path="/v1/chat/completions" + "x" * 120))
             if i % 50 == 49:
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # pacing: bursts with room between them for the 10 ms flush timer
         drained = asyncio.get_running_loop().run_in_executor(None, read_all, reader)
-        for _ in range(500):  # bounded: the loop writes as the reader drains
-            if log.written == 400:
-                break
-            await asyncio.sleep(0.01)
-        assert log.written == 400  # written by the loop when the sink drained, not by close()
+        # written by the loop as the reader drains, not by close()
+        await async_wait_until(lambda: log.written == 400, "all 400 lines written as the sink drained")
         log.close()
         sink.close()
         lines = (await drained).splitlines()

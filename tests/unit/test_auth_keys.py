@@ -1,4 +1,4 @@
-"""The Authenticator on an in-memory store: cache, misses, refusals, the change feed, the store down;
+"""The Authenticator on the real SQLite store (in tmp_path): cache, misses, refusals, the change feed, the store down;
 request signatures; the auth config's checks."""
 
 from __future__ import annotations
@@ -8,24 +8,31 @@ import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from sluice.auth.keys import Authenticator
 from sluice.auth.signing import Signatures, sign
 from sluice.config import AuthConfig, StaticKeyConfig, parse_config
 from sluice.errors import AuthUnavailable, ConfigError, Unauthorized
-from sluice.store import ApiKey, Change, RecordNotFound, Role, StoreUnavailable, Team, User, generate_key, hash_key
+from sluice.store import ApiKey, Change, Role, SqliteStore, StoreUnavailable, Team, User, generate_key, hash_key
+from tests.conftest import async_wait_until
 
 STATIC = "sk-static-admin-0123456789"
 
 
-def run(body: Callable[[], Awaitable[None]]) -> None:
+def run(body: Callable[[KeyStore], Awaitable[None]], tmp_path: Path) -> None:
+    """Runs ``body`` (bounded) with a KeyStore on a fresh SQLite file in ``tmp_path``, closed at the end."""
+
     async def bounded() -> None:
-        async with asyncio.timeout(10):
-            await body()
+        store = await KeyStore.open(tmp_path)
+        try:
+            async with asyncio.timeout(30):  # a bound for a hung test, generous for a loaded machine
+                await body(store)
+        finally:
+            await store.real.aclose()  # once is enough: a second close does nothing
 
     asyncio.run(bounded())
 
@@ -38,85 +45,98 @@ class Clock:
         return self.now
 
 
-class MemoryStore:
-    """The few Store calls the Authenticator makes, in memory, with a switch to make it fail."""
+class KeyStore:
+    """The real SQLite store, as the Authenticator sees it, with what the tests watch and steer.
 
-    def __init__(self) -> None:
-        self.keys: dict[str, ApiKey] = {}
-        self.users: dict[str, User] = {}
-        self.teams: dict[str, Team] = {}
-        self.roles: dict[str, Role] = {}
-        self.changes: list[Change] = []
+    A thin wrapper around the REAL store (every answer is the store's, every write goes to its file and its change
+    feed): it counts the reads of keys, raises StoreUnavailable while ``down`` is set (a store that is down and
+    back on cue, as no real failure could be), and can hold one read's answer (``hold``) after it was read, so
+    that a change can overtake it."""
+
+    def __init__(self, real: SqliteStore) -> None:
+        self.real = real
         self.down = False
-        self.delay = 0.0
-        self.reads = 0
-        self.hash_reads = 0
+        self.reads = 0  # key_by_hash calls answered
+        self.hash_reads = 0  # key_hashes calls answered
         self.closed = False
+        self.holds: dict[str, asyncio.Event] = {}  # method name -> its next call waits for this event, once
+        self.held = asyncio.Event()  # set when a held call has read its answer and waits
+        self._created = 0
 
-    def change(self, kind: str, ref: str, op: str = "update") -> None:
-        self.changes.append(Change(version=len(self.changes) + 1, kind=kind, ref=ref, op=op, at=0.0))
+    @classmethod
+    async def open(cls, tmp_path: Path) -> KeyStore:
+        real = SqliteStore(str(tmp_path / "store.db"), timeout_s=10.0)
+        await real.migrate()
+        return cls(real)
 
-    def add(self, secret: str, **fields: Any) -> ApiKey:
-        record = ApiKey(id=f"key_{len(self.keys)}", key_hash=hash_key(secret), prefix=secret[:10] + "…",
+    # -- what the tests write (to the real store: each write is in its change feed) --
+
+    async def add(self, secret: str, **fields: Any) -> ApiKey:
+        record = ApiKey(id=f"key_{self._created}", key_hash=hash_key(secret), prefix=secret[:10] + "…",
                         **{"roles": ("user",), **fields})
-        self.keys[record.key_hash] = record
-        self.change("key", record.key_hash, "create")
-        return record
+        self._created += 1
+        return await self.real.create_key(record)
 
-    def replace(self, record: ApiKey, **fields: Any) -> None:
-        self.keys[record.key_hash] = msgspec.structs.replace(self.keys[record.key_hash], **fields)
-        self.change("key", record.key_hash)
+    # -- what the Authenticator calls --
 
     async def _io(self) -> None:
-        if self.delay:
-            await asyncio.sleep(self.delay)
         if self.down:
             raise StoreUnavailable("down")
 
+    async def _hold(self, method: str) -> None:
+        gate = self.holds.pop(method, None)
+        if gate is not None:  # read first, answered later: a change may overtake it
+            self.held.set()
+            await gate.wait()
+
     async def key_by_hash(self, key_hash: str) -> ApiKey | None:
-        found = self.keys.get(key_hash)  # read first, answered after the delay: a change may overtake it
         await self._io()
+        found = await self.real.key_by_hash(key_hash)
+        await self._hold("key_by_hash")
         self.reads += 1
         return found
 
     async def key_hashes(self, *, after: str | None = None, limit: int = 10_000) -> list[tuple[str, str]]:
         await self._io()
         self.hash_reads += 1
-        rows = sorted((k.id, k.key_hash) for k in self.keys.values())
-        return [row for row in rows if after is None or row[0] > after][:limit]
+        return await self.real.key_hashes(after=after, limit=limit)
 
     async def get_user(self, user_id: str) -> User:
         await self._io()
-        if user_id not in self.users:
-            raise RecordNotFound(user_id)
-        return self.users[user_id]
+        found = await self.real.get_user(user_id)
+        await self._hold("get_user")
+        return found
 
     async def get_team(self, team_id: str) -> Team:
         await self._io()
-        if team_id not in self.teams:
-            raise RecordNotFound(team_id)
-        return self.teams[team_id]
+        return await self.real.get_team(team_id)
 
     async def list_roles(self, *, after: str | None = None, limit: int = 100) -> list[Role]:
         await self._io()
-        names = sorted(n for n in self.roles if after is None or n > after)[:limit]
-        return [self.roles[n] for n in names]
+        return await self.real.list_roles(after=after, limit=limit)
 
     async def changes_since(self, version: int, limit: int = 1000) -> tuple[int, list[Change]]:
         await self._io()
-        found = [c for c in self.changes if c.version > version][:limit]
-        if found:
-            return found[-1].version, found
-        return (self.changes[-1].version if self.changes else 0), []
+        return await self.real.changes_since(version, limit)
 
     async def aclose(self) -> None:
         self.closed = True
+        await self.real.aclose()
 
 
-def make(store: MemoryStore | None = None, clock: Clock | None = None, **auth: Any) -> Authenticator:
+def make(store: KeyStore | None = None, clock: Clock | None = None, **auth: Any) -> Authenticator:
     config = AuthConfig(enabled=True, static_keys=(StaticKeyConfig(name="ops", key=STATIC, roles=("admin",)),),
                         **auth)
     return Authenticator(config, store, lambda: None, clock=clock or Clock())  # type: ignore[arg-type,return-value]
+
+
+def revoked(authenticator: Authenticator, token: str) -> bool:
+    """The cache refuses ``token`` (a check for async_wait_until)."""
+    try:
+        authenticator.cached(token)
+    except Unauthorized:
+        return True
+    return False
 
 
 async def refused(authenticator: Authenticator, token: str) -> Unauthorized:
@@ -136,11 +156,10 @@ def test_static_keys_are_cached_from_the_start() -> None:
     assert auth.cached("sk-" + "x" * 40) is None  # a miss, not a refusal
 
 
-def test_a_store_key_is_read_once_then_cached() -> None:
-    async def body() -> None:
-        store = MemoryStore()
+def test_a_store_key_is_read_once_then_cached(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
         secret = generate_key()
-        store.add(secret, owner_user="alice", models=("gpt-4o*",))
+        await store.add(secret, owner_user="alice", models=("gpt-4o*",))
         auth = make(store)
         assert auth.cached(secret) is None
         principal = await auth.authenticate(secret)
@@ -149,29 +168,31 @@ def test_a_store_key_is_read_once_then_cached() -> None:
         await auth.aclose()
         assert store.closed
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_concurrent_misses_share_one_lookup() -> None:
-    async def body() -> None:
-        store = MemoryStore()
-        store.delay = 0.05
+def test_concurrent_misses_share_one_lookup(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
         secret = generate_key()
-        store.add(secret)
+        await store.add(secret)
         auth = make(store)
-        principals = await asyncio.gather(*(auth.authenticate(secret) for _ in range(50)))
+        store.holds["key_by_hash"] = release = asyncio.Event()
+        lookups = asyncio.gather(*(auth.authenticate(secret) for _ in range(50)))
+        await store.held.wait()  # the first lookup has read the key; the 49 others started meanwhile
+        release.set()
+        principals = await lookups
         assert store.reads == 1 and len({id(p) for p in principals}) == 1
         unknown = generate_key()
         results = await asyncio.gather(*(auth.authenticate(unknown) for _ in range(20)), return_exceptions=True)
         assert all(isinstance(r, Unauthorized) for r in results)
         assert store.reads == 1  # the known-key filter refused the unknown one without a read
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_unknown_keys_are_remembered_briefly_and_boundedly() -> None:
-    async def body() -> None:
-        store, clock = MemoryStore(), Clock()
+def test_unknown_keys_are_remembered_briefly_and_boundedly(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
+        clock = Clock()
         auth = make(store, clock)
         unknown = generate_key()
         await refused(auth, unknown)  # the known-key filter refuses it: no read of the key
@@ -189,33 +210,32 @@ def test_unknown_keys_are_remembered_briefly_and_boundedly() -> None:
             await refused(auth, generate_key())
         assert len(auth._unknown) <= 10_000
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_the_key_cache_is_bounded_and_keeps_static_keys() -> None:
-    async def body() -> None:
-        store = MemoryStore()
+def test_the_key_cache_is_bounded_and_keeps_static_keys(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
         secrets = [generate_key() for _ in range(10)]
         for secret in secrets:
-            store.add(secret)
+            await store.add(secret)
         auth = make(store, key_cache_size=4)
         for secret in secrets:
             await auth.authenticate(secret)
         assert len(auth._keys) == 4 and auth.cached(secrets[0]) is None and auth.cached(secrets[-1]) is not None
         assert auth.cached(STATIC) is not None
 
-    run(body)
+    run(body, tmp_path)
 
 
 # -- refusals ------------------------------------------------------------------------------------------------
 
 
-def test_unknown_revoked_and_rotated_keys_get_one_message() -> None:
-    async def body() -> None:
-        store, clock = MemoryStore(), Clock()
+def test_unknown_revoked_and_rotated_keys_get_one_message(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
+        clock = Clock()
         revoked, rotated = generate_key(), generate_key()
-        store.add(revoked, revoked_at=clock.now - 1)
-        store.add(rotated, rotated_to="key_9", grace_until=clock.now - 1)
+        await store.add(revoked, revoked_at=clock.now - 1)
+        await store.add(rotated, rotated_to="key_9", grace_until=clock.now - 1)
         auth = make(store, clock)
         refusals = [await refused(auth, k) for k in (generate_key(), revoked, rotated, "sk-\x00bad")]
         assert {(r.code, r.message, r.status) for r in refusals} == {(refusals[0].code, refusals[0].message, 401)}
@@ -225,16 +245,16 @@ def test_unknown_revoked_and_rotated_keys_get_one_message() -> None:
         assert store.reads == 2  # a revoked key costs one read; an unknown one none (the known-key filter)
         assert json.loads(refusals[1].body("anthropic"))["error"]["type"] == "authentication_error"
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_expiry_rotation_grace_and_scheduled_revocation_follow_the_clock() -> None:
-    async def body() -> None:
-        store, clock = MemoryStore(), Clock()
+def test_expiry_rotation_grace_and_scheduled_revocation_follow_the_clock(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
+        clock = Clock()
         expiring, old, scheduled = generate_key(), generate_key(), generate_key()
-        store.add(expiring, expires_at=clock.now + 10)
-        store.add(old, rotated_to="key_9", grace_until=clock.now + 20)
-        store.add(scheduled, revoked_at=clock.now + 30)
+        await store.add(expiring, expires_at=clock.now + 10)
+        await store.add(old, rotated_to="key_9", grace_until=clock.now + 20)
+        await store.add(scheduled, revoked_at=clock.now + 30)
         auth = make(store, clock)
         for secret in (expiring, old, scheduled):
             await auth.authenticate(secret)  # all usable now: rotated within its grace period
@@ -248,19 +268,18 @@ def test_expiry_rotation_grace_and_scheduled_revocation_follow_the_clock() -> No
         assert (await refused(auth, scheduled)).reason == "revoked"
         assert store.reads == 3
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_a_disabled_owner_refuses_the_key_and_the_team_adds_its_roles() -> None:
-    async def body() -> None:
-        store = MemoryStore()
-        store.users["bob"] = User(id="bob", disabled=True)
-        store.teams["ml"] = Team(id="ml", roles=("auditor",))
-        store.roles["auditor"] = Role(name="auditor", permissions=("admin:audit",))
+def test_a_disabled_owner_refuses_the_key_and_the_team_adds_its_roles(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
+        await store.real.create_user(User(id="bob", disabled=True))
+        await store.real.create_team(Team(id="ml", roles=("auditor",)))
+        await store.real.create_role(Role(name="auditor", permissions=("admin:audit",)))
         disabled, team_key, ghost = generate_key(), generate_key(), generate_key()
-        store.add(disabled, owner_user="bob")
-        store.add(team_key, owner_team="ml", roles=("user",), service_account=True)
-        store.add(ghost, owner_user="nobody", owner_team="no-team")  # owners not in the store: the key stands
+        await store.add(disabled, owner_user="bob")
+        await store.add(team_key, owner_team="ml", roles=("user",), service_account=True)
+        await store.add(ghost, owner_user="nobody", owner_team="no-team")  # owners not in the store: the key stands
         auth = make(store)
         assert (await refused(auth, disabled)).reason == "user_disabled"
         principal = await auth.authenticate(team_key)
@@ -268,15 +287,14 @@ def test_a_disabled_owner_refuses_the_key_and_the_team_adds_its_roles() -> None:
         assert principal.service_account
         assert (await auth.authenticate(ghost)).user == "nobody"
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_the_store_down_keeps_cached_keys_and_answers_503_to_new_ones() -> None:
-    async def body() -> None:
-        store = MemoryStore()
+def test_the_store_down_keeps_cached_keys_and_answers_503_to_new_ones(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
         cached, new = generate_key(), generate_key()
-        store.add(cached)
-        store.add(new)
+        await store.add(cached)
+        await store.add(new)
         auth = make(store)
         await auth.authenticate(cached)
         store.down = True
@@ -290,22 +308,21 @@ def test_the_store_down_keeps_cached_keys_and_answers_503_to_new_ones() -> None:
         store.down = False
         assert (await auth.authenticate(new)).key_id == "key_1"
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_the_store_down_before_the_first_read_is_a_503() -> None:
-    async def body() -> None:
-        store = MemoryStore()
+def test_the_store_down_before_the_first_read_is_a_503(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
         store.down = True
         auth = make(store)
         with pytest.raises(AuthUnavailable):
             await auth.authenticate(generate_key())
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_without_a_store_only_static_keys_work() -> None:
-    async def body() -> None:
+def test_without_a_store_only_static_keys_work(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
         auth = make(None)
         assert auth.cached(STATIC) is not None
         assert (await refused(auth, generate_key())).reason == "unknown"
@@ -313,159 +330,136 @@ def test_without_a_store_only_static_keys_work() -> None:
         assert not auth.running
         await auth.aclose()
 
-    run(body)
+    run(body, tmp_path)
 
 
 # -- the change feed -----------------------------------------------------------------------------------------
 
 
-def test_a_revocation_is_applied_and_the_key_read_again_by_the_poll() -> None:
-    async def body() -> None:
-        store, clock = MemoryStore(), Clock()
+def test_a_revocation_is_applied_and_the_key_read_again_by_the_poll(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
+        clock = Clock()
         secret = generate_key()
-        record = store.add(secret)
+        record = await store.add(secret)
         auth = make(store, clock)
         await auth.authenticate(secret)
-        store.replace(record, revoked_at=clock.now - 1)
+        await store.real.revoke_key(record.id, clock.now - 1)
         await auth.poll()
         assert store.reads == 2  # read again by the poll, not by the next request
         assert (await refused(auth, secret)).reason == "revoked" and store.reads == 2
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_a_created_key_clears_its_negative_entry() -> None:
-    async def body() -> None:
-        store = MemoryStore()
+def test_a_created_key_clears_its_negative_entry(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
         auth = make(store)
         secret = generate_key()
         await refused(auth, secret)
-        store.add(secret)
+        await store.add(secret)
         await auth.poll()
         assert (await auth.authenticate(secret)).key_id == "key_0"
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_role_changes_rebuild_principals() -> None:
-    async def body() -> None:
-        store = MemoryStore()
-        store.roles["user"] = Role(name="user", permissions=("chat",))  # the store overrides the built-in
+def test_role_changes_rebuild_principals(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
+        await store.real.create_role(Role(name="user", permissions=("chat",)))  # the store overrides the built-in
         secret = generate_key()
-        store.add(secret)
+        await store.add(secret)
         auth = make(store, roles={"user": ("chat", "embeddings")})
         principal = await auth.authenticate(secret)
         assert principal.allows("chat") and not principal.allows("embeddings")
-        store.roles["user"] = Role(name="user", permissions=("embeddings",))
-        store.change("role", "user")
+        await store.real.update_role("user", permissions=("embeddings",))
         await auth.poll()
         principal = auth.cached(secret)
         assert principal is not None and principal.allows("embeddings") and not principal.allows("chat")
         admin = auth.cached(STATIC)
         assert admin is not None and admin.allows("admin:keys")
-        del store.roles["user"]
-        store.change("role", "user", "delete")
+        await store.real.delete_role("user")
         await auth.poll()
         principal = auth.cached(secret)
         assert principal is not None and principal.allows("embeddings") and principal.allows("chat")  # config's
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_user_and_team_changes_drop_the_keys_they_own() -> None:
-    async def body() -> None:
-        store = MemoryStore()
-        store.users["alice"] = User(id="alice")
+def test_user_and_team_changes_drop_the_keys_they_own(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
+        await store.real.create_user(User(id="alice"))
         alice, other = generate_key(), generate_key()
-        store.add(alice, owner_user="alice")
-        store.add(other, owner_user="carol")
+        await store.add(alice, owner_user="alice")
+        await store.add(other, owner_user="carol")
         auth = make(store)
         await auth.authenticate(alice)
         await auth.authenticate(other)
-        store.users["alice"] = User(id="alice", disabled=True)
-        store.change("user", "alice")
+        await store.real.update_user("alice", disabled=True)
         await auth.poll()
         assert auth.cached(other) is not None
         assert auth.cached(alice) is None
         assert (await refused(auth, alice)).reason == "user_disabled"
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_a_change_during_a_lookup_keeps_its_answer_out_of_the_cache() -> None:
-    async def body() -> None:
-        store, clock = MemoryStore(), Clock()
+def test_a_change_during_a_lookup_keeps_its_answer_out_of_the_cache(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
+        clock = Clock()
         secret = generate_key()
-        record = store.add(secret)
+        record = await store.add(secret)
         auth = make(store, clock)
         await auth.poll()  # the feed's version is known
-        store.delay = 0.05
+        store.holds["key_by_hash"] = release = asyncio.Event()
         pending = asyncio.ensure_future(auth.authenticate(secret))
-        await asyncio.sleep(0.01)  # the lookup has read the key, its answer is on its way
-        store.keys[record.key_hash] = msgspec.structs.replace(record, revoked_at=clock.now - 1)
-        store.change("key", record.key_hash, "revoke")
-        store.delay = 0.0
+        await store.held.wait()  # the lookup has read the key, its answer is on its way
+        await store.real.revoke_key(record.id, clock.now - 1)
         await auth.poll()
+        release.set()
         await pending  # answered with what it read, but not cached
         assert auth.cached(secret) is None
         assert (await refused(auth, secret)).reason == "revoked"
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_a_user_change_during_a_lookup_keeps_its_answer_out_of_the_cache() -> None:
-    async def body() -> None:
-        store = MemoryStore()
-        store.users["alice"] = User(id="alice")
+def test_a_user_change_during_a_lookup_keeps_its_answer_out_of_the_cache(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
+        await store.real.create_user(User(id="alice"))
         secret = generate_key()
-        store.add(secret, owner_user="alice")
+        await store.add(secret, owner_user="alice")
         auth = make(store)
         await auth.poll()  # the feed's version is known
-
-        async def get_user(user_id: str) -> User:
-            found = store.users[user_id]  # read first, answered later: the change overtakes it
-            await asyncio.sleep(0.05)
-            return found
-
-        store.get_user = get_user  # type: ignore[method-assign]
+        store.holds["get_user"] = release = asyncio.Event()  # read first, answered later: the change overtakes it
         pending = asyncio.ensure_future(auth.authenticate(secret))
-        await asyncio.sleep(0.01)  # the lookup has read alice enabled; nothing of hers is cached yet
-        store.users["alice"] = User(id="alice", disabled=True)
-        store.change("user", "alice")
+        await store.held.wait()  # the lookup has read alice enabled; nothing of hers is cached yet
+        await store.real.update_user("alice", disabled=True)
         await auth.poll()
+        release.set()
         await pending  # answered with what it read, but not cached
         assert auth.cached(secret) is None
-        del store.get_user
         assert (await refused(auth, secret)).reason == "user_disabled"
 
-    run(body)
+    run(body, tmp_path)
 
 
-def test_the_poller_starts_follows_changes_and_stops() -> None:
-    async def body() -> None:
-        store = MemoryStore()
+def test_the_poller_starts_follows_changes_and_stops(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
         secret = generate_key()
-        record = store.add(secret)
+        record = await store.add(secret)
         auth = make(store, revocation_poll_s=0.02)
         await auth.authenticate(secret)
         auth.start()
         assert auth.running
-        store.replace(record, revoked_at=0.0)
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            try:
-                auth.cached(secret)
-            except Unauthorized:
-                break
-        else:
-            raise AssertionError("the revocation did not arrive")
+        await store.real.revoke_key(record.id, 0.0)
+        await async_wait_until(lambda: revoked(auth, secret), "the revocation arriving by the poller")
         store.down = True
-        await asyncio.sleep(0.1)  # polls fail and are retried; nothing raises
-        assert auth.store_failures > 0
+        await async_wait_until(lambda: auth.store_failures > 1, "polls failing, and retried")
+        assert auth.running  # nothing raised
         await auth.aclose()
         assert not auth.running
 
-    run(body)
+    run(body, tmp_path)
 
 
 # -- signatures ----------------------------------------------------------------------------------------------

@@ -1,56 +1,57 @@
 """Dead letters without a backend: building a letter (redaction, clipping, no credential kept) and the queue's
-bounds, on an in-memory backend that records what the writer hands it."""
+bounds, on the real SQLite store backend, which records the batches the writer hands it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import pytest
 
 from sluice.errors import DeadLettersUnavailable
 from sluice.resilience import Attempt, DeadLetter, DeadLetters, Failure, letter_for
-from sluice.resilience.dead_letters import MAX_ATTEMPTS, describe_error, redact_body
+from sluice.resilience.dead_letters import MAX_ATTEMPTS, StoreBackend, describe_error, redact_body
+from sluice.store import SqliteStore
 
 SECRET = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
 EMAIL = "jane.doe@example.com"
 
 
-def run(coro):  # type: ignore[no-untyped-def]
-    async def bounded():  # type: ignore[no-untyped-def]
-        async with asyncio.timeout(30):
-            return await coro
+def run(body: Callable[[RecordingBackend], Awaitable[None]], tmp_path: Path) -> None:
+    """Runs ``body`` (bounded) with a RecordingBackend on a fresh SQLite store in ``tmp_path``."""
 
-    return asyncio.run(bounded())
+    async def bounded() -> None:
+        store = SqliteStore(str(tmp_path / "store.db"), timeout_s=10.0)
+        await store.migrate()
+        try:
+            async with asyncio.timeout(30):
+                await body(RecordingBackend(store))
+        finally:
+            await store.aclose()
+
+    asyncio.run(bounded())
 
 
-class MemoryBackend:
-    """Keeps what it is given; ``down`` makes every write fail like an unreachable store."""
+class RecordingBackend(StoreBackend):
+    """The real store backend (SQLite) that also records the size of each batch the writer hands it; ``down``
+    makes every write fail as an unreachable store would (a thin wrapper: down and back on cue)."""
 
-    kind = "memory"
-
-    def __init__(self) -> None:
-        self.letters: list[DeadLetter] = []
+    def __init__(self, store: SqliteStore) -> None:
+        super().__init__(store)
         self.batches: list[int] = []
         self.down = False
-        self.trims = 0
-
-    def valid_id(self, letter_id: str) -> bool:
-        return letter_id.isdigit()
 
     async def add(self, letters: Sequence[DeadLetter], max_entries: int) -> list[str]:
         if self.down:
             raise DeadLettersUnavailable("down")
+        ids = await super().add(letters, max_entries)
         self.batches.append(len(letters))
-        self.letters += letters
-        return [str(len(self.letters) - len(letters) + i) for i in range(len(letters))]
+        return ids
 
-    async def trim(self, *, max_entries: int | None, before: float | None) -> int:
-        self.trims += 1
-        return 0
-
-    async def aclose(self) -> None:
-        pass
+    async def letters(self) -> list[DeadLetter]:
+        """What the store holds, oldest first."""
+        return list(reversed(await self.store.list_dead_letters(limit=1000)))
 
 
 def failure(n: int = 0, body: bytes | str = b'{"model": "gpt-4o-mini"}', **fields) -> Failure:  # type: ignore[no-untyped-def]
@@ -101,59 +102,58 @@ def test_errors_and_attempts_are_bounded() -> None:
     assert letter.attempts[0].deployment == "d0" and letter.attempts[-1].deployment == "d199"
 
 
-def test_a_full_queue_drops_and_counts_without_waiting() -> None:
-    async def body() -> None:
-        backend = MemoryBackend()
+def test_a_full_queue_drops_and_counts_without_waiting(tmp_path: Path) -> None:
+    async def body(backend: RecordingBackend) -> None:
         letters = DeadLetters(backend, queue_size=3, batch_size=2, max_body_bytes=32)
         for n in range(5):
             letters.record(failure(n, body=f"{SECRET} {n}"))  # no await between: the writer has not run
         assert (letters.dropped, letters.pending) == (2, 3)
         assert await letters.flush(10)
         assert (letters.written, letters.failed, letters.pending) == (3, 0, 0)
-        assert [letter.request_id for letter in backend.letters] == ["req-0", "req-1", "req-2"]
+        stored = await backend.letters()
+        assert [letter.request_id for letter in stored] == ["req-0", "req-1", "req-2"]
         assert backend.batches == [2, 1]
-        assert all(SECRET not in letter.body and letter.clipped is False for letter in backend.letters)
+        assert all(SECRET not in letter.body and letter.clipped is False for letter in stored)
         await letters.aclose()
         letters.record(failure(9))  # closed: refused and counted, never raised
         assert letters.dropped == 3
 
-    run(body())
+    run(body, tmp_path)
 
 
-def test_a_down_backend_keeps_the_batch_and_counts_it_failed_at_close() -> None:
-    async def body() -> None:
-        backend = MemoryBackend()
+def test_a_down_backend_keeps_the_batch_and_counts_it_failed_at_close(tmp_path: Path) -> None:
+    async def body(backend: RecordingBackend) -> None:
         backend.down = True
         letters = DeadLetters(backend, close_timeout_s=0.5)
         letters.record(failure(1))
-        assert not await letters.flush(0.3)
+        assert not await letters.flush(0.3)  # the backend stays down: the flush cannot end
         assert letters.pending == 1 and letters.written == 0
         backend.down = False
         assert await letters.flush(10)  # retried (a flush cuts the backoff short)
-        assert letters.written == 1 and backend.letters[0].request_id == "req-1"
+        assert letters.written == 1 and [letter.request_id for letter in await backend.letters()] == ["req-1"]
         backend.down = True
         letters.record(failure(2))
         await letters.aclose()
         assert letters.failed == 1 and letters.pending == 0
 
-    run(body())
+    run(body, tmp_path)
 
 
-def test_a_malformed_failure_is_dropped_not_the_writer() -> None:
-    async def body() -> None:
-        backend = MemoryBackend()
+def test_a_malformed_failure_is_dropped_not_the_writer(tmp_path: Path) -> None:
+    async def body(backend: RecordingBackend) -> None:
         letters = DeadLetters(backend)
         letters.record(failure(1, attempts=[{"no": "deployment"}]))
         letters.record(failure(2))
         assert await letters.flush(10)
-        assert letters.failed == 1 and [letter.request_id for letter in backend.letters] == ["req-2"]
+        assert letters.failed == 1 and [letter.request_id for letter in await backend.letters()] == ["req-2"]
         await letters.aclose()
 
-    run(body())
+    run(body, tmp_path)
 
 
-def test_bad_settings_are_refused() -> None:
+def test_bad_settings_are_refused(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "store.db"))  # refused before the store is used: never opened
     for options in ({"max_entries": 0}, {"max_age_s": 0}, {"max_body_bytes": -1}, {"queue_size": 0},
                     {"batch_size": 0}, {"trim_every_s": 0}):
         with pytest.raises(ValueError):
-            DeadLetters(MemoryBackend(), **options)
+            DeadLetters(StoreBackend(store), **options)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,7 @@ from sluice.auth.keyfilter import MIN_CAPACITY, KeyFilter
 from sluice.errors import AuthThrottled
 from sluice.state.redis_limits import Circuit, LogGate
 from sluice.store import generate_key
-from tests.unit.test_auth_keys import Clock, MemoryStore, make, refused
+from tests.unit.test_auth_keys import Clock, KeyStore, make, refused, run
 
 
 def digest() -> str:
@@ -36,9 +38,9 @@ def test_the_filter_never_refuses_a_key_it_was_told_of_and_rarely_passes_another
     assert KeyFilter.sized_for(100_000).capacity == 200_000 and KeyFilter(1).nbytes == MIN_CAPACITY * 10 // 8
 
 
-def test_a_key_made_after_the_filter_is_admitted_once_the_feed_names_it() -> None:
-    async def body() -> None:
-        store, clock = MemoryStore(), Clock()
+def test_a_key_made_after_the_filter_is_admitted_once_the_feed_names_it(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
+        clock = Clock()
         auth = make(store, clock, revocation_poll_s=0.05)
         auth.start()
         try:
@@ -46,7 +48,7 @@ def test_a_key_made_after_the_filter_is_admitted_once_the_feed_names_it() -> Non
             await refused(auth, unknown)
             assert store.reads == 0 and store.hash_reads == 1 and auth.filtered == 1
             secret = generate_key()
-            record = store.add(secret)  # written by another instance: in the feed, not in the filter yet
+            record = await store.add(secret)  # written by another instance: in the feed, not in the filter yet
             principal = await auth.authenticate(secret)  # waited for the feed's next read, then read once
             assert principal.key_id == record.id and store.reads == 1
             # 1,000 made-up keys at once: one wait for the feed, no read of any of them
@@ -55,31 +57,33 @@ def test_a_key_made_after_the_filter_is_admitted_once_the_feed_names_it() -> Non
         finally:
             await auth.aclose()
 
-    asyncio.run(asyncio.wait_for(body(), 30))
+    run(body, tmp_path)
 
 
-def test_a_filter_past_its_size_is_built_again_larger() -> None:
-    async def body() -> None:
-        store = MemoryStore()
+def test_a_filter_past_its_size_is_built_again_larger(tmp_path: Path) -> None:
+    async def body(store: KeyStore) -> None:
         auth = make(store, revocation_poll_s=0.05)
         await refused(auth, generate_key())  # builds it
         assert auth._filter is not None
-        for _ in range(auth._filter.capacity + 1):
-            store.change("key", digest(), "create")
+        # Written straight into the store's change feed, as by other instances (creating as many keys one by one
+        # through the store would take seconds)
+        with sqlite3.connect(tmp_path / "store.db") as db:
+            db.executemany("INSERT INTO changes (kind, ref, op, at) VALUES ('key', ?, 'create', 0)",
+                           [(digest(),) for _ in range(auth._filter.capacity + 1)])
+        db.close()
         await auth.poll()
         assert auth._filter_task is not None
         await auth._filter_task
         assert store.hash_reads == 2 and not auth._filter.full
         await auth.aclose()
 
-    asyncio.run(asyncio.wait_for(body(), 30))
+    run(body, tmp_path)
 
 
-def test_the_feed_down_turns_a_key_the_filter_lacks_into_503_not_401() -> None:
+def test_the_feed_down_turns_a_key_the_filter_lacks_into_503_not_401(tmp_path: Path) -> None:
     from sluice.errors import AuthUnavailable
 
-    async def body() -> None:
-        store = MemoryStore()
+    async def body(store: KeyStore) -> None:
         auth = make(store, revocation_poll_s=0.05)
         auth.start()
         try:
@@ -91,7 +95,7 @@ def test_the_feed_down_turns_a_key_the_filter_lacks_into_503_not_401() -> None:
             store.down = False
             await auth.aclose()
 
-    asyncio.run(asyncio.wait_for(body(), 30))
+    run(body, tmp_path)
 
 
 def test_failure_limits_per_address() -> None:

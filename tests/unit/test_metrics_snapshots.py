@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sluice.context import RequestContext
 from sluice.observability.metrics import Metrics
+from tests.conftest import async_wait_until
 
 
 def finished(model: str = "m") -> RequestContext:
@@ -27,17 +28,17 @@ def observe(metrics: Metrics, count: int) -> int:
     return asked
 
 
+def requests_in(path: Path) -> int:
+    """The requests the worker's snapshot file counts (-1: no file yet)."""
+    if not path.exists():
+        return -1
+    return sum(row[-1] for row in json.loads(path.read_bytes())["requests"])
+
+
 async def requests_in_snapshot(path: Path, expected: int) -> int:
-    """Polls the worker's snapshot file (bounded) until it counts ``expected`` requests; the last count seen."""
-    seen = -1
-    for _ in range(300):
-        if path.exists():
-            rows = json.loads(path.read_bytes())["requests"]
-            seen = sum(row[-1] for row in rows)
-            if seen == expected:
-                break
-        await asyncio.sleep(0.01)
-    return seen
+    """Polls the worker's snapshot file (against a deadline) until it counts ``expected`` requests."""
+    await async_wait_until(lambda: requests_in(path) == expected, f"a snapshot of {expected} requests")
+    return requests_in(path)
 
 
 def test_one_snapshot_timer_while_busy_and_a_failed_snapshot_is_tried_again(tmp_path: Path) -> None:
@@ -54,11 +55,8 @@ def test_one_snapshot_timer_while_busy_and_a_failed_snapshot_is_tried_again(tmp_
         metrics.worker_state = broken  # the next snapshot fails (the loop logs it)
         errors: list[object] = []
         asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
-        for _ in range(300):
-            if errors:
-                break
-            await asyncio.sleep(0.01)
-        assert errors  # and the file still holds the snapshot before
+        await async_wait_until(lambda: bool(errors), "the failed snapshot reported to the loop")
+        # and the file still holds the snapshot before
         assert sum(row[-1] for row in json.loads(snapshot.read_bytes())["requests"]) == 50
         metrics.worker_state = None
         assert observe(metrics, 1) == 1  # the failed snapshot still re-armed the request's ask

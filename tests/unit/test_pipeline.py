@@ -53,7 +53,7 @@ class Recording(Stage):
         return None
 
     async def _later(self, ex: Exchange) -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # pacing: a hook that really suspends once before it answers
         if self.fail is not None:
             raise self.fail
         if self.answer:

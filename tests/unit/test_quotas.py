@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -112,7 +111,7 @@ def test_period_ids_and_ends_in_a_zone() -> None:
 
 async def store_contract(store: QuotaStore) -> None:
     """What every store does: absent is 0, add answers totals, periods and escaped names never collide."""
-    ends = time.time() + 3600
+    ends = at("UTC", 2026, 11, 25)  # a fixed instant: nothing here depends on today's date
     assert await store.load([]) == [] and await store.add([]) == []
     assert await store.load([("q", "key:a", "2026-11-23")]) == [0.0]
     assert await store.add([("q", "key:a", "2026-11-23", 2.0, ends), ("q", "key:b", "2026-11-23", 1.5, ends),
@@ -131,12 +130,12 @@ def test_sqlite_store_contract_and_schema(tmp_path: Path) -> None:
     path = tmp_path / "quotas.db"
 
     async def scenario() -> None:
-        store = SqliteQuotaStore(str(path))
+        store = SqliteQuotaStore(str(path), clock=Clock(at("UTC", 2026, 11, 23, 12)))
         try:
             await store_contract(store)
         finally:
             await store.aclose()
-        again = SqliteQuotaStore(str(path))  # a restart: the file holds it all
+        again = SqliteQuotaStore(str(path), clock=Clock(at("UTC", 2026, 11, 23, 12)))  # a restart: the file has it
         try:
             assert await again.load([("q", "key:a", "2026-11-23")]) == [4.75]
         finally:
@@ -181,14 +180,14 @@ def test_sqlite_store_unavailable_then_back(tmp_path: Path) -> None:
     entry = ("q", "key:a", "2026-11-23")
 
     async def scenario() -> None:
-        store = SqliteQuotaStore(str(directory / "quotas.db"))
+        store = SqliteQuotaStore(str(directory / "quotas.db"), clock=Clock(at("UTC", 2026, 11, 23, 12)))
         try:
-            for call in (lambda: store.load([entry]), lambda: store.add([(*entry, 1.0, time.time())])):
+            for call in (lambda: store.load([entry]), lambda: store.add([(*entry, 1.0, at("UTC", 2026, 11, 24))])):
                 with pytest.raises(QuotaStoreUnavailable) as caught:
                     await call()
                 assert isinstance(caught.value.__cause__, sqlite3.Error)
             directory.mkdir()
-            assert await store.add([(*entry, 1.0, time.time())]) == [1.0]
+            assert await store.add([(*entry, 1.0, at("UTC", 2026, 11, 24))]) == [1.0]
             (directory / "quotas.db").unlink()  # the file vanishes under an open connection: still answers
             assert await store.load([entry]) == [1.0]
         finally:
@@ -199,10 +198,10 @@ def test_sqlite_store_unavailable_then_back(tmp_path: Path) -> None:
 
 def test_sqlite_stores_of_two_processes_share_one_file(tmp_path: Path) -> None:
     path = str(tmp_path / "quotas.db")
-    ends = time.time() + 3600
+    ends = at("UTC", 2026, 11, 24)
 
     async def scenario() -> None:
-        stores = [SqliteQuotaStore(path) for _ in range(4)]
+        stores = [SqliteQuotaStore(path, clock=Clock(at("UTC", 2026, 11, 23, 12))) for _ in range(4)]
         try:
             totals = await asyncio.gather(*(stores[i % 4].add([("q", "key:a", "p", 1.0, ends)]) for i in range(40)))
             assert sorted(t[0] for t in totals) == [float(n) for n in range(1, 41)]  # one transaction each
@@ -451,7 +450,7 @@ def test_the_background_sync_sends_pending_usage(tmp_path: Path) -> None:
         for _ in range(4):
             quotas.admit_cached(want(quotas))
         while await reopened(tmp_path, [("daily", "key:k1", "2026-11-23")]) != [5.0]:
-            await asyncio.sleep(0.01)  # bounded by run()'s timeout
+            await asyncio.sleep(0.01)  # pacing: the poll interval (bounded by run()'s timeout)
         await quotas.aclose()
 
     run(scenario)

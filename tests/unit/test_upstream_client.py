@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import os
 import select
 import shutil
@@ -46,13 +45,16 @@ from sluice.upstream import (
 )
 from sluice.upstream import client as client_module
 from sluice.upstream.client import HIGH_WATER
+from tests.conftest import async_wait_until
 
 try:
     from sluice._native import _upstream
 except ImportError:  # not built here
     _upstream = None  # type: ignore[assignment]
 
-TEST_TIMEOUT = 5.0  # every test's own bound, well under pytest-timeout's 120 s
+# Every test's own bound, well under pytest-timeout's 120 s: only for a test that would hang (a timeout that
+# never fires), so generous for a loaded machine, yet below the 50-60 s a missing deadline would take here.
+TEST_TIMEOUT = 30.0
 
 TWINS = [
     pytest.param(_pure_upstream, id="pure"),
@@ -60,15 +62,27 @@ TWINS = [
 ]
 
 
+OPENED: list[Any] = []  # the connections the client opened in the running test, in order (the ``twin`` fixture)
+
+
 @pytest.fixture(autouse=True, params=TWINS)
-def twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Binds one twin's connection, response and request head into the client for the test."""
+def twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Binds one twin's connection, response and request head into the client for the test; records the
+    connections it opens in OPENED (their public ``complete`` and ``transport`` are what a test waits on)."""
     impl = request.param
-    monkeypatch.setattr(client_module, "Connection", impl.Connection)
+
+    def connection(pool: Any) -> Any:
+        conn = impl.Connection(pool)
+        OPENED.append(conn)
+        return conn
+
+    OPENED.clear()
+    monkeypatch.setattr(client_module, "Connection", connection)
     monkeypatch.setattr(client_module, "Response", impl.Response)
     monkeypatch.setattr(client_module, "closed_while_idle", impl.closed_while_idle)
     monkeypatch.setattr(client_module, "upstream_head", impl.head)
-    return impl
+    yield impl
+    OPENED.clear()
 
 
 def test_compiled_is_active_when_required() -> None:
@@ -115,7 +129,7 @@ class Request:
 
 
 class BadRequest(Exception):
-    pass
+    """The client sent bytes that are not a well-formed request: a client bug, so ``serving`` fails the test."""
 
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
@@ -156,13 +170,16 @@ class Server:
         assert self._server is not None
         self._server.close()
         for _ in range(3):  # let freshly accepted connections start their handler
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # pacing: three turns of the loop, for handlers accepted but not started
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._server.wait_closed()
-        await asyncio.sleep(0.01)  # let the client side see the EOFs and close its transports
+        # the client side sees the ends and closes its sockets to this server (the last of them: those with unsent
+        # bytes, which the client closed but could only let go now)
+        await async_wait_until(lambda: all(_socket_closed(c) for c in OPENED if _peer_port(c) == self.port),
+                         "the client's sockets to the stopped server closed")
 
     async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -174,9 +191,9 @@ class Server:
         self.max_open = max(self.max_open, self.open)
         try:
             await self.handler(self, reader, writer, index)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError, BadRequest):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
-        except Exception as exc:  # a broken test handler: remembered, checked by tests that care
+        except Exception as exc:  # a broken test handler: remembered, and failed on by ``serving``
             self.errors.append(exc)
         finally:
             self.open -= 1
@@ -234,12 +251,15 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def serving(handler: Handler, **kwargs: Any) -> AsyncIterator[Server]:
+    """A started Server, stopped at the end; the test fails if the server's handler raised (a broken handler
+    would otherwise pass for a client bug, or hide one)."""
     server = Server(handler, **kwargs)
     await server.start()
     try:
         yield server
     finally:
         await server.stop()
+    assert not server.errors, f"the test server's handler raised: {server.errors!r}"
 
 
 @contextlib.asynccontextmanager
@@ -249,7 +269,12 @@ async def upstream_client(**kwargs: Any) -> AsyncIterator[UpstreamClient]:
         yield client
     finally:
         await client.close()
-        await asyncio.sleep(0.01)  # the closed transports finish closing
+        # the transports finish closing (those with bytes the peer never read close when the peer goes)
+        await async_wait_until(lambda: all(_socket_closed(c) or _waits_for_peer(c) for c in OPENED),
+                         "the client's sockets closed")
+        # and asyncio's own done-callbacks of a cancelled connect (a timed-out one) run: scheduled with call_soon,
+        # they run in the next turn of the loop, and nothing exposes them to wait on
+        await asyncio.sleep(0)  # pacing: one turn of the loop, not a time
 
 
 def origin_of(server: Server, **kwargs: Any) -> Any:
@@ -298,10 +323,41 @@ async def get(client: UpstreamClient, server: Server, target: str = "/", **kwarg
     return response.status, await response.read(1 << 20)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
+def arrived_whole(index: int = 0) -> Callable[[], bool]:
+    """A check for async_wait_until: the response on the ``index``-th opened connection has arrived whole."""
+    return lambda: OPENED[index].complete
+
+
+def reading_stopped(index: int = 0) -> Callable[[], bool]:
+    """A check for async_wait_until: the client holds all it will take of the response before the consumer reads (it
+    arrived whole, or reading paused at the high-water mark)."""
+    return lambda: OPENED[index].complete or not OPENED[index].transport.is_reading()
+
+
+def _socket_closed(conn: Any) -> bool:
+    """The connection's socket is closed (a transport closes it a loop turn after ``close()``)."""
+    transport = getattr(conn, "transport", None)
+    sock = None if transport is None else transport.get_extra_info("socket")
+    return sock is None or sock.fileno() == -1
+
+
+def _waits_for_peer(conn: Any) -> bool:
+    """Closed by the client with bytes still unsent: its socket closes once the peer reads them or goes."""
+    return conn.transport.is_closing() and conn.transport.get_write_buffer_size() > 0
+
+
+def _peer_port(conn: Any) -> int | None:
+    transport = getattr(conn, "transport", None)
+    peer = None if transport is None else transport.get_extra_info("peername")
+    return None if peer is None else int(peer[1])
+
+
+def since(start: float) -> float:
+    """Seconds on the loop's clock (the one its timers run on) since ``start``.
+
+    Tests compare it only with a lower bound (a timeout must not fire early): load can delay a timer, never bring
+    it forward.  That a timeout fires at all is bounded by TEST_TIMEOUT, far above every timeout set here."""
+    return asyncio.get_running_loop().time() - start
 
 
 # -- the request head ----------------------------------------------------------------------
@@ -363,10 +419,10 @@ async def _slow_chunks(server: Server, reader: asyncio.StreamReader, writer: asy
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
         await writer.drain()
         for piece in (b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"):
-            await asyncio.sleep(0.03)
+            await asyncio.sleep(0.03)  # pacing: the pieces arrive apart, to be read one by one
             writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             await writer.drain()
-        await asyncio.sleep(0.03)
+        await asyncio.sleep(0.03)  # pacing: the end comes apart too
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
@@ -411,7 +467,7 @@ async def test_body_delimited_by_close_even_if_server_says_keep_alive() -> None:
         await server.read_request(reader, conn)
         writer.write(b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\n\r\nabc")
         await writer.drain()
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # pacing: the rest of the body comes later
         writer.write(b"def")
 
     async with serving(close_later) as server, upstream_client() as client:
@@ -491,7 +547,7 @@ async def test_request_body_async_iterable() -> None:
 
     async def body() -> AsyncIterator[bytes]:
         for piece in pieces:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # pacing: a body that gives the loop a turn between pieces
             yield piece
 
     async with serving(keepalive()) as server, upstream_client() as client:
@@ -519,7 +575,7 @@ async def test_big_streamed_upload_to_a_slow_reader() -> None:
 
     async def slow_reader(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                           conn: int) -> None:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # pacing: a reader that starts late, so the client's writes must wait
         request = await server.read_request(reader, conn)
         assert request is not None
         writer.write(reply(b"%d" % len(request.body)))
@@ -596,7 +652,7 @@ async def test_no_reuse_when_server_does_not_keep_alive(answer: bytes) -> None:
     async with serving(keepalive(lambda req: answer)) as server, upstream_client() as client:
         assert await get(client, server) == (200, b"bye")
         assert client.stats()["idle"] == 0
-        await wait_until(lambda: 1 in server.closed)  # the client closed it
+        await async_wait_until(lambda: 1 in server.closed)  # the client closed it
         assert await get(client, server) == (200, b"bye")
         assert server.accepted == 2
 
@@ -625,7 +681,7 @@ async def test_unfinished_response_is_never_reused(how: str) -> None:
         response.release()  # and a second release is a no-op
         assert client.stats()["in_use"] == 0
         assert client.stats()["idle"] == 0
-        await wait_until(lambda: 1 in server.closed)
+        await async_wait_until(lambda: 1 in server.closed)
         assert await get(client, server) == (200, b"ok")
         assert server.accepted == 2
         assert client.stats()["in_use"] == 0
@@ -635,7 +691,7 @@ async def test_unfinished_response_is_never_reused(how: str) -> None:
 async def test_unread_but_complete_response_is_reused() -> None:
     async with serving(keepalive()) as server, upstream_client() as client:
         response = await client.request(origin_of(server), "GET", "/ignored", [])
-        await asyncio.sleep(0.05)  # the small body has arrived whole
+        await async_wait_until(arrived_whole(), "the small body arriving whole")
         response.release()
         assert await get(client, server, "/next") == (200, b"ok /next")
         assert server.accepted == 1
@@ -656,7 +712,7 @@ async def test_connection_reused_after_large_buffered_body(how: str) -> None:
     async with serving(keepalive(lambda req: reply(body))) as server, \
             upstream_client(read_timeout=0.5) as client:
         response = await client.request(origin_of(server), "GET", "/", [])
-        await asyncio.sleep(0.2)  # the whole body arrives before the consumer reads it
+        await async_wait_until(reading_stopped(), "the body arriving before the consumer reads it")
         if how == "read":
             assert await response.read(1 << 20) == body
         else:
@@ -686,7 +742,7 @@ async def test_stale_idle_connection_is_retried_on_a_fresh_one(when: str) -> Non
     async with serving(handler) as server, upstream_client() as client:
         assert await get(client, server, "/1") == (200, b"ok /1")
         if when == "right-after-response":
-            await asyncio.sleep(0.05)
+            await async_wait_until(lambda: OPENED[0].closed, "the client seeing the idle connection closed")
         assert await get(client, server, "/2") == (200, b"ok /2")
         assert server.accepted == 2
         if when == "on-next-request":
@@ -723,7 +779,7 @@ async def test_fresh_connection_closed_before_answer_raises() -> None:
         with pytest.raises(ConnectionClosed) as info:
             await client.request(origin_of(server), "GET", "/", [])
         assert not isinstance(info.value, TruncatedBody)
-        await asyncio.sleep(0.1)
+        # final once the request raised: a retry's connection would have been accepted (and closed) before it
         assert server.accepted == 1  # no retry on a fresh connection
         assert client.stats()["in_use"] == 0
 
@@ -743,8 +799,7 @@ async def test_stale_retry_happens_only_once() -> None:
         assert await get(client, server) == (200, b"ok")
         with pytest.raises(ConnectionClosed):
             await get(client, server)
-        await asyncio.sleep(0.1)
-        assert server.accepted == 2
+        assert server.accepted == 2  # final once the request raised (as above)
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -813,7 +868,7 @@ async def test_close_delimited_body_cut_by_a_reset_is_an_error() -> None:
         await server.read_request(reader, conn)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\npart of the bo")
         await writer.drain()
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # pacing: the part of the body goes out before the reset
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()  # RST, not FIN
@@ -831,7 +886,7 @@ async def test_truncated_body_incremental() -> None:
         await server.read_request(reader, conn)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # pacing: the close comes after the first piece
 
     async with serving(handler) as server, upstream_client() as client:
         response = await client.request(origin_of(server), "GET", "/", [])
@@ -851,12 +906,12 @@ async def _never_answer(server: Server, reader: asyncio.StreamReader, writer: as
 @async_test
 async def test_read_timeout_when_server_never_answers() -> None:
     async with serving(_never_answer) as server, upstream_client(read_timeout=0.2) as client:
-        start = time.monotonic()
+        start = asyncio.get_running_loop().time()
         with pytest.raises(ReadTimeout):
             await client.request(origin_of(server), "GET", "/", [])
-        assert 0.15 <= time.monotonic() - start < 1.0
+        assert since(start) >= 0.15  # not early (not late: TEST_TIMEOUT)
         assert client.stats()["in_use"] == 0
-        await wait_until(lambda: 1 in server.closed)  # the client closed the connection
+        await async_wait_until(lambda: 1 in server.closed)  # the client closed the connection
 
 
 async def _answer_once(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -875,11 +930,11 @@ async def test_read_timer_left_by_an_earlier_request_times_the_next_one_from_its
     re-arms at that wait's end instead of failing it early, and the wait still times out."""
     async with serving(_answer_once) as server, upstream_client(read_timeout=0.4) as client:
         assert await get(client, server) == (200, b"ok")
-        await asyncio.sleep(0.2)  # the first request's timer fires 0.2 s into the second one's wait
-        start = time.monotonic()
+        await asyncio.sleep(0.2)  # pacing: the first request's timer fires 0.2 s into the second one's wait
+        start = asyncio.get_running_loop().time()
         with pytest.raises(ReadTimeout):
             await client.request(origin_of(server), "GET", "/", [])
-        assert time.monotonic() - start >= 0.35  # not cut short by the earlier timer
+        assert since(start) >= 0.35  # not cut short by the earlier timer (load can only make it later)
         assert server.accepted == 1 and client.stats()["in_use"] == 0
 
 
@@ -906,17 +961,17 @@ async def test_read_timeout_mid_body(how: str) -> None:
 
     async with serving(handler) as server, upstream_client(read_timeout=0.2) as client:
         response = await client.request(origin_of(server), "GET", "/", [])
-        start = time.monotonic()
+        start = asyncio.get_running_loop().time()
         with pytest.raises(ReadTimeout):
             if how == "read":
                 await response.read(10_000)
             else:
                 assert await response.next_chunk() == b"some"
                 await response.next_chunk()
-        assert 0.15 <= time.monotonic() - start < 1.0
+        assert since(start) >= 0.15  # not early (not late: TEST_TIMEOUT)
         response.release()
         assert client.stats()["in_use"] == 0
-        await wait_until(lambda: 1 in server.closed)
+        await async_wait_until(lambda: 1 in server.closed)
 
 
 @pytest.mark.parametrize("where", ["body", "head"])
@@ -935,22 +990,22 @@ async def test_deadline_bounds_a_slow_trickle(where: str) -> None:
         for i in range(len(data)):
             writer.write(data[i:i + 1])
             await writer.drain()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # pacing: a byte every 50 ms, far more often than the read timeout
 
-    # read_timeout is above the gap between bytes (and, for the head, above the deadline too)
-    read_timeout = 0.2 if where == "body" else 1.0
+    # read_timeout is far above the gap between bytes and the deadline: only the deadline can end it in time
+    # (without it the trickle would last 50 s and the test hit TEST_TIMEOUT)
+    read_timeout = 2.0
     async with serving(trickle) as server, upstream_client(read_timeout=read_timeout) as client:
         loop = asyncio.get_running_loop()
-        start = time.monotonic()
+        start = asyncio.get_running_loop().time()
         received = bytearray()
         with pytest.raises(ReadTimeout):
             response = await client.request(origin_of(server), "GET", "/", [], deadline=loop.time() + 0.3)
             while piece := await response.next_chunk():
                 received += piece
-        elapsed = time.monotonic() - start
-        assert 0.25 <= elapsed < 0.8
+        assert since(start) >= 0.3  # the deadline's, not early
         if where == "body":
-            assert 2 <= len(received) < 20  # the trickle kept the read timeout from firing
+            assert len(received) < 1000  # cut short
             response.release()
         assert client.stats()["in_use"] == 0
 
@@ -965,7 +1020,7 @@ async def test_read_timeout_is_silence_between_bytes_of_the_head() -> None:
         for i in range(len(head)):
             writer.write(head[i:i + 1])
             await writer.drain()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # pacing: a byte every 20 ms, each gap below the read timeout
         await reader.read()
 
     async with serving(trickle) as server, upstream_client(read_timeout=0.25) as client:
@@ -1012,10 +1067,10 @@ async def test_connect_timeout() -> None:
     try:
         origin, _ = parse_base_url(f"http://127.0.0.1:{listener.getsockname()[1]}")
         async with upstream_client(connect_timeout=0.2) as client:
-            start = time.monotonic()
+            start = asyncio.get_running_loop().time()
             with pytest.raises(ConnectTimeout):
                 await client.request(origin, "GET", "/", [])
-            assert 0.15 <= time.monotonic() - start < 1.0
+            assert since(start) >= 0.15  # not early (not late: TEST_TIMEOUT)
             assert client.stats()["in_use"] == 0
             loop = asyncio.get_running_loop()
             with pytest.raises(ConnectTimeout):  # the total deadline also bounds connecting
@@ -1039,19 +1094,19 @@ async def test_response_too_large(how: str) -> None:
             for _ in range(20):
                 writer.write(b"64\r\n" + b"y" * 100 + b"\r\n")
                 await writer.drain()
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # pacing: a stream, not one write
             writer.write(b"0\r\n\r\n")
         await reader.read()
 
     async with serving(handler) as server, upstream_client() as client:
         response = await client.request(origin_of(server), "GET", "/", [])
         if how == "arrived-whole":
-            await asyncio.sleep(0.05)
+            await async_wait_until(arrived_whole(), "the body arriving whole")
         with pytest.raises(ResponseTooLarge):
             await response.read(999)
         assert client.stats()["in_use"] == 0
         assert client.stats()["idle"] == 0  # the connection was closed, not pooled
-        await wait_until(lambda: 1 in server.closed)
+        await async_wait_until(lambda: 1 in server.closed)
 
 
 @async_test
@@ -1064,13 +1119,15 @@ async def test_response_exactly_at_limit() -> None:
 # -- pool limits ---------------------------------------------------------------------------
 
 
-def _slow_handler(delay: float) -> Handler:
+def _gated_handler(gate: asyncio.Event) -> Handler:
+    """Answers each request once ``gate`` is set (a busy upstream, for as long as the test wants)."""
+
     async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       conn: int) -> None:
         while (request := await server.read_request(reader, conn)) is not None:
             server.active += 1
             server.max_active = max(server.max_active, server.active)
-            await asyncio.sleep(delay)
+            await gate.wait()
             server.active -= 1
             writer.write(reply(b"slow " + request.target))
             await writer.drain()
@@ -1080,12 +1137,14 @@ def _slow_handler(delay: float) -> Handler:
 
 @async_test
 async def test_per_origin_limit_queues_requests() -> None:
-    async with serving(_slow_handler(0.15)) as server, \
+    gate = asyncio.Event()
+    async with serving(_gated_handler(gate)) as server, \
             upstream_client(max_connections_per_origin=2) as client:
         tasks = [asyncio.create_task(get(client, server, f"/{i}")) for i in range(5)]
-        await asyncio.sleep(0.05)
+        await async_wait_until(lambda: server.active == 2, "two requests at the upstream")
         stats = client.stats()
         assert (stats["in_use"], stats["waiting"]) == (2, 3)
+        gate.set()
         results = await asyncio.gather(*tasks)
         assert results == [(200, b"slow /%d" % i) for i in range(5)]
         assert server.max_open <= 2
@@ -1098,7 +1157,8 @@ async def test_per_origin_limit_queues_requests() -> None:
 
 @async_test
 async def test_waiters_are_served_in_order() -> None:
-    async with serving(_slow_handler(0.02)) as server, \
+    gate = asyncio.Event()
+    async with serving(_gated_handler(gate)) as server, \
             upstream_client(max_connections_per_origin=1) as client:
         order: list[int] = []
 
@@ -1109,7 +1169,10 @@ async def test_waiters_are_served_in_order() -> None:
         tasks = []
         for i in range(6):
             tasks.append(asyncio.create_task(one(i)))
-            await asyncio.sleep(0.001)  # queue them in this order
+            # queue them in this order: the first at the upstream, each next one behind the last
+            await async_wait_until(lambda: server.active == 1 and client.stats()["waiting"] == len(tasks) - 1,
+                             f"request {i} queued")
+        gate.set()
         await asyncio.gather(*tasks)
         assert order == list(range(6))
         assert server.accepted == 1
@@ -1120,10 +1183,10 @@ async def test_pool_timeout_for_a_waiter_past_its_deadline() -> None:
     async with serving(keepalive()) as server, upstream_client(max_connections_per_origin=1) as client:
         loop = asyncio.get_running_loop()
         held = await client.request(origin_of(server), "GET", "/held", [])
-        start = time.monotonic()
+        start = asyncio.get_running_loop().time()
         with pytest.raises(PoolTimeout):
             await client.request(origin_of(server), "GET", "/", [], deadline=loop.time() + 0.2)
-        assert 0.15 <= time.monotonic() - start < 1.0
+        assert since(start) >= 0.15  # not early (not late: TEST_TIMEOUT)
         assert client.stats()["waiting"] == 0
         assert client.stats()["in_use"] == 1
         assert await held.read(100) == b"ok /held"
@@ -1140,8 +1203,7 @@ async def test_global_limit_across_origins() -> None:
         with pytest.raises(PoolTimeout):
             await client.request(origin_of(b), "GET", "/b", [], deadline=loop.time() + 0.1)
         waiting = asyncio.create_task(get(client, b, "/b"))
-        await asyncio.sleep(0.05)
-        assert client.stats()["waiting"] == 1
+        await async_wait_until(lambda: client.stats()["waiting"] == 1, "the request for b waiting")
         assert await held.read(100) == b"ok /a"  # releases: the waiter for b gets the room
         assert await waiting == (200, b"ok /b")
         assert b.accepted == 1
@@ -1152,12 +1214,11 @@ async def test_cancelled_waiter_does_not_swallow_the_wakeup() -> None:
     async with serving(keepalive()) as server, upstream_client(max_connections_per_origin=1) as client:
         loop = asyncio.get_running_loop()
         held = await client.request(origin_of(server), "GET", "/held", [])
-        await asyncio.sleep(0.05)  # the small body is complete
+        await async_wait_until(arrived_whole(), "the small body arriving whole")
         first = asyncio.create_task(client.request(origin_of(server), "GET", "/first", []))
-        await asyncio.sleep(0.01)
-        second = asyncio.create_task(get(client, server, "/second", deadline=loop.time() + 0.5))
-        await asyncio.sleep(0.01)
-        assert client.stats()["waiting"] == 2
+        await async_wait_until(lambda: client.stats()["waiting"] == 1, "the first waiter queued")
+        second = asyncio.create_task(get(client, server, "/second", deadline=loop.time() + 30))
+        await async_wait_until(lambda: client.stats()["waiting"] == 2, "the second waiter queued")
         held.release()  # wakes ``first`` ...
         first.cancel()  # ... which gives up (its caller went away) before it runs
         with pytest.raises(asyncio.CancelledError):
@@ -1169,12 +1230,12 @@ async def test_cancelled_waiter_does_not_swallow_the_wakeup() -> None:
 async def test_cancelled_request_gives_its_slot_back() -> None:
     async with serving(_never_answer) as server, upstream_client(max_connections_per_origin=1) as client:
         task = asyncio.create_task(client.request(origin_of(server), "GET", "/", []))
-        await wait_until(lambda: len(server.requests) == 1)
+        await async_wait_until(lambda: len(server.requests) == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert client.stats()["in_use"] == 0
-        await wait_until(lambda: 1 in server.closed)
+        await async_wait_until(lambda: 1 in server.closed)
 
 
 @async_test
@@ -1196,8 +1257,7 @@ async def test_connection_released_after_close_is_closed() -> None:
         response = await client.request(origin_of(server), "GET", "/", [])
         await client.close()
         assert await response.read(100) == b"ok /"
-        await asyncio.sleep(0.2)
-        assert 1 in server.closed  # the client closed the connection
+        await async_wait_until(lambda: 1 in server.closed, "the client closing the connection")
         assert client.stats()["idle"] == 0
 
 
@@ -1209,10 +1269,9 @@ async def test_idle_connections_expire() -> None:
     async with serving(keepalive()) as server, upstream_client(idle_timeout=0.2) as client:
         assert await get(client, server) == (200, b"ok /")
         assert client.stats()["idle"] == 1
-        start = time.monotonic()
-        await asyncio.sleep(0.4)
-        assert 1 in server.eof  # the client closed the idle connection
-        assert 0.15 <= server.eof[1] - start < 0.4
+        start = time.monotonic()  # the Server's clock
+        await async_wait_until(lambda: 1 in server.eof, "the client closing the idle connection")
+        assert server.eof[1] - start >= 0.15  # not before the idle timeout (load can only make it later)
         assert client.stats()["idle"] == 0
         assert await get(client, server) == (200, b"ok /")
         assert server.accepted == 2
@@ -1220,10 +1279,10 @@ async def test_idle_connections_expire() -> None:
 
 @async_test
 async def test_connection_reused_within_idle_timeout() -> None:
-    async with serving(keepalive()) as server, upstream_client(idle_timeout=0.3) as client:
+    async with serving(keepalive()) as server, upstream_client(idle_timeout=30) as client:
         for _ in range(4):
             assert await get(client, server) == (200, b"ok /")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # pacing: idle for a while, well within the idle timeout
         assert server.accepted == 1
 
 
@@ -1243,7 +1302,7 @@ async def _stalled_at(progress: dict[str, int], settle_s: float, limit_s: float)
     deadline = asyncio.get_running_loop().time() + limit_s
     last = -1
     while asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(settle_s)
+        await asyncio.sleep(settle_s)  # pacing: the window in which no progress means a stall
         if progress["sent"] == last:
             return last
         last = progress["sent"]
@@ -1282,7 +1341,7 @@ async def test_flow_control_bounds_unread_bytes() -> None:
         while piece := await response.next_chunk():
             received += piece
             if len(received) < 1024 * 1024:
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(0.001)  # pacing: a slow consumer
         response.release()
         assert len(received) == total
         assert received == b"".join(_piece(i) for i in range(PIECES))
@@ -1327,7 +1386,7 @@ async def test_connection_not_reused_after_an_unfinished_upload() -> None:
             if self.sent == 3:
                 raise StopAsyncIteration
             if self.sent:
-                await asyncio.sleep(0.2)  # the answer arrives meanwhile
+                await asyncio.sleep(0.2)  # pacing: a slow body; the answer arrives meanwhile
             self.sent += 1
             return b"part"
 
@@ -1346,24 +1405,21 @@ async def test_deadline_bounds_an_upload_the_server_never_reads() -> None:
             return self
 
         async def __anext__(self) -> bytes:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # pacing: an endless body that gives the loop a turn between pieces
             return piece
 
     async def deaf(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                    conn: int) -> None:
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # pacing: a server that never reads (cancelled at the end)
 
     async with serving(deaf) as server, upstream_client(read_timeout=0.3) as client:
         loop = asyncio.get_running_loop()
-        start = time.monotonic()
         try:
-            async with asyncio.timeout(1.5):
-                with pytest.raises(UpstreamTimeout):
-                    await client.request(origin_of(server), "POST", "/", [], EndlessBody(),
-                                         deadline=loop.time() + 0.5)
+            with pytest.raises(UpstreamTimeout):  # the deadline's (the read timeout never runs while sending)
+                await client.request(origin_of(server), "POST", "/", [], EndlessBody(),
+                                     deadline=loop.time() + 0.5)
         finally:
             assert client.stats()["in_use"] == 0
-        assert time.monotonic() - start < 1.0
 
 
 # -- stats ---------------------------------------------------------------------------------
@@ -1479,10 +1535,8 @@ async def test_tls_server_that_never_handshakes_times_out() -> None:
 
     async with serving(silent) as server, upstream_client(connect_timeout=0.2) as client:
         origin, _ = parse_base_url(f"https://127.0.0.1:{server.port}")
-        start = time.monotonic()
-        with pytest.raises(ConnectTimeout):
+        with pytest.raises(ConnectTimeout):  # bounded by the connect timeout, not the 60 s read timeout
             await client.request(origin, "GET", "/", [])
-        assert time.monotonic() - start < 1.0
         assert client.stats()["in_use"] == 0
 
 
@@ -1495,12 +1549,11 @@ async def test_closing_unfinished_drops_the_buffered_body(twin: Any, how: str) -
     # (its error's traceback) may keep alive until a full collection: the soak's kept memory (bench/README.md).
     body = b"b" * (2 * HIGH_WATER)
     head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (4 * HIGH_WATER)
-    before = {id(o) for o in gc.get_objects() if isinstance(o, twin.Connection)}
     async with serving(raw_handler(head + body, then_close=False)) as server, upstream_client() as client:
         response = await client.request(origin_of(server), "GET", "/", [])
-        conns = [o for o in gc.get_objects() if isinstance(o, twin.Connection) and id(o) not in before]
-        assert len(conns) == 1
-        await asyncio.sleep(0.2)  # the body arrives (and reading pauses) before the consumer reads it
+        conns = list(OPENED)  # (not a scan of gc.get_objects(): seconds on the heap of a whole suite run)
+        assert len(conns) == 1 and isinstance(conns[0], twin.Connection)
+        await async_wait_until(reading_stopped(), "the body arriving (reading paused) before the consumer reads it")
         response.abort() if how == "abort" else response.release()
         assert conns[0].closed
         assert conns[0].take_buffered() == b""

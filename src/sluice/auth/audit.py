@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..state.writer import BackgroundWriter, SinkDown, WriterCounts
+from ..state.writer import MIN_BACKOFF_S, BackgroundWriter, SinkDown, WriterCounts
 from ..store import KEY_SCHEME, Store, StoreError, display_prefix
 
 __all__ = ["COALESCE_PREFIX", "SAMPLE_ACTORS", "AuditLog"]
@@ -76,11 +76,14 @@ class AuditLog(WriterCounts):
 
     ``store`` None: the records are only logged.  ``owns_store``: ``aclose``
     closes the store too (the CLI's case; the gateway closes its own store).
+    ``backoff_s``: the first and the longest wait before a down store is tried
+    again (doubling in between; a flush tries at once).
     """
 
     def __init__(self, store: Store | None, *, queue_size: int = 10000, batch_size: int = 256,
                  coalesce_s: float = 1.0, max_groups_per_ip: int = 10, close_timeout_s: float = 5.0,
-                 owns_store: bool = False, clock: Callable[[], float] = time.time) -> None:
+                 owns_store: bool = False, clock: Callable[[], float] = time.time,
+                 backoff_s: tuple[float, float] = (MIN_BACKOFF_S, 5.0)) -> None:
         self.store = store
         self.coalesce_s = coalesce_s
         self.max_groups_per_ip = max_groups_per_ip
@@ -89,8 +92,10 @@ class AuditLog(WriterCounts):
         self._groups: dict[tuple[str, Any, str | None], _Entry] = {}  # open coalescing windows
         self._per_ip: dict[str | None, tuple[float, int]] = {}  # client IP -> (window start, groups opened in it)
         # The open windows count in the queue's bound; the writer releases them as they close (``_release``).
+        first_backoff_s, max_backoff_s = backoff_s  # the waits between tries of a down store
         self.writer = BackgroundWriter(self._write_batch, name="audit log", logger=_internal, queue_size=queue_size,
                                        batch_size=batch_size, close_timeout_s=close_timeout_s,
+                                       first_backoff_s=first_backoff_s, max_backoff_s=max_backoff_s,
                                        holds=self._groups.__len__, tick=self._release, idle_s=self._next_window)
         self.coalesced = 0  # merged into an earlier identical record
         self.ip_dropped = 0  # auth failures past a client IP's max_groups_per_ip (counted in dropped too)

@@ -15,7 +15,7 @@ A task, started by the first ``put`` (or ``start``), takes up to
 - it raises ``SinkDown(rest, failed=...)``: the backend is down.  ``rest``
   (what is still to write, in order; the sink may have turned items into what
   it built of them) goes back to the head of the queue and the writer waits a
-  backoff (0.1 s doubling to ``max_backoff_s``, cut short by ``flush`` and
+  backoff (``first_backoff_s``, 0.1 s by default, doubling to ``max_backoff_s``, cut short by ``flush`` and
   ``aclose``) before it tries again; the queue keeps its bound meanwhile.  One
   warning when the backend goes down, one line when it takes items again;
 - it raises anything else: the whole batch failed for good (logged, counted).
@@ -62,7 +62,8 @@ class BackgroundWriter(Generic[T]):
     """A bounded queue and the task that writes it in batches (see the module docstring)."""
 
     def __init__(self, sink: Callable[[list[T]], Awaitable[int]], *, name: str, logger: logging.Logger,
-                 queue_size: int, batch_size: int, close_timeout_s: float = 5.0, max_backoff_s: float = 5.0,
+                 queue_size: int, batch_size: int, close_timeout_s: float = 5.0,
+                 first_backoff_s: float = MIN_BACKOFF_S, max_backoff_s: float = 5.0,
                  holds: Callable[[], int] | None = None,
                  tick: Callable[[bool], Awaitable[None]] | None = None,
                  idle_s: Callable[[], float | None] | None = None) -> None:
@@ -72,6 +73,7 @@ class BackgroundWriter(Generic[T]):
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.close_timeout_s = close_timeout_s
+        self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
         self._sink = sink
         self._log = logger
@@ -222,7 +224,7 @@ class BackgroundWriter(Generic[T]):
                 if not self._down:
                     self._log.warning("%s: the backend failed (%s); retrying", self.name, down.__cause__ or down)
                     self._down = True
-                return min(self.max_backoff_s, max(MIN_BACKOFF_S, backoff * 2))
+                return min(self.max_backoff_s, max(self.first_backoff_s, backoff * 2))
             except Exception:  # a batch the backend cannot take: dropped, never the task
                 self._log.exception("%s: a batch of %d could not be written", self.name, len(batch))
                 self._count(len(batch), len(batch))
