@@ -132,8 +132,6 @@ class ChangeNotices:
         while True:
             try:
                 await self._session(on_notice)
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # down, refused, reset, silent: try again later, whatever it was
                 if self.subscribed:  # it worked until now: the reader goes back to its short interval now
                     self.subscribed = False

@@ -533,8 +533,6 @@ class Authenticator:
                 if failing:
                     log.info("auth: the key store answers again; reading its changes")
                 failing = False
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # the store down, or anything else: the next poll tries again
                 self.store_failures += 1
                 if not failing:
