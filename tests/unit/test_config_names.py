@@ -95,6 +95,9 @@ def test_the_region_comes_from_sluice_region_when_the_file_names_none() -> None:
     assert parse_config(BASE + "resilience: {region: us-east}", {"SLUICE_REGION": "eu-west"}).resilience.region \
         == "us-east"  # the file wins
     assert parse_config(BASE, {"SLUICE_REGION": ""}).resilience.region is None
+    # `region: null` as docs/resilience.md writes it means "not set here": the environment still fills it
+    assert parse_config(BASE + "resilience: {region: null}", {"SLUICE_REGION": "eu-west"}).resilience.region \
+        == "eu-west"
 
 
 def test_the_router_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:

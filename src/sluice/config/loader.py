@@ -92,13 +92,17 @@ def parse_config(text: str, env: Mapping[str, str]) -> Config:
 
 
 def _environment_defaults(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Fills in the fields the file leaves out that take their value from the environment (ENVIRONMENT_DEFAULTS)."""
+    """Fills in the fields the file leaves out, or sets to null, that take their value from the environment
+    (ENVIRONMENT_DEFAULTS): ``region: null`` means "not set here", as the docs' examples write it."""
     for path, variable in ENVIRONMENT_DEFAULTS.items():
         value = env.get(variable)
         section, field = path.split(".")
         if not value or (raw.get(section) is not None and not isinstance(raw[section], dict)):
             continue  # not set, or a section that is no mapping (its conversion says so)
-        raw[section] = {field: value, **(raw.get(section) or {})}
+        given = dict(raw.get(section) or {})
+        if given.get(field) is None:
+            given[field] = value
+        raw[section] = given
 
 
 def interpolate(value: str, env: Mapping[str, str], path: str) -> str:
