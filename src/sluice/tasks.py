@@ -4,7 +4,9 @@ A background loop (a sync, a poll, a writer, a health check) is stopped by
 cancelling it and awaiting it, so that it has left its ``finally`` blocks
 before its owner closes what the loop uses (a client, a store).  Its
 ``CancelledError`` is the expected end, not an error of the caller: it is
-swallowed here; any other exception the task ended with is raised.
+swallowed here, unless the caller is being cancelled itself while it waits
+(then it propagates, so a shutdown's timeout is not lost); any other
+exception the task ended with is raised.
 
 A bottom-floor module: it imports nothing of sluice, so every layer may use it.
 """
@@ -12,7 +14,6 @@ A bottom-floor module: it imports nothing of sluice, so every layer may use it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 __all__ = ["cancel_and_wait"]
@@ -23,5 +24,9 @@ async def cancel_and_wait(task: asyncio.Future[Any], *, cancel: bool = True) -> 
     until it has ended, swallowing the ``CancelledError`` it ends with."""
     if cancel:
         task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the caller itself is being cancelled (a shutdown's timeout): that is not the task's end

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -67,3 +68,31 @@ def test_a_task_already_done_is_fine() -> None:
         return task.done() and not task.cancelled()
 
     assert asyncio.run(scenario())
+
+
+def test_a_caller_cancelled_while_it_waits_is_cancelled_not_resumed() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        release = asyncio.Event()
+
+        async def work() -> None:
+            await release.wait()
+
+        task = asyncio.get_running_loop().create_task(work())
+        went_on = False
+
+        async def closer() -> None:
+            nonlocal went_on
+            await cancel_and_wait(task, cancel=False)
+            went_on = True  # must not run: the closer was cancelled
+
+        waiting = asyncio.get_running_loop().create_task(closer())
+        await asyncio.sleep(0)  # pacing: one loop turn, deterministic: the closer reaches its wait
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        release.set()
+        with contextlib.suppress(asyncio.CancelledError):  # the closer's cancel reached the task it awaited
+            await task
+        return waiting.cancelled(), went_on
+
+    assert asyncio.run(scenario()) == (True, False)
