@@ -213,3 +213,28 @@ def test_what_the_owner_holds_counts_in_the_bound_and_is_released_by_a_flush() -
 def test_a_bad_bound_is_refused() -> None:
     with pytest.raises(ValueError, match="queue_size and batch_size"):
         BackgroundWriter(ListSink(), name="test writer", logger=log, queue_size=0, batch_size=1)
+
+
+def test_an_error_in_the_owners_tick_is_logged_and_the_writer_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        sink = ListSink()
+        ticks = 0
+
+        async def tick(forced: bool) -> None:
+            nonlocal ticks
+            ticks += 1
+            if ticks == 1:
+                raise RuntimeError("the owner's tick broke")
+
+        writer = writer_for(sink, tick=tick)
+        writer.put(1)
+        await async_wait_until(lambda: ticks >= 1, "the first tick")
+        writer.put(2)
+        assert await writer.flush(BOUND_S)
+        assert sink.items == [1, 2]
+        assert await writer.aclose() == 0
+        assert writer.closed
+
+    with caplog.at_level(logging.ERROR):
+        run(scenario)
+    assert "its work between batches failed" in caplog.text

@@ -25,9 +25,14 @@ trimming the dead letters) give ``tick(forced)``, awaited before every round
 (``forced``: a flush or close wants everything now), and ``idle_s()``, how
 long the writer may sleep with nothing queued (None: until the next ``put``).
 
-``flush`` waits (bounded) until what was handed over so far is written;
-``aclose`` writes what is queued within ``close_timeout_s``, then cancels the
-task: what was not written counts in ``failed`` and is logged as lost.
+``flush`` waits (bounded) until nothing is queued or held: what was handed
+over so far, and what came meanwhile (under a steady stream it may reach its
+timeout: it is for tests, the admin API's reads and shutdown, not the request
+path); ``aclose`` writes what is queued within ``close_timeout_s``, then
+cancels the task: what was not written counts in ``failed`` and is logged as
+lost (a batch cut short counts whole, though the sink may have written part of
+it before the cancel: the count errs towards "lost").  An error in ``tick`` or
+``idle_s`` is logged and the task goes on: it never ends the writer.
 """
 
 from __future__ import annotations
@@ -137,7 +142,7 @@ class BackgroundWriter(Generic[T]):
     # -- flushing and closing -------------------------------------------------------------------------
 
     async def flush(self, timeout_s: float = 5.0) -> bool:
-        """Waits until what was handed over so far is written; False when that took over ``timeout_s``."""
+        """Waits until nothing is queued or held (what came meanwhile included); False after ``timeout_s``."""
         if self.closed or not self.pending:
             return not self.pending
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -193,7 +198,7 @@ class BackgroundWriter(Generic[T]):
                         await self._retry.wait()
                 self._retry.clear()
             elif not self._queue and not self._forced:
-                timeout = self._idle_s() if self._idle_s is not None else None
+                timeout = self._idle_for()
                 if self.closing and not self._holds():
                     return
                 self._wake.clear()
@@ -201,13 +206,26 @@ class BackgroundWriter(Generic[T]):
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
             if self._tick is not None:
-                await self._tick(self._forced)
+                try:
+                    await self._tick(self._forced)
+                except Exception:  # the owner's own work between batches: logged, never the end of the writer
+                    self._log.exception("%s: its work between batches failed", self.name)
             backoff = await self._drain(backoff)
             if not self._queue and not self._holds():
                 self._forced = False
                 self._release_waiters()
                 if self.closing:
                     return
+
+    def _idle_for(self) -> float | None:
+        """How long to sleep with nothing queued (the owner's ``idle_s``; None: until the next ``put``)."""
+        if self._idle_s is None:
+            return None
+        try:
+            return self._idle_s()
+        except Exception:  # as for tick: logged; the writer then wakes at the next put
+            self._log.exception("%s: idle_s failed", self.name)
+            return None
 
     async def _drain(self, backoff: float) -> float:
         """Writes the queue in batches; answers the backoff before the next try (0: all written)."""
