@@ -3,8 +3,8 @@
     SluiceError
      ├── ConfigError                 a config mistake: path + problem, exit code 2 at start
      ├── DependencyUnavailable       internal: a dependency could not be reached, failed or timed out
-     │    │                          (``dependency`` names it, ``__cause__`` says why); answered as a DependencyDown
-     │    │                          or NoDeployment, or the request goes on without it (fail open)
+     │    │                          (``dependency`` names it, ``__cause__`` says why); answered as a DependencyDown,
+     │    │                          or the request goes on without it (fail open)
      │    ├── StoreUnavailable       the key store (sluice.store; also a StoreError)
      │    ├── QuotaStoreUnavailable  the quota store (sluice.state.quota_store)
      │    ├── LimiterUnavailable     Redis of the rate limits (sluice.state.redis_limits)
@@ -114,7 +114,7 @@ class DependencyUnavailable(SluiceError):
     """A dependency (a store, Redis, a token issuer) could not be reached, failed or did not answer in time;
     ``__cause__`` holds why.  Internal: the stage that meets it fails open or answers a ``DependencyDown``."""
 
-    dependency: ClassVar[str] = "a dependency"  # what could not be reached, for logs and messages
+    dependency: ClassVar[str] = "a dependency"  # what could not be reached: each subclass names its own
 
 
 class DeadLetterError(SluiceError):
@@ -211,7 +211,7 @@ class MethodNotAllowed(GatewayError):
     type = "invalid_request_error"
 
 
-_CLOSE = (("connection", "close"),)  # the rest of the body is not read: the connection cannot carry another
+CLOSE = (("connection", "close"),)  # the rest of the body is not read: the connection cannot carry another
 
 
 class BodyTimeout(GatewayError):
@@ -221,7 +221,7 @@ class BodyTimeout(GatewayError):
     type = "invalid_request_error"
 
     def __init__(self) -> None:
-        super().__init__("The request body did not arrive in time.", code="request_timeout", headers=_CLOSE)
+        super().__init__("The request body did not arrive in time.", code="request_timeout", headers=CLOSE)
 
 
 class Conflict(GatewayError):

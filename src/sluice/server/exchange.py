@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..context import ClientGone, Exchange, Headers
-from ..errors import BodyTimeout, GatewayError, InvalidRequest, MethodNotAllowed, PayloadTooLarge
+from ..errors import CLOSE, BodyTimeout, GatewayError, InvalidRequest, MethodNotAllowed, PayloadTooLarge
 
 __all__ = ["BODY_MIN_RATE", "BODY_TIMEOUT_S", "DISCARD_TIMEOUT_S", "WATCH_AFTER_S", "CallerWatch", "ClientGone",
            "Exchange", "Headers", "Watches", "check_declared_length", "incomplete_body", "refusal"]
@@ -18,14 +18,13 @@ __all__ = ["BODY_MIN_RATE", "BODY_TIMEOUT_S", "DISCARD_TIMEOUT_S", "WATCH_AFTER_
 DISCARD_TIMEOUT_S = 2.0  # the most a refused body is read for, to be dropped
 BODY_TIMEOUT_S = 30.0  # server.body_read_timeout_s's default
 BODY_MIN_RATE = 32 * 1024  # server.body_min_rate_bytes_s's default
-_CLOSE = (("connection", "close"),)  # the rest of the body is not read: the connection cannot carry another request
 
 
 def incomplete_body() -> InvalidRequest:
     """A body shorter than its Content-Length, or whose chunked framing broke (or, over ASGI, whose caller
     closed before the end): never processed nor forwarded, answered 400 if the connection can still carry it."""
     return InvalidRequest("The request body ended before it was complete (a short Content-Length body, or broken "
-                          "chunked framing).", code="incomplete_body", headers=_CLOSE)
+                          "chunked framing).", code="incomplete_body", headers=CLOSE)
 
 
 def refusal(method: str, path: str, host: str | None, version: str) -> tuple[int, Headers, bytes] | None:
@@ -43,7 +42,7 @@ def refusal(method: str, path: str, host: str | None, version: str) -> tuple[int
     else:
         return None
     wire = "anthropic" if path.startswith("/v1/messages") else "openai"
-    return error.status, [("content-type", "application/json"), *_CLOSE], error.body(wire)
+    return error.status, [("content-type", "application/json"), *CLOSE], error.body(wire)
 
 
 def check_declared_length(value: str, limit: int) -> int:

@@ -5,6 +5,7 @@
 ``hybrid``        hybrid rate limits: local credit synced with the Redis bucket in the background.
 ``quota_store``   the quotas' shared totals (SQLite or Redis).
 ``writer``        the bounded background writer of the audit log and the dead letters.
+``dead_letters_redis``  the dead-letter queue's Redis backend (one stream the gateways share).
 
 Nothing is imported here: a backend module (and the Redis client it needs) is
 loaded only when the config asks for it, e.g.

@@ -1,13 +1,14 @@
 """The one place a Redis client is made: rate limits, quotas, auth changes and signatures, dead letters.
 
-Every client gets the same settings, so that a Redis that is slow, gone or
-restarted costs each user the same bounded time:
+Every client gets the same kinds of settings, each caller choosing its values
+(so that a Redis that is slow, gone or restarted costs each user a bounded time):
 
 - socket connect and read timeouts of ``timeout_s`` (a call never waits longer);
 - ``retries`` immediate retries on a dropped connection only (1 covers the stale
   pooled connection met first after a Redis restart; a slow Redis is never
   retried, ``timeout_s`` bounds the call anyway);
-- a health check (a PING before a command on a connection idle that long);
+- a health check (a PING before a command on a connection idle ``health_check_s``; 0: none, as the auth
+  clients keep it);
 - a client name (``CLIENT LIST`` on the server says who is connected);
 - the hiredis parser, which redis-py picks by itself when ``hiredis`` is
   installed (the ``redis[hiredis]`` dependency).
