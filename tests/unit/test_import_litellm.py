@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -62,10 +63,60 @@ def test_api_base_loses_v1_and_literal_dollars_are_kept() -> None:
                         {}).providers["p"].api_keys == ("pa$$word",)
 
 
-def test_organization_becomes_a_header_and_weight_rounds() -> None:
-    config, _ = one("openai/gpt-4o", organization="org-1", weight=2.6)
+def test_organization_becomes_a_header() -> None:
+    config, _ = one("openai/gpt-4o", organization="org-1")
     assert config["providers"]["openai"]["headers"] == {"OpenAI-Organization": "org-1"}
-    assert config["models"]["m"]["targets"][0]["weight"] == 3
+
+
+@pytest.mark.parametrize(("weights", "whole"), [
+    ((2, 3), [2, 3]),  # whole numbers are kept as they are
+    ((0.2, 0.8), [1, 4]),  # not flattened to 1/1: scaled, keeping the ratio
+    ((0.5, None), [1, 2]),  # a target without a weight weighs 1 (sluice's default)
+    ((2.5, 1), [5, 2]),
+    ((1 / 3, 2 / 3), [1, 2]),
+])
+def test_weights_become_whole_numbers_keeping_their_ratios(weights: tuple[float | None, ...],
+                                                           whole: list[int]) -> None:
+    imported = convert({"model_list": [entry(f"openai/t{i}", "g", **({} if w is None else {"weight": w}))
+                                       for i, w in enumerate(weights)]})
+    assert [t["weight"] for t in imported.config["models"]["g"]["targets"]] == whole
+    assert imported.unmapped == []
+    parsed = parse_config(imported.to_yaml("x.yaml"), {"OPENAI_API_KEY": "k"})
+    assert [t.weight for t in parsed.models["g"].targets] == whole
+
+
+def test_a_weight_of_zero_leaves_the_deployment_out() -> None:
+    imported = convert({"model_list": [entry("openai/a", "g", weight=1), entry("openai/b", "g", weight=0)]})
+    assert imported.config["models"]["g"]["targets"] == [{"provider": "openai", "model": "a", "weight": 1}]
+    assert [str(u) for u in imported.unmapped] == [
+        "model_list[1].litellm_params.weight: weight 0: LiteLLM sends this deployment nothing, and sluice weights "
+        "are positive, so it is left out"]
+
+
+def test_wildcard_routes_are_listed_not_copied() -> None:
+    imported = convert({"model_list": [entry("openai/*", "*"), entry("openai/*", "all-openai"),
+                                       entry("anthropic/claude-*", "claude"), entry("openai/a", "a")]})
+    assert list(imported.config["models"]) == ["a"]
+    assert [u.path for u in imported.unmapped] == ["model_list[0].model_name", "model_list[1].litellm_params.model",
+                                                   "model_list[2].litellm_params.model"]
+    assert imported.unmapped[1].why.startswith("'openai/*' is a wildcard route")
+
+
+def test_azure_without_api_version_is_unmapped() -> None:
+    imported = convert({"model_list": [entry("azure/d", "a", api_base="https://r.openai.azure.com"),
+                                       entry("openai/b", "b")]})
+    assert list(imported.config["models"]) == ["b"] and list(imported.config["providers"]) == ["openai"]
+    [unmapped] = imported.unmapped
+    assert unmapped.path == "model_list[0].litellm_params.api_version"
+    assert unmapped.why.startswith("azure needs an api_version, and none is given")
+
+
+def test_hosted_vllm_without_api_key_has_no_key() -> None:
+    config, unmapped = one("hosted_vllm/llama", api_base="http://127.0.0.1:8000/v1")
+    assert config["providers"]["hosted_vllm"] == {"kind": "openai", "base_url": "http://127.0.0.1:8000"}
+    assert unmapped == []
+    yaml_text = convert({"model_list": [entry("hosted_vllm/llama", api_base="http://127.0.0.1:8000")]}).to_yaml("x")
+    assert parse_config(yaml_text, {}).providers["hosted_vllm"].api_keys == ()  # no variable to set
 
 
 def test_deployments_share_a_provider_only_when_identical() -> None:
@@ -101,6 +152,18 @@ def test_router_settings() -> None:
     assert [str(u) for u in imported.unmapped] == [
         "router_settings.fallbacks[0].a[1]: 'nope' is not a mapped model",
         "router_settings.model_group_alias: not a setting sluice has"]
+
+
+@pytest.mark.parametrize(("password", "in_url"), [("pa$s@", "pa%24s%40"), ("a:b/c", "a%3Ab%2Fc"),
+                                                   ("os.environ/REDIS_PASSWORD", "${REDIS_PASSWORD}")])
+def test_a_redis_password_is_encoded_once(password: str, in_url: str) -> None:
+    imported = convert({"model_list": [entry("openai/a")],
+                        "router_settings": {"redis_host": "r.local", "redis_password": password}})
+    url = imported.config["ratelimit"]["redis"]
+    assert url == f"redis://:{in_url}@r.local:6379/0"
+    if not password.startswith("os.environ/"):
+        loaded = parse_config(imported.to_yaml("x"), {"OPENAI_API_KEY": "k"}).ratelimit.redis
+        assert loaded is not None and unquote(urlsplit(loaded).password or "") == password
 
 
 def test_litellm_settings_twins_and_an_unknown_strategy() -> None:

@@ -5,8 +5,10 @@ What maps (the rest is listed as ``Unmapped``, each with its LiteLLM path and wh
 - ``model_list``: each ``model_name`` becomes a sluice model, each entry one of its targets; the
   ``litellm_params.model`` "provider/model" names the provider kind and the upstream model.  One sluice
   provider per distinct (kind, api_base, api_key, api_version, organization).  ``api_key`` and ``api_base``
-  given as ``os.environ/VAR`` become ``${VAR}``; ``weight`` the target's weight; ``rpm``/``tpm`` a per-model
-  limit policy (the deployments' figures summed: sluice limits models, not single deployments).
+  given as ``os.environ/VAR`` become ``${VAR}``; ``weight`` the target's weight (fractions scaled to whole
+  numbers with their ratios); ``rpm``/``tpm`` a per-model limit policy (the deployments' figures summed: sluice
+  limits models, not single deployments).  Wildcard routes (a ``*`` in ``model_name`` or ``model``) are listed:
+  sluice names each model.
 - ``router_settings`` (and their ``litellm_settings`` twins): ``routing_strategy`` where sluice has the same
   strategy, ``num_retries``, ``timeout``/``request_timeout``, ``fallbacks``, ``allowed_fails`` and
   ``cooldown_time`` (the breaker), ``redis_host``/``redis_port``/``redis_password`` (shared limits).
@@ -16,6 +18,7 @@ What maps (the rest is listed as ``Unmapped``, each with its LiteLLM path and wh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import gcd
 from typing import Any
 from urllib.parse import quote
 
@@ -25,14 +28,15 @@ from . import ImportProblem, Unmapped
 
 __all__ = ["Imported", "convert", "convert_text"]
 
-# LiteLLM provider prefix -> (sluice kind, default base URL (None: api_base required), key variable LiteLLM reads).
-_PROVIDERS: dict[str, tuple[str, str | None, str]] = {
+# LiteLLM provider prefix -> (sluice kind, default base URL (None: api_base required), key variable LiteLLM reads
+# (None: the API takes no key unless api_key gives one)).
+_PROVIDERS: dict[str, tuple[str, str | None, str | None]] = {
     "openai": ("openai", "https://api.openai.com", "OPENAI_API_KEY"),
     "anthropic": ("anthropic", "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
     "gemini": ("gemini", "https://generativelanguage.googleapis.com", "GEMINI_API_KEY"),
     "azure": ("azure", None, "AZURE_API_KEY"),
     # OpenAI-compatible APIs, served by sluice's openai kind.
-    "hosted_vllm": ("openai", None, "HOSTED_VLLM_API_KEY"),
+    "hosted_vllm": ("openai", None, None),  # LiteLLM sends no key unless one is given
     "groq": ("openai", "https://api.groq.com/openai", "GROQ_API_KEY"),
     "mistral": ("openai", "https://api.mistral.ai", "MISTRAL_API_KEY"),
     "deepseek": ("openai", "https://api.deepseek.com", "DEEPSEEK_API_KEY"),
@@ -157,6 +161,11 @@ class _State:
         model = params.get("model")
         if not isinstance(model, str) or not model:
             raise ImportProblem(f"{path}.litellm_params.model: expected \"provider/model\", got {_type(model)}")
+        for where, value in ((f"{path}.model_name", name), (f"{path}.litellm_params.model", model)):
+            if "*" in value:
+                self.skip(where, f"{value!r} is a wildcard route (LiteLLM passes on any model name it matches): "
+                                 "sluice names each model, add the ones callers use")
+                return
         for key in entry:
             if key not in ("model_name", "litellm_params"):
                 self.skip(f"{path}.{key}", "metadata sluice does not read (capabilities come from the provider "
@@ -186,16 +195,28 @@ class _State:
         if base is None and default_base is None:
             self.skip(f"{path}.api_base", f"{prefix} needs an api_base, and none is given")
             return None
+        if kind == "azure" and "api_version" not in params:
+            self.skip(f"{path}.api_version", "azure needs an api_version, and none is given (LiteLLM falls back to "
+                                             "AZURE_API_VERSION or its release's default): add api_version")
+            return None
+        weight = None if "weight" not in params else _number(params["weight"], f"{path}.weight")
+        if weight is not None and weight <= 0:
+            self.skip(f"{path}.weight", f"weight {weight}: LiteLLM sends this deployment nothing, and sluice "
+                                        "weights are positive, so it is left out")
+            return None
         base_url = default_base if base is None else _base_url(_env(base, f"{path}.api_base"))
-        key = _env(params["api_key"], f"{path}.api_key") if "api_key" in params else "${" + key_variable + "}"
-        provider: dict[str, Any] = {"kind": kind, "base_url": base_url, "api_keys": [key]}
+        keys = ([_env(params["api_key"], f"{path}.api_key")] if "api_key" in params
+                else [] if key_variable is None else ["${" + key_variable + "}"])
+        provider: dict[str, Any] = {"kind": kind, "base_url": base_url}
+        if keys:
+            provider["api_keys"] = keys
         if "api_version" in params:
             provider["api_version"] = _env(params["api_version"], f"{path}.api_version")
         if "organization" in params:
             provider["headers"] = {"OpenAI-Organization": _env(params["organization"], f"{path}.organization")}
         target: dict[str, Any] = {"provider": self._provider(prefix, provider), "model": upstream}
-        if "weight" in params:
-            target["weight"] = max(1, round(_number(params["weight"], f"{path}.weight")))
+        if weight is not None:
+            target["weight"] = weight  # made whole numbers by build, over all the model's targets
         for key in params:
             if key not in _READ_PARAMS:
                 self.skip(f"{path}.{key}", _param_why(key))
@@ -278,7 +299,7 @@ class _State:
             return
         port = _env(router.get("redis_port", 6379), "router_settings.redis_port")
         password = router.get("redis_password")
-        auth = "" if password is None else ":" + _quoted(_env(password, "router_settings.redis_password")) + "@"
+        auth = "" if password is None else ":" + _password(password) + "@"
         self.ratelimit["redis"] = f"redis://{auth}{_env(host, 'router_settings.redis_host')}:{port}/0"
 
     def add_general(self, general: dict[str, Any]) -> None:
@@ -316,6 +337,8 @@ class _State:
         if self.ratelimit:
             config["ratelimit"] = self.ratelimit
         config["providers"] = self.providers
+        for model in self.models.values():
+            _whole_weights(model["targets"])
         config["models"] = self.models
         return config
 
@@ -326,8 +349,27 @@ def _base_url(url: str) -> str:
     return url.removesuffix("/v1") if not url.startswith("${") else url
 
 
-def _quoted(text: str) -> str:
-    return text if text.startswith("${") else quote(text, safe="")
+def _password(value: Any) -> str:
+    """A Redis password for the URL: ``${VAR}``, or the literal percent-encoded (its ``$`` as ``%24``, so no
+    doubling is needed, and doubling before encoding would double it in the password too)."""
+    text = _env(value, "router_settings.redis_password")
+    return text if text.startswith("${") else quote(str(value), safe="")
+
+
+def _whole_weights(targets: list[dict[str, Any]]) -> None:
+    """sluice's weights are whole numbers: when a model's LiteLLM weights are not, they are scaled, keeping their
+    ratios to a thousandth of the largest (a target without one weighs 1, as in sluice), and reduced."""
+    weights = [t.get("weight") for t in targets]
+    if all(w is None or float(w).is_integer() for w in weights):
+        for target in targets:
+            if "weight" in target:
+                target["weight"] = int(target["weight"])
+        return
+    given = [1.0 if w is None else float(w) for w in weights]
+    scaled = [max(1, round(w / max(given) * 1000)) for w in given]
+    divisor = gcd(*scaled)
+    for target, whole in zip(targets, scaled, strict=True):
+        target["weight"] = whole // divisor
 
 
 def _param_why(key: str) -> str:
