@@ -187,9 +187,10 @@ class RateLimits:
         self.hybrid: HybridSync[Policy] = HybridSync(
             redis, interval_s=config.sync_interval_s, timeout_s=max(config.redis_timeout_s, config.sync_interval_s),
             max_subjects=config.hybrid_max_subjects, fails_closed=self.fails_closed, spill=self._adjust_remote)
-        # The hybrid credit's map and bound, read per request (the sync never rebinds the map).
+        # The hybrid credit's map and bound, read per request as plain attributes (HybridSync.full() is the same
+        # test behind a method call, kept off the hot path; the sync never rebinds the map).
         self._credit = self.hybrid.credit
-        self.max_subjects = config.hybrid_max_subjects
+        self.max_subjects = self.hybrid.max_subjects
 
     def admit_local(self, ex: Exchange, route: str, model: str, body_size: int, max_tokens: int | None,
                     caller: Caller | None = None, *,

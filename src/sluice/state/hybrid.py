@@ -97,9 +97,6 @@ class HybridSync(Generic[P]):
     def full(self) -> bool:
         return len(self.credit) >= self.max_subjects
 
-    def holds(self, policy: P, subject: str) -> bool:
-        return (policy, subject) in self.credit
-
     def warn_full(self) -> None:
         """Once per episode at the bound: new subjects go to Redis until syncs forget idle ones."""
         if not self._full_warned:
