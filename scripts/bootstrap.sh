@@ -3,9 +3,10 @@
 # build/bootstrap.log and shown only when a step fails.
 #
 #   scripts/bootstrap.sh runtime       `make serve`: the runtime dependencies and the compiled extensions, and
-#                                      never a system package.  No C compiler or Python headers: it says so and
-#                                      the pure-Python twins serve.  No venv module (Debian without
-#                                      python3-venv): virtualenv if there is one, else one line naming the package.
+#                                      never a system package.  No C compiler or Python headers: it says so, the
+#                                      pure-Python twins serve, and the next run that finds them builds the
+#                                      extensions.  No venv module (Debian without python3-venv): virtualenv if
+#                                      there is one, else one line naming the package.
 #   scripts/bootstrap.sh dev[,bench]   `make test`, `make venv`, `make bench`: the dev extras (every optional
 #                                      extra included) and what the tests need from the system (compiler,
 #                                      promtool, valgrind, PostgreSQL, Redis), installed with apt-get when we may
@@ -45,10 +46,13 @@ apt_install() {
   else echo "sluice: please install: $*" >&2; return 1; fi
 }
 
-# A stamp newer than everything the install depends on.
+# A stamp newer than everything the install depends on, whose install has the best hot path to be had: the stamp
+# holds the hot path installed, and one that is not "compiled" is out of date when there is a compiler (installed
+# since, as the step without one asks, or there at a build that failed: it is tried again).
 up_to_date() {
   [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ] && [ ! setup.py -nt "$1" ] \
-    && [ -z "$(find ext -newer "$1" -name '*.pyx' 2>/dev/null)" ]
+    && [ -z "$(find ext -newer "$1" -name '*.pyx' 2>/dev/null)" ] \
+    && { [ "$compiler" = no ] || [ "$(cat "$1")" = compiled ]; }
 }
 
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
@@ -123,11 +127,13 @@ if [ "$compiler" = yes ]; then
   quietly "${pip[@]}" --no-deps -e .
   hot_path=$(.venv/bin/python -c 'from sluice._native import IMPLEMENTATION; print(IMPLEMENTATION)')
   if [ "$hot_path" != compiled ]; then
-    step "the compiled extensions did not build (see $log): the pure-Python twins will serve"
+    step "the compiled extensions did not build (see $log): the pure-Python twins will serve (the next run" \
+         "tries again)"
   fi
 else
   step "installing sluice without its compiled extensions"
   SLUICE_NO_EXTENSIONS=1 quietly "${pip[@]}" --no-deps -e .
+  hot_path=pure
 fi
-touch "$stamp"
+echo "$hot_path" >"$stamp"
 step "installed in .venv"

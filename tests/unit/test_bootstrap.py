@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -30,14 +31,15 @@ RUNTIME_STEPS = [
 DEV_ONLY = ("pytest", "ruff", "mypy", "hypothesis", "openai", "schemathesis", "locust", "asyncpg", "opentelemetry",
             "PyJWT")
 
-# The venv's python: records pip's arguments (and the requirements file it is given), answers the hot-path probe.
+# The venv's python: records pip's arguments (and the requirements file it is given), answers the hot-path probe
+# (compiled, or $HOT_PATH: a build that failed).
 FAKE_VENV_PYTHON = """#!/bin/sh
 if [ "$1" = -m ] && [ "$2" = pip ]; then
   echo "pip $* SLUICE_NO_EXTENSIONS=${SLUICE_NO_EXTENSIONS:-}" >> "$CALLS/pip"
   while [ $# -gt 0 ]; do [ "$1" = -r ] && cat "$2" >> "$CALLS/requirements"; shift; done
   exit 0
 fi
-[ "$1" = -c ] && { echo compiled; exit 0; }
+[ "$1" = -c ] && { echo "${HOT_PATH:-compiled}"; exit 0; }
 exec REAL "$@"
 """
 # The interpreter: `-m venv DIR` makes the fake venv above (or fails, as Debian's python3 without python3-venv).
@@ -174,10 +176,39 @@ def test_an_installed_venv_is_not_installed_again(sandbox: dict[str, Path]) -> N
 def test_a_dev_install_serves_the_runtime_too(sandbox: dict[str, Path]) -> None:
     (sandbox["repo"] / ".venv" / "bin").mkdir(parents=True)
     shutil.copy(sandbox["calls"].parent / "fake-venv-python", sandbox["repo"] / ".venv" / "bin" / "python")
-    (sandbox["repo"] / ".venv" / ".installed-dev").touch()
+    (sandbox["repo"] / ".venv" / ".installed-dev").write_text("compiled\n")
     os.utime(sandbox["repo"] / ".venv" / ".installed-dev", (2**31, 2**31))
     result = bootstrap(sandbox, "runtime")
     assert result.stdout == "sluice: .venv is up to date\n" and recorded(sandbox, "pip") == ""
+
+
+HAS_HEADERS = Path(sysconfig.get_paths()["include"], "Python.h").exists()
+
+
+@pytest.mark.skipif(not HAS_HEADERS, reason="no Python headers: the script would find no compiler")
+def test_twins_installed_without_a_compiler_are_replaced_once_there_is_one(sandbox: dict[str, Path]) -> None:
+    no_cc, cc = str(sandbox["bin"] / "no-such-cc"), str(sandbox["bin"] / "cc")
+    executable(Path(cc), "#!/bin/sh\nexit 0\n")
+    assert bootstrap(sandbox, "runtime", CC=no_cc).returncode == 0
+    assert bootstrap(sandbox, "runtime", CC=no_cc).stdout.endswith("sluice: .venv is up to date\n")  # still none
+    (sandbox["calls"] / "pip").unlink()
+    result = bootstrap(sandbox, "runtime", CC=cc)  # a compiler installed, as the message asked: built this time
+    assert result.returncode == 0, result.stderr
+    assert_steps(result.stdout, RUNTIME_STEPS[1:])
+    assert "--no-deps -e . SLUICE_NO_EXTENSIONS=\n" in recorded(sandbox, "pip")
+    assert bootstrap(sandbox, "runtime", CC=cc).stdout == "sluice: .venv is up to date\n"
+
+
+@pytest.mark.skipif(not HAS_HEADERS, reason="no Python headers: the script would find no compiler")
+def test_a_build_that_failed_is_tried_again(sandbox: dict[str, Path]) -> None:
+    cc = str(sandbox["bin"] / "cc")
+    executable(Path(cc), "#!/bin/sh\nexit 0\n")
+    failed = bootstrap(sandbox, "runtime", CC=cc, HOT_PATH="pure")
+    assert "sluice: the compiled extensions did not build" in failed.stdout
+    again = bootstrap(sandbox, "runtime", CC=cc)
+    assert_steps(again.stdout, RUNTIME_STEPS[1:])
+    assert "did not build" not in again.stdout
+    assert bootstrap(sandbox, "runtime", CC=cc).stdout == "sluice: .venv is up to date\n"
 
 
 @pytest.mark.integration
