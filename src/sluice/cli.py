@@ -7,6 +7,7 @@ How each command loads its config (what must be set) is sluice.cli_config's; the
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -33,6 +34,8 @@ __all__ = ["main"]
 EXIT_CONFIG = 2
 EXIT_STORE = 1  # the store could not be reached or failed
 EXIT_LISTEN = 1  # the address to serve on is taken (or not this host's)
+EXIT_CLOSED_PIPE = 1  # stdout's reader went away (`sluice keys list | head`)
+AUTH_OFF = "auth is off: any caller is accepted, with any key or none; see docs/auth.md"
 CONFIG_HELP = "the YAML config file (default: $SLUICE_CONFIG)"
 STORE_CONFIG_HELP = "the YAML config file: only its store settings are needed (default: $SLUICE_CONFIG)"
 
@@ -56,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # module, "Note on SIGPIPE"), with stdout on devnull so the interpreter's last flush fails no more.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_STORE
+        return EXIT_CLOSED_PIPE
     return result
 
 
@@ -211,6 +214,11 @@ def _serve(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"sluice: the store failed: {exc}", file=sys.stderr)
         return EXIT_STORE
+    if not config.auth.enabled:  # the quickstart's case: say so at start (once, not once per worker)
+        from .observability.logging import configure_logging
+
+        configure_logging(config.observability.log_level, config.observability.log_format.value)
+        logging.getLogger("sluice.server").warning(AUTH_OFF)
     # The workers' metrics snapshots meet here: one directory per `sluice serve`, gone with it.
     metrics_dir = tempfile.mkdtemp(prefix="sluice-metrics-")
     try:
@@ -302,16 +310,27 @@ def _db_version(args: argparse.Namespace) -> int:
     return _with_store(args.config, version)
 
 
+def _open_store(config: Config) -> Store | None:
+    """The store the config names, or None after saying why it cannot be opened (a missing extra)."""
+    from .store import open_store
+
+    try:
+        return open_store(config.store)
+    except ConfigError as exc:
+        print(f"sluice: invalid config: {exc}", file=sys.stderr)
+        return None
+
+
 def _with_store(config_path: str, action: Callable[[Store], Awaitable[None]]) -> int:
     """Runs ``action`` on the store the config names; 1 when the store fails."""
     import asyncio
 
-    from .store import StoreError, open_store
+    from .store import StoreError
 
     config = _load_for_admin(config_path)
-    if config is None:
+    store = None if config is None else _open_store(config)
+    if store is None:
         return EXIT_CONFIG
-    store = open_store(config.store)
 
     async def run() -> None:
         try:
@@ -476,12 +495,12 @@ def _manage(args: argparse.Namespace) -> int:
     from .auth.changes import ChangeNotices, auth_redis_url
     from .config.permissions import BUILTIN_ROLES
     from .errors import GatewayError
-    from .store import StoreError, open_store
+    from .store import StoreError
 
     config = _load_for_admin(args.config)
-    if config is None:
+    store = None if config is None else _open_store(config)
+    if config is None or store is None:
         return EXIT_CONFIG
-    store = open_store(config.store)
     audit = AuditLog(store)
     url = auth_redis_url(config)  # with Redis, each change is announced to the running gateways (pub/sub)
     notices = ChangeNotices(url, config.auth.redis_prefix, timeout_s=config.auth.redis_timeout_s) if url else None

@@ -10,8 +10,9 @@ does not stop them:
   sections they use (the store, and e.g. the auth Redis): an unset variable anywhere else gets a placeholder,
   silently.
 
-A placeholder fits the field it fills (a URL where a URL goes, 32 printable characters where a secret goes), so
-the rest of the config still validates; nothing ever connects to one.  The file is read and validated as a
+A placeholder fits the field it fills (1 where a number goes, false where a yes/no goes, a URL where a URL goes,
+32 printable characters where a secret or any other string goes), so the rest of the config still validates;
+nothing ever connects to one.  The file is read and validated as a
 whole either way (a typo anywhere is still reported).
 """
 
@@ -21,12 +22,11 @@ import os
 import re
 import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import yaml
-
-from .errors import ConfigError
+from msgspec import inspect as mi
 
 if TYPE_CHECKING:
     from .config import Config
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["ADMIN_NEEDS", "DLQ_NEEDS", "Unset", "config_path", "load_for_admin", "load_for_description",
            "note_placeholders", "unset_variables"]
 
-# ${VAR} without a default (a default makes it never unset); $$ is a literal dollar.  As the loader reads them.
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _INDEX = re.compile(r"\[\d+\]$")
 # Fields that hold secrets (the last key of their path, list indexes dropped).
 _SECRET_FIELDS = frozenset({"api_keys", "key", "keys", "hs256_secret", "client_secret", "secret",
@@ -61,6 +59,11 @@ class Unset:
 
     def placeholder(self) -> str:
         """A value that validates where this variable stands (see the module docstring)."""
+        kind = _field_kind(self.paths[0])
+        if kind == "number":
+            return "1"  # an int or a float; 1 passes the bounds of a port, a count, a timeout and a fraction
+        if kind == "bool":
+            return "false"
         field = _INDEX.sub("", self.paths[0]).rsplit(".", 1)[-1]
         if field == "postgres_url":
             return "postgresql://unset.invalid/sluice"
@@ -71,6 +74,40 @@ class Unset:
         return f"unset-{self.name}-".ljust(32, "x")
 
 
+# One step of an Unset's path: a key ("server", a model's name) or a list index ("[0]").
+_STEP = re.compile(r"\[\d+\]|[^.\[]+")
+
+
+@cache
+def _field_kind(path: str) -> str:
+    """"number", "bool" or "other": what the Config field at ``path`` ("server.port", "models.m.targets[0].weight")
+    holds, as the config's types say; "other" for a path they do not know (the loader says what is wrong)."""
+    from .config import Config
+    from .config.schema import unwrap
+
+    info: mi.Type = mi.type_info(Config)
+    for step in _STEP.findall(path):
+        info = unwrap(info)
+        if isinstance(info, mi.StructType):
+            found = next((f.type for f in info.fields if f.encode_name == step), None)
+            if found is None:
+                return "other"
+            info = found
+        elif isinstance(info, mi.DictType):  # a model's or provider's name
+            info = info.value_type
+        elif isinstance(info, mi.ListType | mi.VarTupleType) and step.startswith("["):
+            info = info.item_type
+        else:
+            return "other"
+    kinds = [t for t in (info.types if isinstance(info, mi.UnionType) else (info,))
+             if not isinstance(t, mi.NoneType)]
+    if kinds and all(isinstance(t, mi.IntType | mi.FloatType) for t in kinds):
+        return "number"
+    if kinds and all(isinstance(t, mi.BoolType) for t in kinds):
+        return "bool"
+    return "other"
+
+
 def config_path(given: str | None) -> str | None:
     """``--config`` as given, else $SLUICE_CONFIG (None: neither)."""
     return given or os.environ.get("SLUICE_CONFIG") or None
@@ -79,13 +116,15 @@ def config_path(given: str | None) -> str | None:
 def unset_variables(text: str, env: Mapping[str, str]) -> list[Unset]:
     """The ``${VAR}`` references of the YAML ``text`` that ``env`` leaves unset and no default fills, with
     their paths; [] when the text is not a YAML mapping (the loader says what is wrong with it)."""
+    from .config.loader import VARIABLE
+
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError:
         return []
     found: dict[str, list[str]] = {}
     for path, value in _strings(raw, ""):
-        for match in _VAR.finditer(value):
+        for match in VARIABLE.finditer(value):
             name, default = match.group(1), match.group(2)
             if name is not None and default is None and env.get(name) in (None, ""):
                 found.setdefault(name, []).append(path)
@@ -103,13 +142,6 @@ def _strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from _strings(item, f"{path}[{i}]")
 
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("", f"cannot read config file {path!r}: {exc.strerror}") from exc
-
-
 def _env_with(placeholders: list[Unset]) -> dict[str, str]:
     return {**os.environ, **{unset.name: unset.placeholder() for unset in placeholders}}
 
@@ -118,19 +150,27 @@ def load_for_description(path: str, *, strict: bool = False) -> tuple[Config, li
     """The config for check-config and routes, with placeholders for its unset secrets (none when ``strict``):
     the config, and the variables filled in."""
     from .config import load_config
+    from .config.loader import read_config_text
 
-    filled = [] if strict else [u for u in unset_variables(_read(path), os.environ) if u.is_secret()]
+    filled = [] if strict else [u for u in unset_variables(read_config_text(path), os.environ) if u.is_secret()]
     return load_config(path, env=_env_with(filled)), filled
 
 
 def load_for_admin(path: str, needs: tuple[str, ...]) -> Config:
     """The config for an admin command that reads only the ``needs`` paths: every other unset variable gets a
-    placeholder.  Host names are not resolved (the command calls none of the config's upstreams)."""
+    placeholder.  Host names are not resolved (the command calls none of the config's upstreams); the extras
+    those paths need (asyncpg for a PostgreSQL store) must be installed."""
     from .config import parse_config
+    from .config.extras import installed, missing_extra, needed
+    from .config.loader import read_config_text
 
-    text = _read(path)
+    text = read_config_text(path)
     filled = [u for u in unset_variables(text, os.environ) if not u.needed_by(needs)]
-    return parse_config(text, _env_with(filled))
+    config = parse_config(text, _env_with(filled))
+    for where, extra in needed(config):
+        if where.startswith(needs) and not installed(extra):
+            raise missing_extra(extra, where)
+    return config
 
 
 def note_placeholders(filled: list[Unset]) -> None:

@@ -4,7 +4,8 @@ JSON stays the default whatever stdout is, as ``kubectl -o`` does: a script pipi
 terminal see the same thing unless they ask.  A table has a row per record of a list (``data``), or a FIELD /
 VALUE row per field of one object.  A list's table leaves out the columns empty in every row (and a few
 no one reads by eye, such as the audit chain's hashes).  Times (fields ending in ``_at``) are shown in UTC,
-lists comma-joined, nested objects as compact JSON, long cells cut.
+lists comma-joined, nested objects as compact JSON, a list's long cells cut (never one object's: a new key, shown
+once, must be whole).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 __all__ = ["FORMATS", "render", "table"]
 
 FORMATS = ("json", "table")
-MAX_CELL = 48  # characters of one cell in a table; the JSON output has the whole value
+MAX_CELL = 48  # characters of one cell in a list's table; the JSON output has the whole value
 # Columns a list table leaves out (the JSON has them): the same in every row, or hashes no one reads by eye.
 _HIDDEN = frozenset({"object", "updated_at", "prev_hash", "hash"})
 
@@ -30,8 +31,9 @@ def render(answer: dict[str, Any], fmt: str) -> str:
     if isinstance(records, list) and answer.get("object") == "list":
         if not records:
             return "(none)"
-        return table(_columns(records), [[_cell(name, record.get(name)) for name in _columns(records)]
-                                         for record in records]) + _next_page(answer)
+        columns = _columns(records)
+        return table(columns, [[_cut(_cell(name, record.get(name))) for name in columns]
+                               for record in records]) + _next_page(answer)
     return table(["FIELD", "VALUE"], [[name, _cell(name, value)] for name, value in answer.items()])
 
 
@@ -69,5 +71,8 @@ def _cell(name: str, value: Any) -> str:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":")) if value else "-"
     else:
         text = str(value)
-    text = " ".join(text.split())  # one line per row
+    return " ".join(text.split())  # one line per row
+
+
+def _cut(text: str) -> str:
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from sluice.mock.openai import REPLY
-from tests.conftest import ROOT, Proc, call, free_port, start_gateway, wait_for_port
+from tests.conftest import ROOT, Proc, call, free_port, start_gateway, wait_for_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -112,8 +112,14 @@ def _served_log(gateway: Proc) -> list[str]:
 
 
 def test_the_quickstart_warns_once_that_auth_is_off(tmp_path: Path, mock_upstream: Proc) -> None:
-    gateway = start_gateway(tmp_path, (ROOT / "examples" / "quickstart.yaml").read_text(),
+    """Once for `sluice serve`, however many workers it starts (each has built its app once it says Started)."""
+    gateway = start_gateway(tmp_path, (ROOT / "examples" / "quickstart.yaml").read_text(), "--workers", "2",
                             env={"SLUICE_UPSTREAM": mock_upstream.url})
+    try:
+        wait_until(lambda: "Started worker-2" in gateway.log.read_text(), "the second worker's start")
+    except BaseException:
+        gateway.stop()
+        raise
     warnings = [line for line in _served_log(gateway) if AUTH_OFF in line]
     assert len(warnings) == 1, warnings
     assert " WARNING sluice.server " in warnings[0]

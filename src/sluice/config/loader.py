@@ -49,12 +49,12 @@ from .schema import did_you_mean, field_names, struct_at
 from .urls import check_outbound_urls, parse_networks
 from .vocabulary import CAPABILITIES, provider_kind_names
 
-__all__ = ["check_serves_something", "interpolate", "load_config", "parse_config"]
+__all__ = ["VARIABLE", "check_serves_something", "interpolate", "load_config", "parse_config", "read_config_text"]
 
 T = TypeVar("T")
 
-# ${VAR} or ${VAR:-default}; $$ is a literal dollar.
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ${VAR} or ${VAR:-default}; $$ is a literal dollar.  (sluice.cli_config finds the unset ones with it.)
+VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _AT = re.compile(r" - at `\$(.*)`$")
 _UNKNOWN_FIELD = re.compile(r"unknown field `(.*)`")
 
@@ -63,14 +63,18 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     """Reads, interpolates and validates the file at ``path``; then resolves the host names of its outbound
     URLs (parse_config checks only literal addresses: it stays pure and quick) and checks that the extras
     its features need are installed."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("", f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from exc
-    config = parse_config(text, os.environ if env is None else env)
+    config = parse_config(read_config_text(path), os.environ if env is None else env)
     _check_outbound(config, resolve=True)
     check_extras(config)
     return config
+
+
+def read_config_text(path: str | os.PathLike[str]) -> str:
+    """The text of the config file at ``path``; a ConfigError when it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from exc
 
 
 def parse_config(text: str, env: Mapping[str, str]) -> Config:
@@ -119,7 +123,7 @@ def interpolate(value: str, env: Mapping[str, str], path: str) -> str:
             return default
         raise ConfigError(path, f"environment variable {name!r} is not set and has no default")
 
-    return _VAR.sub(substitute, value)
+    return VARIABLE.sub(substitute, value)
 
 
 def _interpolate_tree(node: Any, env: Mapping[str, str], path: str) -> Any:

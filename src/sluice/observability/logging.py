@@ -1,7 +1,8 @@
 """Application logs: one line per event, with its level and the request id when there is one.
 
 ``observability.log_format`` picks plain text (for people) or JSON lines (for
-log pipelines); ``observability.log_level`` (or SLUICE_LOG_LEVEL) the level.
+log pipelines); ``observability.log_level`` the level (the loader fills it from SLUICE_LOG_LEVEL when the
+file leaves it out).
 Application logs are rare events (start, stop, upstream failures); the per-request
 record is the access log.
 """
@@ -9,7 +10,6 @@ record is the access log.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 
@@ -48,7 +48,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str | None = None, fmt: str = "text") -> None:
-    """Sends sluice's logs to stderr; level from the argument or SLUICE_LOG_LEVEL (default INFO)."""
+    """Sends sluice's logs to stderr at ``level`` (None: INFO), as ``fmt`` ("text" or "json")."""
     logger = logging.getLogger("sluice")
     if logger.handlers:
         return
@@ -61,5 +61,5 @@ def configure_logging(level: str | None = None, fmt: str = "text") -> None:
         ))
     handler.addFilter(_RequestIdDefault())
     logger.addHandler(handler)
-    logger.setLevel((level or os.environ.get("SLUICE_LOG_LEVEL", "INFO")).upper())
+    logger.setLevel((level or "INFO").upper())
     logger.propagate = False

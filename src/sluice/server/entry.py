@@ -1,12 +1,12 @@
 """Factories that Granian (or any ASGI server) imports in each worker process.
 
 The config path comes from SLUICE_CONFIG, so each worker loads the same file
-that ``sluice serve`` validated before starting them.
+that ``sluice serve`` validated before starting them.  (``sluice serve`` also says, once, when auth is off:
+a warning here would come once per worker.)
 """
 
 from __future__ import annotations
 
-import logging
 import os
 
 from ..config import load_config
@@ -17,8 +17,6 @@ from .rsgi import RSGIApp
 
 __all__ = ["asgi_app", "rsgi_app"]
 
-log = logging.getLogger("sluice.server")
-
 
 def _gateway() -> Gateway:
     path = os.environ.get("SLUICE_CONFIG")
@@ -26,8 +24,6 @@ def _gateway() -> Gateway:
         raise RuntimeError("SLUICE_CONFIG must name the config file")
     config = load_config(path)
     configure_logging(config.observability.log_level, config.observability.log_format.value)
-    if not config.auth.enabled:  # the quickstart's case: say so at start, where whoever runs it looks
-        log.warning("auth is off: any caller is accepted, with any key or none; see docs/auth.md")
     return Gateway(config)
 
 
