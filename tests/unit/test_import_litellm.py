@@ -179,6 +179,7 @@ def test_litellm_settings_twins_and_an_unknown_strategy() -> None:
     ("os.environ/LITELLM_MASTER_KEY", "${LITELLM_MASTER_KEY}", []),
     ("sk-" + "a" * 30, "sk-" + "a" * 30, []),
     ("sk-1234", "${SLUICE_ADMIN_KEY}", ["general_settings.master_key"]),
+    ("sk-$$$$$$$$$$$$$$$$", "${SLUICE_ADMIN_KEY}", ["general_settings.master_key"]),  # 19 as read, 35 as written
 ])
 def test_master_key_is_a_static_admin_key(master_key: str, key: str, unmapped: list[str]) -> None:
     imported = convert({"model_list": [entry("openai/a")], "general_settings": {"master_key": master_key}})

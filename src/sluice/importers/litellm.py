@@ -315,8 +315,9 @@ class _State:
 
     def _master_key(self, value: Any) -> None:
         key = _env(value, "general_settings.master_key")
-        if not key.startswith("${") and len(key) < 20:
-            self.skip("general_settings.master_key", f"a literal key of {len(key)} characters: sluice wants at "
+        literal = None if key.startswith("${") else key.replace("$$", "$")  # its length as sluice will read it
+        if literal is not None and len(literal) < 20:
+            self.skip("general_settings.master_key", f"a literal key of {len(literal)} characters: sluice wants at "
                                                      "least 20, so the admin key is read from ${SLUICE_ADMIN_KEY}")
             key = "${SLUICE_ADMIN_KEY}"
         self.auth = {"enabled": True, "static_keys": [{"name": "admin", "key": key, "roles": ["admin"]}]}
