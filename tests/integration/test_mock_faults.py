@@ -204,7 +204,10 @@ def test_trickle_arrives_whole_one_byte_at_a_time(mock: Proc, fmt: str) -> None:
 def test_trickled_stream_is_complete(mock: Proc) -> None:
     put_faults(mock, fault="trickle", trickle_ms=0.2)
     status, headers, body, reads = raw_reads(mock, "openai", stream=True)
-    assert status == 200 and headers["transfer-encoding"] == "chunked" and reads >= 8
+    # The trickle is seen in the mock's fault count, not in the number of reads (at 0.2 ms a byte, a loaded
+    # machine's reader may find several hundred bytes waiting at each read: reads >= 8 failed under load).
+    assert status == 200 and headers["transfer-encoding"] == "chunked" and reads >= 1
+    assert stats(mock)["faults"] == 1
     events = dechunk(body).split(b"\n\n")
     assert events[-2:] == [b"data: [DONE]", b""]
     words = [json.loads(sse_data(e))["choices"][0]["delta"].get("content", "") for e in events[:-2]]
