@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.client
 import json
 import os
@@ -385,3 +386,12 @@ def redis(tmp_path: Path) -> Iterator[Any]:
 def prefix(request: pytest.FixtureRequest) -> str:
     """Key names of this test's own on a shared server."""
     return f"test:{request.node.name}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_after_module() -> Iterator[None]:
+    """A gc pass after each test module: an object left in a reference cycle (an unclosed socket held by a
+    traceback, say) is then reported by the module that made it, not by whichever later test the collector happens
+    to run in (filterwarnings = error turns its ResourceWarning into that test's failure)."""
+    yield
+    gc.collect()
