@@ -23,5 +23,8 @@ lint: venv
 	.venv/bin/ruff check src tests bench
 	.venv/bin/mypy
 
+typecheck: venv
+	.venv/bin/mypy
+
 clean:
 	rm -rf build .venv src/sluice/_native/*.so ext/*.c
