@@ -6,6 +6,7 @@ import asyncio
 import base64
 import itertools
 import struct
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -18,8 +19,21 @@ pytestmark = pytest.mark.integration
 WORDS = REPLY.split(" ")
 
 
+_OPENED: list[openai.OpenAI] = []
+
+
 def client(gateway, **kwargs) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-sluice-demo", max_retries=0, **kwargs)
+    """An SDK client, closed after the test (an unclosed one leaves its pooled sockets to the garbage collector)."""
+    made = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-sluice-demo", max_retries=0, **kwargs)
+    _OPENED.append(made)
+    return made
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
 
 
 def test_chat_completion(gateway) -> None:
