@@ -202,7 +202,8 @@ def render() -> str:
         "`${VAR:-default}`, and `$$` for a literal `$`; a number or a boolean may come from one too:",
         "`port: ${SLUICE_PORT:-8080}`.",
         "",
-        "These fields, when the file leaves them out, take the value of an environment variable if it is set:",
+        "These fields, when the file leaves them out (or sets them to null), take the value of an environment "
+        "variable if it is set:",
         "",
         "| Field | Variable |",
         "|---|---|",
