@@ -74,31 +74,16 @@ class Unset:
         return f"unset-{self.name}-".ljust(32, "x")
 
 
-# One step of an Unset's path: a key ("server", a model's name) or a list index ("[0]").
-_STEP = re.compile(r"\[\d+\]|[^.\[]+")
-
-
 @cache
 def _field_kind(path: str) -> str:
     """"number", "bool" or "other": what the Config field at ``path`` ("server.port", "models.m.targets[0].weight")
     holds, as the config's types say; "other" for a path they do not know (the loader says what is wrong)."""
     from .config import Config
-    from .config.schema import unwrap
+    from .config.schema import type_at
 
-    info: mi.Type = mi.type_info(Config)
-    for step in _STEP.findall(path):
-        info = unwrap(info)
-        if isinstance(info, mi.StructType):
-            found = next((f.type for f in info.fields if f.encode_name == step), None)
-            if found is None:
-                return "other"
-            info = found
-        elif isinstance(info, mi.DictType):  # a model's or provider's name
-            info = info.value_type
-        elif isinstance(info, mi.ListType | mi.VarTupleType) and step.startswith("["):
-            info = info.item_type
-        else:
-            return "other"
+    info = type_at(Config, path)
+    if info is None:
+        return "other"
     kinds = [t for t in (info.types if isinstance(info, mi.UnionType) else (info,))
              if not isinstance(t, mi.NoneType)]
     if kinds and all(isinstance(t, mi.IntType | mi.FloatType) for t in kinds):

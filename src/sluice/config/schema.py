@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from msgspec import inspect as mi
 
-__all__ = ["did_you_mean", "field_names", "struct_at", "unwrap"]
+__all__ = ["did_you_mean", "field_names", "struct_at", "type_at", "unwrap"]
 
 # A msgspec error path after its "$": ".targets[0].match", ".headers['x']"
 _SEGMENT = re.compile(r"\[[^\]]*\]|[^.\[]+")
@@ -38,8 +38,9 @@ def _items(info: mi.Type) -> mi.Type | None:
     return None
 
 
-def struct_at(typ: type, path: str) -> mi.StructType | None:
-    """The Struct that ``path`` (msgspec's form, relative to ``typ``: "targets[0].match") points into."""
+def type_at(typ: type, path: str) -> mi.Type | None:
+    """The type at ``path`` under ``typ`` (msgspec's form "targets[0].match", or the config's "models.m.targets[0]":
+    a name under a mapping steps into its values); None where the types do not go."""
     info: mi.Type | None = mi.type_info(typ)
     for segment in _SEGMENT.findall(path):
         if info is None:
@@ -48,9 +49,18 @@ def struct_at(typ: type, path: str) -> mi.StructType | None:
             info = _items(info)
             continue
         info = unwrap(info)
-        if not isinstance(info, mi.StructType):
+        if isinstance(info, mi.DictType):  # a model's or provider's name
+            info = info.value_type
+        elif isinstance(info, mi.StructType):
+            info = next((f.type for f in info.fields if f.encode_name == segment), None)
+        else:
             return None
-        info = next((f.type for f in info.fields if f.encode_name == segment), None)
+    return info
+
+
+def struct_at(typ: type, path: str) -> mi.StructType | None:
+    """The Struct that ``path`` (relative to ``typ``) points into."""
+    info = type_at(typ, path)
     info = unwrap(info) if info is not None else None
     return info if isinstance(info, mi.StructType) else None
 
